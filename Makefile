@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` and `make test`. Both do all set-up first.
+SHELL := /bin/bash
+VENV := .venv
+PB := $(VENV)/bin/paritybed
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(PB) demo --out $(DEMO_OUT)
+
+test: setup
+	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	@$(VENV)/bin/python -m benchmarks $(BENCH_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache build *.egg-info

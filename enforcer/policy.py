@@ -1,0 +1,145 @@
+"""policy.json: the per-agent policy the reference engine and the kernel both enforce.
+
+Compiled by parity (from the staging envelope), loaded by the reference engine (model mode) and
+by the kernel control plane (live mode, ``paritybed enforce``).  The schema is versioned
+(``schema``) and every policy is content-hashed (``hash`` = sha256 of the canonical JSON of
+everything else), so a verdict, an event log or an attestation can name exactly which policy
+was in force.  Documented in docs/policy.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from paritybed.errors import InputError
+
+POLICY_SCHEMA = "paritybed.policy/1"
+INTERACTIONS = ("read", "vread", "search", "create", "update", "delete", "history")
+RESPONSES = ("deny", "kill", "quarantine", "alert", "observe")
+#: Families of requests the strict parser cannot classify; a policy may allow a family explicitly.
+SHAPES = ("bundle", "operation", "include", "compartment", "chained", "type-param", "has",
+          "graphql", "method-override", "encoded", "malformed", "param", "pipelined", "chunked",
+          "length", "split", "too-large", "unknown-type", "not-fhir")
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Pair(_M):
+    """One (resource type, interaction) the agent may perform."""
+
+    type: str
+    interaction: Literal[INTERACTIONS]  # type: ignore[valid-type]
+
+    def key(self) -> tuple[str, str]:
+        return (self.type, self.interaction)
+
+
+class FhirPolicy(_M):
+    server: str = Field(description="host:port of the FHIR server the agent talks to")
+    base: str = Field("/fhir", description="base path of the FHIR API on that server")
+    allow: list[Pair] = Field(default_factory=list)
+    allow_shapes: list[Literal[SHAPES]] = Field(default_factory=list)  # type: ignore[valid-type]
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: str) -> str:
+        if not v.startswith("/") or v.endswith("/") or "//" in v:
+            raise ValueError("expected a base path like /fhir (leading slash, no trailing slash)")
+        return v
+
+
+class RatePolicy(_M):
+    """Token bucket as GCRA in integer ns: one request costs ``interval_ns``; up to ``burst``
+    requests may arrive back to back.  ``rate_per_s`` is informational (1e9 / interval_ns)."""
+
+    burst: int = Field(ge=1)
+    interval_ns: int = Field(ge=1)
+    rate_per_s: float = 0.0
+
+
+class LanePolicy(_M):
+    allow: list[Pair] = Field(default_factory=list)
+    max_duration_s: int = Field(ge=1)
+
+
+class AgentPolicy(_M):
+    agent_class: str
+    fhir: FhirPolicy
+    rate: RatePolicy | None = None  # None: no rate limit
+    egress: list[str] = Field(default_factory=list, description="endpoint names, resolved via the BAA registry")
+    lanes: dict[str, LanePolicy] = Field(default_factory=dict)
+    response: Literal[RESPONSES] = "deny"  # type: ignore[valid-type]
+    quarantine_hold_s: int | None = Field(None, ge=1, description="None: quarantined until released")
+
+    def allowed_pairs(self) -> set[tuple[str, str]]:
+        return {p.key() for p in self.fhir.allow}
+
+
+class PolicySource(_M):
+    scenario: str = ""
+    scenario_hash: str = ""
+    arm: str = ""
+    trace_sha256: str = ""
+    seed: int | None = None
+
+
+class Policy(_M):
+    schema_: Literal["paritybed.policy/1"] = Field(POLICY_SCHEMA, alias="schema")
+    version: int = Field(1, ge=1)
+    parent: str | None = Field(None, description="hash of the policy this one replaces, if any")
+    created: str = Field("", description="ISO time of the simulated run that produced it (deterministic)")
+    source: PolicySource = Field(default_factory=PolicySource)
+    margins: dict[str, float | int | None] = Field(default_factory=dict)
+    agents: dict[str, AgentPolicy]
+    hash: str = ""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def canonical_bytes(self) -> bytes:
+        """Canonical JSON of everything but ``hash``: sorted keys, no spaces, UTF-8."""
+        d = self.model_dump(mode="json", by_alias=True, exclude={"hash"})
+        return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def computed_hash(self) -> str:
+        return "sha256:" + hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+    def sealed(self) -> "Policy":
+        """The same policy with ``hash`` filled in."""
+        return self.model_copy(update={"hash": self.computed_hash()})
+
+    def to_json(self) -> str:
+        d = self.sealed().model_dump(mode="json", by_alias=True)
+        return json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def save_policy(policy: Policy, path: str | Path) -> Policy:
+    sealed = policy.sealed()
+    Path(path).write_text(sealed.to_json(), encoding="utf-8")
+    return sealed
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Load and verify a policy file: schema, and the content hash if present."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such policy file") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{p}: not a readable JSON policy ({e})") from None
+    try:
+        pol = Policy.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise InputError(f"{p}: invalid policy at {loc}: {first['msg']} (see docs/policy.md)") from None
+    if pol.hash and pol.hash != pol.computed_hash():
+        raise InputError(f"{p}: policy content does not match its hash {pol.hash}: the file was edited after compilation")
+    return pol.sealed()

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# All set-up for paritybed on Debian/Ubuntu, idempotent: `make demo` and `make test` call it.
+#
+#  1. (root) Debian packages: Python venv support, Java 17 + Maven (Synthea), BCC and kernel
+#     headers (eBPF enforcement), iproute2.  A non-root user is told what needs root.
+#  2. (root) the kernel-header link BCC needs at /lib/modules/$(uname -r)/build.
+#  3. the Python venv at .venv with paritybed and its pinned dependencies (editable).
+#  4. BCC's Python module exposed to the venv (the PyPI package named `bcc` is unrelated).
+#  5. Synthea resolved from Maven Central into the paritybed cache (or SYNTHEA_JAR used).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+warn() { printf '\033[33m[setup] %s\033[0m\n' "$*" >&2; }
+
+SYNTHEA_VERSION="${SYNTHEA_VERSION:-3.3.0}"
+CACHE="${PARITYBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/paritybed}"
+PY="${PYTHON:-python3}"
+is_root=0; [ "$(id -u)" = 0 ] && is_root=1
+
+# ---------------------------------------------------------------- 1. Debian packages
+apt_pkgs=(python3-venv python3-pip openjdk-17-jre-headless maven iproute2
+          bpfcc-tools python3-bpfcc linux-headers-amd64 ca-certificates)
+missing=()
+if command -v dpkg >/dev/null 2>&1; then
+  for p in "${apt_pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+fi
+# Java may come from elsewhere (a JDK tarball, SDKMAN): do not insist on the Debian package then.
+if command -v java >/dev/null 2>&1; then
+  missing=("${missing[@]/openjdk-17-jre-headless/}")
+fi
+if command -v mvn >/dev/null 2>&1; then missing=("${missing[@]/maven/}"); fi
+read -r -a missing <<<"${missing[*]:-}"
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ $is_root = 1 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends "${missing[@]}" >/tmp/paritybed-apt.log 2>&1 || {
+      apt-get update >>/tmp/paritybed-apt.log 2>&1
+      apt-get install -y --no-install-recommends "${missing[@]}" >>/tmp/paritybed-apt.log 2>&1 || {
+        warn "apt-get failed (see /tmp/paritybed-apt.log)"; exit 3; }
+    }
+  else
+    warn "not root: these Debian packages need root to install: ${missing[*]}"
+    warn "  run: sudo apt-get install ${missing[*]}"
+    warn "  without them: no BCC/eBPF (live mode and kernel tests skip), and no Synthea without Java/Maven."
+  fi
+fi
+
+# ---------------------------------------------------------------- 2. kernel headers for BCC
+kbuild="/lib/modules/$(uname -r)/build"
+if [ ! -e "$kbuild" ]; then
+  hdr="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)"
+  if [ -n "$hdr" ] && [ $is_root = 1 ]; then
+    common="${hdr%-amd64}-common"
+    mkdir -p "/lib/modules/$(uname -r)"
+    ln -sfn "$hdr" "$kbuild"
+    [ -d "$common" ] && ln -sfn "$common" "/lib/modules/$(uname -r)/source"
+    say "linked kernel headers: $kbuild -> $hdr"
+  elif [ $is_root = 0 ]; then
+    warn "not root: BCC needs kernel headers at $kbuild (link it to /usr/src/linux-headers-*-amd64 as root)"
+  else
+    warn "no kernel headers under /usr/src: BCC cannot compile the eBPF programs"
+  fi
+fi
+
+# ---------------------------------------------------------------- 3. the venv
+if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+  warn "paritybed needs Python >= 3.11 (found: $("$PY" --version 2>&1))"; exit 3
+fi
+stamp=".venv/.paritybed-installed"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/paritybed ]; then
+  say "installing paritybed and its pinned dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[test]"
+  echo "$want" >"$stamp"
+fi
+
+# ---------------------------------------------------------------- 4. BCC into the venv
+site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ -d /usr/lib/python3/dist-packages/bcc ] && [ ! -e "$site/bcc" ]; then
+  ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
+  say "exposed BCC's Python module to the venv"
+fi
+
+# ---------------------------------------------------------------- 5. Synthea
+if [ -n "${SYNTHEA_JAR:-}" ]; then
+  [ -f "$SYNTHEA_JAR" ] || { warn "SYNTHEA_JAR=$SYNTHEA_JAR does not exist"; exit 3; }
+  say "using SYNTHEA_JAR=$SYNTHEA_JAR"
+else
+  sdir="$CACHE/synthea/$SYNTHEA_VERSION"
+  if [ ! -f "$sdir/lib/synthea-$SYNTHEA_VERSION.jar" ]; then
+    if command -v mvn >/dev/null 2>&1; then
+      say "resolving Synthea $SYNTHEA_VERSION from Maven Central into $sdir"
+      mkdir -p "$sdir"
+      sed "s/@SYNTHEA_VERSION@/$SYNTHEA_VERSION/" scripts/synthea-pom.xml >"$sdir/pom.xml"
+      if ! mvn -q -B -f "$sdir/pom.xml" dependency:copy-dependencies -DoutputDirectory="$sdir/lib" \
+             >"$sdir/mvn.log" 2>&1; then
+        warn "could not resolve Synthea from Maven Central (see $sdir/mvn.log); Synthea commands will say so"
+      fi
+    else
+      warn "Maven not found: Synthea cannot be resolved (install maven, or set SYNTHEA_JAR)"
+    fi
+  fi
+fi
+say "ready: .venv/bin/paritybed"

@@ -1,0 +1,61 @@
+"""Shared test set-up.
+
+Kernel tests carry ``@pytest.mark.bpf``.  Where root or BPF is missing they skip with the
+reason; under ``PARITYBED_REQUIRE_BPF=1`` (what `.ci/run` sets, CI being root with BPF) a
+missing prerequisite or any skipped kernel test fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_SYNTHEA = (REPO.parent / "shared" / "data" / "synthea-r4").resolve()
+REQUIRE_BPF = os.environ.get("PARITYBED_REQUIRE_BPF") == "1"
+_skipped_bpf: list[str] = []
+
+
+def bpf_unavailable_reason() -> str | None:
+    """Why kernel tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root (eBPF programs and cgroups)"
+    if not Path("/sys/fs/cgroup/unified/cgroup.controllers").exists() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return "needs cgroup v2"
+    try:
+        import bcc  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return f"needs BCC's Python module (python3-bpfcc exposed to the venv): {e}"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("bpf") is None:
+        return
+    reason = bpf_unavailable_reason()
+    if reason is None:
+        return
+    if REQUIRE_BPF:
+        pytest.fail(f"PARITYBED_REQUIRE_BPF=1 but kernel test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "bpf" in report.keywords:
+        _skipped_bpf.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if REQUIRE_BPF and _skipped_bpf:
+        print(f"\nPARITYBED_REQUIRE_BPF=1: {len(_skipped_bpf)} kernel test(s) were skipped: {_skipped_bpf[:5]}")
+        session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def shared_synthea() -> Path:
+    """The 37 real Synthea patients (older Synthea, see its SOURCE.md)."""
+    if not SHARED_SYNTHEA.is_dir():
+        pytest.skip(f"shared Synthea data not found at {SHARED_SYNTHEA}")
+    return SHARED_SYNTHEA
