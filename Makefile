@@ -13,7 +13,7 @@ demo: setup
 	@$(PB) demo --out $(DEMO_OUT)
 
 test: setup
-	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	@$(VENV)/bin/python -P -m pytest $(PYTEST_ARGS)  # -P: the checkout root must not shadow fhir.resources with fhir/
 
 bench: setup
 	@$(VENV)/bin/python -m benchmarks $(BENCH_ARGS)
