@@ -59,7 +59,7 @@ def synthea_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"Synthea folder not found: {folder}")
-    if not any(folder.glob("*.json")) and (folder / "fhir").is_dir():
+    if (folder / "fhir").is_dir() and any((folder / "fhir").glob("*.json")):
         folder = folder / "fhir"
     files = [p for p in folder.iterdir() if p.suffix == ".json" and p.is_file()]
     if not files:
