@@ -261,7 +261,11 @@ def _run(opts: SyntheaOptions, version: str, target: Path, progress: Callable[[i
         raise
     if rc != 0:
         shutil.rmtree(scratch, ignore_errors=True)
-        raise EnvironmentProblem(f"Synthea exited with status {rc}; the end of its output:\n{_tail(tail)}")
+        log = _keep_log(target.parent, tail)
+        raise EnvironmentProblem(
+            f"Synthea exited with status {rc}; the end of its output:\n{_tail(tail)}",
+            hint=f"full output: {log}" if log else None,
+        )
     fhir = scratch / "output" / "fhir"
     files = _normalise_names(fhir)
     n_patients = sum(1 for f in files if not f.name.startswith(("hospitalInformation", "practitionerInformation")))
@@ -298,6 +302,16 @@ def _normalise_names(fhir: Path) -> list[Path]:
             if f.name.startswith(stem) and f.name != f"{stem}.json":
                 f.rename(fhir / f"{stem}.json")
     return sorted(fhir.glob("*.json"))
+
+
+def _keep_log(folder: Path, lines: deque[str]) -> Path | None:
+    """Keep a failed run's output (its last 400 lines) where the error message can point."""
+    path = folder / "synthea-failed.log"
+    try:
+        path.write_text("\n".join(lines) + "\n")
+    except OSError:
+        return None
+    return path
 
 
 def _tail(lines: deque[str], n: int = 25) -> str:
