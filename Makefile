@@ -16,7 +16,7 @@ test: setup
 	@$(VENV)/bin/python -P -m pytest $(PYTEST_ARGS)  # -P: the checkout root must not shadow fhir.resources with fhir/
 
 bench: setup
-	@$(VENV)/bin/python -m benchmarks $(BENCH_ARGS)
+	@$(VENV)/bin/python benchmarks/__main__.py $(BENCH_ARGS)  # as a script: see benchmarks/__main__.py
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info
