@@ -1,0 +1,223 @@
+"""Load a Synthea output folder into a FHIR server: over HTTP into any server, or in-process.
+
+Both paths read the folder through `paritybed.fhir.bundles` (load order: organizations and
+locations, practitioners, then patients; `prepare_for_load` turns Synthea's contained Coverage
+into standalone Coverage) and send each file as one batch/transaction Bundle.
+
+Ids.  By default every ``POST`` entry with a ``urn:uuid:<uuid>`` fullUrl and no ``ifNoneExist``
+is sent as ``PUT <Type>/<uuid>``: every server (the embedded one, HAPI with
+``client_id_strategy=ANY``) then keeps Synthea's ids, so the population index's ids are the
+server's ids, and loading twice updates in place instead of duplicating.  Entries with
+``ifNoneExist`` (Synthea's organizations, locations, practitioners) stay conditional creates:
+the patient bundles find them by identifier, and on HAPI they get HAPI's ids.  ``--server-ids``
+sends the bundles unchanged (POST; HAPI assigns every id; the embedded server uses the uuid).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.fhir.bundles import prepare_for_load, read_bundle, synthea_files
+from paritybed.fhir.outcome import FhirError
+from paritybed.fhir.store import Store
+
+URN = "urn:uuid:"
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+def keep_ids(bundle: dict[str, Any]) -> dict[str, Any]:
+    """POST entries with a urn:uuid fullUrl and no ifNoneExist become ``PUT Type/<uuid>``."""
+    entries = []
+    for entry in bundle.get("entry", []):
+        req = entry.get("request") or {}
+        full = entry.get("fullUrl") or ""
+        if req.get("method") == "POST" and full.startswith(URN) and not req.get("ifNoneExist"):
+            rid = full[len(URN):]
+            res = {**entry["resource"], "id": rid}
+            entry = {**entry, "resource": res, "request": {"method": "PUT", "url": f"{res['resourceType']}/{rid}"}}
+        entries.append(entry)
+    return {**bundle, "entry": entries}
+
+
+def prepared(path: Path, *, server_ids: bool) -> dict[str, Any]:
+    """One file of the folder as the Bundle that is sent."""
+    bundle = prepare_for_load(read_bundle(path))
+    if bundle.get("type") not in ("batch", "transaction"):
+        raise InputError(f"{path}: Bundle.type is {bundle.get('type')!r}; only batch and transaction bundles load")
+    return bundle if server_ids else keep_ids(bundle)
+
+
+def _tally(path: Path, sent: dict[str, Any], answer: dict[str, Any], counts: Counter[str], failures: list[str]) -> None:
+    """Count the entries the server accepted per resource type; collect the failed ones."""
+    answers = answer.get("entry") or []
+    for i, entry in enumerate(sent.get("entry", [])):
+        resp = (answers[i] if i < len(answers) and isinstance(answers[i], dict) else {}).get("response") or {}
+        status = str(resp.get("status", ""))
+        rtype = entry["resource"].get("resourceType", "?")
+        if status[:1] == "2":
+            counts[rtype] += 1
+        else:
+            diag = ""
+            for issue in (resp.get("outcome") or {}).get("issue", [])[:1]:
+                diag = issue.get("diagnostics", "")
+            failures.append(f"{path.name} entry {i} ({rtype}): {status or 'no response'} {diag}".rstrip())
+
+
+def _progress(enabled: bool, console: Console | None) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[current]}"), TimeElapsedColumn(),
+        console=console, disable=not enabled, transient=False,
+    )
+
+
+def _outcome_text(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+        return "; ".join(i.get("diagnostics", "") for i in data.get("issue", [])) or resp.text[:300]
+    except ValueError:
+        return resp.text[:300]
+
+
+def _post(client: httpx.Client, url: str, body: bytes, path: Path, retries: int) -> dict[str, Any]:
+    """POST one bundle, retrying connection errors, 429 and 5xx with exponential backoff."""
+    delay = 0.5
+    for attempt in range(retries + 1):
+        try:
+            resp = client.post(url, content=body, headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
+        except httpx.TransportError as e:
+            if attempt == retries:
+                raise EnvironmentProblem(f"FHIR server at {url} unreachable while loading {path.name}: {e}") from None
+        else:
+            if resp.status_code < 300:
+                return resp.json()
+            if resp.status_code not in RETRY_STATUSES:
+                raise InputError(f"{path}: the server refused the bundle ({resp.status_code}): {_outcome_text(resp)}")
+            if attempt == retries:
+                raise EnvironmentProblem(f"FHIR server at {url} kept failing on {path.name} ({resp.status_code}): {_outcome_text(resp)}")
+            after = resp.headers.get("Retry-After", "")
+            if after.isdigit():
+                delay = max(delay, float(after))
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)
+    raise AssertionError("unreachable")
+
+
+def load_folder(
+    url: str,
+    folder: str | Path,
+    *,
+    progress: bool = True,
+    server_ids: bool = False,
+    retries: int = 6,
+    timeout: float = 600.0,
+    console: Console | None = None,
+) -> dict[str, int]:
+    """Load a Synthea folder into the FHIR server at `url` (its base, e.g. ``.../fhir``).
+
+    Returns the number of resources per type the server accepted (created, updated or, for a
+    conditional create, already present).  Raises InputError naming the file and entry when
+    the server refuses something, EnvironmentProblem when it cannot be reached.
+    """
+    base = url.rstrip("/")
+    files = synthea_files(Path(folder))
+    counts: Counter[str] = Counter()
+    failures: list[str] = []
+    with httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0)) as client:
+        try:
+            meta = client.get(f"{base}/metadata", headers={"Accept": "application/fhir+json"})
+        except httpx.TransportError as e:
+            raise EnvironmentProblem(f"cannot reach a FHIR server at {base}: {e}",
+                                     hint="start one: paritybed fhir serve, or docker compose up -d --wait") from None
+        if meta.status_code != 200:
+            raise EnvironmentProblem(f"{base}/metadata answered {meta.status_code}: is {base} a FHIR base URL?")
+        with _progress(progress, console) as bar:
+            task = bar.add_task("loading bundles", total=len(files), current="")
+            for path in files:
+                bar.update(task, current=path.name)
+                sent = prepared(path, server_ids=server_ids)
+                answer = _post(client, base, orjson.dumps(sent), path, retries)
+                _tally(path, sent, answer, counts, failures)
+                bar.advance(task)
+    _raise_failures(failures, counts)
+    return dict(sorted(counts.items()))
+
+
+def _raise_failures(failures: list[str], counts: Counter[str]) -> None:
+    if failures:
+        shown = "\n  ".join(failures[:10])
+        more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+        raise InputError(
+            f"{len(failures)} entries were refused ({sum(counts.values())} loaded):\n  {shown}{more}"
+        )
+
+
+def load_into_store(
+    store: Store,
+    folder: str | Path,
+    *,
+    server_ids: bool = False,
+    validate: bool = False,
+    progress: bool = False,
+    console: Console | None = None,
+) -> dict[str, int]:
+    """In-process load (``serve --load``, tests): same bundles, same transaction semantics.
+
+    Skips HTTP and JSON re-encoding but runs every bundle through the same batch/transaction
+    code the HTTP route uses, so what is stored is what an HTTP load would store.
+    """
+    from paritybed.fhir.transaction import process
+
+    files = synthea_files(Path(folder))
+    counts: Counter[str] = Counter()
+    failures: list[str] = []
+    with _progress(progress, console) as bar:
+        task = bar.add_task("loading bundles", total=len(files), current="")
+        for path in files:
+            bar.update(task, current=path.name)
+            sent = prepared(path, server_ids=server_ids)
+            try:
+                answer = process(store, sent, "", validate_resources=validate)
+            except FhirError as e:
+                raise InputError(f"{path}: {e.diagnostics}") from None
+            _tally(path, sent, answer, counts, failures)
+            bar.advance(task)
+    store.analyze()
+    _raise_failures(failures, counts)
+    return dict(sorted(counts.items()))
+
+
+def build_db(folders: Iterable[str | Path], db: str | Path, *, progress: bool = False) -> dict[str, int]:
+    """Load folders into a new SQLite file (benchmarks and tests reuse one such file)."""
+    db = Path(db)
+    if db.exists():
+        raise InputError(f"{db} already exists")
+    store = Store(db)
+    counts: Counter[str] = Counter()
+    try:
+        for folder in folders:
+            counts.update(load_into_store(store, folder, progress=progress))
+    finally:
+        store.close()
+    return dict(sorted(counts.items()))
+
+
+def counts_table(counts: dict[str, int], title: str) -> Table:
+    """The per-type table the CLI prints after a load."""
+    table = Table(title=title)
+    table.add_column("resource type")
+    table.add_column("resources", justify="right")
+    for rtype, n in sorted(counts.items()):
+        table.add_row(rtype, str(n))
+    table.add_row("[bold]total", f"[bold]{sum(counts.values())}")
+    return table

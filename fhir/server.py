@@ -1,0 +1,168 @@
+"""The embedded FHIR R4 server: a Starlette app on uvicorn, base path ``/fhir``.
+
+Public entry points:
+
+* `create_app(db)` — the ASGI app over a SQLite store (a file or ``:memory:``);
+* `running_server(db=..., load=[folders])` — a context manager that serves the app with uvicorn
+  in a background thread on a free loopback port and yields the base URL (tests, live mode);
+* `serve(...)` — what ``paritybed fhir serve`` runs.
+
+uvicorn runs with uvloop and httptools, without access log: the same stack the benchmark
+measures against a bare endpoint.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from paritybed.errors import EnvironmentProblem
+from paritybed.fhir import routes
+from paritybed.fhir.outcome import FhirError
+from paritybed.fhir.store import Store
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+#: uvicorn settings shared by the server, the CLI and the benchmark (same stack everywhere).
+UVICORN_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access_log": False, "lifespan": "off"}
+
+
+async def _fhir_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FhirError)
+    return routes.error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    text = "no such path" if exc.status_code == 404 else exc.detail
+    return routes.error_response(FhirError(exc.status_code, f"{text}: {request.method} {request.url.path}"))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return routes.error_response(FhirError(500, f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def create_app(db: str | Path = ":memory:", *, validate_bundles: bool = False, store: Store | None = None) -> Starlette:
+    """The FHIR app over `db` (or over an existing `store`).
+
+    `validate_bundles` also validates every resource of batch/transaction bundles with
+    fhir.resources (create and update always validate; bundles skip it by default because it
+    multiplies a Synthea load's time, see docs/fhir.md).
+    """
+    r = [
+        Route("/fhir/metadata", routes.metadata, methods=ALL_METHODS),
+        Route("/fhir", routes.system, methods=ALL_METHODS),
+        Route("/fhir/", routes.system, methods=ALL_METHODS),
+        Route("/fhir/{type}", routes.type_level, methods=ALL_METHODS),
+        Route("/fhir/{type}/{id}", routes.instance, methods=ALL_METHODS),
+        Route("/fhir/{type}/{id}/_history", routes.instance_history, methods=ALL_METHODS),
+        Route("/fhir/{type}/{id}/_history/{vid}", routes.vread, methods=ALL_METHODS),
+        Route("/fhir/{type}/{id}/{op}", routes.operation_or_unknown, methods=ALL_METHODS),
+    ]
+    app = Starlette(
+        routes=r,
+        exception_handlers={FhirError: _fhir_error, HTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.store = store if store is not None else Store(db)
+    app.state.validate_bundles = validate_bundles
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (0 = a free port); EnvironmentProblem if taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise EnvironmentProblem(f"cannot listen on {host}:{port}: {e.strerror}",
+                                 hint="choose another --port, or stop what uses this one") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextmanager
+def running_server(
+    db: str | Path = ":memory:",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    load: Iterable[str | Path] = (),
+    *,
+    validate_bundles: bool = False,
+    startup_timeout: float = 30.0,
+) -> Iterator[str]:
+    """Serve a FHIR app in a background thread; yields its base URL (``http://host:port/fhir``).
+
+    `load` folders are loaded in-process before serving.  On exit the server stops and the
+    thread is joined, so the port is free again.
+    """
+    import uvicorn
+
+    from paritybed.fhir.loader import load_into_store
+
+    app = create_app(db, validate_bundles=validate_bundles)
+    store: Store = app.state.store
+    for folder in load:
+        load_into_store(store, folder)
+    sock = bind(host, port)
+    actual = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **UVICORN_OPTIONS))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="fhir-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise EnvironmentProblem(f"the FHIR server did not start on {host}:{actual}")
+        time.sleep(0.01)
+    url_host = f"[{host}]" if ":" in host else host
+    try:
+        yield f"http://{url_host}:{actual}/fhir"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        store.close()
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    db: str | Path = ":memory:",
+    load: Iterable[str | Path] = (),
+    *,
+    validate_bundles: bool = False,
+    progress: bool = True,
+) -> None:
+    """Run the server in the foreground until interrupted (``paritybed fhir serve``)."""
+    import uvicorn
+    from rich.console import Console
+
+    from paritybed.fhir.loader import counts_table, load_into_store
+
+    console = Console(stderr=True)
+    sock = bind(host, port)  # fail early, before a long load, if the port is taken
+    app = create_app(db, validate_bundles=validate_bundles)
+    store: Store = app.state.store
+    for folder in load:
+        counts = load_into_store(store, folder, progress=progress, console=console, validate=validate_bundles)
+        console.print(counts_table(counts, f"loaded {folder}"))
+    url_host = f"[{host}]" if ":" in host else host
+    console.print(f"FHIR R4 server at [bold]http://{url_host}:{port}/fhir[/] (storage: {db}); Ctrl-C stops it")
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", **UVICORN_OPTIONS)).run(sockets=[sock])
+    finally:
+        sock.close()
+        store.close()
