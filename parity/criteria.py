@@ -1,0 +1,265 @@
+"""The three parity criteria, scored on two profiles (staging vs production).
+
+Each metric carries its value, threshold, pass/fail and one plain sentence for a reader who is
+not a statistician.  ``paritybed run`` (profiles built from the two traces) and ``paritybed gate``
+(staging trace + a production profile from an AuditEvent export) call the same ``criteria``.
+
+Fidelity (per agent class): resource mix and hour-of-day profile as Jensen-Shannon distance
+(base 2: 0 identical, 1 disjoint); inter-arrival times and requests per clinical context as the
+two-sample Kolmogorov-Smirnov statistic D (the largest gap between the two cumulative
+distributions; the p-value is meaningless at these sample sizes, so D is gated); burst height as
+staging's typical daily peak 5-minute count per replica over production's.
+Coverage: every production (type, interaction) above the support threshold must appear in staging.
+Break-glass: every class seen or declared for production is exercised in staging, its lane is in
+the policy, its pairs are covered, and an access after expiry was exercised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import ks_2samp
+
+from paritybed.enforcer.policy import Policy
+from paritybed.parity.profile import ClassProfile, Profile, split_pair
+from paritybed.sim.scenario import Gate
+
+MIN_SAMPLE = 20  # fewer production events than this: a distribution metric cannot judge
+
+
+@dataclass
+class Metric:
+    criterion: str
+    agent_class: str
+    name: str
+    value: float | None
+    threshold: float | None
+    op: str  # "<=", ">=" or "==" (value op threshold passes)
+    passed: bool
+    reading: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"agent_class": self.agent_class, "name": self.name,
+             "value": None if self.value is None else round(float(self.value), 6),
+             "threshold": self.threshold, "op": self.op, "pass": self.passed, "reading": self.reading}
+        if self.detail:
+            d["detail"] = self.detail
+        return d
+
+
+@dataclass
+class Criterion:
+    name: str
+    metrics: list[Metric]
+
+    @property
+    def passed(self) -> bool:
+        return all(m.passed for m in self.metrics)
+
+    def classes(self) -> list[str]:
+        return sorted({m.agent_class for m in self.metrics})
+
+    def for_class(self, cls: str) -> list[Metric]:
+        return [m for m in self.metrics if m.agent_class == cls]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pass": self.passed, "metrics": [m.to_dict() for m in self.metrics]}
+
+
+@dataclass
+class Criteria:
+    fidelity: Criterion
+    coverage: Criterion
+    break_glass: Criterion
+
+    @property
+    def passed(self) -> bool:
+        return self.fidelity.passed and self.coverage.passed and self.break_glass.passed
+
+    def all(self) -> list[Criterion]:
+        return [self.fidelity, self.coverage, self.break_glass]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {c.name: c.to_dict() for c in self.all()}
+
+
+# ------------------------------------------------------------------------------ fidelity
+def _dist(counts: dict[str, int], keys: list[str]) -> np.ndarray:
+    return np.array([counts.get(k, 0) for k in keys], dtype=np.float64)
+
+
+def jsd(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance, base 2, of two count vectors (1.0 when one side is empty)."""
+    if p.sum() <= 0 or q.sum() <= 0:
+        return 1.0
+    return float(jensenshannon(p / p.sum(), q / q.sum(), base=2))
+
+
+def ks(a: list[float], b: list[float]) -> float:
+    return float(ks_2samp(np.asarray(a), np.asarray(b)).statistic)
+
+
+def burst_height(c: ClassProfile) -> float:
+    """Median, over the replica-days with traffic, of that replica's peak sliding 5-minute count:
+    the typical daily burst one replica must absorb (robust to run length and weekends)."""
+    peaks = [v for days in c.peak5.values() for v in days.values() if v > 0]
+    return float(np.median(peaks)) if peaks else 0.0
+
+
+def _fid(cls: str, name: str, value: float | None, thr: float, op: str, ok: bool, good: str, bad: str,
+         detail: dict[str, Any] | None = None) -> Metric:
+    return Metric("fidelity", cls, name, value, thr, op, ok, good if ok else bad, detail or {})
+
+
+def fidelity(staging: Profile, production: Profile, gate: Gate) -> Criterion:
+    g = gate.fidelity
+    out: list[Metric] = []
+    for cls in sorted(production.classes):
+        p = production.classes[cls]
+        s = staging.classes.get(cls, ClassProfile())
+        if p.requests < MIN_SAMPLE:
+            out.append(Metric("fidelity", cls, "sample_size", float(p.requests), float(MIN_SAMPLE), ">=", True,
+                              f"Production has only {p.requests} requests from this agent: too few to compare "
+                              "distributions, so fidelity is not judged for it."))
+            continue
+        if s.requests < MIN_SAMPLE:
+            out.append(Metric("fidelity", cls, "sample_size", float(s.requests), float(MIN_SAMPLE), ">=", False,
+                              f"Staging has only {s.requests} requests from this agent against {p.requests} in "
+                              "production: staging does not represent it at all."))
+            continue
+        keys = sorted(set(p.pairs) | set(s.pairs))
+        v = jsd(_dist(s.pairs, keys), _dist(p.pairs, keys))
+        out.append(_fid(cls, "resource_mix_jsd", v, g.resource_mix_jsd_max, "<=", v <= g.resource_mix_jsd_max,
+                        "Staging asks for the same kinds of records in about the same proportions as production.",
+                        "Staging asks for a different mix of record types than production does."))
+        v = jsd(np.array(s.hours, float), np.array(p.hours, float))
+        out.append(_fid(cls, "hour_profile_jsd", v, g.hour_profile_jsd_max, "<=", v <= g.hour_profile_jsd_max,
+                        "Staging traffic rises and falls over the day like production traffic.",
+                        "Staging traffic is spread over the day differently from production (e.g. no morning peak)."))
+        if min(len(s.interarrival_ms), len(p.interarrival_ms)) >= MIN_SAMPLE:
+            v = ks(s.interarrival_ms, p.interarrival_ms)
+            out.append(_fid(cls, "interarrival_ks", v, g.interarrival_ks_max, "<=", v <= g.interarrival_ks_max,
+                            "The gaps between consecutive requests look the same in staging and production.",
+                            "The gaps between requests differ: staging does not reproduce production's clusters "
+                            "of back-to-back requests and quiet spells.",
+                            {"staging_median_ms": _median(s.interarrival_ms),
+                             "production_median_ms": _median(p.interarrival_ms)}))
+        bs, bp = burst_height(s), burst_height(p)
+        v = bs / bp if bp > 0 else math.inf
+        out.append(_fid(cls, "burst_ratio", v if math.isfinite(v) else None, g.burst_ratio_min, ">=",
+                        v >= g.burst_ratio_min,
+                        f"Staging's busiest 5 minutes of a day ({bs:g} requests per replica) reach production's "
+                        f"({bp:g}), so a rate limit learned in staging leaves room for production's bursts.",
+                        f"Staging's busiest 5 minutes of a day ({bs:g} requests per replica) fall short of "
+                        f"production's ({bp:g}): a rate limit learned in staging would block production bursts "
+                        "such as morning rounds.",
+                        {"staging_peak_5min": bs, "production_peak_5min": bp}))
+        if min(len(s.requests_per_context), len(p.requests_per_context)) >= MIN_SAMPLE:
+            v = ks(s.requests_per_context, p.requests_per_context)
+            out.append(_fid(cls, "context_ks", v, g.context_ks_max, "<=", v <= g.context_ks_max,
+                            "Each patient encounter, claim or query involves about as many requests in staging "
+                            "as in production.",
+                            "The number of requests per encounter, claim or query differs between staging and "
+                            "production."))
+    return Criterion("fidelity", out)
+
+
+def _median(x: list[float]) -> float:
+    return round(float(np.median(x)), 3) if x else 0.0
+
+
+# ------------------------------------------------------------------------------ coverage
+def coverage(staging: Profile, production: Profile, gate: Gate) -> Criterion:
+    g = gate.coverage
+    out: list[Metric] = []
+    for cls in sorted(production.classes):
+        p = production.classes[cls]
+        s = staging.classes.get(cls, ClassProfile())
+        total = sum(p.pairs.values())
+        missing, supported = [], 0
+        for k, n in sorted(p.pairs.items(), key=lambda kv: (-kv[1], kv[0])):
+            share = n / total if total else 0.0
+            if n < g.support_min_count or share < g.support_min_share:
+                continue
+            supported += 1
+            if s.pairs.get(k, 0) < g.staging_min_count:
+                t, i = split_pair(k)
+                missing.append({"type": t, "interaction": i, "production_count": n,
+                                "production_share": round(share, 6), "staging_count": s.pairs.get(k, 0)})
+        if missing:
+            names = ", ".join(f"{m['type']} {m['interaction']} ({m['production_share']:.2%} of production)"
+                              for m in missing[:4])
+            reading = (f"Staging never (or too rarely) performed {len(missing)} operation(s) this agent performs in "
+                       f"production: {names}. The first such production request would be blocked.")
+        else:
+            reading = (f"Every one of the {supported} operations this agent performs in production (above the "
+                       "support threshold) was exercised in staging.")
+        out.append(Metric("coverage", cls, "missing_pairs", float(len(missing)), 0.0, "<=", not missing, reading,
+                          {"missing": missing, "supported_pairs": supported}))
+    return Criterion("coverage", out)
+
+
+# ------------------------------------------------------------------------------ break-glass
+def break_glass(staging: Profile, production: Profile, gate: Gate, *, policy: Policy | None = None,
+                declared: dict[str, list[str]] | None = None) -> Criterion:
+    """``declared`` maps agent class -> break-glass classes the scenario sanctions for it."""
+    out: list[Metric] = []
+    need: dict[str, set[str]] = {}
+    for cls, p in production.classes.items():
+        need.setdefault(cls, set()).update(k for k, lp in p.lanes.items() if lp.activations or lp.pairs)
+    for cls, lanes in (declared or {}).items():
+        need.setdefault(cls, set()).update(lanes)
+    lanes_in_policy: dict[str, dict[str, set[tuple[str, str]]]] = {}
+    base_in_policy: dict[str, set[tuple[str, str]]] = {}
+    if policy is not None:
+        for ap in policy.agents.values():
+            base_in_policy.setdefault(ap.agent_class, set()).update(ap.allowed_pairs())
+            for lc, lp in ap.lanes.items():
+                lanes_in_policy.setdefault(ap.agent_class, {}).setdefault(lc, set()).update(q.key() for q in lp.allow)
+    for cls in sorted(need):
+        for lane in sorted(need[cls]):
+            s = staging.classes.get(cls, ClassProfile()).lanes.get(lane)
+            p = production.classes.get(cls, ClassProfile()).lanes.get(lane)
+            label = lane.replace("_", " ").title()
+            ok = s is not None and s.activations > 0
+            out.append(Metric("break_glass", cls, f"{lane}.exercised", float(s.activations if s else 0), 1.0, ">=", ok,
+                              f"Staging ran {label} drills ({s.activations if s else 0} activations)." if ok else
+                              f"Staging never ran a {label} activation: the first real {label} would meet an "
+                              "untested policy."))
+            if policy is not None:
+                have = lane in lanes_in_policy.get(cls, {})
+                out.append(Metric("break_glass", cls, f"{lane}.lane_in_policy", float(have), 1.0, "==", have,
+                                  f"The policy has a {label} lane for this agent." if have else
+                                  f"The policy has no {label} lane for this agent: its activation is refused and "
+                                  "clinicians' emergency access is blocked."))
+                allowed = base_in_policy.get(cls, set()) | lanes_in_policy.get(cls, {}).get(lane, set())
+            else:
+                allowed = {split_pair(k) for k in (s.pairs if s else {})} | {
+                    split_pair(k) for k in staging.classes.get(cls, ClassProfile()).pairs}
+            used = {split_pair(k) for k in (p.pairs if p else {})}
+            gap = sorted(used - allowed)
+            out.append(Metric("break_glass", cls, f"{lane}.pairs_covered", float(len(gap)), 0.0, "<=", not gap,
+                              f"Every operation used under {label} in production is allowed under the lane." if not gap
+                              else f"{len(gap)} operation(s) used under {label} in production are not allowed under "
+                                   f"the lane: {', '.join(f'{t} {i}' for t, i in gap[:4])}.",
+                              {"uncovered": [{"type": t, "interaction": i} for t, i in gap]}))
+            if gate.break_glass.require_expiry_exercised:
+                ex = bool(s is not None and s.expiry_exercised)
+                out.append(Metric("break_glass", cls, f"{lane}.expiry_exercised", float(ex), 1.0, "==", ex,
+                                  f"Staging tested that the {label} lane closes at its expiry." if ex else
+                                  f"Staging never tried an access after a {label} lane expired, so closing on time "
+                                  "is untested."))
+    return Criterion("break_glass", out)
+
+
+def criteria(staging: Profile, production: Profile, gate: Gate | None = None, *, policy: Policy | None = None,
+             declared: dict[str, list[str]] | None = None) -> Criteria:
+    """All three criteria.  ``policy`` (the staging-built one) lets break-glass check lane existence."""
+    gate = gate or Gate()
+    return Criteria(fidelity=fidelity(staging, production, gate), coverage=coverage(staging, production, gate),
+                    break_glass=break_glass(staging, production, gate, policy=policy, declared=declared))
