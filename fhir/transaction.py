@@ -174,10 +174,16 @@ def _write(store: Store, e: Entry, res: _Resolver, assigned: dict[int, str], val
         validate(e.resource)
     rid = assigned[e.index] if e.method == "POST" else e.rid
     assert rid is not None
-    w: WriteResult = store.write(
-        e.rtype, rid, e.resource, method=e.method, if_match=e.if_match,
-        create_only=e.method == "POST", rewrite=res.rewrite, resolve=res,
-    )
+    try:
+        w: WriteResult = store.write(
+            e.rtype, rid, e.resource, method=e.method, if_match=e.if_match,
+            create_only=e.method == "POST", rewrite=res.rewrite, resolve=res,
+        )
+    except FhirError as err:
+        if err.status == 409 and e.full_url and e.full_url.startswith(URN):
+            raise FhirError(409, f"{err.diagnostics}: a POST with fullUrl {e.full_url} takes that uuid as its id; "
+                                 f"send PUT {e.rtype}/{rid} to update it (paritybed fhir load does by default)") from None
+        raise
     return {"response": _response(w.status, w.version)}
 
 
