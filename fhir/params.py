@@ -176,6 +176,7 @@ PARAMS: dict[str, tuple[Param, ...]] = {
     "Specimen": (_ID, *_subject(), _STATUS, _p("type", "token", "type"),
                  _p("collected", "date", "collection.collectedDateTime", "collection.collectedPeriod")),
     "RelatedPerson": (_ID, _p("patient", "reference", "patient", target="Patient"), *_NAME),
+    "Basic": (_ID, *_subject(), _CODE, _p("author", "reference", "author"), _p("created", "date", "created")),
     "Group": (_ID, _p("type", "token", "type"), _CODE, _p("member", "reference", "member.entity")),
 }
 
