@@ -51,7 +51,9 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     """Entry point: run the app, turning user errors into one clear message and an exit code."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns (not raises) a command's typer.Exit code here
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except ParitybedError as e:
         err.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
         if e.hint:
