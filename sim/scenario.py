@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from paritybed.errors import InputError
 
@@ -176,16 +176,32 @@ class WeekdayFactors(Strict):
 
 
 class Hospital(Strict):
+    """Volumes and capacity.  The defaults are one consistent Little's-law pair: census =
+    admissions/day x mean LOS = 49 x 4.6 = 225 = 300 beds x 0.75 (HHS occupancy 2023-24, Florida
+    LOS); AHA's 40.2 admissions per bed-year (33/day) would give a 51% census instead."""
+
     beds: int = Field(300, ge=1)
-    occupancy: float = Field(0.75, gt=0, le=1)
+    occupancy: float = Field(0.75, gt=0, le=1)  # census at t=0 = beds x occupancy
     ed_visits_per_day: float = Field(144, ge=0)
-    admissions_per_day: float = Field(33, ge=0)
+    admissions_per_day: float = Field(49, ge=0)
     outpatient_visits_per_day: float = Field(630, ge=0)
-    length_of_stay_days: float = Field(4.6, gt=0)
+    length_of_stay_days: float = Field(4.6, gt=0)  # mean; log-normal with the median below
+    length_of_stay_median_days: float = Field(3.7, gt=0)
+    ed_stay_hours: float = Field(4.0, gt=0)  # mean ED visit length: orders and results fall inside it
     clinic_sessions: list[ClinicSession] = Field(
         default_factory=lambda: [ClinicSession(start="08:00", end="12:00"), ClinicSession(start="13:00", end="17:00")]
     )
+    clinic_slot_min: float = Field(15, gt=0)  # appointments start on slot boundaries
     weekday_factors: WeekdayFactors = Field(default_factory=WeekdayFactors)
+
+    @model_validator(mode="after")
+    def _los(self) -> "Hospital":
+        if self.length_of_stay_median_days >= self.length_of_stay_days:
+            raise ValueError(
+                f"expected length_of_stay_median_days below length_of_stay_days (a right-skewed stay), "
+                f"found median {self.length_of_stay_median_days} >= mean {self.length_of_stay_days}"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------------ workflows
@@ -237,12 +253,15 @@ class MedRec(Strict):
 
 
 class ResultsAndOrders(Strict):
-    lab_results_per_inpatient_day: float = Field(20, ge=0)
+    lab_results_per_inpatient_day: float = Field(24, ge=0)
     lab_result_profile: HourlyProfile = Field(default_factory=lambda: HourlyProfile(hourly=list(LAB_RESULT_HOURLY)))
     orders_per_inpatient_day: float = Field(10, ge=0)
     order_profile: HourlyProfile = Field(default_factory=lambda: HourlyProfile(hourly=list(ORDER_HOURLY)))
     ed_orders_per_visit: float = Field(4, ge=0)
+    ed_lab_results_per_visit: float = Field(6, ge=0)
     outpatient_orders_per_visit: float = Field(1.5, ge=0)
+    outpatient_lab_results_per_visit: float = Field(2, ge=0)
+    lab_turnaround_min: float = Field(60, gt=0)  # mean minutes from an ED/outpatient visit to its results
 
 
 class PriorAuthQueue(Strict):
@@ -281,6 +300,7 @@ class ScribeSettings(Strict):
     page_size: int = Field(50, ge=1, le=1000)
     max_pages: int = Field(2, ge=1)
     medication_types: list[str] = Field(default_factory=lambda: ["MedicationRequest"])
+    llm_calls: int = Field(2, ge=0)  # HTTP calls per note over each egress connection (transcribe, draft)
 
 
 class CdsSettings(Strict):
@@ -294,7 +314,9 @@ class CdsSettings(Strict):
 
 class PriorAuthSettings(Strict):
     page_size: int = Field(50, ge=1, le=1000)
+    max_pages: int = Field(2, ge=1)
     payer_calls: int = Field(1, ge=0)
+    seconds_per_claim: float = Field(45, gt=0)  # mean work time of one replica on one claim
 
 
 class _AgentBase(Strict):
@@ -365,6 +387,7 @@ class BaaRegistry(Strict):
 class BreakGlassClass(Strict):
     name: Literal["code_blue", "rapid_response", "ed_triage"]
     per_day: float = Field(ge=0)  # expected activations per simulated day in production
+    role: str | None = None  # break-glass role in the identity claim; None: <name>-responder
     duration_min: float = Field(60, gt=0)  # lane duration requested by the activation
     active_min: float = Field(20, gt=0)  # how long clinicians keep working under it (event length)
     agents: list[str]  # agent names whose lane opens
@@ -377,6 +400,17 @@ class BreakGlassClass(Strict):
     @classmethod
     def _24(cls, v: list[float] | None) -> list[float] | None:
         return None if v is None else _profile(v, 24, "hour-of-day weights (00:00..23:00)")
+
+    @model_validator(mode="after")
+    def _within_lane(self) -> "BreakGlassClass":
+        # Work under the lane must end before the lane does, or legitimate care would be
+        # labelled as an access after expiry.
+        if self.active_min > self.duration_min:
+            raise ValueError(f"expected active_min <= duration_min, found {self.active_min} > {self.duration_min}")
+        return self
+
+    def identity_role(self) -> str:
+        return self.role or self.name.replace("_", "-") + "-responder"
 
 
 # ------------------------------------------------------------------------------------ attacks and changes
@@ -529,35 +563,53 @@ class Scenario(Strict):
     policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @model_validator(mode="after")
-    def _references(self) -> "Scenario":
-        names = [a.name for a in self.agents]
-        if len(set(names)) != len(names):
-            raise ValueError(f"agent names must be unique, found {names}")
-        endpoints = {e.name for e in self.baa_registry.endpoints}
-        for a in self.agents:
-            for e in a.egress:
-                if e not in endpoints:
-                    # Allowed on purpose (an agent calling an endpoint without a BAA is a finding),
-                    # but it needs an address to be callable at all.
-                    raise ValueError(
-                        f"agent {a.name!r} calls egress endpoint {e!r}, which is not in baa_registry.endpoints "
-                        f"(known: {sorted(endpoints)}); list it there (status: terminated/pending if it has no BAA)"
-                    )
-        for b in self.break_glass:
-            for n in b.agents:
-                if n not in names:
-                    raise ValueError(f"break-glass class {b.name!r} names unknown agent {n!r} (known: {names})")
-        for at in self.attacks:
-            if at.agent not in names:
-                raise ValueError(f"attack {at.name!r} names unknown agent {at.agent!r} (known: {names})")
-        for arm in (self.arms.production, self.arms.staging):
-            for c in arm.changes or []:
-                if c.agent not in names:
-                    raise ValueError(f"change {c.name!r} names unknown agent {c.agent!r} (known: {names})")
-            for o in arm.omit or []:
-                if o.agent not in names:
-                    raise ValueError(f"omission names unknown agent {o.agent!r} (known: {names})")
+    def _references(self, info: ValidationInfo) -> "Scenario":
+        # load_scenario checks references itself, after validation, to point at each one.
+        if not (info.context or {}).get("defer_references"):
+            problems = self.reference_problems()
+            if problems:
+                loc, expected, found = problems[0]
+                raise ValueError(f"{_field_path(loc)}: expected {expected}, found {found}")
         return self
+
+    def reference_problems(self) -> list[tuple[tuple[Any, ...], str, str]]:
+        """Cross-references between sections that a field type cannot check: (field path,
+        what was expected, what was found) for every dangling or duplicate name."""
+        out: list[tuple[tuple[Any, ...], str, str]] = []
+        names = [a.name for a in self.agents]
+        known = f"an agent name of the fleet ({', '.join(names)})"
+        for i, n in enumerate(names):
+            if names.index(n) != i:
+                out.append((("agents", i, "name"), "a name not used by another agent", repr(n)))
+        endpoints = [e.name for e in self.baa_registry.endpoints]
+        for i, e in enumerate(endpoints):
+            if endpoints.index(e) != i:
+                out.append((("baa_registry", "endpoints", i, "name"), "a name not used by another endpoint", repr(e)))
+        for i, a in enumerate(self.agents):
+            for j, e in enumerate(a.egress):
+                if e not in endpoints:
+                    # An endpoint without a BAA is allowed on purpose (that is a finding), but it
+                    # needs an address to be callable: list it with status pending/terminated.
+                    out.append(((("agents", i, "egress", j)), f"an endpoint listed in baa_registry.endpoints "
+                                f"(known: {', '.join(endpoints) or 'none'}; list it there, status terminated if it has no BAA)", repr(e)))
+        for i, b in enumerate(self.break_glass):
+            for j, n in enumerate(b.agents):
+                if n not in names:
+                    out.append((("break_glass", i, "agents", j), known, repr(n)))
+        for i, at in enumerate(self.attacks):
+            if at.agent not in names:
+                out.append((("attacks", i, "agent"), known, repr(at.agent)))
+            elif at.replica >= self.agent(at.agent).replicas:
+                out.append((("attacks", i, "replica"), f"a replica below {self.agent(at.agent).replicas} (the agent's replicas)", str(at.replica)))
+        for arm in ARM_NAMES:
+            o = getattr(self.arms, arm)
+            for i, c in enumerate(o.changes or []):
+                if c.agent not in names:
+                    out.append((("arms", arm, "changes", i, "agent"), known, repr(c.agent)))
+            for i, om in enumerate(o.omit or []):
+                if om.agent not in names:
+                    out.append((("arms", arm, "omit", i, "agent"), known, repr(om.agent)))
+        return out
 
     def agent(self, name: str) -> ScribeAgent | CdsAgent | PriorAuthAgent:
         for a in self.agents:
@@ -618,6 +670,9 @@ def resolve_arm(scenario: Scenario, arm: str) -> ResolvedArm:
 
 
 # ------------------------------------------------------------------------------------ loading
+_TAGS = ("ScribeAgent", "CdsAgent", "PriorAuthAgent") + AGENT_CLASSES
+
+
 def _yaml():
     from ruamel.yaml import YAML
 
@@ -626,34 +681,46 @@ def _yaml():
     return y
 
 
+def _yaml_key(part: Any) -> Any:
+    return "class" if part == "agent_class" else part
+
+
 def _locate(node: Any, loc: tuple[Any, ...]) -> tuple[int, int] | None:
-    """Line and column (1-based) of the deepest YAML node on a pydantic error path."""
+    """Line and column (1-based) of the deepest YAML node on a pydantic error path: the key of a
+    mapping entry, or the item of a list."""
     best: tuple[int, int] | None = None
+    if getattr(node, "lc", None) is not None:
+        best = (node.lc.line + 1, node.lc.col + 1)
     cur = node
     for part in loc:
+        if part in _TAGS and not (isinstance(cur, dict) and part in cur):
+            continue  # a discriminated-union tag in the error path, not a YAML key
+        key = _yaml_key(part)
         lc = getattr(cur, "lc", None)
         try:
-            if isinstance(part, int) and isinstance(cur, list):
-                if lc is not None and part < len(cur):
-                    ln, col = lc.item(part)
-                    best = (ln + 1, col + 1)
-                cur = cur[part]
-            elif isinstance(cur, dict) and part in cur:
+            if isinstance(key, int) and isinstance(cur, list) and key < len(cur):
                 if lc is not None:
-                    ln, col = lc.key(part)
+                    ln, col = lc.item(key)
                     best = (ln + 1, col + 1)
-                cur = cur[part]
-            elif isinstance(cur, dict) and part in ("agent_class", "ScribeAgent", "CdsAgent", "PriorAuthAgent") and "class" in cur and part == "agent_class":
-                ln, col = lc.key("class")
-                best = (ln + 1, col + 1)
-                cur = cur["class"]
+                cur = cur[key]
+            elif isinstance(cur, dict) and key in cur:
+                if lc is not None:
+                    ln, col = lc.key(key)
+                    best = (ln + 1, col + 1)
+                cur = cur[key]
             else:
                 break
         except Exception:  # noqa: BLE001 - positions are best effort, the message is what matters
             break
-    if best is None and getattr(node, "lc", None) is not None:
-        best = (node.lc.line + 1, node.lc.col + 1)
     return best
+
+
+def _found(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return repr(value)[:80]
 
 
 def _describe(err: dict[str, Any]) -> tuple[str, str]:
@@ -661,27 +728,40 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
     t = err.get("type", "")
     found = err.get("input")
     msg = err.get("msg", "")
+    ctx = err.get("ctx") or {}
     if t == "extra_forbidden":
-        return ("no such field (check the spelling; see docs/scenarios.md)", repr(found)[:80])
+        return ("no such field (check the spelling; docs/scenarios.md lists every field)", _found(found))
     if t == "missing":
         return ("this field (it is required)", "nothing")
     if t == "union_tag_invalid":
-        ctx = err.get("ctx", {})
-        return (f"'class' to be one of {ctx.get('expected_tags', '')}", repr(ctx.get("tag", found))[:80])
+        return (f"one of {ctx.get('expected_tags', '')}", repr(ctx.get("tag", found))[:80])
+    if t == "union_tag_not_found":
+        return (f"a 'class' key (one of {', '.join(AGENT_CLASSES)})", "no 'class'")
     if t.startswith("literal_error"):
-        return (msg.replace("Input should be ", "one of "), repr(found)[:80])
+        return (msg.replace("Input should be ", "one of "), _found(found))
+    if t == "model_type" or t == "dict_type":
+        return ("a mapping of fields", _found(found))
     if msg.startswith("Value error, "):
         text = msg[len("Value error, "):]
         if text.startswith("expected "):
             # Our validators say "expected X, found Y" themselves.
             exp, _, fnd = text[len("expected "):].partition(", found ")
-            return (exp, fnd or (repr(found)[:80] if not isinstance(found, dict) else "a mapping"))
-        return (text, repr(found)[:80] if not isinstance(found, dict) else "a mapping")
-    return (msg, repr(found)[:80] if not isinstance(found, (dict, list)) else type(found).__name__)
+            return (exp, fnd or _found(found))
+        return (text, _found(found))
+    if msg.startswith("Input should be "):
+        text = msg[len("Input should be "):]
+        if t in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            text = "a number " + text
+        return (text, _found(found))
+    return (msg, _found(found))
 
 
 class ScenarioError(InputError):
     """A scenario file that does not validate; the message names file, line, column and field."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems or [message]
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -689,16 +769,42 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     for p in loc:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in ("ScribeAgent", "CdsAgent", "PriorAuthAgent") or p in AGENT_CLASSES:
+        elif p in _TAGS:
             continue  # discriminated-union tag, not a YAML key
         else:
-            out += ("." if out else "") + ("class" if p == "agent_class" else str(p))
+            out += ("." if out else "") + str(_yaml_key(p))
     return out or "(top level)"
+
+
+def _problem_lines(p: Path, data: Any, items: list[tuple[tuple[Any, ...], str, str]]) -> list[str]:
+    """'file:line:col: field: expected X; found Y' for each problem, in file order."""
+    rows = []
+    for loc, expected, found in items:
+        pos = _locate(data, loc)
+        where = f"{p}:{pos[0]}:{pos[1]}" if pos else str(p)
+        rows.append(((pos or (0, 0)), f"{where}: {_field_path(loc)}: expected {expected}; found {found}"))
+    rows.sort(key=lambda r: r[0])
+    out: list[str] = []
+    for _, line in rows:
+        if line not in out:
+            out.append(line)
+    return out
+
+
+def _error_items(e: ValidationError) -> list[tuple[tuple[Any, ...], str, str]]:
+    items = []
+    for err in e.errors():
+        loc = tuple(err.get("loc", ()))
+        if err.get("type", "").startswith("union_tag"):
+            loc = loc + ("class",)  # point at the `class:` key (or its absence) of the agent
+        expected, found = _describe(err)
+        items.append((loc, expected, found))
+    return items
 
 
 def load_scenario(path: str | Path) -> Scenario:
     """Parse and validate a scenario YAML.  Raises ScenarioError naming file:line:col, the field
-    path, what was expected and what was found, for every problem at once."""
+    path, what was expected and what was found, for every problem at once (``.problems``)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -719,21 +825,29 @@ def load_scenario(path: str | Path) -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError(f"{p}:1:1: expected a mapping of scenario fields, found {type(data).__name__}")
     try:
-        sc = Scenario.model_validate(_plain(data))
+        sc = Scenario.model_validate(_plain(data), context={"defer_references": True})
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = tuple(err.get("loc", ()))
-            pos = _locate(data, loc)
-            where = f"{p}:{pos[0]}:{pos[1]}" if pos else str(p)
-            expected, found = _describe(err)
-            lines.append(f"{where}: {_field_path(loc)}: expected {expected}; found {found}")
-        raise ScenarioError("invalid scenario\n  " + "\n  ".join(lines)) from None
-    if sc.population.folder is not None:
-        folder = Path(sc.population.folder)
-        if not folder.is_absolute():
-            sc = sc.model_copy(update={"population": Population(folder=str((p.parent / folder).resolve()))})
-    return sc
+        lines = _problem_lines(p, data, _error_items(e))
+        raise ScenarioError("invalid scenario\n  " + "\n  ".join(lines), problems=lines) from None
+    refs = sc.reference_problems()
+    if refs:
+        lines = _problem_lines(p, data, refs)
+        raise ScenarioError("invalid scenario\n  " + "\n  ".join(lines), problems=lines)
+    return _absolute_folders(sc, p.parent)
+
+
+def _absolute_folders(sc: Scenario, base: Path) -> Scenario:
+    """Population folders are relative to the scenario file: resolve them once, here."""
+
+    def fix(pop: Population | None) -> Population | None:
+        if pop is None or pop.folder is None or Path(pop.folder).is_absolute():
+            return pop
+        return Population(folder=str((base / pop.folder).resolve()))
+
+    arms = sc.arms.model_copy(update={
+        a: getattr(sc.arms, a).model_copy(update={"population": fix(getattr(sc.arms, a).population)}) for a in ARM_NAMES
+    })
+    return sc.model_copy(update={"population": fix(sc.population), "arms": arms})
 
 
 def _plain(node: Any) -> Any:

@@ -1,0 +1,120 @@
+"""What the three mock agents share: the arm's world (emitter, request builder, random draws,
+clock, population), replica assignment, omitted types, egress rows and deployment changes.
+
+An agent turns one clinical context (an encounter to document, a CDS query, a claim) into a
+burst of requests recorded in the emitter; it never makes a SimPy event per request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Sequence
+
+from paritybed.agents.requests import Requests
+from paritybed.enforcer.registry import Endpoint
+from paritybed.sim.arrivals import Clock, Draws
+from paritybed.sim.emit import ALLOW, Emitter
+from paritybed.sim.population import Population
+from paritybed.sim.scenario import ResolvedArm, Scenario
+
+
+@dataclass
+class World:
+    """Everything an arm's agents and event processes share."""
+
+    scenario: Scenario
+    arm: ResolvedArm
+    population: Population
+    em: Emitter
+    req: Requests
+    draws: Draws
+    clock: Clock
+    start: dt.datetime
+
+    def __post_init__(self) -> None:
+        self._registry = {e.address: Endpoint(**e.model_dump()) for e in self.scenario.baa_registry.endpoints}
+        self._names = {e.name: e.address for e in self.scenario.baa_registry.endpoints}
+        # [from, to) of the active BAA covering each address (enforcer.registry semantics).
+        self._windows = {a: e.window_ns(self.start) for a, e in self._registry.items() if e.status == "active"}
+
+    def address_of(self, endpoint: str) -> str:
+        return self._names[endpoint]
+
+    def egress_tag(self, address: str, t_ns: int, label: str = "") -> int:
+        """Ground truth of a connect: allowed clinical work if an active BAA covers the address
+        at t (an endpoint outside the registry, or without an active BAA, must be denied)."""
+        w = self._windows.get(address)
+        if w is not None and w[0] <= t_ns < w[1]:
+            return ALLOW if not label else self.em.tag("allow", label)
+        return self.em.tag("deny", label)
+
+
+class AgentRuntime:
+    """One fleet agent in one arm (the scenario's ``agents:`` entry, with its replicas)."""
+
+    agent_class = ""
+
+    def __init__(self, spec, world: World) -> None:  # spec: ScribeAgent | CdsAgent | PriorAuthAgent
+        self.spec = spec
+        self.w = world
+        self.em = world.em
+        self.req = world.req
+        self.d = world.draws
+        self.name: str = spec.name
+        self.replicas: int = spec.replicas
+        self.omitted = frozenset(t for a, t in world.arm.omit if a == spec.name)
+        self._rr = 0
+        self._endpoints = [(e, world.address_of(e)) for e in spec.egress]
+        self._egress_cache: dict[int, tuple[int, ...]] = {}
+        # Deployment changes (a hotfix adding an endpoint): (from ns, request index, share, label)
+        self.changes = [
+            (world.clock.at(c.at.day, c.at.time), self.req.egress(c.add_egress.name, c.add_egress.address, 1),
+             c.add_egress.share, c.add_egress.address, f"hotfix:{c.name}")
+            for c in world.arm.changes if c.agent == spec.name
+        ]
+
+    def replica(self) -> int:
+        """Round-robin over the replicas (a load balancer in front of the agent)."""
+        r = self._rr
+        self._rr = (r + 1) % self.replicas
+        return r
+
+    def keep(self, reqs: Sequence[int]) -> tuple[int, ...]:
+        """`reqs` without the types this arm omits for the agent (a staging gap)."""
+        if not self.omitted:
+            return tuple(reqs)
+        return tuple(i for i in reqs if self.em.request_type(i) not in self.omitted)
+
+    def context(self, replica: int, context_id: str, kind: str, patient_id: str, workflow: str) -> int:
+        return self.em.context(self.name, self.agent_class, replica, context_id, kind, patient_id, workflow)
+
+    def egress_requests(self, calls: int) -> tuple[tuple[int, str], ...]:
+        """(request index, address) of one connect per endpoint the agent calls."""
+        got = self._egress_cache.get(calls)
+        if got is None:
+            got = self._egress_cache[calls] = tuple(
+                (self.req.egress(name, address, calls), address) for name, address in self._endpoints)
+        return got
+
+    def burst_with_egress(self, t_ns: int, ctx: int, reqs: tuple[int, ...], calls: int) -> None:
+        """A read burst followed by the agent's connects (its ``egress:`` list, each carrying
+        `calls` HTTP calls), then the connects a deployment change added (a share of the units
+        of work).  A connect the BAA registry does not cover becomes a burst of its own, tagged
+        with its expected outcome."""
+        tail: list[int] = []
+        t_egress = t_ns + len(reqs) * 10_000_000
+        for req, address in self.egress_requests(calls):
+            tag = self.w.egress_tag(address, t_egress)
+            if tag == ALLOW:
+                tail.append(req)
+            else:
+                self.em.burst(t_egress, ctx, (req,), tag)
+        self.em.burst(t_ns, ctx, reqs + tuple(tail) if tail else reqs)
+        for since, req, share, address, label in self.changes:
+            if t_ns >= since and self.d.chance(share):
+                self.em.burst(t_egress + 1_000_000, ctx, (req,), self.w.egress_tag(address, t_ns, label))
+
+    # -- break-glass: the agent's ordinary requests for a patient it reaches under a lane
+    def lane_normal(self, patient_id: str, encounter_id: str | None) -> tuple[int, ...]:
+        raise NotImplementedError
