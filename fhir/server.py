@@ -160,7 +160,8 @@ def serve(
         counts = load_into_store(store, folder, progress=progress, console=console, validate=validate_bundles)
         console.print(counts_table(counts, f"loaded {folder}"))
     url_host = f"[{host}]" if ":" in host else host
-    console.print(f"FHIR R4 server at [bold]http://{url_host}:{port}/fhir[/] (storage: {db}); Ctrl-C stops it")
+    port = sock.getsockname()[1]
+    console.print(f"FHIR R4 server at [bold]http://{url_host}:{port}/fhir[/] (storage: {db}); Ctrl-C stops it", soft_wrap=True)
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="warning", **UVICORN_OPTIONS)).run(sockets=[sock])
     finally:
