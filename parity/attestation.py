@@ -210,7 +210,7 @@ def break_glass_auditevents(records: list[dict[str, Any]]) -> list[dict[str, Any
         ents = [{"what": {"reference": f"{a['type']}/{a['id']}"} if a["id"] else {"display": a["type"]},
                  "type": {"system": "http://hl7.org/fhir/resource-types", "code": a["type"]},
                  "description": f"{a['interaction']} at {a['at']}: {a['decision']}"} for a in r["accessed"]]
-        extra = {"purposeOfUse": pou}
+        extra = {"purposeOfEvent": pou}
         if r["expiry"]:
             extra["period"] = {"start": r["activation"], "end": r["expiry"]}
         out.append(_ae(r["activation"], SECURITY_ALERT, OVERRIDE_STARTED, "0" if r["expiry"] else "4", agents,

@@ -19,7 +19,7 @@ Field mapping (docs/parity.md, "Profiles from AuditEvent"):
 * break-glass activation: ``type`` DCM 110113 Security Alert, ``subtype`` DCM 110127 Emergency
   Override Started, ``period`` = activation to requested expiry; the class from ``purposeOfUse``
   with system ``urn:paritybed:break-glass-class`` (or ``break_glass`` when only v3 ActReason BTG is
-  given); accesses under it carry the same purposeOfUse and the claim in ``agent.policy``.
+  given; ``purposeOfEvent`` on the event or ``purposeOfUse`` on an agent); accesses under it carry it and the claim in ``agent.policy``.
 * clinical context: the ``entity`` with ``type`` ``urn:paritybed:entity-type|context`` (else the
   Encounter the event references); it is only counted, never kept.
 """
@@ -129,7 +129,7 @@ def auditevents_from_trace(trace: pa.Table, start: dt.datetime, *, legitimate_on
             ev["subtype"] = [OVERRIDE_STARTED]
             ev["action"] = "E"
             ev["period"] = {"start": instant(origin, r["t_ns"]), "end": instant(origin, r["t_ns"] + r["duration_ns"])}
-            ev["purposeOfUse"] = [{"coding": [BTG, {"system": "urn:paritybed:break-glass-class", "code": r["lane"]}]}]
+            ev["purposeOfEvent"] = [{"coding": [BTG, {"system": "urn:paritybed:break-glass-class", "code": r["lane"]}]}]
         if r["patient_id"]:
             entities.append({"what": {"reference": f"Patient/{r['patient_id']}"},
                              "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
@@ -174,13 +174,12 @@ def _row(ev: dict[str, Any]) -> dict[str, Any] | None:
     cls = next((c.get("code") for r in a0.get("role", []) or [] for c in _coding(r)
                 if c.get("system") == "urn:paritybed:agent-class"), None) or name
     lane = ""
-    for src in [ev] + agents:
-        for p in src.get("purposeOfUse", []) or []:
-            for c in _coding(p):
-                if c.get("system") == "urn:paritybed:break-glass-class":
-                    lane = c.get("code") or lane
-                elif c.get("code") == "BTG" and not lane:
-                    lane = "break_glass"
+    for p in (ev.get("purposeOfEvent", []) or []) + [q for a in agents for q in (a.get("purposeOfUse", []) or [])]:
+        for c in _coding(p):
+            if c.get("system") == "urn:paritybed:break-glass-class":
+                lane = c.get("code") or lane
+            elif c.get("code") == "BTG" and not lane:
+                lane = "break_glass"
     claim = next((u.split(":", 3)[-1] for a in agents for u in a.get("policy", []) or []
                   if u.startswith("urn:paritybed:break-glass-claim:")), "")
     out = {"t": parse_instant(ev["recorded"]), "cls": cls, "stream": f"{name}#{a0.get('altId', '0')}",
