@@ -51,6 +51,7 @@ class ClassProfile(_M):
     hours: list[int] = Field(default_factory=lambda: [0] * 24)
     interarrival_ms: list[float] = Field(default_factory=list)  # sorted quantile sample
     interarrival_n: int = 0
+    interarrival_basis: str = "context"  # context: gaps between new clinical contexts; request: per replica
     requests_per_context: list[float] = Field(default_factory=list)  # sorted quantile sample
     contexts: int = 0
     peak5: dict[str, dict[str, int]] = Field(default_factory=dict)  # replica -> day -> sliding 5-min peak
@@ -191,12 +192,10 @@ def _class_profile(s: Stream, rows: np.ndarray, day0: int) -> ClassProfile:
     pairs = _counts(s.pair_c[f & no_lane], s.pair_v)
     hours = np.bincount((t // HOUR_NS) % 24, minlength=24).tolist() if len(t) else [0] * 24
     # inter-arrival and bursts per replica stream (the unit the kernel rate-limits)
-    gaps, peak5, bins5 = [], {}, {}
+    peak5, bins5 = {}, {}
     st = s.stream_c[f]
     for k in np.unique(st).tolist():
         tk = t[st == k]
-        if len(tk) > 1:
-            gaps.append(np.diff(tk))
         day = tk // DAY_NS - day0
         win = sliding_counts(tk, FIVE_MIN_NS)
         name = s.stream_v[k]
@@ -207,8 +206,8 @@ def _class_profile(s: Stream, rows: np.ndarray, day0: int) -> ClassProfile:
             peak5[name][str(d)] = int(win[m].max())
             b = ((tk[m] % DAY_NS) // FIVE_MIN_NS)
             bins5[name][str(d)] = np.bincount(b, minlength=BINS_PER_DAY).tolist()
-    ia = np.concatenate(gaps) / 1e6 if gaps else np.zeros(0)
     ctx = s.context_c[f]
+    ia, basis = _interarrival(t, ctx, s.context_v, st)
     ctx_counts = np.bincount(ctx, minlength=len(s.context_v)) if len(ctx) else np.zeros(0, dtype=np.int64)
     if "" in s.context_v and len(ctx_counts):
         ctx_counts[s.context_v.index("")] = 0
@@ -216,11 +215,26 @@ def _class_profile(s: Stream, rows: np.ndarray, day0: int) -> ClassProfile:
     e = rows & s.kind_egress & s.legit
     return ClassProfile(
         requests=int(f.sum()), replicas=len(peak5), pairs=dict(sorted(pairs.items())), hours=hours,
-        interarrival_ms=quantile_sample(ia), interarrival_n=int(len(ia)),
+        interarrival_ms=quantile_sample(ia), interarrival_n=int(len(ia)), interarrival_basis=basis,
         requests_per_context=quantile_sample(ctx_counts.astype(np.float64)), contexts=int(len(ctx_counts)),
         peak5=peak5, bins5=bins5, egress=dict(sorted(_counts(s.endpoint_c[e], s.endpoint_v).items())),
         lanes=_lanes(s, rows),
     )
+
+
+def _interarrival(t: np.ndarray, ctx: np.ndarray, ctx_v: list[str], stream: np.ndarray) -> tuple[np.ndarray, str]:
+    """Inter-arrival times (ms) of the agent's *work*: the gaps between the first requests of
+    successive clinical contexts (encounters, claims, queries) of the class.  The requests inside
+    one task follow each other at machine pace in both arms alike; what staging must reproduce is
+    when clinical work arrives (bursts at rounds, quiet nights).  Without contexts (an export that
+    does not carry them) the gaps between requests of each replica stand in."""
+    has = ctx != (ctx_v.index("") if "" in ctx_v else -1)
+    if has.sum() >= 2:
+        _, first = np.unique(ctx[has], return_index=True)
+        ft = np.sort(t[has][first])
+        return np.diff(ft) / 1e6, "context"
+    gaps = [np.diff(t[stream == k]) for k in np.unique(stream).tolist() if (stream == k).sum() > 1]
+    return (np.concatenate(gaps) / 1e6 if gaps else np.zeros(0)), "request"
 
 
 def _lanes(s: Stream, rows: np.ndarray) -> dict[str, LaneProfile]:

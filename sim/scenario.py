@@ -499,9 +499,9 @@ class Arms(Strict):
 class FidelityGate(Strict):
     resource_mix_jsd_max: float = Field(0.10, ge=0, le=1)
     hour_profile_jsd_max: float = Field(0.15, ge=0, le=1)
-    interarrival_ks_max: float = Field(0.15, ge=0, le=1)
+    interarrival_ks_max: float = Field(0.08, ge=0, le=1)  # parity: KS on gaps between new contexts (docs/parity.md)
     burst_ratio_min: float = Field(0.75, ge=0)
-    context_ks_max: float = Field(0.20, ge=0, le=1)
+    context_ks_max: float = Field(0.30, ge=0, le=1)  # parity: requests per context are small integers (docs/parity.md)
 
 
 class CoverageGate(Strict):
