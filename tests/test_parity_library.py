@@ -1,0 +1,114 @@
+"""The library behaves as issue 4 says, on the real simulation (shortened to two days).
+
+The default scenario (community-hospital-week) with the shared Synthea patients, and the four
+library variants expressed as arm overrides of it: uniform staging, staging without
+DiagnosticReport for CDS, staging without break-glass drills, a production hotfix calling an
+endpoint outside the BAA registry.  The full-week versions run in `make demo`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from paritybed.parity.evaluate import evaluate
+from paritybed.run import prepare_populations, simulate_arms, with_duration
+from paritybed.sim.scenario import Arms, ArmOverrides, Change, EgressChange, Omission, Population, load_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIO = REPO / "scenarios" / "community-hospital-week.yaml"
+DAYS = 2
+
+VARIANTS = {
+    "community": Arms(),
+    "uniform-staging": Arms(staging=ArmOverrides(arrivals="uniform")),
+    "missing-diagnosticreport": Arms(staging=ArmOverrides(omit=[Omission(agent="cds", type="DiagnosticReport")])),
+    "no-break-glass": Arms(staging=ArmOverrides(break_glass="off")),
+    "hotfix-egress": Arms(production=ArmOverrides(changes=[Change(
+        name="scribe-summariser-hotfix", at={"day": 1, "time": "10:00"}, agent="scribe",
+        add_egress=EgressChange(name="summariser", address="127.0.0.77:443", share=0.2))])),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shared_synthea):
+    base = load_scenario(SCENARIO)
+    base = with_duration(base.model_copy(update={"population": Population(folder=str(shared_synthea))}), days=DAYS)
+    pops = prepare_populations(base)
+    cache: dict[str, tuple[dict, Path]] = {}
+
+    def get(name: str) -> tuple[dict, Path]:
+        if name not in cache:
+            sc = base.model_copy(update={"arms": VARIANTS[name]})
+            arms = simulate_arms(sc, pops, parallel=False)
+            out = tmp_path_factory.mktemp(name)
+            v = evaluate(sc, SCENARIO, arms["production"].table, arms["staging"].table, out)
+            cache[name] = (v.parity, out)
+        return cache[name]
+
+    return get
+
+
+def failing(doc: dict, criterion: str) -> set[tuple[str, str]]:
+    return {(m["agent_class"], m["name"]) for m in doc["criteria"][criterion]["metrics"] if not m["pass"]}
+
+
+def test_community_hospital_passes_with_no_over_blocks(runs):
+    doc, _ = runs("community")
+    assert doc["verdict"] == "pass", [failing(doc, c) for c in ("fidelity", "coverage", "break_glass")]
+    assert doc["replay"]["over_blocks"]["total"] == 0
+
+
+def test_uniform_staging_fails_burst_and_interarrival_with_over_blocks_in_the_morning(runs):
+    doc, _ = runs("uniform-staging")
+    assert doc["verdict"] == "fail"
+    bad = failing(doc, "fidelity")
+    assert {name for _, name in bad} >= {"burst_ratio", "interarrival_ks"}
+    assert all((cls, "burst_ratio") in bad for cls in ("ambient_scribe", "cds", "prior_auth"))
+    ob = doc["replay"]["over_blocks"]
+    assert ob["total"] > 0
+    hours = ob["by_hour"]
+    assert sum(hours[7:10]) >= 0.8 * sum(hours), hours  # rounds / business-hours opening
+
+
+def test_missing_diagnosticreport_fails_coverage_and_quarantines_cds_at_its_first_read(runs):
+    doc, out = runs("missing-diagnosticreport")
+    cov = next(m for m in doc["criteria"]["coverage"]["metrics"] if m["agent_class"] == "cds")
+    assert not cov["pass"]
+    assert {m["type"] for m in cov["detail"]["missing"]} == {"DiagnosticReport"}
+    assert "DiagnosticReport" in cov["reading"]
+    import pyarrow.parquet as pq
+
+    rp = pq.read_table(out / "replay.parquet", columns=["agent", "replica", "resource_type", "decision", "reason", "t_ns"])
+    cds = rp.filter(pc.equal(rp["agent"], "cds"))
+    dr = cds.filter(pc.equal(cds["resource_type"], "DiagnosticReport"))
+    first = dr.slice(0, 1).to_pylist()[0]
+    assert (first["decision"], first["reason"]) == ("deny", "type-not-in-envelope")
+    q = [e for e in (out / "events.jsonl").read_text().splitlines() if '"event":"quarantine"' in e]
+    assert q and '"agent":"cds"' in q[0] and '"reason":"type-not-in-envelope"' in q[0]
+    assert doc["replay"]["over_blocks"]["by_agent"].get("cds", 0) > 0
+
+
+def test_no_break_glass_fails_and_emergency_access_is_denied(runs):
+    doc, out = runs("no-break-glass")
+    assert not doc["criteria"]["break_glass"]["pass"]
+    assert ("cds", "code_blue.exercised") in failing(doc, "break_glass")
+    by = doc["replay"]["over_blocks"]["by_reason"]
+    assert by.get("lane-not-in-envelope", 0) > 0  # activations refused
+    import json
+
+    log = [json.loads(x) for x in (out / "attestation" / "break_glass_log.jsonl").read_text().splitlines()]
+    cb = [r for r in log if r["class"] == "code_blue"]
+    assert cb and all(r["status"].startswith("refused") for r in cb)
+    lane_only = [a for r in cb for a in r["accessed"] if a["type"] in ("MedicationAdministration", "Procedure", "CarePlan")]
+    assert lane_only and all(a["decision"] == "deny" for a in lane_only)  # what only the lane would open
+
+
+def test_hotfix_endpoint_outside_the_baa_registry_is_caught_at_first_contact(runs):
+    doc, out = runs("hotfix-egress")
+    (hf,) = [a for a in doc["replay"]["attacks"] if a["kind"] == "hotfix"]
+    assert hf["caught_at_first_contact"] and hf["first_reason"] == "egress-not-in-BAA"
+    assert hf["time_to_enforcement_s"] == 0 and hf["blocked"] == hf["rows"]
+    assert doc["replay"]["under_blocks"]["total"] == 0
