@@ -23,6 +23,7 @@ from __future__ import annotations
 import calendar
 import math
 import re
+from functools import lru_cache
 
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -126,8 +127,9 @@ def iso_instant(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@lru_cache(maxsize=65536)
 def http_date(epoch: float) -> str:
-    """An epoch as an HTTP date (``Last-Modified``)."""
+    """An epoch as an HTTP date (``Last-Modified``); cached, as reads repeat the same values."""
     from email.utils import formatdate
 
     return formatdate(epoch, usegmt=True)

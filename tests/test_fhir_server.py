@@ -290,3 +290,17 @@ def test_sort_by_date_and_last_updated(http: httpx.Client, dated: str) -> None:
     assert order("-date") == "cbead"
     assert order("_lastUpdated") == "abcde"  # written in that order
     assert order("-_lastUpdated") == "edcba"
+
+
+def test_or_values_count_a_resource_once(http: httpx.Client) -> None:
+    subject = f"codes-{uuid.uuid4().hex[:8]}"
+    body = {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{subject}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1-8"}, {"system": "http://loinc.org", "code": "2-6"}]}}
+    assert http.post("/Observation", json=body).status_code == 201
+    for params in ({"code": "1-8,2-6"}, {"code": "1-8,2-6", "subject": f"Patient/{subject}"}, {"subject": f"Patient/{subject}", "code": "http://loinc.org|1-8,2-6"}):
+        b = http.get("/Observation", params=params).json()
+        assert b["total"] == len(b["entry"]) == 1, params
+    assert http.get("/Observation", params={"subject": f"Patient/{subject}", "code:not": "1-8"}).json()["total"] == 0
+    assert http.get("/Observation", params={"subject": f"Patient/{subject}", "code:not": "9-9"}).json()["total"] == 1
+    assert http.get("/Observation", params={"subject": f"Patient/{subject}", "encounter:missing": "true"}).json()["total"] == 1
+    assert http.get("/Observation", params={"subject": f"Patient/{subject}", "encounter:missing": "false"}).json()["total"] == 0
