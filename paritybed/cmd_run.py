@@ -78,7 +78,7 @@ def validate_command(files: list[Path] = typer.Argument(..., help="scenario YAML
                 err.print(f"  {line}", highlight=False, soft_wrap=True)
             continue
         out.print(f"[green]ok[/]  {f}  ({sc.name}: {len(sc.agents)} agents, {len(sc.break_glass)} break-glass classes, "
-                  f"{len(sc.attacks)} attacks)", highlight=False)
+                  f"{len(sc.attacks)} attacks)", highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(EXIT_USAGE)
 
