@@ -1,0 +1,192 @@
+"""The scenario schema: clear errors (file:line:col, field, expected, found), arms, the library,
+and docs/scenarios.md documenting every field."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from paritybed.sim import scenario as S
+from paritybed.sim.scenario import ScenarioError, load_scenario, resolve_arm
+
+REPO = Path(__file__).resolve().parent.parent
+LIBRARY = sorted((REPO / "scenarios").glob("*.yaml"))
+PB = [sys.executable, "-P", "-m", "paritybed.cli"]
+
+MINIMAL = """\
+name: t
+population:
+  folder: pop
+agents:
+  - name: scribe
+    class: ambient_scribe
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(write(tmp_path, text))
+    return e.value.problems
+
+
+def test_minimal_scenario_loads_with_defaults_and_resolves_relative_folder(tmp_path):
+    sc = load_scenario(write(tmp_path, MINIMAL))
+    assert sc.population.folder == str((tmp_path / "pop").resolve())
+    assert sc.hospital.beds == 300 and sc.duration.total_ns() == 7 * 86400 * 10**9
+    assert sc.agents[0].settings.usage == 0.35
+
+
+def test_every_problem_is_reported_with_position_path_expected_and_found(tmp_path):
+    text = MINIMAL.replace("    class: ambient_scribe\n", "    class: ambient_scribe\n    replicas: 0\n    egres: []\n")
+    text += "hospital:\n  beds: -1\n  occupancy: lots\n"
+    got = problems(tmp_path, text)
+    assert len(got) == 4, got
+    f = str(tmp_path / "s.yaml")
+    assert got[0] == f"{f}:7:5: agents[0].replicas: expected a number greater than or equal to 1; found 0"
+    assert got[1].startswith(f"{f}:8:5: agents[0].egres: expected no such field")
+    assert got[2] == f"{f}:10:3: hospital.beds: expected a number greater than or equal to 1; found -1"
+    assert got[3].startswith(f"{f}:11:3: hospital.occupancy: expected a valid number") and got[3].endswith("found 'lots'")
+
+
+def test_wrong_agent_class_points_at_the_class_key(tmp_path):
+    got = problems(tmp_path, MINIMAL.replace("class: ambient_scribe", "class: ambient_scrib"))
+    assert got == [f"{tmp_path / 's.yaml'}:6:5: agents[0].class: expected one of 'ambient_scribe', 'cds', "
+                   f"'prior_auth'; found 'ambient_scrib'"]
+
+
+def test_missing_class_and_field_errors_inside_a_tagged_agent_are_located(tmp_path):
+    text = MINIMAL + "  - name: cds\n    class: cds\n    settings: {draft_share: 2}\n  - name: x\n"
+    got = problems(tmp_path, text)
+    assert any(re.search(r":9:16: agents\[1\]\.settings\.draft_share: expected a number less than or equal to 1; found 2", g) for g in got), got
+    assert any(re.search(r":10:5: agents\[2\]\.class: expected a 'class' key", g) for g in got), got
+
+
+def test_dangling_references_are_all_reported_at_their_position(tmp_path):
+    text = MINIMAL + """\
+    egress: [llm]
+break_glass:
+  - {name: code_blue, per_day: 1, agents: [scribe, nobody], lane: []}
+attacks:
+  - {name: a, kind: egress, agent: ghost, at: {day: 1}, address: "127.0.0.66:443"}
+arms:
+  staging:
+    omit: [{agent: cds, type: DiagnosticReport}]
+"""
+    got = problems(tmp_path, text)
+    f = str(tmp_path / "s.yaml")
+    assert got[0].startswith(f"{f}:7:14: agents[0].egress[0]: expected an endpoint listed in baa_registry.endpoints")
+    assert any(g.startswith(f"{f}:9:52: break_glass[0].agents[1]: expected an agent name of the fleet (scribe); found 'nobody'") for g in got), got
+    assert any(":11:" in g and "attacks[0].agent" in g and "'ghost'" in g for g in got), got
+    assert any(":14:" in g and "arms.staging.omit[0].agent" in g for g in got), got
+
+
+def test_yaml_syntax_and_shape_errors_name_the_position(tmp_path):
+    with pytest.raises(ScenarioError, match=r"s\.yaml:2:\d+: not valid YAML"):
+        load_scenario(write(tmp_path, "name: [x\nseed: 1\n"))
+    with pytest.raises(ScenarioError, match=r"s\.yaml:1:1: expected a mapping"):
+        load_scenario(write(tmp_path, "- 1\n"))
+    with pytest.raises(ScenarioError, match="no such scenario file"):
+        load_scenario(tmp_path / "missing.yaml")
+
+
+def test_semantic_checks(tmp_path):
+    got = problems(tmp_path, MINIMAL + "hospital: {length_of_stay_days: 3, length_of_stay_median_days: 4}\n")
+    assert "length_of_stay_median_days below length_of_stay_days" in got[0]
+    bg = MINIMAL + "break_glass:\n  - {name: code_blue, per_day: 1, agents: [scribe], lane: [], duration_min: 10, active_min: 20}\n"
+    assert "expected active_min <= duration_min; found 20.0 > 10.0" in problems(tmp_path, bg)[0]
+
+
+def test_staging_defaults_make_a_good_arm():
+    sc = load_scenario(REPO / "scenarios" / "community-hospital-week.yaml")
+    prod, stag = resolve_arm(sc, "production"), resolve_arm(sc, "staging")
+    assert prod.seed != stag.seed
+    assert prod.population.synthea.seed != stag.population.synthea.seed
+    assert prod.population.synthea.patients == stag.population.synthea.patients
+    assert (prod.arrivals, stag.arrivals) == ("bursty", "bursty")
+    assert (prod.break_glass, stag.break_glass) == ("as_production", "drill")
+    assert (prod.attacks, stag.attacks) == (True, False)
+    assert prod.duration_ns == stag.duration_ns and stag.omit == () and stag.changes == ()
+
+
+def test_staging_overrides_are_applied(tmp_path):
+    text = MINIMAL + """\
+arms:
+  staging:
+    seed: 99
+    duration: {days: 2}
+    arrivals: uniform
+    break_glass: "off"
+    population: {folder: other}
+    volume_factor: 0.5
+"""
+    sc = load_scenario(write(tmp_path, text))
+    st = resolve_arm(sc, "staging")
+    assert (st.seed, st.duration_ns, st.arrivals, st.break_glass, st.volume_factor) == (99, 2 * 86400 * 10**9, "uniform", "off", 0.5)
+    assert st.population.folder == str((tmp_path / "other").resolve())
+    assert resolve_arm(sc, "production").population.folder == str((tmp_path / "pop").resolve())
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=[p.stem for p in LIBRARY])
+def test_library_scenarios_validate(path):
+    sc = load_scenario(path)
+    for arm in ("production", "staging"):
+        resolve_arm(sc, arm)
+
+
+def test_library_scenarios_cite_their_sources():
+    text = (REPO / "scenarios" / "community-hospital-week.yaml").read_text()
+    for source in ("fastTS", "HCUP", "AHA", "HHS", "GWTG-R", "JAMA 2008", "AMA", "Montreal"):
+        assert source in text, source
+
+
+def _field_names(model: type[BaseModel], seen: set[type]) -> set[str]:
+    out: set[str] = set()
+    if model in seen:
+        return out
+    seen.add(model)
+    for name, f in model.model_fields.items():
+        out.add(f.alias or name)
+        for t in _types(f.annotation):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                out |= _field_names(t, seen)
+    return out
+
+
+def _types(annotation) -> list:
+    args = getattr(annotation, "__args__", None)
+    if args:
+        return [x for a in args for x in _types(a)]
+    meta = getattr(annotation, "__metadata__", None)
+    if meta is not None:
+        return _types(annotation.__origin__)
+    return [annotation]
+
+
+def test_docs_document_every_field_with_its_default():
+    doc = (REPO / "docs" / "scenarios.md").read_text()
+    names = _field_names(S.Scenario, set())
+    missing = sorted(n for n in names if f"`{n}`" not in doc)
+    assert not missing, f"fields not documented in docs/scenarios.md: {missing}"
+
+
+def test_validate_command_exit_codes_and_every_problem(tmp_path):
+    good = REPO / "scenarios" / "tiny.yaml"
+    ok = subprocess.run(PB + ["validate", str(good)], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+    bad = write(tmp_path, MINIMAL.replace("class: ambient_scribe", "class: robot") + "hospital: {beds: 0}\n")
+    r = subprocess.run(PB + ["validate", str(good), str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "agents[0].class" in r.stderr and "hospital.beds" in r.stderr
+    assert "Traceback" not in r.stderr
