@@ -92,13 +92,18 @@ def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
 
 
 def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.datetime,
-           *, record_allowed: bool = False) -> Decisions:
+           *, record_allowed: bool = False, fast_path: bool = True) -> Decisions:
     """Decide every row of a trace (in its row order, which is time order) under a policy.
 
     ``start`` is the calendar instant of simulated t=0 (for BAA effective dates).  Events are
     produced for every non-plain decision (deny, alert, lane open/refusal, quarantine start,
     first contact of an agent with an endpoint); ``record_allowed`` adds one for every row, which
     is what observe mode does in the kernel.
+
+    ``fast_path`` (default) decides the common row (a plain FHIR request whose pair is in the
+    envelope, of an enforcing agent) with only the quarantine and token-bucket steps; every other
+    row takes the general path.  ``fast_path=False`` sends every row through the general path:
+    the same decisions (tests/test_engine.py holds them equal), kept as the readable reference.
     """
     n = trace.num_rows
     decision = np.zeros(n, dtype=np.int8)
@@ -188,10 +193,15 @@ def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.dateti
             for cls, lp in p.lanes.items():
                 lane_pairs[(a, cls)] = {q.key() for q in lp.allow}
 
-    claim = trace["claim_id"].to_pylist()
-    lane_col = trace["lane"].to_pylist() if (kind == 2).any() else None
-    duration = trace["duration_ns"].to_numpy() if lane_col is not None else None
-    has_claim = np.array([bool(c) for c in claim], dtype=bool)
+    # Claims and lane classes as dictionary codes: equal strings <-> equal codes, no per-row strings.
+    claim_c, claim_v = _codes(trace["claim_id"])
+    claim = claim_c.tolist()
+    has_claim = claim_c != (claim_v.index("") if "" in claim_v else -1)
+    lane_c, lane_v = _codes(trace["lane"]) if (kind == 2).any() else (None, None)
+    duration = trace["duration_ns"].to_numpy() if lane_c is not None else None
+    # 0: a plain FHIR row whose pair and shape are in the envelope (the fast path), 1: anything else
+    common = (kind == 0) & shape_ok & pair_ok if fast_path else np.zeros(n, dtype=bool)
+    L_code = (~common).astype(np.int8).tolist()
 
     # ---- the sequential pass: quarantine, lanes and token buckets are state.
     tat = [0] * n_slots
@@ -227,14 +237,27 @@ def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.dateti
                                "reason": REASONS[v], "until_ns": q_until[s]})
         RS[i] = v
 
-    for i in range(n):
-        k = L_kind[i]
-        s = L_slot[i]
-        t = L_t[i]
+    for i, c, s, t in zip(range(n), L_code, L_slot, L_t):
         m = mode[s]
+        if c == 0 and m >= 1:  # fast path: steps 3 and 5 (GCRA) of the general path below
+            if q_until[s] > t:
+                D[i] = DENY
+                RS[i] = 7
+                continue
+            T = interval[s]
+            if T:
+                x = tat[s]
+                if x < t:
+                    x = t
+                if x - t > tau[s]:
+                    violation(i, s, t, 4)
+                    continue
+                tat[s] = x + T
+            continue
+        k = L_kind[i]
         if k == 2:  # lane_open
             a = L_agent[i]
-            cls = lane_col[i]
+            cls = lane_v[lane_c[i]]
             p = policies[a]
             if p is None:
                 RS[i] = 12

@@ -265,3 +265,42 @@ def test_record_allowed_adds_a_request_event_for_every_row():
 def test_empty_trace(n):
     d = decide(TraceBuilder("production").build(), pol(), REG, START)
     assert len(d.decision) == 0 and d.events == []
+
+
+# ------------------------------------------------------------------ fast path == general path
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ROW = st.tuples(
+    st.integers(0, 4),  # kind: 0-2 fhir, 3 egress, 4 lane_open
+    st.integers(0, 2),  # replica
+    st.integers(0, 40 * S),  # time
+    st.sampled_from([("Observation", "search"), ("Patient", "read"), ("Procedure", "read")]),
+    st.sampled_from(["plain", "plain", "plain", "bundle"]),
+    st.sampled_from(["", "c1", "c2"]),  # claim
+    st.sampled_from(["127.0.0.21:9443", "10.0.0.1:443", SERVER]),
+    st.sampled_from(["cds", "other"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(_ROW, min_size=1, max_size=60), response=st.sampled_from(["deny", "quarantine", "kill", "alert", "observe"]),
+       hold=st.sampled_from([None, 5, 30]), burst=st.integers(1, 4))
+def test_fast_path_decides_exactly_like_the_general_path(rows, response, hold, burst):
+    b = TraceBuilder("production")
+    for kind, rep, t, (typ, inter), shape, claim, addr, agent in rows:
+        common = dict(t_ns=t, agent=agent, agent_class="cds", replica=rep)
+        if kind <= 2:
+            b.add(kind="fhir", resource_type=typ, interaction=inter, shape=shape, claim_id=claim,
+                  lane="code_blue" if claim else "", **common)
+        elif kind == 3:
+            b.add(kind="egress", address=addr, **common)
+        else:
+            b.add(kind="lane_open", lane="code_blue", claim_id=claim or "c1", duration_ns=10 * S, **common)
+    tr = b.build()
+    p = pol(response, rate=RatePolicy(burst=burst, interval_ns=3 * S), hold=hold, lanes=lane_policy(max_s=8))
+    fast = decide(tr, p, REG, START)
+    slow = decide(tr, p, REG, START, fast_path=False)
+    assert fast.decision.tolist() == slow.decision.tolist()
+    assert fast.reason.tolist() == slow.reason.tolist()
+    assert fast.events == slow.events
