@@ -7,7 +7,8 @@ endpoint of the same ASGI stack served the same way in the same run.
   one route returns a fixed small JSON — with the identical uvicorn settings
   (`paritybed.fhir.server.UVICORN_OPTIONS`: uvloop, httptools, no access log, one worker);
 * load: another process on loopback with keep-alive connections: ``wrk`` when it is installed,
-  else a small asyncio client (``load`` below); reads cycle over 1000 Observation ids, searches
+  else a small asyncio client (``load`` below; ``PARITYBED_BENCH_LOADGEN=wrk|asyncio`` forces
+  one); reads cycle over 1000 Observation ids, searches
   over ``Observation?patient=X&category=laboratory`` for the 37 patients (first page, 20 entries);
 * each target is measured twice, interleaved, and the better run kept (the machine is shared).
 
@@ -36,6 +37,7 @@ REPO = HERE.parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "synthea-r4"
 SECONDS = float(os.environ.get("PARITYBED_BENCH_SECONDS", "4"))
 CONNECTIONS = 16
+LOADGEN = os.environ.get("PARITYBED_BENCH_LOADGEN", "auto")  # auto | wrk | asyncio
 READ_GOAL = 0.40
 
 
@@ -167,7 +169,7 @@ def _wrk(port: int, paths: list[str], seconds: float, tmp: Path) -> dict:
 
 def measure(port: int, paths: list[str], tmp: Path) -> tuple[float, str]:
     """Requests per second against `port`, and which load generator measured it."""
-    if shutil.which("wrk"):
+    if LOADGEN == "wrk" or (LOADGEN == "auto" and shutil.which("wrk")):
         out, tool = _wrk(port, paths, SECONDS, tmp), "wrk"
     else:
         paths_file = tmp / "paths.txt"
