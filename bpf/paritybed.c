@@ -1,0 +1,989 @@
+/* paritybed.c: the kernel half of paritybed's enforcement (loaded by enforcer/kernel.py, BCC).
+ *
+ * One program per hook, all attached at the paritybed root cgroup so every replica cgroup
+ * below it inherits them:
+ *   pb_connect4 / pb_connect6   cgroup/connect4|6: egress allowlist through the BAA registry
+ *   pb_sendmsg4 / pb_sendmsg6   cgroup/sendmsg4|6: the same decision for unconnected UDP sends
+ *   pb_sockops                  sockops: puts TCP sockets to a policy's FHIR server in fhir_socks
+ *   pb_sk_msg                   sk_msg on fhir_socks: parses each HTTP request and decides it
+ * The decision is docs/enforcement.md, the same as enforcer/engine.py; the request parser is
+ * the grammar of enforcer/classify.py.  Every map is pinned under PB_PIN_DIR so enforcement
+ * outlives the control plane and a new control plane adopts the state.
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/socket.h>
+#include "paritybed.h"
+
+#ifndef PB_PIN_DIR
+#error "PB_PIN_DIR must be defined (the bpffs directory the maps are pinned in)"
+#endif
+#ifndef PB_RB_PAGES
+#define PB_RB_PAGES 64
+#endif
+#define PIN(_name) PB_PIN_DIR "/" #_name
+
+/* context fields read one 32-bit load at a time (the verifier rejects merged or offset loads) */
+#define CTX32(_f) (*(volatile u32 *)&(_f))
+
+#define PB_MAP(_type, _k, _v, _name, _max) BPF_TABLE_PINNED(_type, _k, _v, _name, _max, PIN(_name))
+
+/* BCC has no pinned variants of these three; same layouts as its BPF_SOCKHASH,
+ * BPF_SK_STORAGE and BPF_RINGBUF_OUTPUT, with a pin path in the section name. */
+#define PB_SOCKHASH(_name, _key_type, _max) \
+struct _name##_table_t { _key_type key; int leaf; int (*update) (_key_type *, int *); \
+  int (*delete) (_key_type *); int (*sock_hash_update) (void *, void *, u64); \
+  int (*msg_redirect_hash) (void *, void *, u64); int (*sk_redirect_hash) (void *, void *, u64); \
+  u32 max_entries; }; \
+__attribute__((section("maps/sockhash:" PIN(_name)))) struct _name##_table_t _name = { .max_entries = (_max) }; \
+BPF_ANNOTATE_KV_PAIR(_name, _key_type, int)
+#define PB_SK_STORAGE(_name, _leaf_type) \
+struct _name##_table_t { int key; _leaf_type leaf; void * (*sk_storage_get) (void *, void *, int); \
+  int (*sk_storage_delete) (void *); u32 flags; }; \
+__attribute__((section("maps/sk_storage:" PIN(_name)))) struct _name##_table_t _name = { .flags = BPF_F_NO_PREALLOC }; \
+BPF_ANNOTATE_KV_PAIR(_name, int, _leaf_type)
+#define PB_RINGBUF(_name, _pages) \
+struct _name##_table_t { int key; u32 leaf; int (*ringbuf_output) (void *, u64, u64); \
+  void* (*ringbuf_reserve) (u64); void (*ringbuf_discard) (void *, u64); \
+  void (*ringbuf_submit) (void *, u64); u32 max_entries; }; \
+__attribute__((section("maps/ringbuf:" PIN(_name)))) struct _name##_table_t _name = { .max_entries = ((_pages) * PAGE_SIZE) }
+
+PB_MAP("array", u32, struct pb_knobs, knobs, 1);
+PB_MAP("array", u32, struct pb_ctab, ctab, 1);
+PB_MAP("hash", u64, struct pb_agent, agents, 256);
+PB_MAP("hash", u64, struct pb_replica, replicas, 4096);
+PB_MAP("hash", struct pb_pair_key, u32, pairs, 65536);
+PB_MAP("hash", struct pb_lane_key, struct pb_lane, lanes, 16384);
+PB_MAP("hash", struct pb_addr_key, struct pb_endpoint, registry, 4096);
+PB_MAP("hash", struct pb_envelope_key, u8, envelope, 4096);
+PB_MAP("lru_hash", struct pb_seen_key, u8, seen, 65536);
+PB_MAP("hash", struct pb_addr_key, u8, servers, 256);
+PB_MAP("hash", struct pb_type_key, u16, types, 256);
+PB_MAP("hash", struct pb_name_key, u8, pnames, 64);
+PB_MAP("hash", struct pb_hname_key, u8, hnames, 64);
+PB_MAP("percpu_array", u32, u64, counters, PB_COUNTERS);
+PB_MAP("array", u32, u64, lost, 1);
+PB_SOCKHASH(fhir_socks, u64, 65536);
+PB_SK_STORAGE(sockstate, struct pb_sock);
+PB_RINGBUF(events, PB_RB_PAGES);
+PB_MAP("prog", u32, u32, jmp, 4);  /* tail calls: JMP_PARSE, JMP_DECIDE */
+
+/* ---------------------------------------------------------------- common */
+
+static __always_inline s64 pb_now(struct pb_knobs *k)
+{
+    return k->real_clock ? (s64)bpf_ktime_get_ns() : k->vnow;
+}
+
+static __always_inline void pb_count(u32 kind, u32 reason)
+{
+    u32 i = (kind * 16 + reason) & (PB_COUNTERS - 1);
+    u64 *c = counters.lookup(&i);
+    if (c)
+        *c += 1;
+}
+
+static __always_inline struct pb_event *pb_reserve(void)
+{
+    struct pb_event *e = events.ringbuf_reserve(sizeof(struct pb_event));
+    if (!e) {
+        u32 z = 0;
+        u64 *l = lost.lookup(&z);
+        if (l)
+            __sync_fetch_and_add(l, 1);
+    }
+    return e;
+}
+
+/* A violation becomes a decision by the agent's response mode (docs/enforcement.md, step 6). */
+static __always_inline u8 pb_violation(struct pb_agent *a, struct pb_replica *r, s64 now, u8 *flags, s64 *until)
+{
+    if (a->mode == M_ALERT)
+        return PB_ALERT;
+    if (a->mode >= M_QUARANTINE) {
+        s64 u = a->hold == PB_I64_MAX ? PB_I64_MAX : now + a->hold;
+        r->q_until = u;
+        *until = u;
+        *flags |= a->mode == M_KILL ? F_KILL : F_QUARANTINE;
+    }
+    return PB_DENY;
+}
+
+/* ---------------------------------------------------------------- egress */
+
+static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    struct pb_replica *r = replicas.lookup(&cgid);
+    if (!r)
+        return 1; /* not a paritybed replica: unenforced */
+    u32 z = 0;
+    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_knobs *k = knobs.lookup(&z);
+    if (!a || !k)
+        return 0; /* a registered replica without its policy: fail closed */
+    s64 now = pb_now(k);
+    u8 decision = PB_ALLOW, reason = R_OK, flags = 0;
+    s64 until = 0;
+    struct pb_endpoint *ep = registry.lookup(ak);
+    if (a->mode != M_OBSERVE && r->q_until > now) {
+        decision = PB_DENY;
+        reason = R_QUARANTINED;
+    } else {
+        struct pb_seen_key sk = {};
+        sk.cgid = cgid;
+        sk.addr = *ak;
+        if (!seen.lookup(&sk)) {
+            u8 one = 1;
+            seen.update(&sk, &one);
+            flags |= F_FIRST_CONTACT;
+        }
+        if (a->mode == M_OBSERVE) {
+            reason = R_OBSERVE;
+        } else {
+            u8 v = 0;
+            int server = ak->port == a->server_port && ak->addr[0] == a->server_addr[0] &&
+                         ak->addr[1] == a->server_addr[1] && ak->addr[2] == a->server_addr[2] &&
+                         ak->addr[3] == a->server_addr[3];
+            if (server) {
+                v = 0;
+            } else if (!ep || !ep->active || now < ep->lo || now >= ep->hi) {
+                v = R_NOT_BAA;
+            } else {
+                struct pb_envelope_key ek = {};
+                ek.agent = r->agent;
+                ek.name = ep->name;
+                if (!envelope.lookup(&ek))
+                    v = R_NOT_ENVELOPE;
+            }
+            if (v) {
+                reason = v;
+                decision = pb_violation(a, r, now, &flags, &until);
+            }
+        }
+    }
+    pb_count(K_EGRESS, reason);
+    if (k->record_all || decision != PB_ALLOW || flags || a->mode == M_OBSERVE) {
+        struct pb_event *e = pb_reserve();
+        if (e) {
+            __builtin_memset(e, 0, sizeof(*e));
+            e->t = now;
+            e->cgid = cgid;
+            e->until = until;
+            e->registry_version = k->registry_version;
+            e->endpoint = ep ? ep->name : 0;
+            e->addr[0] = ak->addr[0];
+            e->addr[1] = ak->addr[1];
+            e->addr[2] = ak->addr[2];
+            e->addr[3] = ak->addr[3];
+            e->port = ak->port;
+            e->kind = K_EGRESS;
+            e->hook = hook;
+            e->decision = decision;
+            e->reason = reason;
+            e->flags = flags;
+            events.ringbuf_submit(e, 0);
+        }
+    }
+    return decision == PB_DENY ? 0 : 1;
+}
+
+static __always_inline void pb_addr4(struct pb_addr_key *ak, u32 ip, u32 port_n)
+{
+    ak->addr[2] = bpf_htonl(0x0000ffff);
+    ak->addr[3] = ip;
+    ak->port = (u16)port_n;
+}
+
+int pb_connect4(struct bpf_sock_addr *ctx)
+{
+    struct pb_addr_key ak = {};
+    pb_addr4(&ak, ctx->user_ip4, ctx->user_port);
+    return pb_egress(&ak, HOOK_CONNECT4);
+}
+
+int pb_sendmsg4(struct bpf_sock_addr *ctx)
+{
+    struct pb_addr_key ak = {};
+    pb_addr4(&ak, ctx->user_ip4, ctx->user_port);
+    return pb_egress(&ak, HOOK_SENDMSG4);
+}
+
+int pb_connect6(struct bpf_sock_addr *ctx)
+{
+    struct pb_addr_key ak = {};
+    ak.addr[0] = CTX32(ctx->user_ip6[0]);
+    ak.addr[1] = CTX32(ctx->user_ip6[1]);
+    ak.addr[2] = CTX32(ctx->user_ip6[2]);
+    ak.addr[3] = CTX32(ctx->user_ip6[3]);
+    ak.port = (u16)ctx->user_port;
+    return pb_egress(&ak, HOOK_CONNECT6);
+}
+
+int pb_sendmsg6(struct bpf_sock_addr *ctx)
+{
+    struct pb_addr_key ak = {};
+    ak.addr[0] = CTX32(ctx->user_ip6[0]);
+    ak.addr[1] = CTX32(ctx->user_ip6[1]);
+    ak.addr[2] = CTX32(ctx->user_ip6[2]);
+    ak.addr[3] = CTX32(ctx->user_ip6[3]);
+    ak.port = (u16)ctx->user_port;
+    return pb_egress(&ak, HOOK_SENDMSG6);
+}
+
+/* ---------------------------------------------------------------- sockops */
+
+int pb_sockops(struct bpf_sock_ops *skops)
+{
+    if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+        return 1;
+    struct pb_addr_key ak = {};
+    if (skops->family == AF_INET) {
+        pb_addr4(&ak, CTX32(skops->remote_ip4), CTX32(skops->remote_port) >> 16);
+    } else if (skops->family == AF_INET6) {
+        ak.addr[0] = CTX32(skops->remote_ip6[0]);
+        ak.addr[1] = CTX32(skops->remote_ip6[1]);
+        ak.addr[2] = CTX32(skops->remote_ip6[2]);
+        ak.addr[3] = CTX32(skops->remote_ip6[3]);
+        ak.port = (u16)(CTX32(skops->remote_port) >> 16);
+    } else {
+        return 1;
+    }
+    if (!servers.lookup(&ak))
+        return 1;
+    u64 key = bpf_get_socket_cookie(skops);
+    fhir_socks.sock_hash_update(skops, &key, BPF_ANY);
+    return 1;
+}
+
+struct pb_parsed {
+    u64 claim;
+    u32 body_left;
+    u16 type_id;
+    u8 shape;
+    u8 interaction;
+    u8 method;
+    u8 has_claim;
+};
+
+/* ---------------------------------------------------------------- the request parser
+ *
+ * A byte-at-a-time state machine over the request head (enforcer/classify.py is the same
+ * grammar).  Its state lives in the socket's storage, not in registers: the verifier then sees
+ * the same state at every iteration and prunes, and a message is parsed in chunks of PB_CHUNK
+ * bytes, each a tail call of pb_parse (so each program stays within the verifier's limits).
+ */
+#define JMP_PARSE 0
+#define JMP_DECIDE 1
+#ifndef PB_CHUNK
+#define PB_CHUNK 128
+#endif
+
+#define ST_METHOD 0
+#define ST_BASE 1
+#define ST_AFTERBASE 2
+#define ST_SEG0 3
+#define ST_TYPE 4
+#define ST_ID0 5
+#define ST_ID 6
+#define ST_AID0 7
+#define ST_HIST 8
+#define ST_VID0 9
+#define ST_VID 10
+#define ST_OP 11
+#define ST_QNAME 12
+#define ST_QVAL 13
+#define ST_TSKIP 14
+#define ST_VER 15
+#define ST_VERLF 16
+#define ST_HSTART 17
+#define ST_HNAME 18
+#define ST_HVAL 19
+#define ST_HLF 20
+#define ST_HEND 21
+#define ST_JUNK 22
+
+#define FORM_NONE 0
+#define FORM_TYPE 1
+#define FORM_ID 2
+#define FORM_HIST 3
+#define FORM_VREAD 4
+
+#define W_GET 0x474554ULL
+#define W_POST 0x504f5354ULL
+#define W_PUT 0x505554ULL
+#define W_DELETE 0x44454c455445ULL
+#define W_HTTP11 0x485454502f312e31ULL
+#define W_HISTORY 0x5f686973746f7279ULL /* "_history" */
+#define W_GRAPHQL 0x6772617068716cULL   /* "graphql" */
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+#define SH1(c) do { s->k0 = (s->k0 << 8) | (c); } while (0)
+#define SH2(c) do { s->k1 = (s->k1 << 8) | (s->k0 >> 56); SH1(c); } while (0)
+#define SH3(c) do { s->k2 = (s->k2 << 8) | (s->k1 >> 56); SH2(c); } while (0)
+#define SH5(c) do { s->k4 = (s->k4 << 8) | (s->k3 >> 56); s->k3 = (s->k3 << 8) | (s->k2 >> 56); SH3(c); } while (0)
+#define CLR() do { s->k0 = 0; s->k1 = 0; s->k2 = 0; s->k3 = 0; s->k4 = 0; s->len = 0; } while (0)
+#define DEV(_fam) do { s->fam = (_fam); s->st = ST_TSKIP; } while (0)
+#define SYSFAM() (s->method == MT_POST ? S_BUNDLE : S_TYPE_PARAM)
+
+/* the resource type segment ended: look the name up (exactly, by its packed bytes) */
+static __always_inline int pb_type_done(struct pb_pstate *s)
+{
+    struct pb_type_key tk = {.w = {s->k0, s->k1, s->k2, s->k3, s->k4}};
+    u16 *tid = (s->tbad || s->len > PB_TYPE_MAX) ? 0 : types.lookup(&tk);
+    if (!tid) {
+        DEV(S_UNKNOWN_TYPE);
+        return 0;
+    }
+    s->type_id = *tid;
+    s->form = FORM_TYPE;
+    return 1;
+}
+
+/* the request target ended (SP) in state s->st */
+static __always_inline void pb_target_end(struct pb_pstate *s)
+{
+    u8 st = s->st;
+    if (st == ST_BASE) {
+        s->fam = S_NOT_FHIR;
+    } else if (st == ST_AFTERBASE || st == ST_SEG0) {
+        s->fam = SYSFAM();
+    } else if (st == ST_TYPE) {
+        pb_type_done(s);
+    } else if (st == ST_ID0 || st == ST_AID0 || st == ST_VID0 || st == ST_QNAME) {
+        s->fam = S_MALFORMED;
+    } else if (st == ST_ID) {
+        s->form = FORM_ID;
+    } else if (st == ST_HIST) {
+        if (s->len == 8 && s->k0 == W_HISTORY)
+            s->form = FORM_HIST;
+        else
+            s->fam = S_MALFORMED;
+    } else if (st == ST_VID) {
+        s->form = FORM_VREAD;
+    } else if (st == ST_OP) {
+        s->fam = (s->len == 7 && s->k0 == W_GRAPHQL) ? S_GRAPHQL : S_OPERATION;
+    }
+    s->st = ST_VER;
+    CLR();
+}
+
+/* one byte c (class flags f) of the request target, not SP */
+static __always_inline void pb_target_byte(struct pb_pstate *s, u8 c, u32 f)
+{
+    u8 st = s->st;
+    if (st == ST_BASE) {
+        SH3(c);
+        s->len++;
+        if (s->len == s->blen) {
+            if (s->k0 == s->bw0 && s->k1 == s->bw1 && s->k2 == s->bw2)
+                s->st = ST_AFTERBASE;
+            else
+                DEV(S_NOT_FHIR);
+        }
+    } else if (st == ST_AFTERBASE) {
+        if (c == '/')
+            s->st = ST_SEG0;
+        else if (c == '?')
+            DEV(SYSFAM());
+        else
+            DEV(S_NOT_FHIR);
+    } else if (st == ST_SEG0) {
+        if (c == '$') {
+            s->st = ST_OP;
+            CLR();
+        } else if (c == '?') {
+            DEV(SYSFAM());
+        } else if (c == '%') {
+            DEV(S_ENCODED);
+        } else if (f & (C_UPPER | C_LOWER)) {
+            s->st = ST_TYPE;
+            CLR();
+            SH1(c);
+            s->len = 1;
+        } else {
+            DEV(S_MALFORMED);
+        }
+    } else if (st == ST_TYPE) {
+        if (c == '%') {
+            DEV(S_ENCODED);
+        } else if (c == '/' || c == '?') {
+            if (pb_type_done(s)) {
+                if (c == '/') {
+                    s->st = ST_ID0;
+                } else if (s->method == MT_GET) {
+                    s->st = ST_QNAME;
+                    CLR();
+                    s->colon = 0;
+                    s->dot = 0;
+                } else {
+                    DEV(S_PARAM);
+                }
+            }
+        } else {
+            if (!(f & (C_UPPER | C_LOWER)))
+                s->tbad = 1;
+            SH5(c);
+            s->len++;
+        }
+    } else if (st == ST_ID0 || st == ST_VID0) {
+        if (c == '$' && st == ST_ID0) {
+            s->st = ST_OP;
+            CLR();
+        } else if (c == '%') {
+            DEV(S_ENCODED);
+        } else if (f & C_ID) {
+            s->st = st == ST_ID0 ? ST_ID : ST_VID;
+            s->len = 1;
+        } else {
+            DEV(S_MALFORMED);
+        }
+    } else if (st == ST_ID || st == ST_VID) {
+        if (c == '%') {
+            DEV(S_ENCODED);
+        } else if (f & C_ID) {
+            s->len++;
+            if (s->len > PB_ID_MAX)
+                DEV(S_MALFORMED);
+        } else if (c == '/' || c == '?') {
+            if (st == ST_ID) {
+                s->form = FORM_ID;
+                if (c == '/')
+                    s->st = ST_AID0;
+                else
+                    DEV(S_PARAM);
+            } else {
+                s->form = FORM_VREAD;
+                DEV(c == '?' ? S_PARAM : S_MALFORMED);
+            }
+        } else {
+            DEV(S_MALFORMED);
+        }
+    } else if (st == ST_AID0) {
+        if (c == '$') {
+            s->st = ST_OP;
+            CLR();
+        } else if (c == '_') {
+            s->st = ST_HIST;
+            CLR();
+            SH1(c);
+            s->len = 1;
+        } else if (c == '%') {
+            DEV(S_ENCODED);
+        } else if (f & (C_UPPER | C_LOWER)) {
+            DEV(S_COMPARTMENT);
+        } else {
+            DEV(S_MALFORMED);
+        }
+    } else if (st == ST_HIST) {
+        if (c == '%') {
+            DEV(S_ENCODED);
+        } else if (c == '/' || c == '?') {
+            if (s->len == 8 && s->k0 == W_HISTORY) {
+                s->form = FORM_HIST;
+                if (c == '/')
+                    s->st = ST_VID0;
+                else
+                    DEV(S_PARAM);
+            } else {
+                DEV(S_MALFORMED);
+            }
+        } else {
+            SH1(c);
+            s->len++;
+        }
+    } else if (st == ST_OP) {
+        if (c == '%') {
+            DEV(S_ENCODED);
+        } else if (c == '/' || c == '?') {
+            DEV((s->len == 7 && s->k0 == W_GRAPHQL) ? S_GRAPHQL : S_OPERATION);
+        } else if (f & C_OP) {
+            SH1((f & C_UPPER) ? (c | 0x20) : c);
+            s->len++;
+        } else {
+            DEV(S_MALFORMED);
+        }
+    } else if (st == ST_QNAME) {
+        if (c == '%') {
+            DEV(S_ENCODED);
+        } else if (c == '=') {
+            if (s->len == 0) {
+                DEV(S_MALFORMED);
+            } else {
+                struct pb_name_key nk = {};
+                u32 nl = s->colon ? s->plen : s->len;
+                nk.w[0] = s->colon ? s->b0 : s->k0;
+                nk.w[1] = s->colon ? s->b1 : s->k1;
+                nk.len = nl > PB_NAME_MAX ? 255 : nl;
+                u8 *kind = pnames.lookup(&nk);
+                u8 kd = kind ? *kind : 0;
+                if (kd == N_INCLUDE)
+                    DEV(S_INCLUDE);
+                else if (kd == N_TYPE)
+                    DEV(S_TYPE_PARAM);
+                else if (kd == N_HAS)
+                    DEV(S_HAS);
+                else if (s->dot)
+                    DEV(S_CHAINED);
+                else if (s->colon || kd != N_SAFE)
+                    DEV(S_PARAM);
+                else {
+                    s->st = ST_QVAL;
+                    s->len = 0;
+                }
+            }
+        } else if (f & C_PNAME) {
+            if (c == ':' && !s->colon) {
+                s->colon = 1;
+                s->b0 = s->k0;
+                s->b1 = s->k1;
+                s->plen = s->len;
+            }
+            if (c == '.')
+                s->dot = 1;
+            SH2(c);
+            s->len++;
+        } else {
+            DEV(S_MALFORMED);
+        }
+    } else if (st == ST_QVAL) {
+        if (c == '%' || c == '+') {
+            DEV(S_ENCODED);
+        } else if (f & C_VALUE) {
+            s->len++;
+            if (s->len > PB_VALUE_MAX)
+                DEV(S_MALFORMED);
+        } else if (c == '&') {
+            s->st = ST_QNAME;
+            CLR();
+            s->colon = 0;
+            s->dot = 0;
+        } else {
+            DEV(S_MALFORMED);
+        }
+    }
+}
+
+/* one byte of a header value (kind s->hkind), not CR */
+static __always_inline void pb_value_byte(struct pb_pstate *s, u8 c, u32 f)
+{
+    u8 sub = s->sub;
+    if (s->hkind == H_CONTENT_LENGTH) {
+        if (sub == 0) {
+            if (f & C_DIGIT) {
+                s->sub = 1;
+                s->cl_cur = c - '0';
+                s->len = 1;
+            } else if (!(f & C_OWS)) {
+                s->sub = 3;
+                s->cl_bad = 1;
+            }
+        } else if (sub == 1) {
+            if ((f & C_DIGIT) && s->len < 9) {
+                s->cl_cur = s->cl_cur * 10 + (c - '0');
+                s->len++;
+            } else if (f & C_OWS) {
+                s->sub = 2;
+            } else {
+                s->sub = 3;
+                s->cl_bad = 1;
+            }
+        } else if (sub == 2 && !(f & C_OWS)) {
+            s->sub = 3;
+            s->cl_bad = 1;
+        }
+    } else if (s->hkind == H_CLAIM) {
+        if (sub == 0) {
+            if (f & C_CLAIM) {
+                s->sub = 1;
+                s->claim = (s->claim ^ c) * FNV_PRIME;
+                s->len = 1;
+            } else if (!(f & C_OWS)) {
+                s->sub = 3;
+                s->claim_bad = 1;
+            }
+        } else if (sub == 1) {
+            if ((f & C_CLAIM) && s->len < PB_CLAIM_MAX) {
+                s->claim = (s->claim ^ c) * FNV_PRIME;
+                s->len++;
+            } else if (f & C_OWS) {
+                s->sub = 2;
+            } else {
+                s->sub = 3;
+                s->claim_bad = 1;
+            }
+        } else if (sub == 2 && !(f & C_OWS)) {
+            s->sub = 3;
+            s->claim_bad = 1;
+        }
+    }
+}
+
+/* one byte outside the request target */
+static __always_inline void pb_line_byte(struct pb_pstate *s, u8 c, u32 f)
+{
+    u8 st = s->st;
+    if (st == ST_HVAL) {
+        if (c == '\r') {
+            if (s->hkind == H_CONTENT_LENGTH) {
+                if (s->sub == 0)
+                    s->cl_bad = 1;
+                else if (s->sub < 3)
+                    s->cl_val = s->cl_cur;
+            } else if (s->hkind == H_CLAIM && s->sub == 0) {
+                s->claim_bad = 1;
+            }
+            s->st = ST_HLF;
+        } else if (!(f & C_HVAL)) {
+            s->st = ST_JUNK;
+        } else {
+            pb_value_byte(s, c, f);
+        }
+    } else if (st == ST_HNAME) {
+        if (c == ':') {
+            struct pb_hname_key hk = {};
+            hk.w[0] = s->k0;
+            hk.w[1] = s->k1;
+            hk.w[2] = s->k2;
+            hk.len = s->len > PB_HNAME_MAX ? 255 : s->len;
+            u8 *kind = hnames.lookup(&hk);
+            u8 hkind = kind ? *kind : 0;
+            s->hkind = hkind;
+            if (hkind == H_CONTENT_LENGTH)
+                s->n_cl++;
+            else if (hkind == H_TRANSFER_ENCODING)
+                s->te = 1;
+            else if (hkind == H_OVERRIDE)
+                s->ovr = 1;
+            else if (hkind == H_CLAIM)
+                s->n_claim++;
+            s->sub = 0;
+            s->cl_cur = 0;
+            s->len = 0;
+            s->st = ST_HVAL;
+        } else if (f & C_TCHAR) {
+            SH3((f & C_UPPER) ? (c | 0x20) : c);
+            s->len++;
+        } else {
+            s->st = ST_JUNK;
+        }
+    } else if (st == ST_HSTART) {
+        if (c == '\r') {
+            s->st = ST_HEND;
+        } else if (f & C_TCHAR) {
+            s->st = ST_HNAME;
+            CLR();
+            SH1((f & C_UPPER) ? (c | 0x20) : c);
+            s->len = 1;
+        } else {
+            s->st = ST_JUNK;
+        }
+    } else if (st == ST_VERLF || st == ST_HLF) {
+        s->st = c == '\n' ? ST_HSTART : ST_JUNK;
+    } else if (st == ST_METHOD) {
+        if (c == ' ') {
+            u64 m = s->k0;
+            u32 l = s->len;
+            u8 method = (m == W_GET && l == 3) ? MT_GET : (m == W_POST && l == 4) ? MT_POST :
+                        (m == W_PUT && l == 3) ? MT_PUT : (m == W_DELETE && l == 6) ? MT_DELETE : MT_NONE;
+            s->method = method;
+            if (method == MT_NONE) {
+                s->st = ST_JUNK;
+            } else {
+                s->st = ST_BASE;
+                CLR();
+            }
+        } else if ((f & C_UPPER) && s->len < 7) {
+            SH1(c);
+            s->len++;
+        } else {
+            s->st = ST_JUNK;
+        }
+    } else if (st == ST_VER) {
+        if (c == '\r')
+            s->st = (s->len == 8 && s->k0 == W_HTTP11) ? ST_VERLF : ST_JUNK;
+        else if ((f & C_VCHAR) && s->len < 8) {
+            SH1(c);
+            s->len++;
+        } else
+            s->st = ST_JUNK;
+    } else {
+        s->st = ST_JUNK; /* ST_HEND followed by anything but LF */
+    }
+}
+
+/* the replica's and agent's entries, or 0: shared by the three sk_msg programs */
+static __always_inline struct pb_sock *pb_msg_sock(struct sk_msg_md *msg)
+{
+    return sockstate.sk_storage_get(msg->sk, 0, 0);
+}
+
+int pb_parse(struct sk_msg_md *msg)
+{
+    u32 z = 0;
+    struct pb_sock *ss = pb_msg_sock(msg);
+    struct pb_ctab *ct = ctab.lookup(&z);
+    if (!ss || !ct)
+        return SK_DROP;
+    struct pb_pstate *s = &ss->ps;
+    void *data = (void *)(long)msg->data;
+    void *end = (void *)(long)msg->data_end;
+    u32 pos = s->pos & (PB_HDR_MAX - 1);
+    u32 stop = 0;
+    for (u32 j = 0; j < PB_CHUNK; j++) {
+        u32 i = pos + j;
+        u8 *p = data + i;
+        if (i >= PB_HDR_MAX || (void *)(p + 1) > end) {
+            stop = 1;
+            break;
+        }
+        u8 c = *p;
+        u32 w = (s->w << 8) | c;
+        s->w = w;
+        if (w == 0x0d0a0d0a) {
+            s->head_end = i + 1;
+            stop = 1;
+            break;
+        }
+        u32 f = ct->c[c];
+        u8 st = s->st;
+        if (st == ST_JUNK)
+            continue;
+        if (st >= ST_BASE && st <= ST_TSKIP) {
+            if (c == ' ') {
+                if (s->tlen == 0)
+                    s->st = ST_JUNK;
+                else
+                    pb_target_end(s);
+            } else if (!(f & C_VCHAR)) {
+                s->st = ST_JUNK;
+            } else {
+                s->tlen++;
+                if (st != ST_TSKIP)
+                    pb_target_byte(s, c, f);
+            }
+        } else {
+            pb_line_byte(s, c, f);
+        }
+    }
+    s->pos = pos + PB_CHUNK;
+    if (!stop)
+        jmp.call(msg, JMP_PARSE);
+    jmp.call(msg, JMP_DECIDE);
+    return SK_DROP;
+}
+
+/* the parser's verdict on the message (classify.classify's last steps) */
+static __always_inline void pb_result(struct pb_pstate *s, struct pb_parsed *out)
+{
+    __builtin_memset(out, 0, sizeof(*out));
+    if (s->cont) {
+        out->shape = S_PIPELINED;
+        return;
+    }
+    if (!s->head_end) {
+        out->shape = s->size >= PB_HDR_MAX ? S_TOO_LARGE : S_SPLIT;
+        return;
+    }
+    if (s->st != ST_HEND || s->n_claim > 1 || s->claim_bad) {
+        out->shape = S_MALFORMED;
+        return;
+    }
+    u8 method = s->method, form = s->form;
+    u32 cl = (s->n_cl == 1 && !s->cl_bad) ? s->cl_val : 0;
+    u32 rest = s->size - s->head_end;
+    u8 shape = S_PLAIN;
+    if (s->ovr)
+        shape = S_METHOD_OVERRIDE;
+    else if (s->te)
+        shape = S_CHUNKED;
+    else if (s->n_cl > 1 || s->cl_bad || ((method == MT_POST || method == MT_PUT) && s->n_cl == 0) ||
+             ((method == MT_GET || method == MT_DELETE) && cl != 0))
+        shape = S_LENGTH;
+    else if (rest > cl)
+        shape = S_PIPELINED;
+    else if (s->fam)
+        shape = s->fam;
+    else if (!((method == MT_GET && form != FORM_NONE) || (method == MT_POST && form == FORM_TYPE) ||
+               ((method == MT_PUT || method == MT_DELETE) && form == FORM_ID)))
+        shape = S_MALFORMED;
+    out->shape = shape;
+    out->method = method;
+    if (s->n_claim) {
+        out->has_claim = 1;
+        out->claim = s->claim;
+    }
+    if (shape == S_MALFORMED)
+        return;
+    u16 type_id = s->type_id;
+    out->type_id = type_id;
+    if (type_id) {
+        if (method == MT_GET)
+            out->interaction = form == FORM_TYPE ? I_SEARCH : form == FORM_ID ? I_READ :
+                               form == FORM_HIST ? I_HISTORY : I_VREAD;
+        else
+            out->interaction = method == MT_POST ? I_CREATE : method == MT_PUT ? I_UPDATE : I_DELETE;
+    }
+    out->body_left = cl > rest ? cl - rest : 0;
+}
+
+/* ---------------------------------------------------------------- sk_msg: entry and decision */
+
+/* Is this message the agent's FHIR traffic (to its policy's fhir.server)? */
+static __always_inline int pb_is_server(struct sk_msg_md *msg, struct pb_agent *a)
+{
+    u32 fam = CTX32(msg->family), v4 = CTX32(msg->remote_ip4);
+    u32 ip0 = CTX32(msg->remote_ip6[0]), ip1 = CTX32(msg->remote_ip6[1]);
+    u32 ip2 = CTX32(msg->remote_ip6[2]), ip3 = CTX32(msg->remote_ip6[3]);
+    u16 port = (u16)(CTX32(msg->remote_port) >> 16);
+    if (fam == AF_INET) {
+        ip0 = 0;
+        ip1 = 0;
+        ip2 = bpf_htonl(0x0000ffff);
+        ip3 = v4;
+    }
+    return port == a->server_port && ip0 == a->server_addr[0] && ip1 == a->server_addr[1] &&
+           ip2 == a->server_addr[2] && ip3 == a->server_addr[3];
+}
+
+int pb_sk_msg(struct sk_msg_md *msg)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    struct pb_replica *r = replicas.lookup(&cgid);
+    if (!r)
+        return SK_PASS; /* not a paritybed replica: unenforced */
+    struct pb_agent *a = agents.lookup(&r->agent);
+    if (!a)
+        return SK_DROP;
+    if (!pb_is_server(msg, a))
+        return SK_PASS;
+    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!ss)
+        return SK_DROP;
+    u32 size = msg->size;
+    struct pb_pstate *s = &ss->ps;
+    __builtin_memset(s, 0, sizeof(*s));
+    s->size = size;
+    if (ss->body_left) {
+        if (size <= ss->body_left) {
+            ss->body_left -= size;
+            return SK_PASS;
+        }
+        s->cont = 1;
+        jmp.call(msg, JMP_DECIDE);
+        return SK_DROP;
+    }
+    s->claim = FNV_OFFSET;
+    s->bw0 = a->base_w[0];
+    s->bw1 = a->base_w[1];
+    s->bw2 = a->base_w[2];
+    s->blen = a->base_len;
+    u32 n = size < PB_HDR_MAX ? size : PB_HDR_MAX;
+    bpf_msg_pull_data(msg, 0, n, 0);
+    jmp.call(msg, JMP_PARSE);
+    return SK_DROP; /* tail call missing: fail closed */
+}
+
+int pb_decide(struct sk_msg_md *msg)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    u32 z = 0;
+    struct pb_replica *r = replicas.lookup(&cgid);
+    struct pb_knobs *k = knobs.lookup(&z);
+    struct pb_sock *ss = pb_msg_sock(msg);
+    if (!r || !k || !ss)
+        return SK_DROP;
+    struct pb_agent *a = agents.lookup(&r->agent);
+    if (!a)
+        return SK_DROP;
+    struct pb_parsed c;
+    pb_result(&ss->ps, &c);
+    u32 size = ss->ps.size;
+    u8 flags = ss->ps.cont ? F_CONTINUATION : 0;
+    s64 now = pb_now(k);
+    u8 decision = PB_ALLOW, reason = R_OK;
+    s64 until = 0;
+    if (c.has_claim)
+        flags |= F_CLAIM;
+    if (a->mode == M_OBSERVE) {
+        reason = R_OBSERVE;
+    } else if (r->q_until > now) {
+        decision = PB_DENY;
+        reason = R_QUARANTINED;
+    } else {
+        u8 v = 0, via_lane = 0;
+        if (c.shape != S_PLAIN && !(a->allow_shapes & (1u << (c.shape & 31)))) {
+            v = R_UNCLASSIFIABLE;
+        } else {
+            u32 mk = 0;
+            if (c.type_id) {
+                struct pb_pair_key pk = {};
+                pk.agent = r->agent;
+                pk.type_id = c.type_id;
+                pk.interaction = c.interaction;
+                u32 *mask = pairs.lookup(&pk);
+                if (mask)
+                    mk = *mask;
+            }
+            if (!(mk & 1)) {
+                v = R_TYPE;
+                if (c.has_claim) {
+                    struct pb_lane_key lk = {};
+                    lk.cgid = cgid;
+                    lk.claim = c.claim;
+                    struct pb_lane *ln = lanes.lookup(&lk);
+                    if (ln && ln->cls < 31 && (mk & (2u << ln->cls))) {
+                        v = now < ln->expiry ? 0 : R_LANE_EXPIRED;
+                        via_lane = v == 0;
+                    }
+                }
+            }
+            if (!v && a->interval) {
+                /* GCRA, T = interval, tau = (burst-1)*T; compare-and-swap against concurrent senders */
+                u8 done = 0;
+                for (int tries = 0; tries < 4 && !done && !v; tries++) {
+                    s64 old = r->tat;
+                    s64 x = old > now ? old : now;
+                    if (x - now > a->tau)
+                        v = R_RATE;
+                    else if (__sync_val_compare_and_swap(&r->tat, old, x + a->interval) == old)
+                        done = 1;
+                }
+                if (!done)
+                    v = R_RATE;
+            }
+        }
+        if (v) {
+            reason = v;
+            decision = pb_violation(a, r, now, &flags, &until);
+        } else if (via_lane) {
+            reason = R_LANE;
+        }
+    }
+    if (decision != PB_DENY)
+        ss->body_left = (flags & F_CONTINUATION) ? 0 : c.body_left;
+    pb_count(K_FHIR, reason);
+    if (k->record_all || decision != PB_ALLOW || a->mode == M_OBSERVE || reason == R_LANE ||
+        (flags & (F_QUARANTINE | F_KILL))) {
+        struct pb_event *e = pb_reserve();
+        if (e) {
+            __builtin_memset(e, 0, sizeof(*e));
+            e->t = now;
+            e->cgid = cgid;
+            e->claim = c.claim;
+            e->until = until;
+            e->size = size;
+            e->type_id = c.type_id;
+            e->kind = K_FHIR;
+            e->hook = HOOK_SK_MSG;
+            e->decision = decision;
+            e->reason = reason;
+            e->shape = c.shape;
+            e->interaction = c.interaction;
+            e->method = c.method;
+            e->flags = flags;
+            events.ringbuf_submit(e, 0);
+        }
+    }
+    return decision == PB_DENY ? SK_DROP : SK_PASS;
+}

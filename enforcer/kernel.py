@@ -1,0 +1,324 @@
+"""The kernel enforcer's control plane: BCC loader, policy and registry into maps, replicas as
+cgroups, break-glass lanes, events into the hash-chained log.
+
+The kernel decides on its own (bpf/paritybed.c); this process only configures it and reads
+what it reports.  Kill it and enforcement goes on from the pinned maps (fail-closed: lanes
+still expire, quarantines still hold); start another with the same ``name`` and it adopts the
+pinned state, replacing the programs in place (enforcer/kernel_load.py).
+
+Usage (live mode driver, ``paritybed enforce``)::
+
+    ke = KernelEnforcer(policy, Path("baa-registry.json"), start=start, clock="virtual")
+    ke.add_replica("cds", 0)
+    proc = ke.spawn("cds", 0, [sys.executable, "agent.py"])
+    ke.set_clock(t_ns)                 # before each request of the schedule (virtual clock)
+    events = ke.poll_events(100)
+    ke.close()
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import datetime as dt
+import json
+import os
+import queue
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+from paritybed.enforcer import classify, kernel_abi as abi, kernel_load, kernel_maps as km
+from paritybed.enforcer.cgroups import CgroupTree, cgroup_id, parse_replica_name, spawn_in
+from paritybed.enforcer.events import RingReader, expand
+from paritybed.enforcer.policy import Policy
+from paritybed.enforcer.registry import Registry, load_registry
+from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.hashlog import HashLog
+
+RUN_DIR = Path("/run/paritybed")
+
+
+class KernelEnforcer:
+    """Real eBPF enforcement of one policy for the replicas registered with ``add_replica``."""
+
+    def __init__(self, policy: Policy, registry_path: Path, *, start: dt.datetime,
+                 clock: Literal["virtual", "real"] = "virtual", compression: float = 1.0,
+                 event_log: Path | None = None, record_all: bool = False, name: str = "paritybed",
+                 rb_pages: int = 256, observe: bool = False, poll_interval_ms: int = 50) -> None:
+        if os.geteuid() != 0:
+            raise EnvironmentProblem("kernel enforcement needs root (BPF programs, cgroups)",
+                                     hint="run as root, or use model mode (the reference engine)")
+        if clock not in ("virtual", "real") or compression <= 0:
+            raise InputError(f"clock must be 'virtual' or 'real' and compression > 0 (got {clock!r}, {compression})")
+        self.policy, self.registry_path, self.start, self.name = policy, Path(registry_path), start, name
+        self.record_all, self.observe = record_all, observe
+        self.tree = CgroupTree(name)
+        self.tree.ensure()
+        manifest = self._read_manifest()
+        k0 = km.Clock.ktime()
+        if manifest and manifest.get("clock") == clock and manifest.get("compression") == compression:
+            k0 = int(manifest["k0"])  # adoption: keep simulated time where it was
+        self.clock = km.Clock(clock == "real", k0, compression)
+        self._lock = threading.RLock()
+        self._rb_lock = threading.Lock()  # one ring-buffer consumer at a time
+        self._registry = load_registry(self.registry_path)  # bad input fails before touching the kernel
+        self._registries: dict[int, Registry] = {self._registry.version: self._registry}
+        self._reg_sig = self._registry_signature()
+        self._loaded = kernel_load.load(name, self.tree.root, rb_pages=manifest.get("rb_pages", rb_pages) if manifest else rb_pages)
+        self.adopted = self._loaded.adopted
+        self.maps = km.Maps(self._loaded.maps)
+        km.load_tables(self.maps)
+        km.load_policy(self.maps, policy, self.clock, observe=observe)
+        km.load_registry(self.maps, self._registry, start, self.clock)
+        km.set_knobs(self.maps, real_clock=self.clock.real, record_all=record_all,
+                     registry_version=self._registry.version)
+        self._replicas: dict[tuple[str, int], tuple[int, Path]] = {}
+        self._by_cgid: dict[int, tuple[str, int, Path]] = {}
+        self._adopt_replicas()
+        self._write_manifest(rb_pages if not manifest else manifest.get("rb_pages", rb_pages))
+        self._log = HashLog(event_log) if event_log else None
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader = RingReader(self.maps.fds["events"], self._on_event)
+        self._stop = threading.Event()
+        self._poll_ms = poll_interval_ms
+        self._log_event({"event": "control-plane-start", "adopted": self.adopted, "policy": policy.computed_hash(),
+                         "registry_version": self._registry.version, "clock": clock, "compression": compression})
+        self._thread = threading.Thread(target=self._pump, name="paritybed-events", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ replicas
+
+    def add_replica(self, agent: str, replica: int) -> Path:
+        """Create the replica's cgroup and register it (an agent without a policy stays unenforced)."""
+        with self._lock:
+            d = self.tree.create(agent, replica)
+            cgid = cgroup_id(d)
+            self._replicas[(agent, replica)] = (cgid, d)
+            self._by_cgid[cgid] = (agent, replica, d)
+            if agent in self.policy.agents and self.maps.get("replicas", ct.c_uint64(cgid), abi.Replica) is None:
+                self.maps.put("replicas", ct.c_uint64(cgid), abi.Replica(km.agent_key(agent), 0, -1, replica, 0))
+            return d
+
+    def spawn(self, agent: str, replica: int, argv: list[str], **popen_kw: Any) -> subprocess.Popen:
+        """Start a process inside the replica's cgroup, before it opens any socket."""
+        if (agent, replica) not in self._replicas:
+            self.add_replica(agent, replica)
+        return spawn_in(self._replicas[(agent, replica)][1], argv, **popen_kw)
+
+    def replica_dir(self, agent: str, replica: int) -> Path:
+        return self._replicas[(agent, replica)][1]
+
+    def _adopt_replicas(self) -> None:
+        """Match registered cgroup ids (a previous control plane's) to the replica directories."""
+        dirs = {cgroup_id(p): p for p in self.tree.children()}
+        for key in self.maps.keys("replicas", ct.c_uint64):
+            cgid = key.value
+            d = dirs.get(cgid)
+            parsed = parse_replica_name(d.name) if d else None
+            if parsed is None or parsed[0] not in self.policy.agents:
+                self.maps.delete("replicas", key)
+                continue
+            self._replicas[parsed] = (cgid, d)
+            self._by_cgid[cgid] = (parsed[0], parsed[1], d)
+
+    # ------------------------------------------------------------------ clock, lanes, quarantine
+
+    def set_clock(self, t_ns: int) -> None:
+        """Virtual clock: the simulated time the next decisions use."""
+        if self.clock.real:
+            raise InputError("set_clock is for the virtual clock; this enforcer runs on the real clock")
+        with self._lock:
+            km.set_knobs(self.maps, vnow=int(t_ns))
+
+    def now_ns(self) -> int:
+        """Simulated time now (the virtual clock's value, or the real clock mapped back)."""
+        if self.clock.real:
+            return self.clock.sim(km.Clock.ktime())
+        k = self.maps.get("knobs", ct.c_uint32(0), abi.Knobs)
+        return k.vnow if k else 0
+
+    def open_lane(self, agent: str, replica: int, claim_id: str, lane_class: str, duration_ns: int, t_ns: int) -> bool:
+        """A break-glass activation: the rule of the engine (docs/enforcement.md).  The kernel then
+        allows the lane's pairs for requests presenting this claim until the expiry, which it
+        checks itself."""
+        p = self.policy.agents.get(agent)
+        if p is None:
+            return True  # unenforced agent: nothing to open
+        observe = self.observe or p.response == "observe"
+        if lane_class not in p.lanes and not observe:
+            self._log_event({"event": "lane-refused", "t_ns": t_ns, "agent": agent, "replica": replica,
+                             "lane": lane_class, "claim": claim_id})
+            return False
+        max_ns = p.lanes[lane_class].max_duration_s * 1_000_000_000 if lane_class in p.lanes else duration_ns
+        expiry = t_ns + min(int(duration_ns), max_ns)
+        cgid, _ = self._replicas.get((agent, replica)) or (cgroup_id(self.add_replica(agent, replica)), None)
+        cls = km.lane_classes(p).get(lane_class, 31)
+        with self._lock:
+            self.maps.put("lanes", abi.LaneKey(cgid, classify.fnv1a64(claim_id)), abi.Lane(self.clock.at(expiry), cls, 0))
+        self._log_event({"event": "lane-open", "t_ns": t_ns, "agent": agent, "replica": replica, "lane": lane_class,
+                         "claim": claim_id, "expires_ns": expiry})
+        return True
+
+    def release(self, agent: str, replica: int) -> None:
+        """Lift a quarantine (or a kill's block on respawns)."""
+        cgid = self._replicas[(agent, replica)][0]
+        with self._lock:
+            r = self.maps.get("replicas", ct.c_uint64(cgid), abi.Replica)
+            if r is not None:
+                r.q_until = -1
+                self.maps.put("replicas", ct.c_uint64(cgid), r)
+        self._log_event({"event": "release", "agent": agent, "replica": replica, "t_ns": self.now_ns()})
+
+    # ------------------------------------------------------------------ registry
+
+    @property
+    def registry_version(self) -> int:
+        return self._registry.version
+
+    def _registry_signature(self) -> tuple[int, int, int]:
+        st = self.registry_path.stat()
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh_registry(self) -> bool:
+        """Apply the registry file if it changed; True if a new version went in.  The event thread
+        calls this every poll interval, so a change takes effect at the next connect."""
+        try:
+            sig = self._registry_signature()
+        except FileNotFoundError:
+            return False
+        if sig == self._reg_sig:
+            return False
+        try:
+            reg = load_registry(self.registry_path)
+            with self._lock:
+                km.load_registry(self.maps, reg, self.start, self.clock)
+                km.set_knobs(self.maps, registry_version=reg.version)
+        except InputError as e:
+            self._reg_sig = sig
+            self._log_event({"event": "registry-error", "error": e.message})
+            return False
+        self._reg_sig = sig
+        old, self._registry = self._registry, reg
+        self._registries[reg.version] = reg
+        self._log_event({"event": "registry-change", "registry_version": reg.version, "previous_version": old.version,
+                         "registry_hash": reg.content_hash()})
+        return True
+
+    # ------------------------------------------------------------------ events
+
+    def _log_event(self, rec: dict[str, Any]) -> None:
+        with self._lock:
+            if self._log is not None:
+                self._log.append(rec)
+        self._queue.put(rec)
+
+    def _on_event(self, ev: abi.Event) -> None:
+        d = abi.decode_event(ev)
+        who = self._by_cgid.get(ev.cgid)
+        if who:
+            d["agent"], d["replica"] = who[0], who[1]
+        if self.clock.real:
+            d["ktime_ns"] = d["t_ns"]
+            d["t_ns"] = self.clock.sim(d["t_ns"])
+            if "until_ns" in d:
+                d["until_sim_ns"] = self.clock.sim(d["until_ns"])
+        if d["kind"] == "egress":
+            reg = self._registries.get(d["registry_version"], self._registry)
+            ep = next((e for e in reg.endpoints if classify.fnv1a64(e.name) == d.get("endpoint_hash")), None)
+            if ep is not None:
+                d.update(endpoint=ep.name, baa_id=ep.baa_id, vendor=ep.vendor)
+        if ev.flags & abi.F_KILL and who is not None:
+            CgroupTree.kill(who[2])
+        for rec in expand(d, record_all=self.record_all):
+            self._log_event(rec)
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            with self._rb_lock:
+                self._reader.poll(self._poll_ms)
+            self.refresh_registry()
+            if self._log is not None:
+                with self._lock:
+                    self._log.flush()
+
+    def poll_events(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
+        """Events since the last call (waiting up to timeout_ms for the first one), as written to
+        the event log."""
+        out = []
+        try:
+            out.append(self._queue.get(timeout=timeout_ms / 1000) if timeout_ms > 0 else self._queue.get_nowait())
+        except queue.Empty:
+            return out
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Read everything the kernel has produced so far (synchronously) and return it."""
+        with self._rb_lock:
+            self._reader.poll(0)
+        return self.poll_events(0)
+
+    def lost_events(self) -> int:
+        """Events the kernel could not put into the full ring buffer (counted, never silent)."""
+        v = self.maps.get("lost", ct.c_uint32(0), ct.c_uint64)
+        return int(v.value) if v is not None else 0
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        return km.counters(self.maps)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _manifest_path(self) -> Path:
+        return RUN_DIR / f"{self.name}.json"
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        if not kernel_load.pinned_state_exists(self.name):
+            return None
+        try:
+            return json.loads(self._manifest_path().read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_manifest(self, rb_pages: int) -> None:
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        m = {"name": self.name, "clock": "real" if self.clock.real else "virtual", "k0": self.clock.k0,
+             "compression": self.clock.compression, "start": self.start.isoformat(), "rb_pages": rb_pages,
+             "policy": self.policy.computed_hash(), "pid": os.getpid()}
+        self._manifest_path().write_text(json.dumps(m, indent=1) + "\n")
+
+    def close(self, *, cleanup: bool = True) -> None:
+        """Stop reading events.  cleanup=True removes everything (programs, pins, cgroups);
+        cleanup=False leaves the kernel enforcing on its own (adopt it later with the same name)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with self._rb_lock:
+            self._reader.poll(0)
+            self._reader.close()
+        self._log_event({"event": "control-plane-stop", "cleanup": cleanup, "lost_events": self.lost_events()})
+        if self._log is not None:
+            self._log.flush(durable=True)
+            self._log.close()
+            self._log = None
+        if cleanup:
+            kernel_load.cleanup(self.name, self.tree.root)
+            self._manifest_path().unlink(missing_ok=True)
+
+    def __enter__(self) -> "KernelEnforcer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cleanup(name: str = "paritybed") -> list[str]:
+    """Remove everything a (possibly dead) control plane left: programs, pins, cgroups."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("cleanup needs root")
+    root = CgroupTree(name).root
+    done = kernel_load.cleanup(name, root)
+    (RUN_DIR / f"{name}.json").unlink(missing_ok=True)
+    return done

@@ -1,0 +1,187 @@
+"""ctypes mirror of bpf/paritybed.h: map keys and values, the event record, and the codes.
+
+The control plane writes maps and decodes ring-buffer records with these structures, and the
+tests use them, so a layout change in the header fails tests/test_kernel_abi.py (which compiles
+the header with offsetof/sizeof checks through BCC) instead of corrupting maps silently.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import socket
+
+from paritybed.enforcer import classify
+from paritybed.enforcer.engine import DECISIONS, REASONS
+from paritybed.enforcer.policy import INTERACTIONS, SHAPES
+
+I64_MAX = 2**63 - 1
+I64_MIN = -(2**63)
+
+#: C constants that the control plane needs (the rest are derived from Python tuples below)
+MODES = {"observe": 0, "alert": 1, "deny": 2, "quarantine": 3, "kill": 4}
+K_FHIR, K_EGRESS = 0, 1
+F_FIRST_CONTACT, F_QUARANTINE, F_KILL, F_CLAIM, F_CONTINUATION = 1, 2, 4, 8, 16
+HOOKS = ("connect4", "connect6", "sendmsg4", "sendmsg6", "sk_msg")
+N_SAFE, N_INCLUDE, N_TYPE, N_HAS = 1, 2, 3, 4
+H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_OVERRIDE, H_CLAIM = 1, 2, 3, 4
+PB_COUNTERS = 32
+SHAPE_NAMES = ("plain",) + SHAPES
+INTERACTION_NAMES = ("",) + INTERACTIONS
+METHOD_NAMES = ("",) + classify.METHODS
+TYPE_NAMES = ("",) + classify.R4_TYPES
+
+u8, u16, u32, u64, s64 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64, ct.c_int64
+Addr = u8 * 16
+
+
+class Knobs(ct.Structure):
+    _fields_ = [("real_clock", u64), ("vnow", s64), ("record_all", u64), ("registry_version", u64)]
+
+
+class CTab(ct.Structure):
+    _fields_ = [("c", u32 * 256)]
+
+
+class Agent(ct.Structure):
+    _fields_ = [("server_addr", Addr), ("server_port", u16), ("mode", u8), ("base_len", u8),
+                ("allow_shapes", u32), ("base_w", u64 * 3), ("interval", s64), ("tau", s64), ("hold", s64)]
+
+
+class Replica(ct.Structure):
+    _fields_ = [("agent", u64), ("tat", s64), ("q_until", s64), ("replica", u32), ("pad", u32)]
+
+
+class PairKey(ct.Structure):
+    _fields_ = [("agent", u64), ("type_id", u16), ("interaction", u8), ("pad", u8 * 5)]
+
+
+class LaneKey(ct.Structure):
+    _fields_ = [("cgid", u64), ("claim", u64)]
+
+
+class Lane(ct.Structure):
+    _fields_ = [("expiry", s64), ("cls", u32), ("pad", u32)]
+
+
+class AddrKey(ct.Structure):
+    _fields_ = [("addr", Addr), ("port", u16), ("pad", u16 * 3)]
+
+
+class Endpoint(ct.Structure):
+    _fields_ = [("name", u64), ("lo", s64), ("hi", s64), ("active", u32), ("pad", u32)]
+
+
+class EnvelopeKey(ct.Structure):
+    _fields_ = [("agent", u64), ("name", u64)]
+
+
+class TypeKey(ct.Structure):
+    _fields_ = [("w", u64 * 5)]
+
+
+class NameKey(ct.Structure):
+    _fields_ = [("w", u64 * 2), ("len", u32), ("pad", u32)]
+
+
+class HNameKey(ct.Structure):
+    _fields_ = [("w", u64 * 3), ("len", u32), ("pad", u32)]
+
+
+class Event(ct.Structure):
+    _fields_ = [("t", s64), ("cgid", u64), ("claim", u64), ("until", s64), ("registry_version", u64),
+                ("endpoint", u64), ("addr", Addr), ("size", u32), ("port", u16), ("type_id", u16),
+                ("kind", u8), ("hook", u8), ("decision", u8), ("reason", u8), ("shape", u8),
+                ("interaction", u8), ("method", u8), ("flags", u8)]
+
+
+#: sizes the C header must produce (checked by tests/test_kernel_abi.py)
+STRUCTS = {"pb_knobs": Knobs, "pb_ctab": CTab, "pb_agent": Agent, "pb_replica": Replica, "pb_pair_key": PairKey,
+           "pb_lane_key": LaneKey, "pb_lane": Lane, "pb_addr_key": AddrKey, "pb_endpoint": Endpoint,
+           "pb_envelope_key": EnvelopeKey, "pb_type_key": TypeKey, "pb_name_key": NameKey,
+           "pb_hname_key": HNameKey, "pb_event": Event}
+
+
+def parse_address(text: str, *, resolve: bool = True) -> list[tuple[bytes, int]]:
+    """'ip:port', '[ip6]:port' or 'host:port' -> [(16-byte address, port)], IPv4 mapped to ::ffff:.
+
+    A host name resolves to every address it has (a connect to any of them is that endpoint)."""
+    host, sep, port_s = text.rpartition(":")
+    if not sep or not port_s.isdigit() or not (0 < int(port_s) < 65536):
+        raise ValueError(f"expected host:port, got {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    port = int(port_s)
+    try:
+        return [(ipaddress.ip_address(host).packed if ":" in host else _v4(host), port)]
+    except ValueError:
+        if not resolve:
+            raise
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    out = []
+    for fam, _, _, _, sa in infos:
+        packed = _v4(sa[0]) if fam == socket.AF_INET else ipaddress.IPv6Address(sa[0].split("%")[0]).packed
+        if (packed, port) not in out:
+            out.append((packed, port))
+    return out
+
+
+def _v4(host: str) -> bytes:
+    return b"\0" * 10 + b"\xff\xff" + ipaddress.IPv4Address(host).packed
+
+
+def addr_key(packed: bytes, port: int) -> AddrKey:
+    k = AddrKey()
+    ct.memmove(k.addr, packed, 16)
+    k.port = socket.htons(port)
+    return k
+
+
+def format_address(addr: bytes, port_n: int) -> str:
+    """16-byte address + network-order port -> '127.0.0.21:9443' or '[::1]:443' (trace format)."""
+    port = socket.ntohs(port_n)
+    ip = ipaddress.IPv6Address(bytes(addr))
+    return f"{ip.ipv4_mapped}:{port}" if ip.ipv4_mapped else f"[{ip}]:{port}"
+
+
+def type_key(name: str) -> TypeKey:
+    return TypeKey((u64 * 5)(*classify.pack_words(name.encode(), 5)))
+
+
+def name_key(name: str) -> NameKey:
+    return NameKey((u64 * 2)(*classify.pack_words(name.encode(), 2)), len(name), 0)
+
+
+def hname_key(name: str) -> HNameKey:
+    return HNameKey((u64 * 3)(*classify.pack_words(name.encode(), 3)), len(name), 0)
+
+
+def param_kinds() -> dict[str, int]:
+    kinds = {n: N_SAFE for n in classify.SAFE_PARAMS}
+    codes = {"include": N_INCLUDE, "type-param": N_TYPE, "has": N_HAS}
+    kinds.update({n: codes[f] for n, f in classify.SPECIAL_PARAMS.items()})
+    return kinds
+
+
+def header_kinds() -> dict[str, int]:
+    kinds = {"content-length": H_CONTENT_LENGTH, "transfer-encoding": H_TRANSFER_ENCODING,
+             classify.CLAIM_HEADER: H_CLAIM}
+    kinds.update({h: H_OVERRIDE for h in classify.OVERRIDE_HEADERS})
+    return kinds
+
+
+def decode_event(raw: Event) -> dict:
+    """A ring-buffer record -> the fields the control plane turns into event-log entries."""
+    fhir = raw.kind == K_FHIR
+    d = {"t_ns": raw.t, "cgid": raw.cgid, "kind": "fhir" if fhir else "egress", "hook": HOOKS[raw.hook],
+         "decision": DECISIONS[raw.decision], "reason": REASONS[raw.reason], "flags": raw.flags}
+    if fhir:
+        d.update(method=METHOD_NAMES[raw.method], resource_type=TYPE_NAMES[raw.type_id],
+                 interaction=INTERACTION_NAMES[raw.interaction], shape=SHAPE_NAMES[raw.shape], size=raw.size)
+        if raw.flags & F_CLAIM:
+            d["claim_hash"] = f"{raw.claim:016x}"
+    else:
+        d.update(address=format_address(bytes(raw.addr), raw.port), registry_version=raw.registry_version,
+                 endpoint_hash=raw.endpoint)
+    if raw.flags & (F_QUARANTINE | F_KILL):
+        d["until_ns"] = raw.until
+    return d

@@ -1,0 +1,153 @@
+"""Compile, load, attach and pin the kernel programs (BCC), and remove them again.
+
+Loading is also adoption: the maps are declared pinned, so BCC reuses the ones a previous
+control plane left under the pin directory (with all their state: replicas, token buckets,
+quarantines, lanes, the ring buffer and its unread events).  New programs then *replace* the
+running ones in place: tail-call slots first (a message being parsed by an old entry program
+continues in the new parser), then the cgroup attachments (a non-multi attach replaces
+atomically) and the sk_msg verdict on the socket hash.  There is no moment without a program.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paritybed.enforcer import bpfsys, kernel_abi as abi
+from paritybed.errors import EnvironmentProblem
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+SOURCE = BPF_DIR / "paritybed.c"
+PB_CHUNK = 256  # bytes parsed per tail call (verifier: ~400k of 1M instructions at 256)
+
+# BPF_ATTACH_TYPE values (uapi/linux/bpf.h)
+INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 10, 11, 14, 15
+SOCK_OPS, SK_MSG_VERDICT = 3, 7
+#: cgroup programs: name -> attach type
+CGROUP_PROGS = {"pb_connect4": INET4_CONNECT, "pb_connect6": INET6_CONNECT, "pb_sendmsg4": UDP4_SENDMSG,
+                "pb_sendmsg6": UDP6_SENDMSG, "pb_sockops": SOCK_OPS}
+MSG_PROGS = ("pb_sk_msg", "pb_parse", "pb_decide")  # entry, tail call 0, tail call 1
+#: pinned maps whose key/value sizes must match this version's structures (else: --cleanup)
+MAP_SIZES = {"knobs": (4, ct.sizeof(abi.Knobs)), "agents": (8, ct.sizeof(abi.Agent)),
+             "replicas": (8, ct.sizeof(abi.Replica)), "pairs": (ct.sizeof(abi.PairKey), 4),
+             "lanes": (ct.sizeof(abi.LaneKey), ct.sizeof(abi.Lane)),
+             "registry": (ct.sizeof(abi.AddrKey), ct.sizeof(abi.Endpoint)),
+             "types": (ct.sizeof(abi.TypeKey), 2), "pnames": (ct.sizeof(abi.NameKey), 1),
+             "hnames": (ct.sizeof(abi.HNameKey), 1)}
+MAP_NAMES = ("knobs", "ctab", "agents", "replicas", "pairs", "lanes", "registry", "envelope", "seen", "servers",
+             "types", "pnames", "hnames", "counters", "lost", "fhir_socks", "sockstate", "events", "jmp")
+
+
+@dataclass
+class Loaded:
+    """A loaded program set: the BCC module (keeps program fds open) and the map fds."""
+
+    bpf: Any
+    maps: dict[str, int]
+    progs: dict[str, int]
+    adopted: bool
+    keep: list[Any] = field(default_factory=list)
+
+
+def pin_dir(name: str) -> Path:
+    return Path("/sys/fs/bpf") / name
+
+
+def pinned_state_exists(name: str) -> bool:
+    return (pin_dir(name) / "replicas").exists()
+
+
+def _check_pins(pins: Path) -> None:
+    for m, (ks, vs) in MAP_SIZES.items():
+        p = pins / m
+        if not p.exists():
+            continue
+        fd = bpfsys.obj_get(p)
+        try:
+            info = bpfsys.map_info(fd)
+        finally:
+            os.close(fd)
+        if (info.key_size, info.value_size) != (ks, vs):
+            raise EnvironmentProblem(
+                f"pinned map {p} has key/value sizes {info.key_size}/{info.value_size}, this version expects {ks}/{vs}",
+                hint="state left by another paritybed version: run `paritybed enforce --cleanup`")
+
+
+def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
+    """Compile and load the programs, reuse or create the pinned maps, attach at cgroup_root."""
+    from bcc import BPF, lib  # imported here: BCC is only needed on the kernel path
+
+    bpfsys.ensure_bpffs()
+    pins = pin_dir(name)
+    adopted = pinned_state_exists(name)
+    pins.mkdir(parents=True, exist_ok=True)
+    _check_pins(pins)
+    cflags = [f"-I{BPF_DIR}", f'-DPB_PIN_DIR="{pins}"', f"-DPB_RB_PAGES={int(rb_pages)}", f"-DPB_CHUNK={PB_CHUNK}",
+              "-Wno-unused-function"]
+    try:
+        b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+        fns = {n: (b.load_func(n, BPF.SOCK_OPS) if t == SOCK_OPS else b.load_func(n, BPF.CGROUP_SOCK_ADDR, None, t))
+               for n, t in CGROUP_PROGS.items()}
+        fns.update({n: b.load_func(n, BPF.SK_MSG) for n in MSG_PROGS})
+    except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for compile/verifier errors
+        raise EnvironmentProblem(f"could not load the BPF programs: {e}") from None
+    maps = {m: lib.bpf_table_fd(b.module, m.encode()) for m in MAP_NAMES}
+    # 1. tail-call slots (an old entry program already jumps into the new parser)
+    for slot, prog in enumerate(MSG_PROGS[1:]):
+        k, v = ct.c_uint32(slot), ct.c_uint32(fns[prog].fd)
+        if lib.bpf_update_elem(maps["jmp"], ct.byref(k), ct.byref(v), 0) != 0:
+            raise EnvironmentProblem(f"could not install tail call {prog}: {os.strerror(ct.get_errno())}")
+    # 2. attachments: replacing the running programs in place
+    cg = os.open(cgroup_root, os.O_RDONLY)
+    try:
+        for n, t in CGROUP_PROGS.items():
+            BPF.attach_func(fns[n], cg, t)
+    finally:
+        os.close(cg)
+    BPF.attach_func(fns["pb_sk_msg"], maps["fhir_socks"], SK_MSG_VERDICT)
+    # 3. pins for the programs (cleanup from another process detaches through them)
+    for n, fn in fns.items():
+        p = pins / f"prog_{n}"
+        if p.exists():
+            p.unlink()
+        bpfsys.obj_pin(fn.fd, p)
+    return Loaded(b, maps, {n: fn.fd for n, fn in fns.items()}, adopted)
+
+
+def cleanup(name: str, cgroup_root: Path, *, kill_timeout: float = 5.0) -> list[str]:
+    """Detach everything, kill and remove the replica cgroups, remove the pins.  Idempotent.
+
+    Works from any process (no compilation): pinned programs give the fds to detach; programs
+    attached at the root whose pins are gone are found by querying the cgroup."""
+    from paritybed.enforcer.cgroups import CgroupTree
+
+    done: list[str] = []
+    pins = pin_dir(name)
+    if cgroup_root.is_dir():
+        cg = os.open(cgroup_root, os.O_RDONLY)
+        try:
+            for t in CGROUP_PROGS.values():
+                for pid in bpfsys.prog_query(cg, t):
+                    fd = bpfsys.prog_fd_by_id(pid)
+                    try:
+                        if bpfsys.prog_detach(cg, fd, t):
+                            done.append(f"detached program {pid}")
+                    finally:
+                        os.close(fd)
+        finally:
+            os.close(cg)
+        tree = CgroupTree.__new__(CgroupTree)
+        tree.root = cgroup_root
+        for child in tree.children():
+            tree.remove(child, kill_timeout)
+            done.append(f"removed cgroup {child}")
+        tree.remove(cgroup_root, kill_timeout)
+        done.append(f"removed cgroup {cgroup_root}")
+    if pins.exists():
+        shutil.rmtree(pins)
+        done.append(f"removed pins {pins}")
+    return done

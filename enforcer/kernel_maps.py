@@ -1,0 +1,219 @@
+"""What the control plane writes into the kernel's maps: tables, the policy, the BAA registry.
+
+Every writer computes the full wanted content of its maps, upserts it and deletes what is no
+longer wanted, entry by entry: the programs keep running throughout and see either the old or
+the new entry for any key (a BAA change takes effect at the next connect, no reload).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from paritybed.enforcer import classify, kernel_abi as abi
+from paritybed.enforcer.policy import AgentPolicy, Policy
+from paritybed.enforcer.registry import Registry
+from paritybed.errors import InputError
+
+I64_MAX, I64_MIN = abi.I64_MAX, abi.I64_MIN
+
+
+@dataclass
+class Clock:
+    """Simulated time <-> the kernel clock.  Virtual: identical.  Real: ktime = k0 + t / c, where
+    k0 is CLOCK_MONOTONIC (what bpf_ktime_get_ns reads) at simulated t = 0 and c the compression."""
+
+    real: bool
+    k0: int = 0
+    compression: float = 1.0
+
+    def duration(self, ns: int) -> int:
+        if not self.real or ns in (I64_MAX, 0):
+            return ns
+        return max(1, int(ns / self.compression))
+
+    def at(self, t: int) -> int:
+        if not self.real or t in (I64_MAX, I64_MIN):
+            return t
+        return min(I64_MAX, max(I64_MIN, self.k0 + int(t / self.compression)))
+
+    def sim(self, k: int) -> int:
+        """kernel time -> simulated time (real clock; identity on the virtual clock)."""
+        if not self.real or k in (I64_MAX, I64_MIN):
+            return k
+        return int((k - self.k0) * self.compression)
+
+    @staticmethod
+    def ktime() -> int:
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+class Maps:
+    """Typed access to map fds (BCC's Python Table does not know every map type we use)."""
+
+    def __init__(self, fds: dict[str, int]) -> None:
+        from bcc import lib
+
+        self.fds, self._lib = fds, lib
+
+    def put(self, name: str, key: Any, value: Any) -> None:
+        if self._lib.bpf_update_elem(self.fds[name], ct.byref(key), ct.byref(value), 0) != 0:
+            raise OSError(ct.get_errno(), f"map {name}: update failed: {os.strerror(ct.get_errno())}")
+
+    def get(self, name: str, key: Any, vtype: type) -> Any | None:
+        v = vtype()
+        return v if self._lib.bpf_lookup_elem(self.fds[name], ct.byref(key), ct.byref(v)) == 0 else None
+
+    def delete(self, name: str, key: Any) -> None:
+        self._lib.bpf_delete_elem(self.fds[name], ct.byref(key))
+
+    def keys(self, name: str, ktype: type) -> list[Any]:
+        out, cur, nxt = [], None, ktype()
+        while self._lib.bpf_get_next_key(self.fds[name], ct.byref(cur) if cur is not None else None, ct.byref(nxt)) == 0:
+            out.append(nxt)
+            cur, nxt = nxt, ktype()
+        return out
+
+    def sync(self, name: str, ktype: type, wanted: dict[bytes, tuple[Any, Any]],
+             owned: Any = lambda k: True) -> None:
+        """Make the map hold exactly ``wanted`` (key bytes -> (key, value)) among the keys ``owned``."""
+        for k, v in wanted.values():
+            self.put(name, k, v)
+        for k in self.keys(name, ktype):
+            if bytes(k) not in wanted and owned(k):
+                self.delete(name, k)
+
+
+def load_tables(m: Maps) -> None:
+    """The parser's fixed tables: character classes, type names, parameter and header names."""
+    m.put("ctab", ct.c_uint32(0), abi.CTab((ct.c_uint32 * 256)(*classify.char_classes())))
+    for name, tid in classify.TYPE_ID.items():
+        m.put("types", abi.type_key(name), ct.c_uint16(tid))
+    for name, kind in abi.param_kinds().items():
+        m.put("pnames", abi.name_key(name), ct.c_uint8(kind))
+    for name, kind in abi.header_kinds().items():
+        m.put("hnames", abi.hname_key(name), ct.c_uint8(kind))
+
+
+def agent_key(name: str) -> int:
+    return classify.fnv1a64(name)
+
+
+def lane_classes(p: AgentPolicy) -> dict[str, int]:
+    """Lane class -> bit index (sorted names; at most 31 classes per agent)."""
+    names = sorted(p.lanes)
+    if len(names) > 31:
+        raise InputError(f"an agent policy may name at most 31 break-glass lane classes, got {len(names)}")
+    return {n: i for i, n in enumerate(names)}
+
+
+def agent_entry(p: AgentPolicy, clock: Clock, where: str) -> abi.Agent:
+    base = p.fhir.base.encode()
+    if len(base) > classify.BASE_MAX:
+        raise InputError(f"{where}.fhir.base: at most {classify.BASE_MAX} bytes for the kernel parser, got {p.fhir.base!r}")
+    try:
+        server = abi.parse_address(p.fhir.server)[0]
+    except (ValueError, OSError) as e:
+        raise InputError(f"{where}.fhir.server: {e}") from None
+    a = abi.Agent()
+    ct.memmove(a.server_addr, server[0], 16)
+    a.server_port = abi.addr_key(*server).port
+    a.mode = abi.MODES[p.response]
+    a.base_len = len(base)
+    a.allow_shapes = sum(1 << abi.SHAPE_NAMES.index(s) for s in p.fhir.allow_shapes)
+    a.base_w[:] = classify.pack_words(base, 3)
+    if p.rate is not None:
+        a.interval = clock.duration(p.rate.interval_ns)
+        a.tau = (p.rate.burst - 1) * a.interval
+    a.hold = I64_MAX if p.quarantine_hold_s is None else clock.duration(p.quarantine_hold_s * 1_000_000_000)
+    return a
+
+
+def load_policy(m: Maps, policy: Policy, clock: Clock, *, observe: bool = False) -> None:
+    """Agents, their (type, interaction) pairs with lane bits, their egress envelopes, and the
+    FHIR servers whose sockets sockops puts into the socket hash."""
+    agents, pairs, env, servers = {}, {}, {}, {}
+    for name, p in sorted(policy.agents.items()):
+        if observe:
+            p = p.model_copy(update={"response": "observe"})
+        key = agent_key(name)
+        a = agent_entry(p, clock, f"policy.agents.{name}")
+        agents[key.to_bytes(8, "little")] = (ct.c_uint64(key), a)
+        masks: dict[tuple[str, str], int] = {pair.key(): 1 for pair in p.fhir.allow}
+        for cls, bit in lane_classes(p).items():
+            for pair in p.lanes[cls].allow:
+                masks[pair.key()] = masks.get(pair.key(), 0) | (2 << bit)
+        for (rtype, inter), mask in masks.items():
+            if rtype not in classify.TYPE_ID:
+                continue  # the parser never produces it: the pair cannot match a request
+            k = abi.PairKey(key, classify.TYPE_ID[rtype], abi.INTERACTION_NAMES.index(inter))
+            pairs[bytes(k)] = (k, ct.c_uint32(mask))
+        for ep in p.egress:
+            k = abi.EnvelopeKey(key, classify.fnv1a64(ep))
+            env[bytes(k)] = (k, ct.c_uint8(1))
+        for addr in abi.parse_address(p.fhir.server):
+            k = abi.addr_key(*addr)
+            servers[bytes(k)] = (k, ct.c_uint8(1))
+    m.sync("agents", ct.c_uint64, agents)
+    m.sync("pairs", abi.PairKey, pairs)
+    m.sync("envelope", abi.EnvelopeKey, env)
+    m.sync("servers", abi.AddrKey, servers)
+
+
+def load_registry(m: Maps, reg: Registry, start: dt.datetime, clock: Clock) -> int:
+    """The BAA registry by address (a host name: every address it resolves to).  Returns the
+    number of addresses written."""
+    wanted = {}
+    for e in reg.endpoints:
+        lo, hi = e.window_ns(start)
+        try:
+            addrs = abi.parse_address(e.address)
+        except (ValueError, OSError) as err:
+            raise InputError(f"BAA registry endpoint {e.name!r}: address {e.address!r}: {err}") from None
+        for addr in addrs:
+            k = abi.addr_key(*addr)
+            wanted[bytes(k)] = (k, abi.Endpoint(classify.fnv1a64(e.name), clock.at(lo), clock.at(hi),
+                                                int(e.status == "active"), 0))
+    m.sync("registry", abi.AddrKey, wanted)
+    return len(wanted)
+
+
+def set_knobs(m: Maps, *, real_clock: bool | None = None, vnow: int | None = None, record_all: bool | None = None,
+              registry_version: int | None = None) -> abi.Knobs:
+    k = m.get("knobs", ct.c_uint32(0), abi.Knobs) or abi.Knobs()
+    if real_clock is not None:
+        k.real_clock = int(real_clock)
+    if vnow is not None:
+        k.vnow = vnow
+    if record_all is not None:
+        k.record_all = int(record_all)
+    if registry_version is not None:
+        k.registry_version = registry_version
+    m.put("knobs", ct.c_uint32(0), k)
+    return k
+
+
+def counters(m: Maps) -> dict[str, dict[str, int]]:
+    """Decisions counted in the kernel since the maps were created: {'fhir'|'egress': {reason: n}}."""
+    from paritybed.enforcer.engine import REASONS
+
+    out: dict[str, dict[str, int]] = {"fhir": {}, "egress": {}}
+    arr = (ct.c_uint64 * _possible_cpus())()
+    for kind, label in ((abi.K_FHIR, "fhir"), (abi.K_EGRESS, "egress")):
+        for r, reason in enumerate(REASONS):
+            if m._lib.bpf_lookup_elem(m.fds["counters"], ct.byref(ct.c_uint32(kind * 16 + r)), ct.byref(arr)) == 0:
+                n = sum(arr)
+                if n:
+                    out[label][reason or "allowed"] = n
+    return out
+
+
+def _possible_cpus() -> int:
+    """Per-CPU map values are sized by *possible* CPUs (e.g. '0-3')."""
+    text = open("/sys/devices/system/cpu/possible", encoding="utf-8").read().strip()
+    hi = max(int(part.split("-")[-1]) for part in text.split(","))
+    return hi + 1
