@@ -18,6 +18,18 @@ _EXPORTS = {
     "Margins": "paritybed.parity.compile",
     "learn_envelope": "paritybed.parity.envelope",
     "Envelope": "paritybed.parity.envelope",
+    "evaluate": "paritybed.parity.evaluate",
+    "Verdict": "paritybed.parity.evaluate",
+    "replay": "paritybed.parity.replay",
+    "Profile": "paritybed.parity.profile",
+    "profile_from_trace": "paritybed.parity.profile",
+    "load_profile": "paritybed.parity.profile",
+    "criteria": "paritybed.parity.criteria",
+    "Criteria": "paritybed.parity.criteria",
+    "auditevents_from_trace": "paritybed.parity.auditevent",
+    "profile_from_auditevents": "paritybed.parity.auditevent",
+    "run_gate": "paritybed.parity.gate",
+    "verify_log": "paritybed.parity.auditlog",
 }
 
 __all__ = sorted(_EXPORTS)

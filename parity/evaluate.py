@@ -21,9 +21,9 @@ from paritybed.enforcer.policy import Policy, PolicySource, save_policy
 from paritybed.enforcer.registry import Endpoint, Registry, save_registry
 from paritybed.parity.compile import Margins, compile_policy, trace_digest
 from paritybed.parity.criteria import Criteria, criteria
-from paritybed.parity.envelope import learn_envelope
+from paritybed.parity.envelope import Envelope, learn_envelope
 from paritybed.parity.junit import write_junit
-from paritybed.parity.profile import Profile, profile_from_trace, save_profile
+from paritybed.parity.profile import profile_from_trace, save_profile
 from paritybed.parity.replay import Replay, replay, write_replay
 from paritybed.sim.scenario import Scenario, resolve_arm, scenario_hash
 
@@ -62,8 +62,9 @@ def declared_break_glass(scenario: Scenario) -> dict[str, list[str]]:
 
 
 def build_policy(scenario: Scenario, scenario_path: Path, staging: pa.Table, registry: Registry,
-                 *, version: int = 1, parent: str | None = None) -> Policy:
-    env = learn_envelope(staging, registry)
+                 *, version: int = 1, parent: str | None = None, envelope: Envelope | None = None) -> Policy:
+    """The staging-built policy of a run (``envelope``: reuse an already learned one)."""
+    env = envelope or learn_envelope(staging, registry)
     src = PolicySource(scenario=scenario.name, scenario_hash=scenario_hash(scenario_path), arm="staging",
                        trace_sha256=trace_digest(staging), seed=resolve_arm(scenario, "staging").seed)
     return compile_policy(env, fhir_server=scenario.policy.fhir_server, fhir_base=scenario.policy.fhir_base,
@@ -147,15 +148,15 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     start = scenario.start.datetime()
     production, kernel_dec = _kernel_agreement(production)
 
-    policy = build_policy(scenario, scenario_path, staging, registry)
+    env = learn_envelope(staging, registry)
+    policy = build_policy(scenario, scenario_path, staging, registry, envelope=env)
     from paritybed.parity.attestation import policy_history_version
 
     version, parent = policy_history_version(out_dir / "attestation" / "policy_history.jsonl", policy)
     if version != policy.version:
-        policy = build_policy(scenario, scenario_path, staging, registry, version=version, parent=parent)
+        policy = build_policy(scenario, scenario_path, staging, registry, version=version, parent=parent, envelope=env)
     save_policy(policy, out_dir / "policy.json")
     save_registry(registry, out_dir / "baa-registry.json")
-    env = learn_envelope(staging, registry)
     (out_dir / "envelope.json").write_text(json.dumps(env.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
     rep = replay(production, policy, registry, start)
@@ -187,8 +188,3 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def profiles_for(production: pa.Table, staging: pa.Table, scenario: Scenario) -> tuple[Profile, Profile]:
-    start = scenario.start.datetime()
-    return profile_from_trace(staging, start, arm="staging"), profile_from_trace(production, start, arm="production")

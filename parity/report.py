@@ -61,8 +61,9 @@ def _replay_reading(doc: dict[str, Any]) -> str:
                 + ", ".join(f"{h:02d}:00" for h in top if hours[h]) +
                 f"; the agents were blocked or quarantined for {r['clinical_impact_minutes']} agent-minute(s).")
     if ob.get("collateral"):
-        text += (f" A further {ob['collateral']} request(s) were denied because an attack had quarantined the agent "
-                 "(collateral of a correct block).")
+        text += (f" A further {ob['collateral']} request(s) were denied because the agent had just been quarantined "
+                 "for a correct denial (an attack, an endpoint outside the BAA registry or an access after a "
+                 "break-glass lane expired): the price of the response mode, not a parity gap.")
     return text
 
 
