@@ -116,21 +116,24 @@ def running_server(
 
     app = create_app(db, validate_bundles=validate_bundles)
     store: Store = app.state.store
-    for folder in load:
-        load_into_store(store, folder)
-    sock = bind(host, port)
+    try:
+        for folder in load:
+            load_into_store(store, folder, validate=validate_bundles)
+        sock = bind(host, port)
+    except BaseException:
+        store.close()
+        raise
     actual = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **UVICORN_OPTIONS))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="fhir-server", daemon=True)
     thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            raise EnvironmentProblem(f"the FHIR server did not start on {host}:{actual}")
-        time.sleep(0.01)
-    url_host = f"[{host}]" if ":" in host else host
     try:
+        deadline = time.monotonic() + startup_timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise EnvironmentProblem(f"the FHIR server did not start on {host}:{actual}")
+            time.sleep(0.01)
+        url_host = f"[{host}]" if ":" in host else host
         yield f"http://{url_host}:{actual}/fhir"
     finally:
         server.should_exit = True

@@ -212,3 +212,13 @@ def test_cli_serve_and_load(subset: Path, tmp_path: Path) -> None:
     assert Store(db).counts()["Patient"] == 3
     r = subprocess.run(_cli("load", "--url", f"http://127.0.0.1:{_free_port()}/fhir", str(subset)), capture_output=True, text=True, timeout=60)
     assert r.returncode == 3 and "cannot reach" in r.stderr
+
+
+def test_running_server_loads_folders_first(subset: Path, tmp_path: Path) -> None:
+    with running_server(load=[subset]) as url:
+        assert httpx.get(f"{url}/Patient", params={"_summary": "count"}, headers=FHIR).json()["total"] == 3
+    bad = tmp_path / "empty"
+    bad.mkdir()
+    with pytest.raises(InputError, match="no FHIR bundles"):
+        with running_server(load=[bad]):
+            pass
