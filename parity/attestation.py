@@ -64,11 +64,14 @@ def _iso(origin: int, t: int) -> str:
 def minimum_necessary(scenario: Scenario, policy: Policy, production: pa.Table, rep: Replay) -> dict[str, Any]:
     legit = production.filter(pc.not_equal(production["expected"], "deny"))
     used: dict[str, dict[tuple[str, str], int]] = {}
-    fh = legit.filter(pc.equal(legit["kind"], "fhir")).select(["agent", "resource_type", "interaction"])
+    under_lane: dict[str, dict[tuple[str, str], int]] = {}
+    fh = legit.filter(pc.equal(legit["kind"], "fhir")).select(["agent", "resource_type", "interaction", "lane"])
     if fh.num_rows:
-        g = fh.group_by(["agent", "resource_type", "interaction"]).aggregate([([], "count_all")])
+        fh = fh.set_column(3, "lane", pc.not_equal(fh["lane"].cast(pa.string()), ""))
+        g = fh.group_by(["agent", "resource_type", "interaction", "lane"]).aggregate([([], "count_all")])
         for r in g.to_pylist():
-            used.setdefault(r["agent"], {})[(r["resource_type"], r["interaction"])] = r["count_all"]
+            target = under_lane if r["lane"] else used
+            target.setdefault(r["agent"], {})[(r["resource_type"], r["interaction"])] = r["count_all"]
     agents = {}
     for a in scenario.agents:
         declared = {(s.type, i) for s in a.scope for i in s.interactions}
@@ -81,6 +84,8 @@ def minimum_necessary(scenario: Scenario, policy: Policy, production: pa.Table, 
             "agent_class": a.agent_class,
             "declared_scope": _pairs(declared),
             "observed_scope": [{"type": t, "interaction": i, "requests": n} for (t, i), n in sorted(observed.items())],
+            "observed_under_break_glass": [{"type": t, "interaction": i, "requests": n}
+                                           for (t, i), n in sorted(under_lane.get(a.name, {}).items())],
             "policy_scope": _pairs(allowed),
             "policy_lane_scope": _pairs(lane_pairs),
             "declared_not_observed": _pairs(gap),
@@ -88,7 +93,7 @@ def minimum_necessary(scenario: Scenario, policy: Policy, production: pa.Table, 
             "policy_beyond_declared": _pairs(allowed - declared) if declared else [],
             "gap": len(gap),
             "reading": (f"{a.name} declares {len(declared)} (type, interaction) pairs and used {len(observed)} in "
-                        f"production; {len(gap)} declared pair(s) were never used and should be dropped from its "
+                        f"production outside break-glass lanes; {len(gap)} declared pair(s) were never used and should be dropped from its "
                         "declared scope (minimum necessary)." if declared else
                         f"{a.name} declares no scope; the observed scope is listed for the record."),
         }

@@ -171,18 +171,20 @@ def plot_scope(mn: dict[str, Any], path: Path) -> Path:
         a = mn["agents"][name]
         dec = {(p["type"], p["interaction"]) for p in a["declared_scope"]}
         obs = {(p["type"], p["interaction"]) for p in a["observed_scope"]}
-        pairs = sorted(dec | obs)
+        lane = {(p["type"], p["interaction"]) for p in a.get("observed_under_break_glass", [])} - obs - dec
+        pairs = sorted(dec | obs | lane)
         for y, pr in enumerate(pairs):
             d, o = pr in dec, pr in obs
-            color = "#1b7837" if d and o else (STAG if d else BAD)
+            color = "#1b7837" if d and o else (STAG if d else ("#9ecae1" if pr in lane else BAD))
             ax.barh(y, 1, color=color)
             ax.text(0.03, y, f"{pr[0]} {pr[1]}", va="center", fontsize=7, color="white" if d and o else "black")
         ax.set_yticks([])
         ax.set_xticks([])
         ax.set_ylim(len(pairs) - 0.5 if pairs else 0.5, -0.5)
-        ax.set_title(f"{name}: {len(dec & obs)} used, {len(dec - obs)} declared only, {len(obs - dec)} undeclared",
-                     fontsize=8)
-    fig.suptitle("Declared vs observed scope (green: declared and used; amber: declared, never used; red: used, not declared)",
+        ax.set_title(f"{name}: {len(dec & obs)} used, {len(dec - obs)} declared only, {len(obs - dec)} undeclared, "
+                     f"{len(lane)} break-glass only", fontsize=8)
+    fig.suptitle("Declared vs observed scope (green: declared and used; amber: declared, never used; "
+                 "red: used, not declared; light blue: used only under a break-glass lane)",
                  fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
