@@ -140,6 +140,10 @@ def test_tokens_references_and_ids(http: httpx.Client, patient_ids: list[str], b
     p0 = http.get(f"/Patient/{patient_ids[0]}").json()
     ident = next(i for i in p0["identifier"] if i.get("system") and i.get("value"))
     assert [e["resource"]["id"] for e in http.get("/Patient", params={"identifier": f"{ident['system']}|{ident['value']}"}).json()["entry"]] == [patient_ids[0]]
+    family = p0["name"][0]["family"]
+    by_name = http.get("/Patient", params={"family": family[:4].upper(), "_count": "50"}).json()
+    assert patient_ids[0] in {e["resource"]["id"] for e in by_name["entry"]}  # prefix, case-insensitive
+    assert all(any(n.get("family", "").lower().startswith(family[:4].lower()) for n in e["resource"]["name"]) for e in by_name["entry"])
     # the agents' other searches
     for rtype, params in [
         ("Condition", {"patient": busy_patient, "clinical-status": "active"}),
