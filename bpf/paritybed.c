@@ -728,6 +728,10 @@ int pb_parse(struct sk_msg_md *msg)
     struct pb_pstate *s = &ss->ps;
     void *data = (void *)(long)msg->data;
     void *end = (void *)(long)msg->data_end;
+    if (s->pos >= PB_HDR_MAX) {
+        jmp.call(msg, JMP_DECIDE);
+        return SK_DROP;
+    }
     u32 pos = s->pos & (PB_HDR_MAX - 1);
     u32 stop = 0;
     for (u32 j = 0; j < PB_CHUNK; j++) {
