@@ -48,6 +48,7 @@ def runs(tmp_path_factory, shared_synthea):
             cache[name] = (v.parity, out)
         return cache[name]
 
+    get.base, get.pops = base, pops  # type: ignore[attr-defined]
     return get
 
 
@@ -112,3 +113,12 @@ def test_hotfix_endpoint_outside_the_baa_registry_is_caught_at_first_contact(run
     assert hf["caught_at_first_contact"] and hf["first_reason"] == "egress-not-in-BAA"
     assert hf["time_to_enforcement_s"] == 0 and hf["blocked"] == hf["rows"]
     assert doc["replay"]["under_blocks"]["total"] == 0
+
+
+def test_same_seed_gives_the_same_parity_json(runs, tmp_path):
+    doc, out = runs("community")
+    sc = runs.base.model_copy(update={"arms": VARIANTS["community"]})
+    arms = simulate_arms(sc, runs.pops, parallel=False)
+    evaluate(sc, SCENARIO, arms["production"].table, arms["staging"].table, tmp_path / "again")
+    for f in ("parity.json", "policy.json", "junit.xml", "attestation/ai_bom.json"):
+        assert (tmp_path / "again" / f).read_bytes() == (out / f).read_bytes(), f
