@@ -94,8 +94,8 @@ def verify_log_command(path: Path = typer.Argument(..., help="a chained .jsonl o
         raise InputError(f"{path}: no such log file")
     v = verify_log(path)
     if v.ok:
-        out.print(f"{path}: ok, {v.records} records, chain intact")
+        out.print(f"{path}: ok, {v.records} records, chain intact", soft_wrap=True, highlight=False)
         raise typer.Exit(0)
     err.print(f"[bold red]{path}:{v.first_bad}:[/] record {v.first_bad} is bad: {v.problem} "
-              f"({v.records} records before it verify)", highlight=False)
+              f"({v.records} records before it verify)", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
