@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -136,10 +136,20 @@ def _kernel_agreement(production: pa.Table) -> tuple[pa.Table, dict[str, Any] | 
     return production.drop_columns(drop), {"decision": kernel}
 
 
+STAGES = ("learn", "replay", "score", "artefacts")
+
+
 def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, staging: pa.Table, out_dir: Path,
-             *, mode: str = "model", lost_events: int = 0) -> Verdict:
-    """Score one run and write its artefacts into ``out_dir``; ``Verdict.passed`` is the answer."""
+             *, mode: str = "model", lost_events: int = 0,
+             progress: Callable[[str, int, int], None] | None = None) -> Verdict:
+    """Score one run and write its artefacts into ``out_dir``; ``Verdict.passed`` is the answer.
+
+    ``progress(stage, done, total)`` is called as each of ``STAGES`` starts (for a progress bar)."""
     from paritybed.parity.artefacts import write_artefacts
+
+    def step(name: str) -> None:
+        if progress is not None:
+            progress(name, STAGES.index(name), len(STAGES))
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +158,7 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     start = scenario.start.datetime()
     production, kernel_dec = _kernel_agreement(production)
 
+    step("learn")
     env = learn_envelope(staging, registry)
     policy = build_policy(scenario, scenario_path, staging, registry, envelope=env)
     from paritybed.parity.attestation import policy_history_version
@@ -159,6 +170,7 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     save_registry(registry, out_dir / "baa-registry.json")
     (out_dir / "envelope.json").write_text(json.dumps(env.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
+    step("replay")
     rep = replay(production, policy, registry, start)
     write_replay(production, rep, out_dir, policy_hash=policy.hash)
     kernel = None
@@ -169,6 +181,7 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
         k = np.array(kernel_dec["decision"].cast(pa.string()).to_pylist(), dtype=object)
         kernel = {"disagreements": int((ref != k).sum()), "rows": int(len(k))}
 
+    step("score")
     sp = profile_from_trace(staging, start, arm="staging")
     pp = profile_from_trace(production, start, arm="production")
     (out_dir / "profiles").mkdir(exist_ok=True)
@@ -180,9 +193,12 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
                           lost_events=lost_events, kernel=kernel)
     _write_json(out_dir / "parity.json", doc)
     write_junit(out_dir / "junit.xml", crit, rep.summary["attacks_caught"])
+    step("artefacts")
     paths = write_artefacts(out_dir, scenario=scenario, policy=policy, registry=registry, staging=staging,
                             production=production, rep=rep, sp=sp, pp=pp, crit=crit, doc=doc)
     paths.update(parity=out_dir / "parity.json", junit=out_dir / "junit.xml", policy=out_dir / "policy.json")
+    if progress is not None:
+        progress("artefacts", len(STAGES), len(STAGES))
     return Verdict(passed=doc["verdict"] == "pass", parity=doc, out_dir=out_dir, paths=paths)
 
 

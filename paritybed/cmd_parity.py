@@ -44,7 +44,8 @@ def gate_command(
 ) -> None:
     from paritybed.parity.gate import run_gate
 
-    res = run_gate(policy, staging_trace, production_profile, scenario_path=scenario, junit=junit, json_out=json_out)
+    with err.status("scoring staging against the production profile"):
+        res = run_gate(policy, staging_trace, production_profile, scenario_path=scenario, junit=junit, json_out=json_out)
     for n in res.notes:
         err.print(f"[yellow]note:[/] {n}", highlight=False)
     _scorecard(res.criteria)
