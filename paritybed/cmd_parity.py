@@ -55,9 +55,11 @@ def gate_command(
 
 
 def _scorecard(crit) -> None:  # noqa: ANN001 - paritybed.parity.criteria.Criteria, imported lazily
+    from rich.markup import escape
+
     t = Table(title="parity criteria", show_lines=False)
     for c in ("criterion", "agent", "metric", "value", "threshold", "result"):
-        t.add_column(c)
+        t.add_column(c, overflow="fold")
     for c in crit.all():
         for m in c.metrics:
             v = "n/a" if m.value is None else f"{m.value:.4g}"
@@ -67,7 +69,8 @@ def _scorecard(crit) -> None:  # noqa: ANN001 - paritybed.parity.criteria.Criter
     for c in crit.all():
         for m in c.metrics:
             if not m.passed:
-                out.print(f"[red]✗[/] {c.name}[{m.agent_class}] {m.name}: {m.reading}", highlight=False)
+                out.print(f"[red]✗[/] {escape(f'{c.name}[{m.agent_class}] {m.name}')}: {escape(m.reading)}",
+                          highlight=False)
 
 
 def profile_command(
