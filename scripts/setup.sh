@@ -20,8 +20,10 @@ PY="${PYTHON:-python3}"
 is_root=0; [ "$(id -u)" = 0 ] && is_root=1
 
 # ---------------------------------------------------------------- 1. Debian packages
+# wrk: load generator for `make bench`; docker-compose: `docker compose config` checks of the
+# HAPI FHIR compose file where the docker CLI has no compose plugin (no engine is needed).
 apt_pkgs=(python3-venv python3-pip openjdk-17-jre-headless maven iproute2
-          bpfcc-tools python3-bpfcc linux-headers-amd64 ca-certificates)
+          bpfcc-tools python3-bpfcc linux-headers-amd64 ca-certificates wrk)
 missing=()
 if command -v dpkg >/dev/null 2>&1; then
   for p in "${apt_pkgs[@]}"; do
@@ -33,6 +35,9 @@ if command -v java >/dev/null 2>&1; then
   missing=("${missing[@]/openjdk-17-jre-headless/}")
 fi
 if command -v mvn >/dev/null 2>&1; then missing=("${missing[@]/maven/}"); fi
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  missing+=(docker-compose)
+fi
 read -r -a missing <<<"${missing[*]:-}"
 if [ ${#missing[@]} -gt 0 ]; then
   if [ $is_root = 1 ] && command -v apt-get >/dev/null 2>&1; then
