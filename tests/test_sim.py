@@ -307,3 +307,10 @@ def test_run_command_writes_traces_and_summary(tmp_path, shared_synthea):
     bad = subprocess.run([sys.executable, "-P", "-m", "paritybed.cli", "run", str(tmp_path / "nope.yaml"), "--out", str(out)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "no such scenario file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_docs_trace_documents_every_column():
+    from paritybed.sim.trace import COLUMNS
+
+    doc = (REPO / "docs" / "trace.md").read_text()
+    assert [c for c in COLUMNS if f"| `{c}` |" not in doc] == []
