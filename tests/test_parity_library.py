@@ -1,9 +1,6 @@
-"""The library behaves as issue 4 says, on the real simulation (shortened to two days).
-
-The default scenario (community-hospital-week) with the shared Synthea patients, and the four
-library variants expressed as arm overrides of it: uniform staging, staging without
-DiagnosticReport for CDS, staging without break-glass drills, a production hotfix calling an
-endpoint outside the BAA registry.  The full-week versions run in `make demo`.
+"""The library behaves as issue 4 says, on the real simulation of the library's scenario files
+(scenarios/*.yaml), shortened to two days on the shared Synthea patients so the suite stays
+fast.  The full-week runs are `paritybed run scenarios/<name>.yaml` (and `make demo`).
 """
 
 from __future__ import annotations
@@ -15,40 +12,42 @@ import pytest
 
 from paritybed.parity.evaluate import evaluate
 from paritybed.run import prepare_populations, simulate_arms, with_duration
-from paritybed.sim.scenario import Arms, ArmOverrides, Change, EgressChange, Omission, Population, load_scenario
+from paritybed.sim.scenario import At, Population, Scenario, load_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIO = REPO / "scenarios" / "community-hospital-week.yaml"
 DAYS = 2
+NAMES = ("community-hospital-week", "uniform-staging", "missing-diagnosticreport", "no-break-glass", "hotfix-egress")
 
-VARIANTS = {
-    "community": Arms(),
-    "uniform-staging": Arms(staging=ArmOverrides(arrivals="uniform")),
-    "missing-diagnosticreport": Arms(staging=ArmOverrides(omit=[Omission(agent="cds", type="DiagnosticReport")])),
-    "no-break-glass": Arms(staging=ArmOverrides(break_glass="off")),
-    "hotfix-egress": Arms(production=ArmOverrides(changes=[Change(
-        name="scribe-summariser-hotfix", at={"day": 1, "time": "10:00"}, agent="scribe",
-        add_egress=EgressChange(name="summariser", address="127.0.0.77:443", share=0.2))])),
-}
+
+def shortened(name: str, shared: Path) -> Scenario:
+    """A library scenario on the shared Synthea patients, cut to DAYS days; a production change
+    scheduled after the cut is moved to day 1 at the same time of day."""
+    sc = load_scenario(REPO / "scenarios" / f"{name}.yaml")
+    sc = with_duration(sc.model_copy(update={"population": Population(folder=str(shared))}), days=DAYS)
+    prod = sc.arms.production
+    if prod.changes:
+        moved = [c.model_copy(update={"at": At(day=1, time=c.at.time)}) if c.at.day > DAYS else c for c in prod.changes]
+        sc = sc.model_copy(update={"arms": sc.arms.model_copy(update={"production": prod.model_copy(update={"changes": moved})})})
+    return sc
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shared_synthea):
-    base = load_scenario(SCENARIO)
-    base = with_duration(base.model_copy(update={"population": Population(folder=str(shared_synthea))}), days=DAYS)
-    pops = prepare_populations(base)
+    pops = prepare_populations(shortened("community-hospital-week", shared_synthea))
     cache: dict[str, tuple[dict, Path]] = {}
 
     def get(name: str) -> tuple[dict, Path]:
         if name not in cache:
-            sc = base.model_copy(update={"arms": VARIANTS[name]})
+            sc = shortened(name, shared_synthea)
             arms = simulate_arms(sc, pops, parallel=False)
             out = tmp_path_factory.mktemp(name)
-            v = evaluate(sc, SCENARIO, arms["production"].table, arms["staging"].table, out)
+            v = evaluate(sc, REPO / "scenarios" / f"{name}.yaml", arms["production"].table, arms["staging"].table, out)
             cache[name] = (v.parity, out)
         return cache[name]
 
-    get.base, get.pops = base, pops  # type: ignore[attr-defined]
+    get.shortened = lambda name: shortened(name, shared_synthea)  # type: ignore[attr-defined]
+    get.pops = pops  # type: ignore[attr-defined]
     return get
 
 
@@ -57,7 +56,7 @@ def failing(doc: dict, criterion: str) -> set[tuple[str, str]]:
 
 
 def test_community_hospital_passes_with_no_over_blocks(runs):
-    doc, _ = runs("community")
+    doc, _ = runs("community-hospital-week")
     assert doc["verdict"] == "pass", [failing(doc, c) for c in ("fidelity", "coverage", "break_glass")]
     assert doc["replay"]["over_blocks"]["total"] == 0
 
@@ -116,8 +115,8 @@ def test_hotfix_endpoint_outside_the_baa_registry_is_caught_at_first_contact(run
 
 
 def test_same_seed_gives_the_same_parity_json(runs, tmp_path):
-    doc, out = runs("community")
-    sc = runs.base.model_copy(update={"arms": VARIANTS["community"]})
+    doc, out = runs("community-hospital-week")
+    sc = runs.shortened("community-hospital-week")
     arms = simulate_arms(sc, runs.pops, parallel=False)
     evaluate(sc, SCENARIO, arms["production"].table, arms["staging"].table, tmp_path / "again")
     for f in ("parity.json", "policy.json", "junit.xml", "attestation/ai_bom.json"):
