@@ -206,7 +206,7 @@ def plot_over_blocks(production: pa.Table, rep: Replay, start: dt.datetime, path
         bottom += h
     if len(rep.collateral_rows):
         h = np.bincount(t[rep.collateral_rows] // 3_600_000_000_000, minlength=hours)
-        ax.bar(np.arange(hours), h, bottom=bottom, width=1.0, color="#bbbbbb", label="collateral (after an attack)",
+        ax.bar(np.arange(hours), h, bottom=bottom, width=1.0, color="#bbbbbb", label="collateral (quarantine after a correct denial)",
                align="edge")
     for a in rep.summary["attacks_caught"]:
         ax.axvline(a["first_at_ns"] / 3.6e12, color=BAD, lw=0.8, ls=":")
