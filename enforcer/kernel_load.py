@@ -90,9 +90,9 @@ def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
               "-Wno-unused-function"]
     try:
         b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        fns = {n: (b.load_func(n, BPF.SOCK_OPS) if t == SOCK_OPS else b.load_func(n, BPF.CGROUP_SOCK_ADDR, None, t))
+        fns = {n: (b.load_func(n.encode(), BPF.SOCK_OPS) if t == SOCK_OPS else b.load_func(n.encode(), BPF.CGROUP_SOCK_ADDR, None, t))
                for n, t in CGROUP_PROGS.items()}
-        fns.update({n: b.load_func(n, BPF.SK_MSG) for n in MSG_PROGS})
+        fns.update({n: b.load_func(n.encode(), BPF.SK_MSG) for n in MSG_PROGS})
     except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for compile/verifier errors
         raise EnvironmentProblem(f"could not load the BPF programs: {e}") from None
     maps = {m: lib.bpf_table_fd(b.module, m.encode()) for m in MAP_NAMES}

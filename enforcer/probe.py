@@ -6,13 +6,15 @@ The client (``python -m paritybed.enforcer.probe``) reads one JSON command per l
 answers one JSON line on stdout:
 
     {"op": "http", "addr": "127.0.0.1:8080", "writes": ["GET /fhir/... HTTP/1.1\\r\\n\\r\\n"],
-     "fresh": false, "wait": true}          -> {"ok": true, "status": 200} | {"ok": false, "errno": 13}
+     "fresh": false, "wait": true, "keep_on_error": false}
+                                                -> {"ok": true, "status": 200} | {"ok": false, "errno": 13}
     {"op": "connect", "addr": "127.0.0.21:9443"}   -> {"ok": true} | {"ok": false, "errno": 1}
     {"op": "udp", "addr": "127.0.0.21:53"}         -> {"ok": true} | {"ok": false, "errno": 1}
     {"op": "exit"}
 
 Writes are latin-1 strings, sent with one ``send`` each.  After a failed send the connection is
-closed and the next command reconnects: the kernel keeps a drop verdict on that socket.
+closed (unless ``keep_on_error``) and the next command reconnects: the kernel keeps a drop
+verdict on that socket, so every later send on it fails too.
 A refused or unanswered connect counts as allowed: only EPERM/EACCES are the enforcer's.
 """
 
@@ -69,8 +71,9 @@ class Client:
             for w in cmd["writes"]:
                 s.sendall(w.encode("latin-1"))
         except OSError as e:
-            s.close()
-            del self.conns[addr]
+            if not cmd.get("keep_on_error"):
+                s.close()
+                del self.conns[addr]
             return {"ok": False, "errno": e.errno}
         if not cmd.get("wait", True):
             return {"ok": True}
@@ -124,8 +127,9 @@ class Sink:
     RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 2\r\n\r\n{}"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = socket.create_server((host, port), reuse_port=False)
-        self.address = f"{host}:{self.server.getsockname()[1]}"
+        v6 = ":" in host
+        self.server = socket.create_server((host, port), family=socket.AF_INET6 if v6 else socket.AF_INET)
+        self.address = f"[{host}]:{self.server.getsockname()[1]}" if v6 else f"{host}:{self.server.getsockname()[1]}"
         self.received: list[bytes] = []
         self.lock = threading.Lock()
         self._stop = False
