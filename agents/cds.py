@@ -89,19 +89,20 @@ class Cds(AgentRuntime):
 
     # ------------------------------------------------------------------ behaviour
     def query(self, t_ns: int, patient_id: str, workflow: str, trigger: str) -> None:
-        """One CDS query on a lab result (trigger 'result') or an order ('order')."""
+        """One CDS query on a lab result (trigger 'result') or an order ('order').  The hot path
+        of the simulation (most requests are CDS reads): per-patient request tuples are cached."""
         self._n += 1
         r = self._rr
         self._rr = (r + 1) % self.replicas
-        ctx = self.em.context(self.name, "cds", r, f"{self.name}-q{self._n:07d}", "query", patient_id, workflow)
-        d = self.d
+        em, u = self.em, self.d.u
+        ctx = em.context(self.name, "cds", r, f"{self.name}-q{self._n:07d}", "query", patient_id, workflow)
         common = self._common.get(patient_id)
         if common is None:
             # A result is checked against the current medications too (drug-lab interactions).
             common = self._common[patient_id] = self.meds(patient_id) + self.base(patient_id)
         reads = self.result_read(patient_id) + common if trigger == "result" else common
-        if d.chance(self.complex_share):
+        if u() < self.complex_share:
             reads = reads + self.complex(patient_id)
-        self.burst_with_egress(t_ns, ctx, reads, self.calls_lo + d.below(self.calls_hi - self.calls_lo + 1))
-        if d.chance(self.draft_share):
-            self.em.burst(t_ns + EMBED_NS, ctx, self.draft("ServiceRequest" if trigger == "result" else "MedicationRequest"))
+        self.burst_with_egress(t_ns, ctx, reads, self.calls_lo + int(u() * (self.calls_hi - self.calls_lo + 1)))
+        if u() < self.draft_share:
+            em.burst(t_ns + EMBED_NS, ctx, self.draft("ServiceRequest" if trigger == "result" else "MedicationRequest"))

@@ -12,8 +12,11 @@ plain function so tests and benchmarks can run any of them alone:
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing as mp
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,22 +131,35 @@ def _simulate(scenario: Scenario, arm: str | ResolvedArm, population: Population
     return ArmResult(resolved, table, stats, time.perf_counter() - t0)
 
 
+def _shm_dir() -> str | None:
+    return "/dev/shm" if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
+
+
 def _child(scenario: Scenario, arm: str, population: PopulationIndex, conn: Any, done: Any) -> None:
-    """Simulate one arm in a forked process; send the table back as Arrow IPC bytes."""
+    """Simulate one arm in a forked process; hand the table back as an Arrow IPC file in
+    shared memory (the parent maps it: no copy through the pipe)."""
     try:
         def tick(now: int, total: int) -> None:
             done.value = now / total
 
         res = _simulate(scenario, arm, population, tick)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, res.table.schema) as w:
+        fd, path = tempfile.mkstemp(prefix=f"paritybed-{arm}-", suffix=".arrow", dir=_shm_dir())
+        os.close(fd)
+        with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, res.table.schema) as w:
             w.write_table(res.table)
-        conn.send(("ok", res.stats, res.seconds))
-        conn.send_bytes(sink.getvalue())
+        conn.send(("ok", res.stats, res.seconds, path))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", f"{type(e).__name__}: {e}", 0.0))
+        conn.send(("error", f"{type(e).__name__}: {e}", 0.0, ""))
     finally:
         conn.close()
+
+
+def _take_table(path: str) -> pa.Table:
+    """Map the child's IPC file (zero-copy) and unlink it (the mapping keeps the data)."""
+    try:
+        return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+    finally:
+        os.unlink(path)
 
 
 def simulate_arms(scenario: Scenario, populations: dict[str, LoadedPopulation], *, parallel: bool = True,
@@ -160,35 +176,51 @@ def simulate_arms(scenario: Scenario, populations: dict[str, LoadedPopulation], 
         return out
     ctx = mp.get_context("fork")
     procs = {}
-    for name in ARM_NAMES:
-        parent, child = ctx.Pipe(duplex=False)
-        done = ctx.Value("d", 0.0, lock=False)
-        p = ctx.Process(target=_child, args=(scenario, name, populations[name].index, child, done), daemon=True)
-        p.start()
-        child.close()
-        procs[name] = (p, parent, done)
-    out = {}
+    gc.freeze()  # the children's collector never walks (and copies) the inherited objects
+    try:
+        for name in ARM_NAMES:
+            parent, child = ctx.Pipe(duplex=False)
+            done = ctx.Value("d", 0.0, lock=False)
+            p = ctx.Process(target=_child, args=(scenario, name, populations[name].index, child, done), daemon=True)
+            p.start()
+            child.close()
+            procs[name] = (p, parent, done)
+    finally:
+        gc.unfreeze()
+    out: dict[str, ArmResult] = {}
     pending = dict(procs)
+    try:
+        _collect(scenario, pending, out, progress)
+    finally:
+        for p, conn, _ in pending.values():  # only after a failure: stop the other arm
+            p.terminate()
+            p.join()
+            conn.close()
+    return {n: out[n] for n in ARM_NAMES}
+
+
+def _collect(scenario: Scenario, pending: dict[str, Any], out: dict[str, ArmResult], progress: ProgressFn | None) -> None:
+    """Wait for the arm processes, reporting progress, and map their tables."""
     while pending:
         for name, (p, conn, done) in list(pending.items()):
             if progress:
                 progress(name, "simulate", done.value, 1.0)
             if conn.poll(0.05):
                 try:
-                    status, stats, seconds = conn.recv()
+                    status, stats, seconds, path = conn.recv()
                     if status != "ok":
                         raise EnvironmentProblem(f"simulating the {name} arm failed: {stats}")
-                    table = pa.ipc.open_stream(conn.recv_bytes()).read_all()
+                    table = _take_table(path)
                 except EOFError:
+                    p.join()
                     raise EnvironmentProblem(f"the process simulating the {name} arm died (exit code {p.exitcode})") from None
                 finally:
                     conn.close()
-                    p.join()
+                p.join()
                 out[name] = ArmResult(resolve_arm(scenario, name), table, stats, seconds)
                 if progress:
                     progress(name, "simulate", 1, 1)
                 del pending[name]
-    return {n: out[n] for n in ARM_NAMES}
 
 
 # ------------------------------------------------------------------------------------ outputs

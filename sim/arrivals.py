@@ -154,8 +154,8 @@ class Draws:
         self.z: Callable[[], float] = _buffered(rng.standard_normal, self.SIZE).__next__
 
     def below(self, n: int) -> int:
-        """Uniform integer in [0, n)."""
-        return min(int(self.u() * n), n - 1)
+        """Uniform integer in [0, n) (u < 1 makes int(u * n) <= n - 1 exactly in binary64)."""
+        return int(self.u() * n)
 
     def chance(self, p: float) -> bool:
         return self.u() < p
