@@ -8,6 +8,10 @@ in docs/trace.md; change both together.
 Rows are in simulated-time order within an arm (``seq`` is the position); ``t_ns`` is integer
 nanoseconds since the scenario start, so decisions that depend on time (token bucket, lane expiry)
 are exact integer arithmetic in Python and in the kernel alike.
+
+The simulation builds its (large) traces with ``paritybed.sim.emit.Emitter``, which interns
+requests and contexts and expands bursts column-wise; `TraceBuilder` here is the simple row-wise
+builder for small, hand-made traces (tests, synthetic traffic).  Both produce this schema.
 """
 
 from __future__ import annotations
