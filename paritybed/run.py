@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.errors import EnvironmentProblem, InputError, ParitybedError
 from paritybed.sim.population import Population as PopulationIndex
 from paritybed.sim.population import load_population
 from paritybed.sim.scenario import ARM_NAMES, Duration, Population, ResolvedArm, Scenario, resolve_arm
@@ -148,6 +148,8 @@ def _child(scenario: Scenario, arm: str, population: PopulationIndex, conn: Any,
         with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, res.table.schema) as w:
             w.write_table(res.table)
         conn.send(("ok", res.stats, res.seconds, path))
+    except ParitybedError as e:  # a user-facing problem: the parent raises it as is
+        conn.send(("error", e, 0.0, ""))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(e).__name__}: {e}", 0.0, ""))
     finally:
@@ -209,6 +211,8 @@ def _collect(scenario: Scenario, pending: dict[str, Any], out: dict[str, ArmResu
                 try:
                     status, stats, seconds, path = conn.recv()
                     if status != "ok":
+                        if isinstance(stats, ParitybedError):
+                            raise stats
                         raise EnvironmentProblem(f"simulating the {name} arm failed: {stats}")
                     table = _take_table(path)
                 except EOFError:

@@ -314,3 +314,16 @@ def test_docs_trace_documents_every_column():
 
     doc = (REPO / "docs" / "trace.md").read_text()
     assert [c for c in COLUMNS if f"| `{c}` |" not in doc] == []
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_a_population_without_encounters_is_an_input_error_in_either_mode(shared_synthea, pop, parallel):
+    import copy
+
+    from paritybed.errors import InputError
+
+    empty = copy.copy(pop)
+    empty.encounters = []
+    sc = on(TINY, shared_synthea, hours=1)
+    with pytest.raises(InputError, match="has no Encounter"):
+        simulate_arms(sc, {a: LoadedPopulation(shared_synthea, empty) for a in ("production", "staging")}, parallel=parallel)
