@@ -362,23 +362,24 @@ class Stream:
     def __init__(self, base: str = "/fhir") -> None:
         self.base = base
         self.body_left = 0
-        self._pending = 0
+        self._pending: int | None = None  # body bytes to expect if the last decision allows
 
     def feed(self, write: bytes) -> Classification | None:
         if self.body_left:
             if len(write) <= self.body_left:
                 self.body_left -= len(write)
+                self._pending = None
                 return None
-            self._pending = -1
+            self._pending = 0  # allowed anyway (alert/observe): the kernel stops tracking the body
             return Classification("pipelined")
         c = classify(write, self.base)
         self._pending = c.body_left
         return c
 
     def commit(self, allowed: bool) -> None:
-        if allowed:
-            self.body_left = 0 if self._pending < 0 else self._pending
-        self._pending = 0
+        if allowed and self._pending is not None:
+            self.body_left = self._pending
+        self._pending = None
 
 
 def request_bytes(method: str, target: str, *, host: str = "fhir", claim: str | None = None,

@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import os
 import queue
+import select
 import subprocess
 import threading
 from pathlib import Path
@@ -234,9 +235,12 @@ class KernelEnforcer:
             self._log_event(rec)
 
     def _pump(self) -> None:
+        waiter = select.poll()
+        waiter.register(self.maps.fds["events"], select.POLLIN)  # a ring buffer fd is pollable
         while not self._stop.is_set():
+            waiter.poll(self._poll_ms)  # wait without holding the lock, so drain() never waits long
             with self._rb_lock:
-                self._reader.poll(self._poll_ms)
+                self._reader.poll(0)
             self.refresh_registry()
             if self._log is not None:
                 with self._lock:
