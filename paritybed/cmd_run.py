@@ -53,15 +53,45 @@ def run_command(
     days: Optional[float] = typer.Option(None, "--days", help="override the duration of both arms (days), for a quick run"),
     hours: Optional[float] = typer.Option(None, "--hours", help="override the duration of both arms (hours)"),
     sequential: bool = typer.Option(False, "--sequential", help="simulate the arms one after the other (default: in parallel processes)"),
+    traces_only: bool = typer.Option(False, "--traces-only", help="stop after the traces and summary (no parity step)"),
 ) -> None:
-    result = run_with_progress(scenario, out_dir, days=days, hours=hours, parallel=not sequential)
+    result = run_with_progress(scenario, out_dir, days=days, hours=hours, parallel=not sequential,
+                               score=not traces_only)
     print_run(result.summary, result.traces)
+    if result.verdict is not None:
+        print_verdict(result.verdict)
+        raise typer.Exit(result.verdict.exit_code)
 
 
 def demo_command(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run folder to write"),
 ) -> None:
-    run_command(DEFAULT_SCENARIO, out_dir, None, None, False)
+    """The default scenario end to end, then its production patients loaded into an embedded
+    FHIR server database (OUT/fhir.db, serve it with `paritybed fhir serve --db OUT/fhir.db`)."""
+    result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True)
+    print_run(result.summary, result.traces)
+    from paritybed.fhir.loader import build_db
+
+    db = Path(out_dir) / "fhir.db"
+    if db.exists():
+        db.unlink()
+    folders = []
+    for name in ("production", "staging"):
+        f = result.populations[name].folder
+        if f not in folders:
+            folders.append(f)
+    with err.status(f"loading the patients of both arms into the embedded FHIR server ({db})"):
+        counts = build_db(folders, db)
+    from rich.table import Table
+
+    t = Table(title=f"embedded FHIR server database {db}", title_justify="left")
+    t.add_column("resource type")
+    t.add_column("resources", justify="right")
+    for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        t.add_row(k, f"{v:,}")
+    out.print(t)
+    out.print(f"serve it: paritybed fhir serve --db {db}   (http://127.0.0.1:8080/fhir)", highlight=False)
+    print_verdict(result.verdict)
 
 
 def validate_command(files: list[Path] = typer.Argument(..., help="scenario YAML files")) -> None:
@@ -84,7 +114,7 @@ def validate_command(files: list[Path] = typer.Argument(..., help="scenario YAML
 
 
 def run_with_progress(scenario: Path, out_dir: Path, **kw: Any):
-    """`run.run_scenario` with a rich progress bar per arm and step."""
+    """`run.run_scenario` with a rich progress bar per arm and step (then one per parity stage)."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     from paritybed.run import run_scenario
@@ -100,13 +130,70 @@ def run_with_progress(scenario: Path, out_dir: Path, **kw: Any):
                 tasks[key] = bar.add_task(f"{arm:<10} {labels.get(what, what)}", total=total or None)
             bar.update(tasks[key], completed=done, total=total or None)
 
+        stage_labels = {"write": "writing traces and summary", "learn": "parity: learn envelope, compile policy",
+                         "replay": "parity: replay production", "score": "parity: score the criteria",
+                         "artefacts": "parity: report, plots, attestation"}
+        current: list[Any] = []
+
         def stage(name: str) -> None:
-            tasks[("all", name)] = bar.add_task("writing traces and summary", total=None)
+            for task in current:  # the previous stage is done when the next one starts
+                bar.update(task, total=1, completed=1)
+            current.clear()
+            current.append(bar.add_task(stage_labels.get(name, name), total=None))
 
         result = run_scenario(scenario, out_dir, progress=progress, stage=stage, **kw)
-        if ("all", "write") in tasks:
-            bar.update(tasks[("all", "write")], total=1, completed=1)
+        for task in current:
+            bar.update(task, total=1, completed=1)
     return result
+
+
+def print_verdict(verdict: Any) -> None:
+    """The answer first: verdict, report path, then the scorecard and the replay's consequences."""
+    from rich.table import Table
+
+    doc = verdict.parity
+    ok = doc["verdict"] == "pass"
+    report = verdict.out_dir / "report.html"
+    out.print(f"\nReport: {report}", highlight=False, soft_wrap=True)
+    out.print(f"[bold {'green' if ok else 'red'}]parity verdict: {doc['verdict'].upper()}[/]  "
+              f"(exit code {verdict.exit_code}; parity.json, junit.xml, policy.json, attestation/ in {verdict.out_dir})",
+              highlight=False, soft_wrap=True)
+    t = Table(title="criteria", title_justify="left")
+    for col in ("criterion", "result", "failing metrics"):
+        t.add_column(col, overflow="fold")
+    for name in ("fidelity", "coverage", "break_glass"):
+        c = doc["criteria"][name]
+        failing = _failing_metrics(c)
+        t.add_row(name, "[green]pass[/]" if c["pass"] else "[red]FAIL[/]", ", ".join(failing[:6]) + (" ..." if len(failing) > 6 else ""))
+    out.print(t)
+    r = doc["replay"]
+    ob = r["over_blocks"]
+    out.print(
+        f"replay of production under the staging-built policy: {ob['total']:,} over-blocks "
+        f"(legitimate requests denied), {r['under_blocks']['total']:,} under-blocks (attack actions allowed), "
+        f"{r['attacks_caught']}/{r['attacks_injected']} attacks caught, "
+        f"{r['clinical_impact_minutes']:,} agent-minutes of clinical impact",
+        highlight=False, soft_wrap=True)
+
+
+def _failing_metrics(criterion: dict[str, Any]) -> list[str]:
+    """'agent class: metric' for every failing metric of a criterion in parity.json."""
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "name" in node and "value" in node and node.get("pass") is False:
+                who = node.get("agent_class") or node.get("class") or ""
+                names.append(f"{who}: {node['name']}" if who else str(node["name"]))
+                return
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(criterion)
+    return names
 
 
 def print_run(summary: dict[str, Any], traces: dict[str, Path]) -> None:

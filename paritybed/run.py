@@ -1,13 +1,13 @@
-"""The run pipeline up to the traces: populations -> simulated arms -> traces + summary.
+"""The run pipeline: populations -> simulated arms -> traces + summary -> parity verdict.
 
-`paritybed run` (cmd_run.py) calls these in order; the parity step (learn the envelope from the
-staging trace, replay production) is added after `write_traces` by the caller.  Each step is a
-plain function so tests and benchmarks can run any of them alone:
+`paritybed run` (cmd_run.py) calls these in order.  Each step is a plain function so tests and
+benchmarks can run any of them alone:
 
     scenario = load_scenario(path)
     pops = prepare_populations(scenario)                 # Synthea (generated, cached) or a folder
     arms = simulate_arms(scenario, pops)                 # both arms, in parallel processes
     write_traces(out, arms); write_summary(out, summarize(scenario, arms, pops))
+    verdict = paritybed.parity.evaluate(...)             # envelope, policy, replay, criteria, artefacts
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class RunOutput:
     summary: dict[str, Any]
     arms: dict[str, ArmResult] = field(default_factory=dict)
     populations: dict[str, LoadedPopulation] = field(default_factory=dict)
+    verdict: Any = None  # paritybed.parity.evaluate.Verdict, unless the run stopped at the traces
 
 
 # ------------------------------------------------------------------------------------ scenario knobs
@@ -323,9 +324,10 @@ def prepare_out(out: Path) -> Path:
 
 def run_scenario(path: str | Path, out: str | Path, *, days: float | None = None, hours: float | None = None,
                  parallel: bool = True, progress: ProgressFn | None = None,
-                 stage: Callable[[str], None] | None = None) -> RunOutput:
-    """Everything `paritybed run` does up to the traces: load, populations, both arms, traces,
-    summary.  `stage(name)` is called when a step starts (writing)."""
+                 stage: Callable[[str], None] | None = None, score: bool = True) -> RunOutput:
+    """Everything `paritybed run` does: load, populations, both arms, traces, summary, and (with
+    ``score``) the parity step.  `stage(name)` is called when a step starts ("write", then the
+    parity stages "learn", "replay", "score", "artefacts")."""
     from paritybed.sim.scenario import load_scenario, scenario_hash
 
     scenario = with_duration(load_scenario(path), days, hours)
@@ -337,4 +339,17 @@ def run_scenario(path: str | Path, out: str | Path, *, days: float | None = None
     traces = write_traces(outp, arms)
     summary = summarize(scenario, arms, pops, scenario_hash(path))
     write_summary(outp, summary)
-    return RunOutput(outp, traces, summary, arms, pops)
+    result = RunOutput(outp, traces, summary, arms, pops)
+    if score:
+        from paritybed.parity.evaluate import evaluate
+
+        last: list[str] = []
+
+        def parity_progress(name: str, done: int, total: int) -> None:
+            if stage and name not in last and done < total:
+                last.append(name)
+                stage(name)
+
+        result.verdict = evaluate(scenario, Path(path), arms["production"].table, arms["staging"].table, outp,
+                                  mode="model", progress=parity_progress)
+    return result
