@@ -1,0 +1,198 @@
+"""`paritybed enforce`: run any command (and its children) under the kernel enforcer.
+
+The command runs in the agent's cgroup under the policy, on the real clock: a denied FHIR request
+fails in the caller with EACCES, a denied connect with EPERM.  The event stream is summarised at
+the end and kept as a hash-chained log; in observe mode everything is allowed and recorded, and
+the observed envelope is written as a policy.  Heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from paritybed.errors import InputError
+
+out = Console()
+err = Console(stderr=True)
+
+HELP = (
+    "Run COMMAND (and its children) in an agent's cgroup under real eBPF enforcement of its policy; "
+    "print a summary of the kernel's decisions; keep the hash-chained event log in --out.  With "
+    "--mode observe everything is allowed and recorded, and the observed envelope is written as "
+    "--out/policy.observed.json.  The exit code is the command's.  Needs root.\n\n"
+    "Example: paritybed enforce --policy runs/week/policy.json --agent cds --registry baa-registry.json "
+    "-- python my_agent.py\n\n"
+    "Example: paritybed enforce --mode observe --agent cds --fhir-server 127.0.0.1:8080 -- python my_agent.py\n\n"
+    "Example: paritybed enforce --cleanup"
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("enforce", help=HELP, context_settings={"allow_interspersed_args": False})(enforce_command)
+
+
+def enforce_command(
+    command: Optional[List[str]] = typer.Argument(None, help="the command to run, after --", show_default=False),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="policy.json (optional in observe mode with --fhir-server)"),
+    agent: Optional[str] = typer.Option(None, "--agent", help="the policy's agent the command runs as"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help="BAA registry (watched; default: empty: no external endpoint)"),
+    mode: str = typer.Option("enforce", "--mode", help="enforce (the policy's response mode) or observe"),
+    out_dir: Path = typer.Option(Path("runs/enforce"), "--out", help="folder for events.jsonl, summary.json, observed policy"),
+    fhir_server: Optional[str] = typer.Option(None, "--fhir-server", help="observe mode without a policy: the agent's FHIR server host:port"),
+    fhir_base: str = typer.Option("/fhir", "--fhir-base", help="observe mode without a policy: the FHIR base path"),
+    lane: Optional[List[str]] = typer.Option(None, "--lane", help="open a break-glass lane for the run: CLASS:CLAIM[:SECONDS] (repeatable)"),
+    name: str = typer.Option("paritybed", "--name", help="name of the pinned state and root cgroup"),
+    cleanup: bool = typer.Option(False, "--cleanup", help="remove everything a control plane left (programs, pins, cgroups) and exit"),
+) -> None:
+    from paritybed.enforcer.kernel import cleanup as kernel_cleanup
+
+    if cleanup:
+        done = kernel_cleanup(name)
+        out.print("\n".join(done) if done else f"nothing to clean up for {name!r}")
+        return
+    if not command:
+        raise InputError("no command to run: give it after --, e.g. paritybed enforce --policy p.json --agent cds -- python agent.py")
+    if mode not in ("enforce", "observe"):
+        raise InputError(f"--mode must be enforce or observe, not {mode!r}")
+    if not agent:
+        raise InputError("--agent is required (the policy's agent the command runs as)")
+    lanes = [_parse_lane(x) for x in lane or []]
+    pol, reg_path = _inputs(policy, agent, registry, mode, fhir_server, fhir_base, out_dir)
+    code = _run(pol, reg_path, agent, command, mode == "observe", out_dir, lanes, name)
+    raise typer.Exit(code)
+
+
+def _inputs(policy: Path | None, agent: str, registry: Path | None, mode: str, fhir_server: str | None,
+            fhir_base: str, out_dir: Path) -> tuple[Any, Path]:
+    from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, Policy, load_policy
+    from paritybed.enforcer.registry import Registry, load_registry, save_registry
+
+    if policy is not None:
+        pol = load_policy(policy)
+        if agent not in pol.agents:
+            if mode != "observe" or not fhir_server:
+                raise InputError(f"{policy}: no agent {agent!r} in the policy (it has: {', '.join(sorted(pol.agents))})")
+    elif mode != "observe" or not fhir_server:
+        raise InputError("--policy is required (or, in observe mode, --fhir-server)")
+    else:
+        pol = Policy(agents={})
+    if agent not in pol.agents:
+        try:
+            fp = FhirPolicy(server=fhir_server, base=fhir_base)
+        except ValueError as e:
+            raise InputError(f"--fhir-base: {e}") from None
+        pol = Policy(agents={**pol.agents, agent: AgentPolicy(agent_class=agent, fhir=fp, response="observe")})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if registry is None:
+        registry = out_dir / "baa-registry.json"
+        save_registry(Registry(version=1), registry)
+    else:
+        load_registry(registry)  # a bad file is an input error before anything is loaded
+    return pol, registry
+
+
+def _parse_lane(text: str) -> tuple[str, str, int]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts[:2]) or (len(parts) == 3 and not parts[2].isdigit()):
+        raise InputError(f"--lane {text!r}: expected CLASS:CLAIM or CLASS:CLAIM:SECONDS")
+    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 3600
+
+
+def _run(pol: Any, reg_path: Path, agent: str, command: list[str], observe: bool, out_dir: Path,
+         lanes: list[tuple[str, str, int]], name: str) -> int:
+    from paritybed.enforcer.kernel import KernelEnforcer
+
+    log = out_dir / "events.jsonl"
+    log.unlink(missing_ok=True)
+    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    ke = KernelEnforcer(pol, reg_path, start=start, clock="real", event_log=log, record_all=observe, observe=observe,
+                        name=name)
+    events: list[dict[str, Any]] = []
+    code = 0
+    try:
+        ke.add_replica(agent, 0)
+        for cls, claim, secs in lanes:
+            if not ke.open_lane(agent, 0, claim, cls, secs * 1_000_000_000, ke.now_ns()):
+                err.print(f"[yellow]lane {cls!r} refused: the policy of {agent!r} has no such lane class[/]")
+        err.print(f"[dim]{'observing' if observe else 'enforcing'} {agent!r}: {' '.join(command)}[/]")
+        try:
+            proc = ke.spawn(agent, 0, command)
+        except OSError as e:
+            raise InputError(f"cannot run {command[0]!r}: {e.strerror}") from None
+        try:
+            while proc.poll() is None:
+                events += _show(ke.poll_events(200), observe)
+        except KeyboardInterrupt:
+            proc.wait()
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        time.sleep(0.05)
+        events += _show(ke.drain(), observe)
+    finally:
+        lost = ke.lost_events()
+        ke.close()
+    summary = _summary(events, lost, code, observe)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if observe:
+        _write_observed(events, pol, agent, reg_path, out_dir)
+    out.print(f"[dim]event log: {log} (hash-chained), summary: {out_dir / 'summary.json'}[/]")
+    return code
+
+
+def _show(events: list[dict[str, Any]], observe: bool) -> list[dict[str, Any]]:
+    """Print denials and alerts as they happen (stderr); return the events."""
+    for e in events:
+        if e.get("event") in ("deny", "alert", "kill", "quarantine") and not observe:
+            what = (f"{e.get('method', '')} {e.get('resource_type', '')} {e.get('interaction', '')} [{e.get('shape', '')}]"
+                    if e.get("kind") == "fhir" else f"connect {e.get('address', '')}")
+            err.print(f"[red]{e['event']}[/] {e.get('reason', '')}: {what}", highlight=False)
+    return events
+
+
+def _summary(events: list[dict[str, Any]], lost: int, code: int, observe: bool) -> dict[str, Any]:
+    from paritybed.enforcer.events import summarize
+
+    s = summarize(events)
+    t = Table(title="kernel decisions" + (" (observe: all allowed)" if observe else ""))
+    for col in ("kind", "decision", "reason", "shape", "count"):
+        t.add_column(col, justify="right" if col == "count" else "left")
+    for (kind, ev, reason, shape), n in sorted(s["decisions"].items()):
+        t.add_row(kind, ev, reason, shape, str(n))
+    out.print(t)
+    if s["first_contacts"]:
+        fc = Table(title="first contacts (AI-BOM)")
+        for col in ("address", "endpoint", "BAA", "registry version", "decision"):
+            fc.add_column(col)
+        for addr, e in sorted(s["first_contacts"].items()):
+            fc.add_row(addr, str(e.get("endpoint") or "-"), str(e.get("baa_id") or "-"), str(e.get("registry_version")),
+                       e.get("reason") or "allowed")
+        out.print(fc)
+    out.print(f"lost events: {lost}" + ("" if not lost else "  [red](the ring buffer overflowed: counted, not silent)[/]"))
+    return {"decisions": [{"kind": k, "event": ev, "reason": r, "shape": sh, "count": n}
+                          for (k, ev, r, sh), n in sorted(s["decisions"].items())],
+            "first_contacts": sorted(s["first_contacts"]), "lost_events": lost, "exit_code": code}
+
+
+def _write_observed(events: list[dict[str, Any]], pol: Any, agent: str, reg_path: Path, out_dir: Path) -> None:
+    from paritybed.enforcer import kernel_abi as abi
+    from paritybed.enforcer.observed import observed_policy, trace_from_events
+    from paritybed.enforcer.policy import save_policy
+    from paritybed.enforcer.registry import load_registry
+    from paritybed.sim.trace import write_trace
+
+    ap = pol.agents[agent]
+    servers = {abi.format_address(a, abi.addr_key(a, p).port) for a, p in abi.parse_address(ap.fhir.server)}
+    trace = trace_from_events(events, agent_class=ap.agent_class, fhir_server_addresses=servers)
+    write_trace(trace, out_dir / "observed-trace.parquet")
+    observed = observed_policy(trace, fhir_server=ap.fhir.server, fhir_base=ap.fhir.base,
+                               registry=load_registry(reg_path), agent=agent)
+    path = out_dir / "policy.observed.json"
+    save_policy(observed, path)
+    out.print(f"observed envelope of {agent!r} ({trace.num_rows} decisions) written as {path}")

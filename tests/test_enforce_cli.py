@@ -1,0 +1,127 @@
+"""`paritybed enforce` on a plain Python script against the embedded FHIR server: allowed and
+forbidden requests, an egress connect, the summary, the hash-chained log, observe mode's policy,
+--lane, --cleanup, and clear input errors.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, load_policy, save_policy
+
+AGENT = r'''
+"""A plain agent: two requests in its envelope's reach, two beyond it, one external connect."""
+import http.client, json, socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+res = {}
+def get(label, path, headers={}):
+    c = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        c.request("GET", path, headers=headers)
+        res[label] = c.getresponse().status
+    except OSError as e:
+        res[label] = e.errno
+    finally:
+        c.close()
+get("search", "/fhir/Observation?patient=p1")
+get("read", "/fhir/Patient/p1")
+get("everything", "/fhir/Patient/p1/$everything")
+get("lane", "/fhir/Patient/p1", {"X-Break-Glass-Claim": "cb-7"})
+try:
+    socket.create_connection(("127.0.0.23", 9999), timeout=1).close()
+    res["egress"] = 0
+except OSError as e:
+    res["egress"] = e.errno
+print(json.dumps(res))
+'''
+
+
+def paritybed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "paritybed.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def fhir() -> Iterator[str]:
+    from paritybed.fhir.server import running_server
+
+    with running_server() as url:
+        yield url.split("//", 1)[1].split("/", 1)[0]
+
+
+@pytest.fixture
+def files(tmp_path: Path, fhir: str) -> dict[str, Path]:
+    (tmp_path / "agent.py").write_text(AGENT)
+    lanes = {"code_blue": LanePolicy(allow=[Pair(type="Patient", interaction="read")], max_duration_s=600)}
+    save_policy(Policy(agents={"cds": AgentPolicy(agent_class="cds", lanes=lanes, fhir=FhirPolicy(
+        server=fhir, allow=[Pair(type="Observation", interaction="search")]))}), tmp_path / "policy.json")
+    return {"dir": tmp_path, "agent": tmp_path / "agent.py", "policy": tmp_path / "policy.json"}
+
+
+@pytest.mark.bpf
+def test_enforce_a_plain_script(files: dict[str, Path], fhir: str) -> None:
+    from paritybed.hashlog import verify
+
+    out = files["dir"] / "out"
+    r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(out), "--name", "pbt-cli",
+                  "--lane", "code_blue:cb-7:60", "--", sys.executable, str(files["agent"]), fhir)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.splitlines()[0])
+    # search allowed (the embedded server answers), Patient read denied with EACCES unless under the lane,
+    # $everything denied (unclassifiable), the external connect denied with EPERM
+    assert res == {"search": 200, "read": 13, "everything": 13, "lane": 404, "egress": 1}
+    assert "kernel decisions" in r.stdout and "type-not-in-envelope" in r.stdout
+    assert "deny egress-not-in-BAA: connect 127.0.0.23:9999" in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    counts = {(d["kind"], d["event"], d["reason"]): d["count"] for d in summary["decisions"]}
+    assert counts == {("fhir", "deny", "type-not-in-envelope"): 1, ("fhir", "deny", "unclassifiable"): 1,
+                      ("egress", "deny", "egress-not-in-BAA"): 1, ("fhir", "request", "lane"): 1}
+    assert summary["lost_events"] == 0 and summary["exit_code"] == 0
+    v = verify(out / "events.jsonl")
+    assert v.ok, v.problem
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "lane-open" and e["claim"] == "cb-7" for e in events)
+    assert not Path("/sys/fs/cgroup/unified/pbt-cli").exists()  # everything removed at the end
+
+
+@pytest.mark.bpf
+def test_observe_writes_the_observed_envelope_as_a_policy(files: dict[str, Path], fhir: str) -> None:
+    out = files["dir"] / "obs"
+    r = paritybed("enforce", "--mode", "observe", "--agent", "scribe", "--fhir-server", fhir, "--out", str(out),
+                  "--name", "pbt-cli", "--", sys.executable, str(files["agent"]), fhir)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.splitlines()[0])
+    assert res["read"] == 404 and res["egress"] == 111  # nothing denied: the server answers, the port is closed
+    pol = load_policy(out / "policy.observed.json")
+    ap = pol.agents["scribe"]
+    assert {p.key() for p in ap.fhir.allow} == {("Observation", "search"), ("Patient", "read")}
+    assert ap.fhir.allow_shapes == ["operation"] and ap.fhir.server == fhir
+    assert ap.egress == []  # 127.0.0.23:9999 has no BAA: no policy could allow it
+
+
+@pytest.mark.bpf
+def test_exit_code_and_cleanup(files: dict[str, Path]) -> None:
+    r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(files["dir"] / "x"),
+                  "--name", "pbt-cli", "--", sys.executable, "-c", "raise SystemExit(7)")
+    assert r.returncode == 7
+    r = paritybed("enforce", "--cleanup", "--name", "pbt-cli")
+    assert r.returncode == 0 and "nothing to clean up" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--agent", "cds", "--", "true"], "--policy is required"),
+    (["--policy", "{policy}", "--agent", "nope", "--", "true"], "no agent 'nope'"),
+    (["--policy", "{policy}", "--agent", "cds"], "no command to run"),
+    (["--policy", "{policy}", "--agent", "cds", "--mode", "watch", "--", "true"], "--mode must be"),
+    (["--policy", "{policy}", "--agent", "cds", "--lane", "code_blue", "--", "true"], "expected CLASS:CLAIM"),
+    (["--policy", "{dir}/missing.json", "--agent", "cds", "--", "true"], "no such policy file"),
+])
+def test_input_errors(files: dict[str, Path], args: list[str], message: str) -> None:
+    args = [a.replace("{policy}", str(files["policy"])).replace("{dir}", str(files["dir"])) for a in args]
+    r = paritybed("enforce", *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
