@@ -292,7 +292,7 @@ def test_run_command_writes_traces_and_summary(tmp_path, shared_synthea):
     scenario = tmp_path / "tiny.yaml"
     scenario.write_text(text)
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-P", "-m", "paritybed.cli", "run", str(scenario), "--out", str(out), "--hours", "3"],
+    r = subprocess.run([sys.executable, "-P", "-m", "paritybed.cli", "run", str(scenario), "--out", str(out), "--hours", "3", "--traces-only"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "simulate" in r.stderr and "FHIR requests" in r.stdout
