@@ -275,7 +275,10 @@ struct pb_parsed {
 #define JMP_PARSE 0
 #define JMP_DECIDE 1
 #ifndef PB_CHUNK
-#define PB_CHUNK 128
+#define PB_CHUNK 256  /* bytes per tail call of pb_parse */
+#endif
+#ifndef PB_CHUNK0
+#define PB_CHUNK0 256 /* bytes the entry program scans itself (the loader retries smaller if too complex) */
 #endif
 
 #define ST_METHOD 0
@@ -372,7 +375,65 @@ static __always_inline void pb_target_end(struct pb_pstate *s)
 static __always_inline void pb_target_byte(struct pb_pstate *s, u8 c, u32 f)
 {
     u8 st = s->st;
-    if (st == ST_BASE) {
+    if (st == ST_QNAME) {
+        if (c == '%') {
+            DEV(S_ENCODED);
+        } else if (c == '=') {
+            if (s->len == 0) {
+                DEV(S_MALFORMED);
+            } else {
+                struct pb_name_key nk = {};
+                u32 nl = s->colon ? s->plen : s->len;
+                nk.w[0] = s->colon ? s->b0 : s->k0;
+                nk.w[1] = s->colon ? s->b1 : s->k1;
+                nk.len = nl > PB_NAME_MAX ? 255 : nl;
+                u8 *kind = pnames.lookup(&nk);
+                u8 kd = kind ? *kind : 0;
+                if (kd == N_INCLUDE)
+                    DEV(S_INCLUDE);
+                else if (kd == N_TYPE)
+                    DEV(S_TYPE_PARAM);
+                else if (kd == N_HAS)
+                    DEV(S_HAS);
+                else if (s->dot)
+                    DEV(S_CHAINED);
+                else if (s->colon || kd != N_SAFE)
+                    DEV(S_PARAM);
+                else {
+                    s->st = ST_QVAL;
+                    s->len = 0;
+                }
+            }
+        } else if (f & C_PNAME) {
+            if (c == ':' && !s->colon) {
+                s->colon = 1;
+                s->b0 = s->k0;
+                s->b1 = s->k1;
+                s->plen = s->len;
+            }
+            if (c == '.')
+                s->dot = 1;
+            SH2(c);
+            s->len++;
+        } else {
+            DEV(S_MALFORMED);
+        }
+    } else if (st == ST_QVAL) {
+        if (c == '%' || c == '+') {
+            DEV(S_ENCODED);
+        } else if (f & C_VALUE) {
+            s->len++;
+            if (s->len > PB_VALUE_MAX)
+                DEV(S_MALFORMED);
+        } else if (c == '&') {
+            s->st = ST_QNAME;
+            CLR();
+            s->colon = 0;
+            s->dot = 0;
+        } else {
+            DEV(S_MALFORMED);
+        }
+    } else if (st == ST_BASE) {
         SH3(c);
         s->len++;
         if (s->len == s->blen) {
@@ -500,64 +561,6 @@ static __always_inline void pb_target_byte(struct pb_pstate *s, u8 c, u32 f)
         } else if (f & C_OP) {
             SH1((f & C_UPPER) ? (c | 0x20) : c);
             s->len++;
-        } else {
-            DEV(S_MALFORMED);
-        }
-    } else if (st == ST_QNAME) {
-        if (c == '%') {
-            DEV(S_ENCODED);
-        } else if (c == '=') {
-            if (s->len == 0) {
-                DEV(S_MALFORMED);
-            } else {
-                struct pb_name_key nk = {};
-                u32 nl = s->colon ? s->plen : s->len;
-                nk.w[0] = s->colon ? s->b0 : s->k0;
-                nk.w[1] = s->colon ? s->b1 : s->k1;
-                nk.len = nl > PB_NAME_MAX ? 255 : nl;
-                u8 *kind = pnames.lookup(&nk);
-                u8 kd = kind ? *kind : 0;
-                if (kd == N_INCLUDE)
-                    DEV(S_INCLUDE);
-                else if (kd == N_TYPE)
-                    DEV(S_TYPE_PARAM);
-                else if (kd == N_HAS)
-                    DEV(S_HAS);
-                else if (s->dot)
-                    DEV(S_CHAINED);
-                else if (s->colon || kd != N_SAFE)
-                    DEV(S_PARAM);
-                else {
-                    s->st = ST_QVAL;
-                    s->len = 0;
-                }
-            }
-        } else if (f & C_PNAME) {
-            if (c == ':' && !s->colon) {
-                s->colon = 1;
-                s->b0 = s->k0;
-                s->b1 = s->k1;
-                s->plen = s->len;
-            }
-            if (c == '.')
-                s->dot = 1;
-            SH2(c);
-            s->len++;
-        } else {
-            DEV(S_MALFORMED);
-        }
-    } else if (st == ST_QVAL) {
-        if (c == '%' || c == '+') {
-            DEV(S_ENCODED);
-        } else if (f & C_VALUE) {
-            s->len++;
-            if (s->len > PB_VALUE_MAX)
-                DEV(S_MALFORMED);
-        } else if (c == '&') {
-            s->st = ST_QNAME;
-            CLR();
-            s->colon = 0;
-            s->dot = 0;
         } else {
             DEV(S_MALFORMED);
         }
@@ -712,41 +715,74 @@ static __always_inline void pb_line_byte(struct pb_pstate *s, u8 c, u32 f)
     }
 }
 
-/* the replica's and agent's entries, or 0: shared by the three sk_msg programs */
-static __always_inline struct pb_sock *pb_msg_sock(struct sk_msg_md *msg)
-{
-    return sockstate.sk_storage_get(msg->sk, 0, 0);
-}
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
 
-int pb_parse(struct sk_msg_md *msg)
+/* Scan one chunk of the message from s->pos.  Sets s->done when the head ended (s->head_end),
+ * the data ended, or PB_HDR_MAX bytes were seen; otherwise the next chunk follows (tail call).
+ * Everything the next iteration needs is in memory (s), so the verifier prunes every iteration
+ * to one state; j is dead after the loop. */
+static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_ctab *ct, const u32 chunk)
 {
-    u32 z = 0;
-    struct pb_sock *ss = pb_msg_sock(msg);
-    struct pb_ctab *ct = ctab.lookup(&z);
-    if (!ss || !ct)
-        return SK_DROP;
-    struct pb_pstate *s = &ss->ps;
     void *data = (void *)(long)msg->data;
     void *end = (void *)(long)msg->data_end;
-    if (s->pos >= PB_HDR_MAX) {
-        jmp.call(msg, JMP_DECIDE);
-        return SK_DROP;
-    }
     u32 pos = s->pos & (PB_HDR_MAX - 1);
-    u32 stop = 0;
-    for (u32 j = 0; j < PB_CHUNK; j++) {
+    for (u32 j = 0; j < chunk; j++) {
         u32 i = pos + j;
         u8 *p = data + i;
         if (i >= PB_HDR_MAX || (void *)(p + 1) > end) {
-            stop = 1;
+            s->pos = i;
+            s->done = 1;
             break;
+        }
+        /* fast paths: 8 bytes at once through the long runs of a request (the byte path below
+         * would do exactly the same to them, one at a time).  None of these bytes is CR or LF,
+         * so the head cannot end inside them (w restarts). */
+        u8 st8 = s->st;
+        if ((st8 == ST_HVAL || st8 == ST_QVAL || st8 == ST_ID || st8 == ST_VID || st8 == ST_TYPE) &&
+            j + 8 <= chunk && i + 8 <= PB_HDR_MAX && (void *)(p + 8) <= end) {
+            u64 x = *(u64 *)p;
+            u8 ok = 0;
+            if (st8 == ST_HVAL) {
+                /* a value we do not look into: 8 bytes in 0x20..0x7e */
+                u64 d = x ^ 0x7f7f7f7f7f7f7f7fULL;
+                ok = s->hkind != H_CONTENT_LENGTH && s->hkind != H_CLAIM && !(x & HIGHS) &&
+                     !((x - 0x20 * ONES) & ~x & HIGHS) && !((d - ONES) & ~d & HIGHS);
+            } else {
+                u32 all = ct->c[x & 0xff] & ct->c[(x >> 8) & 0xff] & ct->c[(x >> 16) & 0xff] &
+                          ct->c[(x >> 24) & 0xff] & ct->c[(x >> 32) & 0xff] & ct->c[(x >> 40) & 0xff] &
+                          ct->c[(x >> 48) & 0xff] & ct->c[(x >> 56) & 0xff];
+                if (st8 == ST_QVAL)
+                    ok = (all & C_VALUE) && s->len + 8 <= PB_VALUE_MAX;
+                else if (st8 == ST_TYPE)
+                    ok = (all & C_ALPHA) != 0;
+                else
+                    ok = (all & C_ID) && s->len + 8 <= PB_ID_MAX;
+                if (ok) {
+                    s->len += 8;
+                    s->tlen += 8;
+                    if (st8 == ST_TYPE) { /* eight SH5 steps at once */
+                        s->k4 = s->k3;
+                        s->k3 = s->k2;
+                        s->k2 = s->k1;
+                        s->k1 = s->k0;
+                        s->k0 = __builtin_bswap64(x);
+                    }
+                }
+            }
+            if (ok) {
+                s->w = 0;
+                j += 7;
+                continue;
+            }
         }
         u8 c = *p;
         u32 w = (s->w << 8) | c;
         s->w = w;
         if (w == 0x0d0a0d0a) {
             s->head_end = i + 1;
-            stop = 1;
+            s->pos = i + 1;
+            s->done = 1;
             break;
         }
         u32 f = ct->c[c];
@@ -770,8 +806,23 @@ int pb_parse(struct sk_msg_md *msg)
             pb_line_byte(s, c, f);
         }
     }
-    s->pos = pos + PB_CHUNK;
-    if (!stop)
+    if (!s->done) {
+        s->pos = pos + chunk; /* the whole chunk was scanned (j is not used after the loop) */
+        if (s->pos >= PB_HDR_MAX)
+            s->done = 1;
+    }
+}
+
+int pb_parse(struct sk_msg_md *msg)
+{
+    u32 z = 0;
+    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
+    struct pb_ctab *ct = ctab.lookup(&z);
+    if (!ss || !ct)
+        return SK_DROP;
+    if (!ss->ps.done)
+        pb_scan(msg, &ss->ps, ct, PB_CHUNK);
+    if (!ss->ps.done)
         jmp.call(msg, JMP_PARSE);
     jmp.call(msg, JMP_DECIDE);
     return SK_DROP;
@@ -850,56 +901,10 @@ static __always_inline int pb_is_server(struct sk_msg_md *msg, struct pb_agent *
            ip2 == a->server_addr[2] && ip3 == a->server_addr[3];
 }
 
-int pb_sk_msg(struct sk_msg_md *msg)
+/* The decision on the parsed message (docs/enforcement.md, step 5 and 6), its event, its verdict. */
+static __always_inline int pb_finish(u64 cgid, struct pb_replica *r, struct pb_agent *a, struct pb_knobs *k,
+                                     struct pb_sock *ss)
 {
-    u64 cgid = bpf_get_current_cgroup_id();
-    struct pb_replica *r = replicas.lookup(&cgid);
-    if (!r)
-        return SK_PASS; /* not a paritybed replica: unenforced */
-    struct pb_agent *a = agents.lookup(&r->agent);
-    if (!a)
-        return SK_DROP;
-    if (!pb_is_server(msg, a))
-        return SK_PASS;
-    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (!ss)
-        return SK_DROP;
-    u32 size = msg->size;
-    struct pb_pstate *s = &ss->ps;
-    __builtin_memset(s, 0, sizeof(*s));
-    s->size = size;
-    if (ss->body_left) {
-        if (size <= ss->body_left) {
-            ss->body_left -= size;
-            return SK_PASS;
-        }
-        s->cont = 1;
-        jmp.call(msg, JMP_DECIDE);
-        return SK_DROP;
-    }
-    s->claim = FNV_OFFSET;
-    s->bw0 = a->base_w[0];
-    s->bw1 = a->base_w[1];
-    s->bw2 = a->base_w[2];
-    s->blen = a->base_len;
-    u32 n = size < PB_HDR_MAX ? size : PB_HDR_MAX;
-    bpf_msg_pull_data(msg, 0, n, 0);
-    jmp.call(msg, JMP_PARSE);
-    return SK_DROP; /* tail call missing: fail closed */
-}
-
-int pb_decide(struct sk_msg_md *msg)
-{
-    u64 cgid = bpf_get_current_cgroup_id();
-    u32 z = 0;
-    struct pb_replica *r = replicas.lookup(&cgid);
-    struct pb_knobs *k = knobs.lookup(&z);
-    struct pb_sock *ss = pb_msg_sock(msg);
-    if (!r || !k || !ss)
-        return SK_DROP;
-    struct pb_agent *a = agents.lookup(&r->agent);
-    if (!a)
-        return SK_DROP;
     struct pb_parsed c;
     pb_result(&ss->ps, &c);
     u32 size = ss->ps.size;
@@ -990,4 +995,63 @@ int pb_decide(struct sk_msg_md *msg)
         }
     }
     return decision == PB_DENY ? SK_DROP : SK_PASS;
+}
+
+int pb_sk_msg(struct sk_msg_md *msg)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    struct pb_replica *r = replicas.lookup(&cgid);
+    if (!r)
+        return SK_PASS; /* not a paritybed replica: unenforced */
+    u32 z = 0;
+    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_knobs *k = knobs.lookup(&z);
+    struct pb_ctab *ct = ctab.lookup(&z);
+    if (!a || !k || !ct)
+        return SK_DROP;
+    if (!pb_is_server(msg, a))
+        return SK_PASS;
+    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!ss)
+        return SK_DROP;
+    u32 size = msg->size;
+    struct pb_pstate *s = &ss->ps;
+    __builtin_memset(s, 0, sizeof(*s));
+    s->size = size;
+    if (ss->body_left) {
+        if (size <= ss->body_left) {
+            ss->body_left -= size;
+            return SK_PASS;
+        }
+        s->cont = 1;
+        return pb_finish(cgid, r, a, k, ss);
+    }
+    s->claim = FNV_OFFSET;
+    s->bw0 = a->base_w[0];
+    s->bw1 = a->base_w[1];
+    s->bw2 = a->base_w[2];
+    s->blen = a->base_len;
+    u32 n = size < PB_HDR_MAX ? size : PB_HDR_MAX;
+    bpf_msg_pull_data(msg, 0, n, 0);
+    pb_scan(msg, s, ct, PB_CHUNK0); /* the first chunk here: most heads end in it, no tail call */
+    if (!s->done) {
+        jmp.call(msg, JMP_PARSE);
+        return SK_DROP; /* tail call missing: fail closed */
+    }
+    return pb_finish(cgid, r, a, k, ss);
+}
+
+int pb_decide(struct sk_msg_md *msg)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    u32 z = 0;
+    struct pb_replica *r = replicas.lookup(&cgid);
+    struct pb_knobs *k = knobs.lookup(&z);
+    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
+    if (!r || !k || !ss)
+        return SK_DROP;
+    struct pb_agent *a = agents.lookup(&r->agent);
+    if (!a)
+        return SK_DROP;
+    return pb_finish(cgid, r, a, k, ss);
 }

@@ -94,6 +94,7 @@
 #define C_VCHAR (1u << 9)   /* request-target bytes 0x21-0x7e */
 #define C_HVAL (1u << 10)   /* header value bytes 0x20-0x7e and HTAB */
 #define C_OWS (1u << 11)    /* SP, HTAB */
+#define C_ALPHA (1u << 12)  /* A-Z a-z */
 
 /* query parameter name kinds (names map) */
 #define N_SAFE 1
@@ -216,7 +217,7 @@ struct pb_pstate {
     __u32 pos, n, size, head_end, w, len, tlen, plen, blen;
     __u32 cl_val, cl_cur, n_cl, n_claim, sub;
     __u16 type_id;
-    __u8 st, fam, form, method, hkind, tbad, colon, dot, cl_bad, claim_bad, te, ovr, cont;
+    __u8 st, fam, form, method, hkind, tbad, colon, dot, cl_bad, claim_bad, te, ovr, cont, done;
 };
 struct pb_sock {
     __u32 body_left;         /* body bytes of an allowed request still to come */

@@ -136,7 +136,7 @@ def char_classes() -> list[int]:
     """The 256-entry class table the kernel parser reads (flags C_* of bpf/paritybed.h)."""
     sets = [frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"), frozenset(b"abcdefghijklmnopqrstuvwxyz"),
             frozenset(b"0123456789"), ID_CHARS, VALUE_CHARS, PNAME_CHARS, CLAIM_CHARS, OP_CHARS, TCHARS,
-            VCHARS, HVAL_CHARS, frozenset(OWS)]
+            VCHARS, HVAL_CHARS, frozenset(OWS), LETTERS]
     return [sum(1 << bit for bit, s in enumerate(sets) if c in s) for c in range(256)]
 
 

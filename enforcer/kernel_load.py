@@ -22,7 +22,8 @@ from paritybed.errors import EnvironmentProblem
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "paritybed.c"
-PB_CHUNK = 256  # bytes parsed per tail call (verifier: ~400k of 1M instructions at 256)
+PB_CHUNK = 256  # bytes parsed per tail call of pb_parse (verifier: ~490k of 1M instructions)
+FIRST_CHUNKS = (256, 192, 128)  # bytes the entry program parses itself (~640k of 1M at 256 on 6.18)
 
 # BPF_ATTACH_TYPE values (uapi/linux/bpf.h)
 INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 10, 11, 14, 15
@@ -86,15 +87,18 @@ def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
     adopted = pinned_state_exists(name)
     pins.mkdir(parents=True, exist_ok=True)
     _check_pins(pins)
-    cflags = [f"-I{BPF_DIR}", f'-DPB_PIN_DIR="{pins}"', f"-DPB_RB_PAGES={int(rb_pages)}", f"-DPB_CHUNK={PB_CHUNK}",
-              "-Wno-unused-function"]
-    try:
-        b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        fns = {n: (b.load_func(n.encode(), BPF.SOCK_OPS) if t == SOCK_OPS else b.load_func(n.encode(), BPF.CGROUP_SOCK_ADDR, None, t))
-               for n, t in CGROUP_PROGS.items()}
-        fns.update({n: b.load_func(n.encode(), BPF.SK_MSG) for n in MSG_PROGS})
-    except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for compile/verifier errors
-        raise EnvironmentProblem(f"could not load the BPF programs: {e}") from None
+    for chunk0 in FIRST_CHUNKS:  # the entry program scans this much itself; smaller if the verifier balks
+        cflags = [f"-I{BPF_DIR}", f'-DPB_PIN_DIR="{pins}"', f"-DPB_RB_PAGES={int(rb_pages)}", f"-DPB_CHUNK={PB_CHUNK}",
+                  f"-DPB_CHUNK0={chunk0}", "-Wno-unused-function"]
+        try:
+            b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+            fns = {n: (b.load_func(n.encode(), BPF.SOCK_OPS) if t == SOCK_OPS else
+                       b.load_func(n.encode(), BPF.CGROUP_SOCK_ADDR, None, t)) for n, t in CGROUP_PROGS.items()}
+            fns.update({n: b.load_func(n.encode(), BPF.SK_MSG) for n in MSG_PROGS})
+            break
+        except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for compile/verifier errors
+            if "Argument list too long" not in str(e) or chunk0 == FIRST_CHUNKS[-1]:
+                raise EnvironmentProblem(f"could not load the BPF programs: {e}") from None
     maps = {m: lib.bpf_table_fd(b.module, m.encode()) for m in MAP_NAMES}
     # 1. tail-call slots (an old entry program already jumps into the new parser)
     for slot, prog in enumerate(MSG_PROGS[1:]):
