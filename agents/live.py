@@ -14,8 +14,8 @@ FHIR requests go over ONE keep-alive HTTP/1.1 connection, each request (headers 
 with a single ``send``, because the kernel's ``sk_msg`` program classifies one message as one
 request (docs/enforcement.md).  A row with a break-glass claim carries ``X-Break-Glass-Claim``.
 When the kernel refuses, the worker reports it instead of crashing: ``EACCES`` from ``send`` is
-an ``sk_msg`` drop (no byte left; the connection stays usable), ``EPERM`` from ``connect`` is the
-cgroup ``connect4`` hook.  A connection the server closed is reopened and the request retried once.
+an ``sk_msg`` drop (no byte left; the worker then reconnects, because the kernel keeps the drop
+verdict on that socket), ``EPERM`` from ``connect`` is the cgroup ``connect4`` hook.  A connection the server closed is reopened and the request retried once.
 
 An egress row is a TCP connect to the address followed by a close: the worker does NOT send the
 ``calls`` HTTP calls over it.  What enforcement sees of egress is the connect (``connect4``);
@@ -123,7 +123,12 @@ class FhirConnection:
             try:
                 self._send_all(data)
             except OSError as e:
-                if e.errno == errno_mod.EACCES:  # sk_msg drop: nothing was sent, keep the socket
+                if e.errno == errno_mod.EACCES:
+                    # sk_msg drop: nothing was sent.  The kernel (tcp_bpf) keeps the drop verdict
+                    # on this socket, so every later send on it would fail without the program
+                    # running again: reconnect for the next request, as HTTP clients do after a
+                    # failed send (docs/kernel.md, "A dropped socket stays dropped").
+                    self.close()
                     return None, e.errno
                 self.close()
                 if attempt == 0 and e.errno in (errno_mod.EPIPE, errno_mod.ECONNRESET, errno_mod.ENOTCONN):

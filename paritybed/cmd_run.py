@@ -24,10 +24,14 @@ def register(app: typer.Typer) -> None:
     app.command(
         "run",
         help=(
-            "Simulate a scenario: generate (or load) each arm's Synthea population, run the hospital "
-            "and the agents for the production and staging arms, and write OUT/traces/production.parquet, "
-            "OUT/traces/staging.parquet and OUT/summary.json.\n\n"
-            "Example: paritybed run scenarios/community-hospital-week.yaml --out runs/week"
+            "Run a scenario end to end: generate (or load) each arm's Synthea population, simulate the hospital "
+            "and the agents for the production and staging arms (OUT/traces/*.parquet, OUT/summary.json), learn the "
+            "envelope from staging (OUT/policy.json), replay production under it, score fidelity, coverage and "
+            "break-glass, and write OUT/parity.json, junit.xml, report.html, plots/ and attestation/.  "
+            "Exit code 0 parity pass, 1 parity fail, 2 bad input, 3 environment problem.  With --mode live "
+            "(root) production runs as real processes under the eBPF enforcer.\n\n"
+            "Example: paritybed run scenarios/community-hospital-week.yaml --out runs/week\n\n"
+            "Example: sudo paritybed run scenarios/live-smoke.yaml --mode live --out runs/live"
         ),
     )(run_command)
     app.command(
@@ -54,7 +58,31 @@ def run_command(
     hours: Optional[float] = typer.Option(None, "--hours", help="override the duration of both arms (hours)"),
     sequential: bool = typer.Option(False, "--sequential", help="simulate the arms one after the other (default: in parallel processes)"),
     traces_only: bool = typer.Option(False, "--traces-only", help="stop after the traces and summary (no parity step)"),
+    mode: str = typer.Option("model", "--mode", help="model: the reference engine decides (no privileges); live: real "
+                             "processes, HTTP and connects under the eBPF enforcer (root)"),
+    clock: str = typer.Option("virtual", "--clock", help="live mode: virtual (the driver sets simulated time in the "
+                              "kernel; exact agreement with model mode) or real (bpf_ktime, compressed time)"),
+    compression: float = typer.Option(60.0, "--compression", help="live mode, real clock: simulated seconds per wall second"),
+    fhir_url: Optional[str] = typer.Option(None, "--fhir-url", help="live mode: an already loaded FHIR server "
+                                           "(e.g. HAPI, http://localhost:8080/fhir) instead of the embedded one"),
 ) -> None:
+    if mode not in ("model", "live") or clock not in ("virtual", "real") or compression <= 0:
+        from paritybed.errors import InputError
+
+        raise InputError(f"--mode must be model or live, --clock virtual or real, --compression > 0 "
+                         f"(got {mode!r}, {clock!r}, {compression})")
+    if mode == "live":
+        verdict, live = run_live_with_progress(scenario, out_dir, clock=clock, compression=compression,
+                                               fhir_url=fhir_url, days=days, hours=hours)
+        print_live(live)
+        print_verdict(verdict)
+        agree = live["agreement"]
+        if clock == "virtual" and agree["disagreements"]:
+            err.print(f"[bold red]the kernel and the reference engine disagree on {agree['disagreements']} of "
+                      f"{agree['rows']} requests[/] (first: {agree['first_disagreements'][:3]}); see live.json",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        raise typer.Exit(verdict.exit_code)
     result = run_with_progress(scenario, out_dir, days=days, hours=hours, parallel=not sequential,
                                score=not traces_only)
     print_run(result.summary, result.traces)
@@ -145,6 +173,51 @@ def run_with_progress(scenario: Path, out_dir: Path, **kw: Any):
         for task in current:
             bar.update(task, total=1, completed=1)
     return result
+
+
+def run_live_with_progress(scenario: Path, out_dir: Path, **kw: Any):
+    """`live.run_live` with the same progress display as model mode, plus the live replay."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from paritybed.live import run_live
+
+    labels = {"synthea": "Synthea patients", "index": "index population", "simulate": "simulate",
+              "live": "live: requests through the kernel"}
+    stage_labels = {"write": "writing traces and summary", "fhir": "starting the embedded FHIR server",
+                    "live": "loading the eBPF enforcer, spawning replicas", "learn": "parity: learn envelope, compile policy",
+                    "replay": "parity: replay production", "score": "parity: score the criteria",
+                    "artefacts": "parity: report, plots, attestation"}
+    with Progress(TextColumn("{task.description:<44}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                  console=err) as bar:
+        tasks: dict[tuple[str, str], Any] = {}
+        current: list[Any] = []
+
+        def progress(arm: str, what: str, done: float, total: float) -> None:
+            key = (arm, what)
+            if key not in tasks:
+                tasks[key] = bar.add_task(f"{arm:<10} {labels.get(what, what)}", total=total or None)
+            bar.update(tasks[key], completed=done, total=total or None)
+
+        def stage(name: str) -> None:
+            for task in current:
+                bar.update(task, total=1, completed=1)
+            current.clear()
+            current.append(bar.add_task(stage_labels.get(name, name), total=None))
+
+        verdict, live = run_live(scenario, out_dir, progress=progress, stage=stage, **kw)
+        for task in current:
+            bar.update(task, total=1, completed=1)
+    return verdict, live
+
+
+def print_live(live: dict[str, Any]) -> None:
+    a = live["agreement"]
+    out.print(f"live mode ({live['clock']} clock): {live['rows']:,} production rows as real requests and connects in "
+              f"{live['wall_seconds']} s; the kernel allowed {live['kernel_allowed']:,} and denied {live['kernel_denied']:,}; "
+              f"{live['worker_kills']} replica kills; lost events: {live['lost_events']}", highlight=False, soft_wrap=True)
+    colour = "green" if a["disagreements"] == 0 else "red"
+    out.print(f"[{colour}]kernel vs reference engine: {a['disagreements']} disagreements on {a['rows']:,} rows[/]",
+              highlight=False)
 
 
 def print_verdict(verdict: Any) -> None:
