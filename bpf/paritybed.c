@@ -6,12 +6,19 @@
  *   pb_sendmsg4 / pb_sendmsg6   cgroup/sendmsg4|6: the same decision for unconnected UDP sends
  *   pb_sockops                  sockops: puts TCP sockets to a policy's FHIR server in fhir_socks
  *   pb_sk_msg                   sk_msg on fhir_socks: parses each HTTP request and decides it
+ *   pb_unseen                   cgroup_skb/egress: no byte to a FHIR server leaves unless sk_msg
+ *                               approved it (TCP Fast Open data would otherwise go unseen)
  * The decision is docs/enforcement.md, the same as enforcer/engine.py; the request parser is
  * the grammar of enforcer/classify.py.  Every map is pinned under PB_PIN_DIR so enforcement
  * outlives the control plane and a new control plane adopts the state.
  */
 #include <uapi/linux/bpf.h>
 #include <linux/socket.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
 #include "paritybed.h"
 
 #ifndef PB_PIN_DIR
@@ -264,6 +271,123 @@ struct pb_parsed {
     u8 method;
     u8 has_claim;
 };
+
+/* ---------------------------------------------------------------- bytes sk_msg never saw
+ *
+ * sk_msg only sees what goes through sendmsg on a socket already in fhir_socks.  TCP Fast Open
+ * (sendto(MSG_FASTOPEN), TCP_FASTOPEN_CONNECT) queues request bytes before the handshake, i.e.
+ * before sockops can add the socket, and they would leave unseen.  The invariant kept here: no
+ * byte of a replica's connection to a FHIR server leaves unless sk_msg approved it.  sk_msg
+ * counts approved bytes per socket; this program learns the initial sequence number from the
+ * SYN and drops any segment whose data reaches beyond the approved count (the first time as a
+ * violation of the replica's response mode: an unclassifiable, malformed request).
+ */
+int pb_unseen(struct __sk_buff *skb)
+{
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return 1;
+    sk = bpf_sk_fullsock(sk);
+    if (!sk || sk->protocol != IPPROTO_TCP)
+        return 1;
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct pb_addr_key ak = {};
+    u32 off;
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = data;
+        if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
+            return 1;
+        off = (ip->ihl & 0xf) * 4;
+        pb_addr4(&ak, ip->daddr, 0);
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = data;
+        if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
+            return 1;
+        off = sizeof(*ip6);
+        __builtin_memcpy(ak.addr, &ip6->daddr, 16);
+    } else {
+        return 1;
+    }
+    struct tcphdr *th = data + (off & 0x3f);
+    if ((void *)(th + 1) > end)
+        return 1;
+    u32 hdr = off + th->doff * 4;
+    u32 len = skb->len > hdr ? skb->len - hdr : 0;
+    u8 syn = th->syn && !th->ack;
+    if (!len && !syn)
+        return 1; /* ACK, FIN, RST: no data */
+    u32 seq = bpf_ntohl(th->seq);
+    struct pb_sock *ss;
+    if (!syn) {
+        /* the common case, a data segment: one storage lookup */
+        ss = sockstate.sk_storage_get(sk, 0, 0);
+        if (!ss || !ss->has_isn)
+            return 1; /* not a replica's FHIR connection, or older than the programs */
+    } else {
+        /* a SYN: is it a replica's connection to its own FHIR server?  then remember where its
+         * byte stream starts */
+        ak.port = th->dest;
+        u64 cg = bpf_sk_cgroup_id(sk);
+        struct pb_replica *rr = replicas.lookup(&cg);
+        if (!rr)
+            return 1;
+        struct pb_agent *aa = agents.lookup(&rr->agent);
+        if (!aa || ak.port != aa->server_port || ak.addr[0] != aa->server_addr[0] || ak.addr[1] != aa->server_addr[1] ||
+            ak.addr[2] != aa->server_addr[2] || ak.addr[3] != aa->server_addr[3])
+            return 1;
+        ss = sockstate.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        if (!ss)
+            return 0;
+        ss->isn = seq;
+        ss->has_isn = 1;
+        if (!len)
+            return 1;
+    }
+    u32 data_end = seq + len - ss->isn - 1; /* stream offset after this segment (the SYN took one) */
+    if ((s32)(data_end - (u32)ss->approved) <= 0)
+        return 1; /* everything in it was approved (a retransmission, or the approved request itself) */
+    u64 cgid = bpf_sk_cgroup_id(sk);
+    struct pb_replica *r = replicas.lookup(&cgid);
+    if (!r)
+        return 1;
+    u32 z = 0;
+    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_knobs *kn = knobs.lookup(&z);
+    if (!a || !kn)
+        return 0;
+    u8 decision = PB_ALLOW, reason = R_OBSERVE, flags = 0;
+    s64 now = pb_now(kn), until = 0;
+    if (a->mode == M_OBSERVE) {
+        reason = R_OBSERVE;
+    } else if (r->q_until > now) {
+        decision = PB_DENY;
+        reason = R_QUARANTINED;
+    } else {
+        reason = R_UNCLASSIFIABLE;
+        decision = ss->reported ? (a->mode == M_ALERT ? PB_ALERT : PB_DENY) : pb_violation(a, r, now, &flags, &until);
+    }
+    if (!ss->reported) { /* one event per socket: the segment is retransmitted while it is dropped */
+        ss->reported = 1;
+        pb_count(K_FHIR, reason);
+        struct pb_event *e = pb_reserve();
+        if (e) {
+            __builtin_memset(e, 0, sizeof(*e));
+            e->t = now;
+            e->cgid = cgid;
+            e->until = until;
+            e->size = len;
+            e->kind = K_FHIR;
+            e->hook = HOOK_UNSEEN;
+            e->decision = decision;
+            e->reason = reason;
+            e->shape = S_MALFORMED;
+            e->flags = flags;
+            events.ringbuf_submit(e, 0);
+        }
+    }
+    return decision == PB_DENY ? 0 : 1;
+}
 
 /* ---------------------------------------------------------------- the request parser
  *
@@ -969,8 +1093,10 @@ static __always_inline int pb_finish(u64 cgid, struct pb_replica *r, struct pb_a
             reason = R_LANE;
         }
     }
-    if (decision != PB_DENY)
+    if (decision != PB_DENY) {
         ss->body_left = (flags & F_CONTINUATION) ? 0 : c.body_left;
+        ss->approved += size;
+    }
     pb_count(K_FHIR, reason);
     if (k->record_all || decision != PB_ALLOW || a->mode == M_OBSERVE || reason == R_LANE ||
         (flags & (F_QUARANTINE | F_KILL))) {
@@ -1021,6 +1147,7 @@ int pb_sk_msg(struct sk_msg_md *msg)
     if (ss->body_left) {
         if (size <= ss->body_left) {
             ss->body_left -= size;
+            ss->approved += size;
             return SK_PASS;
         }
         s->cont = 1;

@@ -123,6 +123,7 @@
 #define HOOK_SENDMSG4 2
 #define HOOK_SENDMSG6 3
 #define HOOK_SK_MSG 4
+#define HOOK_UNSEEN 5     /* cgroup_skb egress: bytes to a FHIR server that sk_msg never saw */
 
 #define PB_I64_MAX 0x7fffffffffffffffLL
 
@@ -221,7 +222,10 @@ struct pb_pstate {
 };
 struct pb_sock {
     __u32 body_left;         /* body bytes of an allowed request still to come */
-    __u32 pad;
+    __u32 isn;               /* initial sequence number (seen on the SYN by pb_unseen) */
+    __u64 approved;          /* bytes sk_msg let through on this socket */
+    __u32 has_isn;
+    __u32 reported;          /* unseen bytes already reported (one event per socket) */
     struct pb_pstate ps;
 };
 

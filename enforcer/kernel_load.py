@@ -26,11 +26,11 @@ PB_CHUNK = 256  # bytes parsed per tail call of pb_parse (verifier: ~490k of 1M 
 FIRST_CHUNKS = (256, 192, 128)  # bytes the entry program parses itself (~640k of 1M at 256 on 6.18)
 
 # BPF_ATTACH_TYPE values (uapi/linux/bpf.h)
-INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 10, 11, 14, 15
+INET_EGRESS, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 1, 10, 11, 14, 15
 SOCK_OPS, SK_MSG_VERDICT = 3, 7
 #: cgroup programs: name -> attach type
 CGROUP_PROGS = {"pb_connect4": INET4_CONNECT, "pb_connect6": INET6_CONNECT, "pb_sendmsg4": UDP4_SENDMSG,
-                "pb_sendmsg6": UDP6_SENDMSG, "pb_sockops": SOCK_OPS}
+                "pb_sendmsg6": UDP6_SENDMSG, "pb_sockops": SOCK_OPS, "pb_unseen": INET_EGRESS}
 MSG_PROGS = ("pb_sk_msg", "pb_parse", "pb_decide")  # entry, tail call 0, tail call 1
 #: pinned maps whose key/value sizes must match this version's structures (else: --cleanup)
 MAP_SIZES = {"knobs": (4, ct.sizeof(abi.Knobs)), "agents": (8, ct.sizeof(abi.Agent)),
@@ -92,8 +92,9 @@ def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
                   f"-DPB_CHUNK0={chunk0}", "-Wno-unused-function"]
         try:
             b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-            fns = {n: (b.load_func(n.encode(), BPF.SOCK_OPS) if t == SOCK_OPS else
-                       b.load_func(n.encode(), BPF.CGROUP_SOCK_ADDR, None, t)) for n, t in CGROUP_PROGS.items()}
+            kinds = {SOCK_OPS: BPF.SOCK_OPS, INET_EGRESS: BPF.CGROUP_SKB}
+            fns = {n: b.load_func(n.encode(), kinds.get(t, BPF.CGROUP_SOCK_ADDR), None, t if t not in kinds else -1)
+                   for n, t in CGROUP_PROGS.items()}
             fns.update({n: b.load_func(n.encode(), BPF.SK_MSG) for n in MSG_PROGS})
             break
         except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for compile/verifier errors

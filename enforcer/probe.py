@@ -10,6 +10,8 @@ answers one JSON line on stdout:
                                                 -> {"ok": true, "status": 200} | {"ok": false, "errno": 13}
     {"op": "connect", "addr": "127.0.0.21:9443"}   -> {"ok": true} | {"ok": false, "errno": 1}
     {"op": "udp", "addr": "127.0.0.21:53"}         -> {"ok": true} | {"ok": false, "errno": 1}
+    {"op": "tfo", "addr": ..., "data": "GET ..."}  -> sendto(MSG_FASTOPEN), then wait up to 1 s for a reply
+    {"op": "sendfile", "addr": ..., "data": "GET ..."} -> the bytes from a file with sendfile(2)
     {"op": "exit"}
 
 Writes are latin-1 strings, sent with one ``send`` each.  After a failed send the connection is
@@ -98,6 +100,31 @@ class Client:
         return {"ok": True}
 
     @staticmethod
+    def tfo(cmd: dict[str, Any]) -> dict[str, Any]:
+        """TCP Fast Open: the request rides on (or queues behind) the SYN, before any sendmsg."""
+        host, port = _addr(cmd["addr"])
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.sendto(cmd["data"].encode("latin-1"), socket.MSG_FASTOPEN, (host, port))  # blocking: queued
+                s.settimeout(1.0)
+                return {"ok": True, "status": _read_response(s)}
+            except (OSError, ValueError) as e:
+                return {"ok": False, "errno": getattr(e, "errno", None)}
+
+    @staticmethod
+    def sendfile(cmd: dict[str, Any]) -> dict[str, Any]:
+        import tempfile
+
+        with tempfile.TemporaryFile() as f, socket.create_connection(_addr(cmd["addr"]), timeout=1.0) as s:
+            f.write(cmd["data"].encode("latin-1"))
+            f.flush()
+            try:
+                s.sendfile(f, 0)
+                return {"ok": True, "status": _read_response(s)}
+            except OSError as e:
+                return {"ok": False, "errno": e.errno}
+
+    @staticmethod
     def udp(cmd: dict[str, Any]) -> dict[str, Any]:
         host, port = _addr(cmd["addr"])
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -115,7 +142,7 @@ def main() -> None:
         op = cmd["op"]
         if op == "exit":
             break
-        res = c.http(cmd) if op == "http" else c.connect(cmd) if op == "connect" else c.udp(cmd)
+        res = {"http": c.http, "connect": c.connect, "udp": c.udp, "tfo": c.tfo, "sendfile": c.sendfile}[op](cmd)
         sys.stdout.write(json.dumps(res) + "\n")
         sys.stdout.flush()
 

@@ -155,6 +155,29 @@ def test_connect6_v4_mapped_and_udp(env: dict[str, Any]) -> None:
         p.close()
 
 
+def test_no_byte_leaves_unseen_tcp_fast_open_and_sendfile(env: dict[str, Any]) -> None:
+    """TCP Fast Open queues the request before the socket reaches the socket hash; the egress
+    check drops whatever sk_msg did not approve.  sendfile goes through sk_msg like send (the
+    caller is not told: splice swallows the EACCES; it just gets no answer)."""
+    p = probe(env, "deny-a")
+    sink = env["sink"]
+    try:
+        events(env)
+        before = len(sink.data())
+        r = p(op="tfo", addr=sink.address, data=f"GET /fhir/Patient/tfo-secret {H}")
+        assert r.get("status") is None  # no answer: the bytes never left
+        r = p(op="sendfile", addr=sink.address, data=f"GET /fhir/Patient/file-secret {H}")
+        assert r.get("status") is None  # dropped by sk_msg; the splice path does not return EACCES
+        assert p(op="sendfile", addr=sink.address, data=OBS) == {"ok": True, "status": 200}
+        time.sleep(0.1)
+        got = sink.data()[before:]
+        assert b"secret" not in got and got == OBS.encode()
+        evs = [(e["event"], e["hook"], e["reason"], e["shape"]) for e in events(env, "deny-a") if e["kind"] == "fhir"]
+        assert evs == [("deny", "unseen", "unclassifiable", "malformed"), ("deny", "sk_msg", "type-not-in-envelope", "plain")]
+    finally:
+        p.close()
+
+
 def test_processes_outside_the_replica_cgroups_are_unenforced(env: dict[str, Any]) -> None:
     from paritybed.enforcer.probe import ProbeProcess, probe_argv
 
