@@ -12,7 +12,8 @@
 * per-decision cost from the kernel's own statistics (kernel.bpf_stats_enabled=1, prog info
   run_time_ns / run_cnt): sk_msg (its tail calls included: parse and decide) and connect4;
   goal <= 1 us;
-* time from a denied send to EACCES in the caller, next to the time of an allowed send.
+* time from a denied send to EACCES in the caller, next to the time of an allowed send;
+* the egress byte check (cgroup_skb, every packet of a replica) per packet.
 
 Needs root and BPF; elsewhere it returns one row saying why.
 
@@ -296,6 +297,9 @@ def _measure(tmp: Path, port: int, tport: int, paths: list[str]) -> list[dict]:
         rows.append({"name": "connect4 decision", "value": round(statistics.median(c4)), "unit": "ns", "goal": "<= 1 us",
                      "passed": statistics.median(c4) <= 1000,
                      "note": f"median of {len(c4)} batches of 300 connects (min {min(c4):.0f})"})
+        un = bpfsys.prog_info(ke._loaded.progs["pb_unseen"])
+        rows.append({"name": "egress byte check (cgroup_skb, per packet)", "value": round(un.run_time_ns / max(1, un.run_cnt)),
+                     "unit": "ns", "note": f"{un.run_cnt:,} packets; a data segment costs one socket-storage lookup"})
         so = bpfsys.prog_info(ke._loaded.progs["pb_sockops"])
         rows.append({"name": "sockops (per callback)", "value": round(so.run_time_ns / max(1, so.run_cnt)), "unit": "ns",
                      "note": f"{so.run_cnt:,} callbacks (it acts on one kind only)"})
