@@ -32,6 +32,8 @@
 /* context fields read one 32-bit load at a time (the verifier rejects merged or offset loads) */
 #define CTX32(_f) (*(volatile u32 *)&(_f))
 
+/* Everything stays in this one file: BCC rewrites map calls (map.lookup(...)) only in the main
+ * source, not in included headers. */
 #define PB_MAP(_type, _k, _v, _name, _max) BPF_TABLE_PINNED(_type, _k, _v, _name, _max, PIN(_name))
 
 /* BCC has no pinned variants of these three; same layouts as its BPF_SOCKHASH,

@@ -63,6 +63,8 @@ class KernelEnforcer:
         self.clock = km.Clock(clock == "real", k0, compression)
         self._lock = threading.RLock()
         self._rb_lock = threading.Lock()  # one ring-buffer consumer at a time
+        self._reg_lock = threading.Lock()  # one registry refresh at a time (pump thread, callers)
+        self._closed = False
         self._registry = load_registry(self.registry_path)  # bad input fails before touching the kernel
         self._registries: dict[int, Registry] = {self._registry.version: self._registry}
         self._reg_sig = self._registry_signature()
@@ -184,6 +186,10 @@ class KernelEnforcer:
     def refresh_registry(self) -> bool:
         """Apply the registry file if it changed; True if a new version went in.  The event thread
         calls this every poll interval, so a change takes effect at the next connect."""
+        with self._reg_lock:
+            return self._refresh_registry()
+
+    def _refresh_registry(self) -> bool:
         try:
             sig = self._registry_signature()
         except FileNotFoundError:
@@ -297,6 +303,9 @@ class KernelEnforcer:
     def close(self, *, cleanup: bool = True) -> None:
         """Stop reading events.  cleanup=True removes everything (programs, pins, cgroups);
         cleanup=False leaves the kernel enforcing on its own (adopt it later with the same name)."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         self._thread.join(timeout=5)
         with self._rb_lock:
