@@ -17,9 +17,9 @@ def test_ctypes_mirror_matches_the_c_header() -> None:
     from bcc import BPF
 
     text = '#include "paritybed.h"\n' + "".join(f"BPF_ARRAY(m_{n}, struct {n}, 1);\n" for n in abi.STRUCTS)
-    b = BPF(text=text, cflags=[f"-I{BPF_DIR}"])
+    b = BPF(text=text.encode(), cflags=[f"-I{BPF_DIR}"])
     for name, mine in abi.STRUCTS.items():
-        theirs = b[f"m_{name}"].Leaf
+        theirs = b[f"m_{name}".encode()].Leaf
         assert ct.sizeof(theirs) == ct.sizeof(mine), name
         c_fields = [(f[0], getattr(theirs, f[0]).offset, getattr(theirs, f[0]).size) for f in theirs._fields_]
         py_fields = [(f[0], getattr(mine, f[0]).offset, getattr(mine, f[0]).size) for f in mine._fields_]
