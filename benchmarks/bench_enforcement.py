@@ -33,9 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from paritybed.testdata import synthea_r4
+
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
-DATA = REPO.parent / "shared" / "data" / "synthea-r4"
+DATA = synthea_r4()  # the 37 real Synthea patients (paritybed/testdata.py)
 PAIRS = int(os.environ.get("PARITYBED_BENCH_PAIRS", "60"))
 SECONDS = float(os.environ.get("PARITYBED_BENCH_SECONDS", "0.25"))
 

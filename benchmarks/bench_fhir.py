@@ -31,10 +31,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from paritybed.testdata import synthea_r4
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "synthea-r4"
+DEFAULT_DATA = synthea_r4()  # the 37 real Synthea patients (paritybed/testdata.py)
 SECONDS = float(os.environ.get("PARITYBED_BENCH_SECONDS", "4"))
 CONNECTIONS = 16
 LOADGEN = os.environ.get("PARITYBED_BENCH_LOADGEN", "auto")  # auto | wrk | asyncio

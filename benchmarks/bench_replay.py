@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from paritybed.testdata import synthea_r4
 
 ROWS = int(os.environ.get("PARITYBED_BENCH_ROWS", "10000000"))
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data" / "synthea-r4"
+SHARED = synthea_r4()  # the 37 real Synthea patients (paritybed/testdata.py)
 
 
 def _arms():

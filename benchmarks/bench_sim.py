@@ -25,11 +25,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from paritybed.testdata import synthea_r4
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 SCENARIO = REPO / "scenarios" / "community-hospital-week.yaml"
-SHARED = REPO.parent / "shared" / "data" / "synthea-r4"
+SHARED = synthea_r4()  # the 37 real Synthea patients (paritybed/testdata.py)
 REPEATS = int(os.environ.get("PARITYBED_BENCH_REPEATS", "3"))
 GOAL_RATIO = 3.0
 GOAL_SECONDS = 60.0

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_SYNTHEA = (REPO.parent / "shared" / "data" / "synthea-r4").resolve()
 REQUIRE_BPF = os.environ.get("PARITYBED_REQUIRE_BPF") == "1"
 _skipped_bpf: list[str] = []
 
@@ -55,7 +54,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def shared_synthea() -> Path:
-    """The 37 real Synthea patients (older Synthea, see its SOURCE.md)."""
-    if not SHARED_SYNTHEA.is_dir():
-        pytest.skip(f"shared Synthea data not found at {SHARED_SYNTHEA}")
-    return SHARED_SYNTHEA
+    """The 37 real Synthea patients (older Synthea, see tests/data/synthea-r4.SOURCE.md): the
+    vendored copy of ../shared/data/synthea-r4, so the tests run the same wherever the clone is."""
+    from paritybed.testdata import synthea_r4
+
+    return synthea_r4()
