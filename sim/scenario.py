@@ -13,6 +13,7 @@ Monday..Sunday (relative to the daily volume).
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
 import re
 from pathlib import Path
@@ -723,6 +724,36 @@ def _found(value: Any) -> str:
     return repr(value)[:80]
 
 
+def _all_field_names() -> list[str]:
+    """Every field name of the schema (for "did you mean" hints on a misspelt key)."""
+    names: set[str] = set()
+    seen: set[type] = set()
+
+    def walk(model: type) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for fname, f in model.model_fields.items():
+            names.add(f.alias or fname)
+            for sub in _models_in(f.annotation):
+                walk(sub)
+
+    walk(Scenario)
+    return sorted(names)
+
+
+def _models_in(annotation: Any) -> list[type]:
+    """The pydantic models mentioned in a type annotation (through list/Union/Annotated)."""
+    import typing
+
+    out: list[type] = []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    for arg in typing.get_args(annotation):
+        out.extend(_models_in(arg))
+    return out
+
+
 def _describe(err: dict[str, Any]) -> tuple[str, str]:
     """(what was expected, what was found) for one pydantic error, in words a user understands."""
     t = err.get("type", "")
@@ -730,7 +761,11 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
     msg = err.get("msg", "")
     ctx = err.get("ctx") or {}
     if t == "extra_forbidden":
-        return ("no such field (check the spelling; docs/scenarios.md lists every field)", _found(found))
+        loc = err.get("loc", ())
+        name = str(loc[-1]) if loc else ""
+        near = difflib.get_close_matches(name, _all_field_names(), n=1, cutoff=0.6)
+        hint = f"'{near[0]}'" if near else "a field listed in docs/scenarios.md"
+        return (f"{hint} ('{name}' is not a field here: check the spelling)", _found(found))
     if t == "missing":
         return ("this field (it is required)", "nothing")
     if t == "union_tag_invalid":

@@ -54,7 +54,7 @@ def test_every_problem_is_reported_with_position_path_expected_and_found(tmp_pat
     assert len(got) == 4, got
     f = str(tmp_path / "s.yaml")
     assert got[0] == f"{f}:7:5: agents[0].replicas: expected a number greater than or equal to 1; found 0"
-    assert got[1].startswith(f"{f}:8:5: agents[0].egres: expected no such field")
+    assert got[1].startswith(f"{f}:8:5: agents[0].egres: expected 'egress' ('egres' is not a field here")
     assert got[2] == f"{f}:10:3: hospital.beds: expected a number greater than or equal to 1; found -1"
     assert got[3].startswith(f"{f}:11:3: hospital.occupancy: expected a valid number") and got[3].endswith("found 'lots'")
 
