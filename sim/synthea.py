@@ -41,6 +41,10 @@ SETUP_HINT = "run `bash scripts/setup.sh` (resolves Synthea from Maven Central) 
 
 #: Exporter settings: FHIR R4 with hospital + practitioner bundles, everything else off.
 EXPORTER_SETTINGS: dict[str, str] = {
+    # One generator thread: with Synthea's default thread pool, patients generated in parallel
+    # share provider state (utilization, assignment), so the same seed gave different bundles
+    # from run to run (seen: 7 of 61 files differed).  Determinism is worth the slower run.
+    "generate.thread_pool_size": "1",
     "exporter.fhir.export": "true",
     "exporter.fhir.transaction_bundle": "true",
     "exporter.fhir.bulk_data": "false",
