@@ -247,6 +247,13 @@ def print_verdict(verdict: Any) -> None:
         f"{r['attacks_caught']}/{r['attacks_injected']} attacks caught, "
         f"{r['clinical_impact_minutes']:,} agent-minutes of clinical impact",
         highlight=False, soft_wrap=True)
+    collateral = ob.get("collateral") or 0
+    if collateral:
+        after = r.get("clinical_impact", {}).get("after_attacks", 0)
+        out.print(f"[yellow]and {collateral:,} legitimate requests denied while an agent was quarantined or killed after a "
+                  f"correct denial (attack, endpoint outside the BAA registry, access after lane expiry): "
+                  f"{after:,} agent-minutes, the cost of the response mode (see the report)[/]",
+                  highlight=False, soft_wrap=True)
 
 
 def _failing_metrics(criterion: dict[str, Any]) -> list[str]:
