@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
     app.command(
         "demo",
         help=(
-            "Run the default scenario (one week of a 300-bed community hospital, all three agent classes).\n\n"
+            "Run the default scenario end to end (one week of a 300-bed community hospital, all three agent "
+            "classes), then load its patients into an embedded FHIR server database (OUT/fhir.db); ends with the "
+            "verdict and the report's path.  This is what `make demo` runs.\n\n"
             "Example: paritybed demo --out runs/demo"
         ),
     )(demo_command)
