@@ -150,8 +150,16 @@ def _show(events: list[dict[str, Any]], observe: bool) -> list[dict[str, Any]]:
     """Print denials and alerts as they happen (stderr); return the events."""
     for e in events:
         if e.get("event") in ("deny", "alert", "kill", "quarantine") and not observe:
-            what = (f"{e.get('method', '')} {e.get('resource_type', '')} {e.get('interaction', '')} [{e.get('shape', '')}]"
-                    if e.get("kind") == "fhir" else f"connect {e.get('address', '')}")
+            if e["event"] in ("kill", "quarantine"):  # the response that follows a denial
+                err.print(f"[red]{e['event']}[/] after {e.get('reason', '')}: every further request and connect of "
+                          "the agent is denied until released or the policy's quarantine hold ends", highlight=False)
+                continue
+            if e.get("kind") == "fhir":
+                shape = e.get("shape") or ""
+                what = " ".join(x for x in (e.get("method"), e.get("resource_type"), e.get("interaction")) if x)
+                what += f" [{shape}]" if shape and shape != "plain" else ""
+            else:
+                what = f"connect {e.get('address', '')}"
             err.print(f"[red]{e['event']}[/] {e.get('reason', '')}: {what}", highlight=False)
     return events
 
