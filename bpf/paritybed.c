@@ -29,6 +29,9 @@
 #endif
 #define PIN(_name) PB_PIN_DIR "/" #_name
 
+/* the compiler forgets what it knows about x (so a bounds check stays on x itself) */
+#define BARRIER_VAR(x) asm volatile("" : "+r"(x))
+
 /* context fields read one 32-bit load at a time (the verifier rejects merged or offset loads) */
 #define CTX32(_f) (*(volatile u32 *)&(_f))
 
@@ -66,9 +69,7 @@ PB_MAP("hash", struct pb_addr_key, struct pb_endpoint, registry, 4096);
 PB_MAP("hash", struct pb_envelope_key, u8, envelope, 4096);
 PB_MAP("lru_hash", struct pb_seen_key, u8, seen, 65536);
 PB_MAP("hash", struct pb_addr_key, u8, servers, 256);
-PB_MAP("hash", struct pb_type_key, u16, types, 256);
-PB_MAP("hash", struct pb_name_key, u8, pnames, 64);
-PB_MAP("hash", struct pb_hname_key, u8, hnames, 64);
+PB_MAP("array", u32, struct pb_ntab, ntab, 1);
 PB_MAP("percpu_array", u32, u64, counters, PB_COUNTERS);
 PB_MAP("array", u32, u64, lost, 1);
 PB_SOCKHASH(fhir_socks, u64, 65536);
@@ -455,22 +456,33 @@ int pb_unseen(struct __sk_buff *skb)
 #define DEV(_fam) do { s->fam = (_fam); s->st = ST_TSKIP; } while (0)
 #define SYSFAM() (s->method == MT_POST ? S_BUNDLE : S_TYPE_PARAM)
 
-/* the resource type segment ended: look the name up (exactly, by its packed bytes) */
-static __always_inline int pb_type_done(struct pb_pstate *s)
+/* a name's value in the name table (0: not there); see struct pb_ntab */
+static __always_inline u16 pb_name_find(struct pb_ntab *nt, u8 tab, u32 len, u64 w0, u64 w1, u64 w2, u64 w3, u64 w4)
 {
-    struct pb_type_key tk = {.w = {s->k0, s->k1, s->k2, s->k3, s->k4}};
-    u16 *tid = (s->tbad || s->len > PB_TYPE_MAX) ? 0 : types.lookup(&tk);
+    u64 h = w0 ^ (w1 * NT_P1) ^ (w2 * NT_P2) ^ (w3 * NT_P3) ^ (w4 * NT_P4) ^ ((((u64)tab << 8) | len) * NT_P5);
+    struct pb_name *e = &nt->e[(h * nt->mult) >> (64 - PB_NT_BITS)];
+    if (e->tab == tab && e->len == len && e->w[0] == w0 && e->w[1] == w1 && e->w[2] == w2 && e->w[3] == w3 &&
+        e->w[4] == w4)
+        return e->val;
+    return 0;
+}
+
+/* the resource type segment ended: look the name up (exactly, by its packed bytes) */
+static __always_inline int pb_type_done(struct pb_pstate *s, struct pb_ntab *nt)
+{
+    u16 tid = (s->tbad || s->len > PB_TYPE_MAX) ? 0 :
+              pb_name_find(nt, NT_TYPE, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
     if (!tid) {
         DEV(S_UNKNOWN_TYPE);
         return 0;
     }
-    s->type_id = *tid;
+    s->type_id = tid;
     s->form = FORM_TYPE;
     return 1;
 }
 
 /* the request target ended (SP) in state s->st */
-static __always_inline void pb_target_end(struct pb_pstate *s)
+static __always_inline void pb_target_end(struct pb_pstate *s, struct pb_ntab *nt)
 {
     u8 st = s->st;
     if (st == ST_BASE) {
@@ -478,7 +490,7 @@ static __always_inline void pb_target_end(struct pb_pstate *s)
     } else if (st == ST_AFTERBASE || st == ST_SEG0) {
         s->fam = SYSFAM();
     } else if (st == ST_TYPE) {
-        pb_type_done(s);
+        pb_type_done(s, nt);
     } else if (st == ST_ID0 || st == ST_AID0 || st == ST_VID0 || st == ST_QNAME) {
         s->fam = S_MALFORMED;
     } else if (st == ST_ID) {
@@ -498,7 +510,7 @@ static __always_inline void pb_target_end(struct pb_pstate *s)
 }
 
 /* one byte c (class flags f) of the request target, not SP */
-static __always_inline void pb_target_byte(struct pb_pstate *s, u8 c, u32 f)
+static __always_inline void pb_target_byte(struct pb_pstate *s, struct pb_ntab *nt, u8 c, u32 f)
 {
     u8 st = s->st;
     if (st == ST_QNAME) {
@@ -508,13 +520,9 @@ static __always_inline void pb_target_byte(struct pb_pstate *s, u8 c, u32 f)
             if (s->len == 0) {
                 DEV(S_MALFORMED);
             } else {
-                struct pb_name_key nk = {};
                 u32 nl = s->colon ? s->plen : s->len;
-                nk.w[0] = s->colon ? s->b0 : s->k0;
-                nk.w[1] = s->colon ? s->b1 : s->k1;
-                nk.len = nl > PB_NAME_MAX ? 255 : nl;
-                u8 *kind = pnames.lookup(&nk);
-                u8 kd = kind ? *kind : 0;
+                u8 kd = nl > PB_NAME_MAX ? 0 :
+                        pb_name_find(nt, NT_PARAM, nl, s->colon ? s->b0 : s->k0, s->colon ? s->b1 : s->k1, 0, 0, 0);
                 if (kd == N_INCLUDE)
                     DEV(S_INCLUDE);
                 else if (kd == N_TYPE)
@@ -595,7 +603,7 @@ static __always_inline void pb_target_byte(struct pb_pstate *s, u8 c, u32 f)
         if (c == '%') {
             DEV(S_ENCODED);
         } else if (c == '/' || c == '?') {
-            if (pb_type_done(s)) {
+            if (pb_type_done(s, nt)) {
                 if (c == '/') {
                     s->st = ST_ID0;
                 } else if (s->method == MT_GET) {
@@ -749,7 +757,7 @@ static __always_inline void pb_value_byte(struct pb_pstate *s, u8 c, u32 f)
 }
 
 /* one byte outside the request target */
-static __always_inline void pb_line_byte(struct pb_pstate *s, u8 c, u32 f)
+static __always_inline void pb_line_byte(struct pb_pstate *s, struct pb_ntab *nt, u8 c, u32 f)
 {
     u8 st = s->st;
     if (st == ST_HVAL) {
@@ -770,13 +778,7 @@ static __always_inline void pb_line_byte(struct pb_pstate *s, u8 c, u32 f)
         }
     } else if (st == ST_HNAME) {
         if (c == ':') {
-            struct pb_hname_key hk = {};
-            hk.w[0] = s->k0;
-            hk.w[1] = s->k1;
-            hk.w[2] = s->k2;
-            hk.len = s->len > PB_HNAME_MAX ? 255 : s->len;
-            u8 *kind = hnames.lookup(&hk);
-            u8 hkind = kind ? *kind : 0;
+            u8 hkind = s->len > PB_HNAME_MAX ? 0 : pb_name_find(nt, NT_HEADER, s->len, s->k0, s->k1, s->k2, 0, 0);
             s->hkind = hkind;
             if (hkind == H_CONTENT_LENGTH)
                 s->n_cl++;
@@ -848,7 +850,8 @@ static __always_inline void pb_line_byte(struct pb_pstate *s, u8 c, u32 f)
  * the data ended, or PB_HDR_MAX bytes were seen; otherwise the next chunk follows (tail call).
  * Everything the next iteration needs is in memory (s), so the verifier prunes every iteration
  * to one state; j is dead after the loop. */
-static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_ctab *ct, const u32 chunk)
+static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_ctab *ct, struct pb_ntab *nt,
+                                    const u32 chunk)
 {
     void *data = (void *)(long)msg->data;
     void *end = (void *)(long)msg->data_end;
@@ -920,16 +923,16 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
                 if (s->tlen == 0)
                     s->st = ST_JUNK;
                 else
-                    pb_target_end(s);
+                    pb_target_end(s, nt);
             } else if (!(f & C_VCHAR)) {
                 s->st = ST_JUNK;
             } else {
                 s->tlen++;
                 if (st != ST_TSKIP)
-                    pb_target_byte(s, c, f);
+                    pb_target_byte(s, nt, c, f);
             }
         } else {
-            pb_line_byte(s, c, f);
+            pb_line_byte(s, nt, c, f);
         }
     }
     if (!s->done) {
@@ -944,10 +947,11 @@ int pb_parse(struct sk_msg_md *msg)
     u32 z = 0;
     struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
     struct pb_ctab *ct = ctab.lookup(&z);
-    if (!ss || !ct)
+    struct pb_ntab *nt = ntab.lookup(&z);
+    if (!ss || !ct || !nt)
         return SK_DROP;
     if (!ss->ps.done)
-        pb_scan(msg, &ss->ps, ct, PB_CHUNK);
+        pb_scan(msg, &ss->ps, ct, nt, PB_CHUNK);
     if (!ss->ps.done)
         jmp.call(msg, JMP_PARSE);
     jmp.call(msg, JMP_DECIDE);
@@ -1050,19 +1054,19 @@ static __always_inline int pb_finish(u64 cgid, struct pb_replica *r, struct pb_a
         if (c.shape != S_PLAIN && !(a->allow_shapes & (1u << (c.shape & 31)))) {
             v = R_UNCLASSIFIABLE;
         } else {
-            u32 mk = 0;
-            if (c.type_id) {
-                struct pb_pair_key pk = {};
-                pk.agent = r->agent;
-                pk.type_id = c.type_id;
-                pk.interaction = c.interaction;
-                u32 *mask = pairs.lookup(&pk);
-                if (mask)
-                    mk = *mask;
-            }
-            if (!(mk & 1)) {
+            u32 bit = (u32)c.type_id * 8 + c.interaction, word = bit >> 6;
+            BARRIER_VAR(word); /* bound the index itself (clang would merge the shifts past the check) */
+            if (!c.type_id || word >= PB_ALLOW_WORDS || !((a->allow[word] >> (bit & 63)) & 1)) {
                 v = R_TYPE;
-                if (c.has_claim) {
+                if (c.type_id && c.has_claim) { /* a lane may allow it: the pair's lane bits */
+                    u32 mk = 0;
+                    struct pb_pair_key pk = {};
+                    pk.agent = r->agent;
+                    pk.type_id = c.type_id;
+                    pk.interaction = c.interaction;
+                    u32 *mask = pairs.lookup(&pk);
+                    if (mask)
+                        mk = *mask;
                     struct pb_lane_key lk = {};
                     lk.cgid = cgid;
                     lk.claim = c.claim;
@@ -1135,7 +1139,8 @@ int pb_sk_msg(struct sk_msg_md *msg)
     struct pb_agent *a = agents.lookup(&r->agent);
     struct pb_knobs *k = knobs.lookup(&z);
     struct pb_ctab *ct = ctab.lookup(&z);
-    if (!a || !k || !ct)
+    struct pb_ntab *nt = ntab.lookup(&z);
+    if (!a || !k || !ct || !nt)
         return SK_DROP;
     if (!pb_is_server(msg, a))
         return SK_PASS;
@@ -1162,7 +1167,7 @@ int pb_sk_msg(struct sk_msg_md *msg)
     s->blen = a->base_len;
     u32 n = size < PB_HDR_MAX ? size : PB_HDR_MAX;
     bpf_msg_pull_data(msg, 0, n, 0);
-    pb_scan(msg, s, ct, PB_CHUNK0); /* the first chunk here: most heads end in it, no tail call */
+    pb_scan(msg, s, ct, nt, PB_CHUNK0); /* the first chunk here: most heads end in it, no tail call */
     if (!s->done) {
         jmp.call(msg, JMP_PARSE);
         return SK_DROP; /* tail call missing: fail closed */

@@ -142,6 +142,8 @@ struct pb_ctab {
     __u32 c[256];
 };
 
+#define PB_ALLOW_WORDS 19     /* 147 type ids (0: none) x 8 interaction codes, in bits */
+
 /* agents: hash, key = FNV-1a 64 of the agent name */
 struct pb_agent {
     __u32 server_addr[4];    /* policy fhir.server, IPv4 as ::ffff:a.b.c.d (network order) */
@@ -153,6 +155,9 @@ struct pb_agent {
     __s64 interval;          /* GCRA T in clock ns (0: no rate limit) */
     __s64 tau;               /* GCRA tolerance (burst-1)*T */
     __s64 hold;              /* quarantine hold in clock ns; PB_I64_MAX: until released */
+    __u64 allow[PB_ALLOW_WORDS]; /* bit type_id * 8 + interaction: the pair is in fhir.allow (as
+                              * bit 0 of its pairs mask: the common allowed request needs no
+                              * pairs lookup) */
 };
 
 /* replicas: hash, key = cgroup id.  agent/replica written by the control plane, tat/q_until
@@ -204,9 +209,34 @@ struct pb_seen_key {
     struct pb_addr_key addr;
 };
 
-struct pb_type_key { __u64 w[5]; };
-struct pb_name_key { __u64 w[2]; __u32 len; __u32 pad; };
-struct pb_hname_key { __u64 w[3]; __u32 len; __u32 pad; };
+/* ntab: array[1], the names the parser looks up: resource types, query parameter names and
+ * header names, by their exact bytes packed like the parser's shift register (word 0 holds the
+ * last 8 bytes, classify.pack_words).  An open table read at one slot, (hash * mult) >> (64 -
+ * PB_NT_BITS), with a multiplier the control plane chose so that no two names share a slot:
+ * one memory read instead of a hash-map helper call per name.  The hash only picks the slot;
+ * the entry's table, length and bytes are compared in full, so a collision never matches. */
+#define PB_NT_BITS 12
+#define PB_NT_SIZE (1 << PB_NT_BITS)
+#define NT_TYPE 1             /* val: type id (classify.TYPE_ID) */
+#define NT_PARAM 2            /* val: N_* */
+#define NT_HEADER 3           /* val: H_* (names lower-cased) */
+/* the slot hash: w0 ^ w1*P1 ^ w2*P2 ^ w3*P3 ^ w4*P4 ^ (tab << 8 | len)*P5, times mult */
+#define NT_P1 0x9e3779b97f4a7c15ULL
+#define NT_P2 0xc2b2ae3d27d4eb4fULL
+#define NT_P3 0x165667b19e3779f9ULL
+#define NT_P4 0xd6e8feb86659fd93ULL
+#define NT_P5 0xff51afd7ed558ccdULL
+struct pb_name {
+    __u64 w[5];
+    __u8 tab;                /* NT_*; 0: empty slot */
+    __u8 len;                /* bytes in the name */
+    __u16 val;
+    __u32 pad;
+};
+struct pb_ntab {
+    __u64 mult;              /* odd */
+    struct pb_name e[PB_NT_SIZE];
+};
 
 /* per-socket state (sk_storage).  pb_pstate is the request parser's state while one message
  * is parsed in chunks (tail calls): kernel-internal, not mirrored in Python. */

@@ -43,9 +43,13 @@ class CTab(ct.Structure):
     _fields_ = [("c", u32 * 256)]
 
 
+ALLOW_WORDS = 19  # PB_ALLOW_WORDS: bit type_id * 8 + interaction code
+
+
 class Agent(ct.Structure):
     _fields_ = [("server_addr", Addr), ("server_port", u16), ("mode", u8), ("base_len", u8),
-                ("allow_shapes", u32), ("base_w", u64 * 3), ("interval", s64), ("tau", s64), ("hold", s64)]
+                ("allow_shapes", u32), ("base_w", u64 * 3), ("interval", s64), ("tau", s64), ("hold", s64),
+                ("allow", u64 * ALLOW_WORDS)]
 
 
 class Replica(ct.Structure):
@@ -76,16 +80,17 @@ class EnvelopeKey(ct.Structure):
     _fields_ = [("agent", u64), ("name", u64)]
 
 
-class TypeKey(ct.Structure):
-    _fields_ = [("w", u64 * 5)]
+NT_BITS = 12  # PB_NT_BITS
+NT_TYPE, NT_PARAM, NT_HEADER = 1, 2, 3
+NT_P = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
 
 
-class NameKey(ct.Structure):
-    _fields_ = [("w", u64 * 2), ("len", u32), ("pad", u32)]
+class Name(ct.Structure):
+    _fields_ = [("w", u64 * 5), ("tab", u8), ("len", u8), ("val", u16), ("pad", u32)]
 
 
-class HNameKey(ct.Structure):
-    _fields_ = [("w", u64 * 3), ("len", u32), ("pad", u32)]
+class NTab(ct.Structure):
+    _fields_ = [("mult", u64), ("e", Name * (1 << NT_BITS))]
 
 
 class Event(ct.Structure):
@@ -98,8 +103,8 @@ class Event(ct.Structure):
 #: sizes the C header must produce (checked by tests/test_kernel_abi.py)
 STRUCTS = {"pb_knobs": Knobs, "pb_ctab": CTab, "pb_agent": Agent, "pb_replica": Replica, "pb_pair_key": PairKey,
            "pb_lane_key": LaneKey, "pb_lane": Lane, "pb_addr_key": AddrKey, "pb_endpoint": Endpoint,
-           "pb_envelope_key": EnvelopeKey, "pb_type_key": TypeKey, "pb_name_key": NameKey,
-           "pb_hname_key": HNameKey, "pb_event": Event}
+           "pb_envelope_key": EnvelopeKey, "pb_name": Name, "pb_ntab": NTab,
+           "pb_event": Event}
 
 
 def parse_address(text: str, *, resolve: bool = True) -> list[tuple[bytes, int]]:
@@ -143,16 +148,37 @@ def format_address(addr: bytes, port_n: int) -> str:
     return f"{ip.ipv4_mapped}:{port}" if ip.ipv4_mapped else f"[{ip}]:{port}"
 
 
-def type_key(name: str) -> TypeKey:
-    return TypeKey((u64 * 5)(*classify.pack_words(name.encode(), 5)))
+def _name_hash(words: list[int], tab: int, length: int) -> int:
+    """The slot hash of bpf/paritybed.h (struct pb_ntab), before the multiplier."""
+    m = 0xFFFFFFFFFFFFFFFF
+    h = words[0]
+    for w, p in zip(words[1:], NT_P):
+        h ^= (w * p) & m
+    return h ^ ((((tab << 8) | length) * NT_P[4]) & m)
 
 
-def name_key(name: str) -> NameKey:
-    return NameKey((u64 * 2)(*classify.pack_words(name.encode(), 2)), len(name), 0)
-
-
-def hname_key(name: str) -> HNameKey:
-    return HNameKey((u64 * 3)(*classify.pack_words(name.encode(), 3)), len(name), 0)
+def name_table() -> NTab:
+    """Every name the kernel parser looks up (types, query parameter names, header names), in an
+    open table where no two share a slot.  The multiplier is the first of a fixed sequence that
+    separates them all, so the table is the same bytes on every load."""
+    names = [(NT_TYPE, n, tid) for n, tid in classify.TYPE_ID.items()]
+    names += [(NT_PARAM, n, k) for n, k in param_kinds().items()]
+    names += [(NT_HEADER, n, k) for n, k in header_kinds().items()]
+    keyed = [(classify.pack_words(n.encode(), 5), tab, len(n), val) for tab, n, val in names]
+    hashes = [_name_hash(w, tab, ln) for w, tab, ln, _ in keyed]
+    shift, m = 64 - NT_BITS, 0xFFFFFFFFFFFFFFFF
+    for k in range(1, 1 << 20):
+        mult = ((NT_P[0] * k) & m) | 1
+        slots = [((h * mult) & m) >> shift for h in hashes]
+        if len(set(slots)) == len(slots):
+            break
+    else:  # pragma: no cover - 4096 slots for ~170 names: a multiplier turns up within a few dozen tries
+        raise RuntimeError("no collision-free multiplier for the kernel's name table")
+    t = NTab()
+    t.mult = mult
+    for slot, (w, tab, ln, val) in zip(slots, keyed):
+        t.e[slot] = Name((u64 * 5)(*w), tab, ln, val, 0)
+    return t
 
 
 def param_kinds() -> dict[str, int]:

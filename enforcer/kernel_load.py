@@ -37,10 +37,9 @@ MAP_SIZES = {"knobs": (4, ct.sizeof(abi.Knobs)), "agents": (8, ct.sizeof(abi.Age
              "replicas": (8, ct.sizeof(abi.Replica)), "pairs": (ct.sizeof(abi.PairKey), 4),
              "lanes": (ct.sizeof(abi.LaneKey), ct.sizeof(abi.Lane)),
              "registry": (ct.sizeof(abi.AddrKey), ct.sizeof(abi.Endpoint)),
-             "types": (ct.sizeof(abi.TypeKey), 2), "pnames": (ct.sizeof(abi.NameKey), 1),
-             "hnames": (ct.sizeof(abi.HNameKey), 1)}
+             "ctab": (4, ct.sizeof(abi.CTab)), "ntab": (4, ct.sizeof(abi.NTab))}
 MAP_NAMES = ("knobs", "ctab", "agents", "replicas", "pairs", "lanes", "registry", "envelope", "seen", "servers",
-             "types", "pnames", "hnames", "counters", "lost", "fhir_socks", "sockstate", "events", "jmp")
+             "ntab", "counters", "lost", "fhir_socks", "sockstate", "events", "jmp")
 
 
 @dataclass

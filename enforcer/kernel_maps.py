@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import datetime as dt
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -91,12 +92,12 @@ class Maps:
 def load_tables(m: Maps) -> None:
     """The parser's fixed tables: character classes, type names, parameter and header names."""
     m.put("ctab", ct.c_uint32(0), abi.CTab((ct.c_uint32 * 256)(*classify.char_classes())))
-    for name, tid in classify.TYPE_ID.items():
-        m.put("types", abi.type_key(name), ct.c_uint16(tid))
-    for name, kind in abi.param_kinds().items():
-        m.put("pnames", abi.name_key(name), ct.c_uint8(kind))
-    for name, kind in abi.header_kinds().items():
-        m.put("hnames", abi.hname_key(name), ct.c_uint8(kind))
+    m.put("ntab", ct.c_uint32(0), _name_table())
+
+
+@functools.lru_cache(maxsize=1)
+def _name_table() -> abi.NTab:
+    return abi.name_table()
 
 
 def agent_key(name: str) -> int:
@@ -130,6 +131,10 @@ def agent_entry(p: AgentPolicy, clock: Clock, where: str) -> abi.Agent:
         a.interval = clock.duration(p.rate.interval_ns)
         a.tau = (p.rate.burst - 1) * a.interval
     a.hold = I64_MAX if p.quarantine_hold_s is None else clock.duration(p.quarantine_hold_s * 1_000_000_000)
+    for pair in p.fhir.allow:  # the same pairs as bit 0 of their `pairs` masks
+        if pair.type in classify.TYPE_ID:
+            bit = classify.TYPE_ID[pair.type] * 8 + abi.INTERACTION_NAMES.index(pair.interaction)
+            a.allow[bit >> 6] |= 1 << (bit & 63)
     return a
 
 
