@@ -394,18 +394,20 @@ int pb_unseen(struct __sk_buff *skb)
 
 /* ---------------------------------------------------------------- the request parser
  *
- * A byte-at-a-time state machine over the request head (enforcer/classify.py is the same
- * grammar).  Its state lives in the socket's storage, not in registers: the verifier then sees
- * the same state at every iteration and prunes, and a message is parsed in chunks of PB_CHUNK
- * bytes, each a tail call of pb_parse (so each program stays within the verifier's limits).
+ * A state machine over the request head (enforcer/classify.py is the same grammar), defined
+ * byte by byte (pb_target_byte, pb_line_byte) and run a token at a time where it can (pb_run:
+ * up to 8 bytes of an id, a value, a name at once, the same state changes).  Its state lives in
+ * the socket's storage, not in registers: the verifier then sees the same state at every step
+ * and prunes, and a message is parsed in chunks of PB_CHUNK steps, each a tail call of pb_parse
+ * (so each program stays within the verifier's limits).
  */
 #define JMP_PARSE 0
 #define JMP_DECIDE 1
 #ifndef PB_CHUNK
-#define PB_CHUNK 256  /* bytes per tail call of pb_parse */
+#define PB_CHUNK 128  /* steps per tail call of pb_parse (the loader retries smaller if too complex) */
 #endif
 #ifndef PB_CHUNK0
-#define PB_CHUNK0 256 /* bytes the entry program scans itself (the loader retries smaller if too complex) */
+#define PB_CHUNK0 128 /* steps the entry program takes itself */
 #endif
 
 #define ST_METHOD 0
@@ -509,6 +511,17 @@ static __always_inline void pb_target_end(struct pb_pstate *s, struct pb_ntab *n
     CLR();
 }
 
+/* the base path read so far: once it has fhir.base's length, it is the base or the target is not FHIR */
+static __always_inline void pb_base_check(struct pb_pstate *s)
+{
+    if (s->len == s->blen) {
+        if (s->k0 == s->bw0 && s->k1 == s->bw1 && s->k2 == s->bw2)
+            s->st = ST_AFTERBASE;
+        else
+            DEV(S_NOT_FHIR);
+    }
+}
+
 /* one byte c (class flags f) of the request target, not SP */
 static __always_inline void pb_target_byte(struct pb_pstate *s, struct pb_ntab *nt, u8 c, u32 f)
 {
@@ -570,12 +583,7 @@ static __always_inline void pb_target_byte(struct pb_pstate *s, struct pb_ntab *
     } else if (st == ST_BASE) {
         SH3(c);
         s->len++;
-        if (s->len == s->blen) {
-            if (s->k0 == s->bw0 && s->k1 == s->bw1 && s->k2 == s->bw2)
-                s->st = ST_AFTERBASE;
-            else
-                DEV(S_NOT_FHIR);
-        }
+        pb_base_check(s);
     } else if (st == ST_AFTERBASE) {
         if (c == '/')
             s->st = ST_SEG0;
@@ -843,74 +851,163 @@ static __always_inline void pb_line_byte(struct pb_pstate *s, struct pb_ntab *nt
     }
 }
 
-#define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
+#define ONES 0x0101010101010101ULL
 
-/* Scan one chunk of the message from s->pos.  Sets s->done when the head ended (s->head_end),
- * the data ended, or PB_HDR_MAX bytes were seen; otherwise the next chunk follows (tail call).
- * Everything the next iteration needs is in memory (s), so the verifier prunes every iteration
- * to one state; j is dead after the loop. */
+/* n (1..8) bytes into a shift-register word: v shifted left by n bytes, and v's top n bytes */
+#define SHLN(v, n) (((v) << (8 * (n) - 1)) << 1)
+#define TOPN(v, n) ((v) >> (64 - 8 * (n)))
+#define SH1N(b, n) do { s->k0 = SHLN(s->k0, n) | (b); } while (0)
+#define SH2N(b, n) do { s->k1 = SHLN(s->k1, n) | TOPN(s->k0, n); SH1N(b, n); } while (0)
+#define SH3N(b, n) do { s->k2 = SHLN(s->k2, n) | TOPN(s->k1, n); SH2N(b, n); } while (0)
+#define SH5N(b, n) do { s->k4 = SHLN(s->k4, n) | TOPN(s->k3, n); s->k3 = SHLN(s->k3, n) | TOPN(s->k2, n); \
+                        SH3N(b, n); } while (0)
+
+/* Byte classes of 8 bytes at once (SWAR).  y is x with each byte's top bit cleared, so adding a
+ * constant below 0x80 to y never carries from one byte into the next; IN(y, lo, hi) has 0x80 in
+ * each byte in [lo, hi] (1 <= lo <= hi <= 0x7f).  Bytes >= 0x80 are in no class (pb_run). */
+#define GE(y, v) ((y) + (0x80 - (v)) * ONES)
+#define IN(y, lo, hi) (GE(y, lo) & ~GE(y, (hi) + 1) & HIGHS)
+#define ALPHA(y) IN((y) | (0x20 * ONES), 'a', 'z') /* A-Z a-z: | 0x20 maps only letters to a-z */
+#define ALNUM(y) (ALPHA(y) | IN(y, '0', '9'))
+
+/* the index of the first byte with its top bit set in out (out != 0): that bit alone, moved to
+ * bit 8j, times 0x0001020304050607 has j in the top byte (a shift: no carries) */
+#define FIRST(out) (((((out) & -(out)) >> 7) * 0x0001020304050607ULL) >> 56)
+
+/* A run: the next bytes of the current token, up to 8 (x, little-endian: first byte lowest) at
+ * once.  Each state's run class holds only bytes its byte path consumes without a transition or
+ * a check (no delimiter, no CR/LF, no SP in the target; a subset of the class its byte path reads
+ * from ctab), and the limit stops a run where the byte path would start checking a length, so a
+ * run leaves the state the byte path would have left, byte for byte (w aside: no CR/LF in a run,
+ * so the head cannot end in it and w restarts).  A state that only starts a token (HSTART, SEG0,
+ * ID0, VID0) enters the token's state for a run of at least one byte, as its byte path would on
+ * the first byte.  A header value or the version that ends in CR LF within x takes the CR LF too:
+ * the byte path would go to HLF/VERLF and on LF to HSTART (or to JUNK for a bad version; w then
+ * holds CR LF and no byte before them can complete CR LF CR LF).  Returns the bytes consumed (0:
+ * the byte path takes the next byte). */
+static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
+{
+    u8 st = s->st;
+    u64 y = x & ~HIGHS, in;
+    u32 lim = 8, len = s->len;
+    if (st == ST_HVAL) {
+        if (s->hkind == H_CONTENT_LENGTH || s->hkind == H_CLAIM)
+            return 0;
+        in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
+    } else if (st == ST_QVAL) { /* ,-./0-9: are one range */
+        in = ALPHA(y) | IN(y, ',', ':') | IN(y, '_', '_') | IN(y, '|', '|');
+        lim = len < PB_VALUE_MAX ? PB_VALUE_MAX - len : 0;
+    } else if (st == ST_ID || st == ST_VID || st == ST_ID0 || st == ST_VID0) {
+        in = ALNUM(y) | IN(y, '-', '-');
+        if (st == ST_ID0 || st == ST_VID0)
+            len = 0;
+        lim = len < PB_ID_MAX ? PB_ID_MAX - len : 0;
+    } else if (st == ST_HNAME || st == ST_HSTART) { /* the usual name bytes; other tchars: byte path */
+        in = ALNUM(y) | IN(y, '-', '-');
+    } else if (st == ST_QNAME || st == ST_HIST || st == ST_OP) { /* not ':' '.' '%' '=' '/' '?' */
+        in = ALNUM(y) | IN(y, '-', '-') | IN(y, '_', '_');
+    } else if (st == ST_TYPE || st == ST_SEG0) {
+        in = ALPHA(y);
+    } else if (st == ST_BASE || st == ST_TSKIP || st == ST_VER) {
+        in = IN(y, 0x21, 0x7e);
+        if (st == ST_BASE)
+            lim = len < s->blen ? s->blen - len : 0;
+        else if (st == ST_VER)
+            lim = len < 8 ? 8 - len : 0;
+    } else if (st == ST_JUNK) {
+        in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
+    } else if (st == ST_METHOD) {
+        in = IN(y, 'A', 'Z');
+        lim = len < 7 ? 7 - len : 0;
+    } else {
+        return 0;
+    }
+    u64 out = (x | ~in) & HIGHS; /* 0x80 in each byte not in the class */
+    u32 n = out ? FIRST(out) : 8;
+    if (n > lim)
+        n = lim;
+    /* CR LF right after a header value or the version (n <= 6: both in x) */
+    u32 crlf = (st == ST_HVAL || st == ST_VER) && n <= 6 && ((x >> (8 * n)) & 0xffff) == 0x0a0d;
+    if (n == 0 && !crlf)
+        return 0;
+    if (st == ST_HSTART || st == ST_SEG0) { /* a header name / type name starts */
+        CLR();
+        len = 0;
+        st = st == ST_HSTART ? ST_HNAME : ST_TYPE;
+        s->st = st;
+    } else if (st == ST_ID0 || st == ST_VID0) {
+        st = st == ST_ID0 ? ST_ID : ST_VID;
+        s->st = st;
+    }
+    if (st == ST_HNAME || st == ST_OP) /* these names are compared lower-cased: A-Z | 0x20 */
+        x |= IN(y, 'A', 'Z') >> 2;
+    if (n) {
+        u64 b = TOPN(__builtin_bswap64(x), n); /* the run's bytes, first one most significant */
+        if (st == ST_TYPE)
+            SH5N(b, n);
+        else if (st == ST_HNAME || st == ST_BASE)
+            SH3N(b, n);
+        else if (st == ST_QNAME)
+            SH2N(b, n);
+        else if (st == ST_METHOD || st == ST_VER || st == ST_HIST || st == ST_OP)
+            SH1N(b, n);
+        s->len = len + n;
+        if (st >= ST_BASE && st <= ST_TSKIP)
+            s->tlen += n;
+        if (st == ST_BASE)
+            pb_base_check(s);
+    }
+    if (crlf) {
+        s->st = (st == ST_HVAL || (s->len == 8 && s->k0 == W_HTTP11)) ? ST_HSTART : ST_JUNK;
+        s->w = 0x0d0a;
+        n += 2;
+    } else {
+        s->w = 0;
+    }
+    return n;
+}
+
+/* Scan the message from s->pos for at most `iters` steps (a run and the byte that ends it, or one
+ * byte, each).  Sets s->done when the head ended (s->head_end), the data ended, or PB_HDR_MAX
+ * bytes were seen; otherwise the next tail call continues.  Everything the next step needs is in
+ * memory (s), not in registers, so the verifier sees one state per step. */
 static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_ctab *ct, struct pb_ntab *nt,
-                                    const u32 chunk)
+                                    const u32 iters)
 {
     void *data = (void *)(long)msg->data;
     void *end = (void *)(long)msg->data_end;
-    u32 pos = s->pos & (PB_HDR_MAX - 1);
-    for (u32 j = 0; j < chunk; j++) {
-        u32 i = pos + j;
-        u8 *p = data + i;
-        if (i >= PB_HDR_MAX || (void *)(p + 1) > end) {
-            s->pos = i;
+    for (u32 it = 0; it < iters; it++) {
+        asm volatile("" ::: "memory"); /* keep the state in memory (see above) */
+        u32 i = s->pos;
+        if (i >= PB_HDR_MAX) {
             s->done = 1;
             break;
         }
-        /* fast paths: 8 bytes at once through the long runs of a request (the byte path below
-         * would do exactly the same to them, one at a time).  None of these bytes is CR or LF,
-         * so the head cannot end inside them (w restarts). */
-        u8 st8 = s->st;
-        if ((st8 == ST_HVAL || st8 == ST_QVAL || st8 == ST_ID || st8 == ST_VID || st8 == ST_TYPE) &&
-            j + 8 <= chunk && i + 8 <= PB_HDR_MAX && (void *)(p + 8) <= end) {
+        u8 *p = data + i;
+        if ((void *)(p + 1) > end) {
+            s->done = 1;
+            break;
+        }
+        u8 c;
+        if (i + 8 <= PB_HDR_MAX && (void *)(p + 8) <= end) {
             u64 x = *(u64 *)p;
-            u8 ok = 0;
-            if (st8 == ST_HVAL) {
-                /* a value we do not look into: 8 bytes in 0x20..0x7e */
-                u64 d = x ^ 0x7f7f7f7f7f7f7f7fULL;
-                ok = s->hkind != H_CONTENT_LENGTH && s->hkind != H_CLAIM && !(x & HIGHS) &&
-                     !((x - 0x20 * ONES) & ~x & HIGHS) && !((d - ONES) & ~d & HIGHS);
-            } else {
-                u32 all = ct->c[x & 0xff] & ct->c[(x >> 8) & 0xff] & ct->c[(x >> 16) & 0xff] &
-                          ct->c[(x >> 24) & 0xff] & ct->c[(x >> 32) & 0xff] & ct->c[(x >> 40) & 0xff] &
-                          ct->c[(x >> 48) & 0xff] & ct->c[(x >> 56) & 0xff];
-                if (st8 == ST_QVAL)
-                    ok = (all & C_VALUE) && s->len + 8 <= PB_VALUE_MAX;
-                else if (st8 == ST_TYPE)
-                    ok = (all & C_ALPHA) != 0;
-                else
-                    ok = (all & C_ID) && s->len + 8 <= PB_ID_MAX;
-                if (ok) {
-                    s->len += 8;
-                    s->tlen += 8;
-                    if (st8 == ST_TYPE) { /* eight SH5 steps at once */
-                        s->k4 = s->k3;
-                        s->k3 = s->k2;
-                        s->k2 = s->k1;
-                        s->k1 = s->k0;
-                        s->k0 = __builtin_bswap64(x);
-                    }
-                }
-            }
-            if (ok) {
-                s->w = 0;
-                j += 7;
+            u32 n = pb_run(s, x);
+            if (n >= 8) {
+                s->pos = i + n;
                 continue;
             }
+            i += n; /* the byte that ended the run: the byte path takes it in the same step */
+            c = (x >> (8 * n)) & 0xff;
+        } else {
+            c = *p;
         }
-        u8 c = *p;
+        asm volatile("" ::: "memory"); /* the byte path reads the state from memory: the run's paths join */
+        s->pos = i + 1;
         u32 w = (s->w << 8) | c;
         s->w = w;
         if (w == 0x0d0a0d0a) {
             s->head_end = i + 1;
-            s->pos = i + 1;
             s->done = 1;
             break;
         }
@@ -935,11 +1032,8 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
             pb_line_byte(s, nt, c, f);
         }
     }
-    if (!s->done) {
-        s->pos = pos + chunk; /* the whole chunk was scanned (j is not used after the loop) */
-        if (s->pos >= PB_HDR_MAX)
-            s->done = 1;
-    }
+    if (!s->done && s->pos >= PB_HDR_MAX)
+        s->done = 1;
 }
 
 int pb_parse(struct sk_msg_md *msg)

@@ -22,9 +22,12 @@ from paritybed.errors import EnvironmentProblem
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "paritybed.c"
-PB_CHUNK = 256  # bytes parsed per tail call of pb_parse (verifier: ~490k of 1M instructions)
-FIRST_CHUNKS = (256, 192, 128)  # bytes the entry program parses itself (~640k of 1M at 256 on 6.18)
-
+#: steps the parser takes per program (a step is a run of token bytes and the byte that ends it, or
+#: one byte): (entry program, each tail call of pb_parse).  The verifier follows every step (~5-6k
+#: instructions each on 6.18: ~680k and ~750k of its 1M at 128); the loader retries smaller if
+#: another kernel finds them too complex.  Even 64 steps per program cover the worst case, a
+#: 2048-byte head at one byte per step, within the kernel's 33 tail calls.
+CHUNKS = ((128, 128), (96, 96), (64, 64))
 # BPF_ATTACH_TYPE values (uapi/linux/bpf.h)
 INET_EGRESS, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 1, 10, 11, 14, 15
 SOCK_OPS, SK_MSG_VERDICT = 3, 7
@@ -86,8 +89,8 @@ def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
     adopted = pinned_state_exists(name)
     pins.mkdir(parents=True, exist_ok=True)
     _check_pins(pins)
-    for chunk0 in FIRST_CHUNKS:  # the entry program scans this much itself; smaller if the verifier balks
-        cflags = [f"-I{BPF_DIR}", f'-DPB_PIN_DIR="{pins}"', f"-DPB_RB_PAGES={int(rb_pages)}", f"-DPB_CHUNK={PB_CHUNK}",
+    for chunk0, chunk in CHUNKS:  # smaller if the verifier balks
+        cflags = [f"-I{BPF_DIR}", f'-DPB_PIN_DIR="{pins}"', f"-DPB_RB_PAGES={int(rb_pages)}", f"-DPB_CHUNK={chunk}",
                   f"-DPB_CHUNK0={chunk0}", "-Wno-unused-function"]
         try:
             b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
@@ -97,7 +100,7 @@ def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
             fns.update({n: b.load_func(n.encode(), BPF.SK_MSG) for n in MSG_PROGS})
             break
         except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for compile/verifier errors
-            if "Argument list too long" not in str(e) or chunk0 == FIRST_CHUNKS[-1]:
+            if "Argument list too long" not in str(e) or (chunk0, chunk) == CHUNKS[-1]:
                 raise EnvironmentProblem(f"could not load the BPF programs: {e}") from None
     maps = {m: lib.bpf_table_fd(b.module, m.encode()) for m in MAP_NAMES}
     # 1. tail-call slots (an old entry program already jumps into the new parser)
