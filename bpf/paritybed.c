@@ -1260,7 +1260,8 @@ int pb_sk_msg(struct sk_msg_md *msg)
     s->bw2 = a->base_w[2];
     s->blen = a->base_len;
     u32 n = size < PB_HDR_MAX ? size : PB_HDR_MAX;
-    bpf_msg_pull_data(msg, 0, n, 0);
+    if ((void *)(long)msg->data + n > (void *)(long)msg->data_end) /* not in one piece already */
+        bpf_msg_pull_data(msg, 0, n, 0);
     pb_scan(msg, s, ct, nt, PB_CHUNK0); /* the first chunk here: most heads end in it, no tail call */
     if (!s->done) {
         jmp.call(msg, JMP_PARSE);
