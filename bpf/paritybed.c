@@ -290,9 +290,6 @@ int pb_unseen(struct __sk_buff *skb)
     struct bpf_sock *sk = skb->sk;
     if (!sk)
         return 1;
-    sk = bpf_sk_fullsock(sk);
-    if (!sk || sk->protocol != IPPROTO_TCP)
-        return 1;
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
     struct pb_addr_key ak = {};
@@ -319,7 +316,10 @@ int pb_unseen(struct __sk_buff *skb)
     u32 len = skb->len > hdr ? skb->len - hdr : 0;
     u8 syn = th->syn && !th->ack;
     if (!len && !syn)
-        return 1; /* ACK, FIN, RST: no data */
+        return 1; /* ACK, FIN, RST: no data (most packets: decided before any helper call) */
+    sk = bpf_sk_fullsock(sk);
+    if (!sk || sk->protocol != IPPROTO_TCP)
+        return 1;
     u32 seq = bpf_ntohl(th->seq);
     struct pb_sock *ss;
     if (!syn) {
