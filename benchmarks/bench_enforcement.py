@@ -45,23 +45,32 @@ CLIENT = r'''
 import json, socket, sys, time
 mode, host, port, arg = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
+def recv(s):
+    d = s.recv(65536)
+    if not d:
+        raise ConnectionError("the server closed the connection")
+    return d
+
 def response(s, buf):
     while b"\r\n\r\n" not in buf:
-        buf += s.recv(65536)
+        buf += recv(s)
     head, _, rest = buf.partition(b"\r\n\r\n")
     n = 0
     for line in head.split(b"\r\n")[1:]:
         if line[:15].lower() == b"content-length:":
             n = int(line[15:])
     while len(rest) < n:
-        rest += s.recv(65536)
+        rest += recv(s)
     return rest[n:]
 
 from paritybed.agents.live import request_bytes  # the live worker's request format
 
 if mode in ("loop", "count"):  # one keep-alive connection; loop: per stdin line, requests for that many seconds
-    paths = json.loads(sys.stdin.readline())
-    reqs = [request_bytes("GET", p, f"{host}:{port}", b"", None) for p in paths]
+    items = json.loads(sys.stdin.readline())  # each a path (GET) or [method, path, body]
+    reqs = []
+    for i in items:
+        method, path, body = ("GET", i, "") if isinstance(i, str) else i
+        reqs.append(request_bytes(method, path, f"{host}:{port}", body.encode(), None))
     s = socket.create_connection((host, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf, n = b"", 0
@@ -257,7 +266,8 @@ def _enforcer(tmp: Path, port: int):
     from paritybed.enforcer.registry import Registry, save_registry
 
     save_registry(Registry(version=1), tmp / "baa.json")
-    allow = [Pair(type="Patient", interaction="read"), Pair(type="Observation", interaction="search")]
+    allow = [Pair(type="Patient", interaction="read"), Pair(type="Observation", interaction="search"),
+             Pair(type="Encounter", interaction="read"), Pair(type="DocumentReference", interaction="create")]
     agents = {"bench": AgentPolicy(agent_class="cds", fhir=FhirPolicy(server=f"127.0.0.1:{port}", allow=allow))}
     ke = KernelEnforcer(Policy(agents=agents), tmp / "baa.json", start=dt.datetime.now(dt.timezone.utc), clock="real",
                         name=NAME)
@@ -265,10 +275,23 @@ def _enforcer(tmp: Path, port: int):
     return ke
 
 
-def _head(path: str, port: int) -> int:
+def _head(item: str | list, port: int) -> int:
+    """Bytes of the request head (what the parser reads) of a path or [method, path, body]."""
     from paritybed.agents.live import request_bytes
 
-    return len(request_bytes("GET", path, f"127.0.0.1:{port}", b"", None))
+    method, path, body = ["GET", item, ""] if isinstance(item, str) else item
+    return len(request_bytes(method, path, f"127.0.0.1:{port}", body.encode(), None)) - len(body.encode())
+
+
+#: the agents' other request shapes (agents/requests.py): a date-sorted search (4 parameters), a read
+#: by Synthea uuid, a create with its body in the same write
+UUID = "8f2e7c1a-4b3d-4e5f-9a6b-1c2d3e4f5a6b"
+MORE_HEADS = (
+    ("agent search, 4 parameters", [f"/fhir/Observation?patient={UUID}&category=laboratory&_count=50&_sort=-date"]),
+    ("agent read by uuid", [f"/fhir/Encounter/{UUID}"]),
+    ("agent create with a 1.2 KB body", [["POST", "/fhir/DocumentReference", json.dumps(
+        {"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"data": "x" * 1200}}]})]]),
+)
 
 
 def _measure(tmp: Path, port: int, tport: int, paths: list[str]) -> list[dict]:
@@ -288,7 +311,7 @@ def _measure(tmp: Path, port: int, tport: int, paths: list[str]) -> list[dict]:
     stats_before = bpfsys.set_stats(True)
     try:
         search = [p for p in paths if "?" in p]
-        for label, ps in (("agent search", search), ("agent read", ["/fhir/Patient/p1"])):
+        for label, ps in (("agent search", search), ("agent read", ["/fhir/Patient/p1"]), *MORE_HEADS):
             v = _batches(ke, "pb_sk_msg", "count", tport, "1000", json.dumps(ps) + "\n")
             rows.append({"name": f"sk_msg decision, {label} ({_head(ps[0], tport)}-byte head)",
                          "value": round(statistics.median(v)), "unit": "ns", "goal": "<= 1 us",
