@@ -1002,7 +1002,6 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
         } else {
             c = *p;
         }
-        asm volatile("" ::: "memory"); /* the byte path reads the state from memory: the run's paths join */
         s->pos = i + 1;
         u32 w = (s->w << 8) | c;
         s->w = w;
