@@ -77,6 +77,18 @@ def test_family_examples_in_the_kernel(kernel: Kernel, raw: str, shape: str, rty
     assert k[:3] == (shape, rtype, inter)
 
 
+def test_every_name_the_kernel_looks_up(kernel: Kernel) -> None:
+    """Every entry of the kernel's name table (all R4 type names, the parameter names with a
+    meaning, the headers the parser knows, in two cases) is found where classify.py finds it."""
+    raws = [f"GET /fhir/{t} HTTP/1.1\r\n\r\n" for t in C.R4_TYPES]
+    raws += [f"GET /fhir/Observation?{p}=1 HTTP/1.1\r\n\r\n" for p in (*C.SAFE_PARAMS, *C.SPECIAL_PARAMS)]
+    headers = ("Content-Length", "Transfer-Encoding", C.CLAIM_HEADER, *C.OVERRIDE_HEADERS)
+    raws += [f"GET /fhir/Observation HTTP/1.1\r\n{h}: 1\r\n\r\n" for h in headers]
+    raws += [f"GET /fhir/Observation HTTP/1.1\r\n{h.upper()}: 1\r\n\r\n" for h in headers]
+    for raw in raws:
+        assert kernel.classify([raw.encode()]) == python_view([raw.encode()]), raw
+
+
 # ---------------------------------------------------------------- generated requests
 
 SPECIAL = b" \r\n\t%/.$?&=:+#,|\x00\x7f\x80\xff-_aZ09"
