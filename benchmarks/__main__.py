@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import sys
 import time
 import traceback
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(r["bench"], str(r.get("name", "")), _fmt(r.get("value")), str(r.get("unit", "")),
                   _fmt(r.get("baseline")), _fmt(r.get("ratio")), str(r.get("goal", "") or ""),
                   "" if met is None else ("yes" if met else "NO"), str(r.get("note", "") or ""))
-    Console().print(t)
+    Console(width=max(180, shutil.get_terminal_size().columns)).print(t)  # a wide table, also in logs
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
     return 1 if failed else 0
