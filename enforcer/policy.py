@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from paritybed.errors import InputError
 
@@ -127,19 +127,9 @@ def save_policy(policy: Policy, path: str | Path) -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Load and verify a policy file: schema, and the content hash if present."""
-    p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such policy file") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{p}: not a readable JSON policy ({e})") from None
-    try:
-        pol = Policy.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise InputError(f"{p}: invalid policy at {loc}: {first['msg']} (see docs/policy.md)") from None
+    from paritybed.jsonfile import load_model
+
+    pol = load_model(path, Policy, "policy", "docs/policy.md")
     if pol.hash and pol.hash != pol.computed_hash():
-        raise InputError(f"{p}: policy content does not match its hash {pol.hash}: the file was edited after compilation")
+        raise InputError(f"{Path(path)}: policy content does not match its hash {pol.hash}: the file was edited after compilation")
     return pol.sealed()

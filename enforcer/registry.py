@@ -22,9 +22,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from paritybed.errors import InputError
 
 REGISTRY_SCHEMA = "paritybed.baa/1"
 I64_MIN = -(2**63)
@@ -96,16 +95,6 @@ def save_registry(reg: Registry, path: str | Path) -> None:
 
 
 def load_registry(path: str | Path) -> Registry:
-    p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such BAA registry file") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{p}: not a readable JSON BAA registry ({e})") from None
-    try:
-        return Registry.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise InputError(f"{p}: invalid BAA registry at {loc}: {first['msg']} (see docs/policy.md)") from None
+    from paritybed.jsonfile import load_model
+
+    return load_model(path, Registry, "BAA registry", "docs/policy.md")

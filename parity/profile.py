@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from paritybed.errors import InputError
 from paritybed.parity.columns import DAY_NS, FIVE_MIN_NS, codes, ints, mask_eq, sliding_counts
@@ -280,20 +280,12 @@ def save_profile(p: Profile, path: str | Path) -> None:
 
 def load_profile(path: str | Path) -> Profile:
     """Read a profile.json; a missing, unreadable or foreign file is an InputError naming it."""
-    p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such profile file") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{p}: not a readable JSON profile ({e})") from None
-    if not isinstance(raw, dict) or raw.get("schema") != PROFILE_SCHEMA:
-        found = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
-        raise InputError(f"{p}: not a paritybed profile: expected schema {PROFILE_SCHEMA!r}, found {found!r}",
-                         hint="build one with: paritybed profile AUDITEVENTS.ndjson --out profile.json")
-    try:
-        return Profile.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise InputError(f"{p}: invalid profile at {loc}: {first['msg']} (see docs/parity.md)") from None
+    from paritybed.jsonfile import load_model
+
+    def is_profile(raw: Any) -> None:
+        if not isinstance(raw, dict) or raw.get("schema") != PROFILE_SCHEMA:
+            found = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
+            raise InputError(f"{Path(path)}: not a paritybed profile: expected schema {PROFILE_SCHEMA!r}, found {found!r}",
+                             hint="build one with: paritybed profile AUDITEVENTS.ndjson --out profile.json")
+
+    return load_model(path, Profile, "profile", "docs/parity.md", check=is_profile)

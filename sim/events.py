@@ -85,7 +85,7 @@ def _lane_requests(agent: AgentRuntime, cls: BreakGlassClass, pid: str, declared
 
 def activate(h: "Hospital", cls: BreakGlassClass, k: int, force_probe: bool = False) -> None:
     """One activation of a break-glass class at the current simulated time (module doc)."""
-    w, em, d, t = h.w, h.w.em, h.d, h.env.now
+    em, d, t = h.w.em, h.d, h.env.now
     clinician = h.panels.clinicians[d.below(len(h.panels.clinicians))] if h.panels.clinicians else "unknown"
     pid = h.panels.outside(clinician, d)
     eid = h.panels.latest_encounter(pid)
@@ -131,7 +131,7 @@ def _interleave(a: list[int], b: list[int]) -> list[int]:
 
 
 def _attack(h: "Hospital", a: Attack) -> Iterator[simpy.Event]:
-    env, em, d = h.env, h.w.em, h.d
+    env, em = h.env, h.w.em
     agent = h.agents[a.agent]
     t0 = h.clock.at(a.at.day, a.at.time)
     every = ns_min(a.repeat_every_min) if a.repeat_every_min else 0

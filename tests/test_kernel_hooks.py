@@ -12,7 +12,6 @@ import errno
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
