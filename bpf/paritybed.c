@@ -204,6 +204,16 @@ static __always_inline void pb_addr4(struct pb_addr_key *ak, u32 ip, u32 port_n)
     ak->port = (u16)port_n;
 }
 
+/* The IPv6 destination of a connect/sendmsg; each word read on its own (32-bit context access). */
+static __always_inline void pb_addr6(struct pb_addr_key *ak, struct bpf_sock_addr *ctx)
+{
+    ak->addr[0] = CTX32(ctx->user_ip6[0]);
+    ak->addr[1] = CTX32(ctx->user_ip6[1]);
+    ak->addr[2] = CTX32(ctx->user_ip6[2]);
+    ak->addr[3] = CTX32(ctx->user_ip6[3]);
+    ak->port = (u16)ctx->user_port;
+}
+
 int pb_connect4(struct bpf_sock_addr *ctx)
 {
     struct pb_addr_key ak = {};
@@ -221,22 +231,14 @@ int pb_sendmsg4(struct bpf_sock_addr *ctx)
 int pb_connect6(struct bpf_sock_addr *ctx)
 {
     struct pb_addr_key ak = {};
-    ak.addr[0] = CTX32(ctx->user_ip6[0]);
-    ak.addr[1] = CTX32(ctx->user_ip6[1]);
-    ak.addr[2] = CTX32(ctx->user_ip6[2]);
-    ak.addr[3] = CTX32(ctx->user_ip6[3]);
-    ak.port = (u16)ctx->user_port;
+    pb_addr6(&ak, ctx);
     return pb_egress(&ak, HOOK_CONNECT6);
 }
 
 int pb_sendmsg6(struct bpf_sock_addr *ctx)
 {
     struct pb_addr_key ak = {};
-    ak.addr[0] = CTX32(ctx->user_ip6[0]);
-    ak.addr[1] = CTX32(ctx->user_ip6[1]);
-    ak.addr[2] = CTX32(ctx->user_ip6[2]);
-    ak.addr[3] = CTX32(ctx->user_ip6[3]);
-    ak.port = (u16)ctx->user_port;
+    pb_addr6(&ak, ctx);
     return pb_egress(&ak, HOOK_SENDMSG6);
 }
 
