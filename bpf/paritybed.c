@@ -4,10 +4,13 @@
  * below it inherits them:
  *   pb_connect4 / pb_connect6   cgroup/connect4|6: egress allowlist through the BAA registry
  *   pb_sendmsg4 / pb_sendmsg6   cgroup/sendmsg4|6: the same decision for unconnected UDP sends
+ *   pb_sock_create              cgroup/sock_create: refuses socket kinds an agent has no business with
+ *   pb_setsockopt               cgroup/setsockopt: refuses options that would hide bytes from the parser
  *   pb_sockops                  sockops: puts TCP sockets to a policy's FHIR server in fhir_socks
  *   pb_sk_msg                   sk_msg on fhir_socks: parses each HTTP request and decides it
  *   pb_unseen                   cgroup_skb/egress: no byte to a FHIR server leaves unless sk_msg
- *                               approved it (TCP Fast Open data would otherwise go unseen)
+ *                               approved exactly that byte of that connection (the backstop), no
+ *                               connection is accepted by a replica
  * The decision is docs/enforcement.md, the same as enforcer/engine.py; the request parser is
  * the grammar of enforcer/classify.py.  Every map is pinned under PB_PIN_DIR so enforcement
  * outlives the control plane and a new control plane adopts the state.
@@ -84,6 +87,27 @@ static __always_inline s64 pb_now(struct pb_knobs *k)
     return k->real_clock ? (s64)bpf_ktime_get_ns() : k->vnow;
 }
 
+#ifndef PB_OFF_WRITE_SEQ
+#error "PB_OFF_WRITE_SEQ / PB_OFF_FASTOPEN_REQ: offsets in struct tcp_sock from this kernel's BTF (enforcer/btf.py)"
+#endif
+
+/* tcp_sock fields, read at the offsets the running kernel's BTF gives (the loader passes them):
+ * BCC compiles against packaged headers, not the running kernel's layout. */
+static __always_inline struct tcp_sock *pb_tcp(struct bpf_sock *sk)
+{
+    return sk ? bpf_skc_to_tcp_sock(sk) : 0;
+}
+
+/* tcp_sock.write_seq: the sequence number after the last byte queued on the connection */
+static __always_inline int pb_write_seq(struct bpf_sock *sk, u32 *seq)
+{
+    struct tcp_sock *tp = pb_tcp(sk);
+    if (!tp)
+        return 0;
+    *seq = *(volatile u32 *)((char *)tp + PB_OFF_WRITE_SEQ);
+    return 1;
+}
+
 static __always_inline void pb_count(u32 kind, u32 reason)
 {
     u32 i = (kind * 16 + reason) & (PB_COUNTERS - 1);
@@ -120,7 +144,12 @@ static __always_inline u8 pb_violation(struct pb_agent *a, struct pb_replica *r,
 
 /* ---------------------------------------------------------------- egress */
 
-static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook)
+/* The egress decision (docs/enforcement.md, step 4) for a connect or an unconnected send to ak.
+ * Only a TCP stream to the policy's FHIR server is the agent's own FHIR traffic: UDP (or any
+ * other protocol) to that address is egress like any other.  A TCP connect that carries Fast Open
+ * data (tfo) to the FHIR server is refused: those bytes would leave before the parser could see
+ * them (the backstop would drop them silently; this way the caller gets EPERM). */
+static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook, u8 tcp, u8 tfo)
 {
     u64 cgid = bpf_get_current_cgroup_id();
     struct pb_replica *r = replicas.lookup(&cgid);
@@ -151,11 +180,15 @@ static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook)
             reason = R_OBSERVE;
         } else {
             u8 v = 0;
-            int server = ak->port == a->server_port && ak->addr[0] == a->server_addr[0] &&
+            int server = tcp && ak->port == a->server_port && ak->addr[0] == a->server_addr[0] &&
                          ak->addr[1] == a->server_addr[1] && ak->addr[2] == a->server_addr[2] &&
                          ak->addr[3] == a->server_addr[3];
             if (server) {
-                v = 0;
+                if (tfo) {
+                    decision = PB_DENY;
+                    reason = R_UNCLASSIFIABLE;
+                    flags |= F_REFUSED;
+                }
             } else if (!ep || !ep->active || now < ep->lo || now >= ep->hi) {
                 v = R_NOT_BAA;
             } else {
@@ -214,32 +247,111 @@ static __always_inline void pb_addr6(struct pb_addr_key *ak, struct bpf_sock_add
     ak->port = (u16)ctx->user_port;
 }
 
+/* a TCP connect is carrying Fast Open data: sendto(MSG_FASTOPEN) sets tcp_sock.fastopen_req
+ * before the connect hook runs */
+static __always_inline u8 pb_fastopen(struct bpf_sock_addr *ctx)
+{
+    struct tcp_sock *tp = pb_tcp(ctx->sk);
+    return tp && *(volatile u64 *)((char *)tp + PB_OFF_FASTOPEN_REQ) != 0;
+}
+
+static __always_inline u8 pb_is_tcp(struct bpf_sock_addr *ctx)
+{
+    return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
+}
+
 int pb_connect4(struct bpf_sock_addr *ctx)
 {
     struct pb_addr_key ak = {};
+    u8 tcp = pb_is_tcp(ctx);
     pb_addr4(&ak, ctx->user_ip4, ctx->user_port);
-    return pb_egress(&ak, HOOK_CONNECT4);
+    return pb_egress(&ak, HOOK_CONNECT4, tcp, tcp && pb_fastopen(ctx));
 }
 
 int pb_sendmsg4(struct bpf_sock_addr *ctx)
 {
     struct pb_addr_key ak = {};
     pb_addr4(&ak, ctx->user_ip4, ctx->user_port);
-    return pb_egress(&ak, HOOK_SENDMSG4);
+    return pb_egress(&ak, HOOK_SENDMSG4, 0, 0);
 }
 
 int pb_connect6(struct bpf_sock_addr *ctx)
 {
     struct pb_addr_key ak = {};
+    u8 tcp = pb_is_tcp(ctx);
     pb_addr6(&ak, ctx);
-    return pb_egress(&ak, HOOK_CONNECT6);
+    return pb_egress(&ak, HOOK_CONNECT6, tcp, tcp && pb_fastopen(ctx));
 }
 
 int pb_sendmsg6(struct bpf_sock_addr *ctx)
 {
     struct pb_addr_key ak = {};
     pb_addr6(&ak, ctx);
-    return pb_egress(&ak, HOOK_SENDMSG6);
+    return pb_egress(&ak, HOOK_SENDMSG6, 0, 0);
+}
+
+/* ---------------------------------------------------------------- refusals: sockets and options
+ *
+ * An agent replica needs TCP streams and UDP datagrams over IPv4/IPv6 (and local sockets, which
+ * this hook does not see).  Every other inet socket kind is refused at socket(): raw sockets,
+ * ICMP "ping" datagram sockets (unprivileged where net.ipv4.ping_group_range allows, and no
+ * sendmsg hook covers them), MPTCP (its subflows would carry FHIR bytes past sk_msg), SCTP,
+ * UDP-Lite.  Options that would hide bytes from the parser are refused at setsockopt():
+ * TCP_FASTOPEN_CONNECT (data in the SYN), TCP_REPAIR (rewrites the stream; needs CAP_NET_ADMIN
+ * anyway), TCP_ULP (a protocol layer replacing the stream the parser judges).  Refusals are not
+ * violations: the caller gets EPERM, the event says what was refused.
+ */
+#define PB_TCP_REPAIR 19
+#define PB_TCP_FASTOPEN_CONNECT 30
+#define PB_TCP_ULP 31
+#define PB_SOL_TCP 6
+
+static __always_inline int pb_refuse(u8 hook, u16 family, u16 type, u32 protocol)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    struct pb_replica *r = replicas.lookup(&cgid);
+    if (!r)
+        return 1;
+    u32 z = 0;
+    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_knobs *k = knobs.lookup(&z);
+    if (!a || !k)
+        return 0;
+    u8 observe = a->mode == M_OBSERVE;
+    pb_count(K_EGRESS, observe ? R_OBSERVE : R_UNCLASSIFIABLE);
+    struct pb_event *e = pb_reserve();
+    if (e) {
+        __builtin_memset(e, 0, sizeof(*e));
+        e->t = pb_now(k);
+        e->cgid = cgid;
+        e->kind = K_EGRESS;
+        e->hook = hook;
+        e->decision = observe ? PB_ALLOW : PB_DENY;
+        e->reason = observe ? R_OBSERVE : R_UNCLASSIFIABLE;
+        e->flags = F_REFUSED;
+        e->sock_family = family;
+        e->sock_type = type;
+        e->sock_protocol = protocol;
+        events.ringbuf_submit(e, 0);
+    }
+    return observe;
+}
+
+int pb_sock_create(struct bpf_sock *sk)
+{
+    u32 family = sk->family, type = sk->type, protocol = sk->protocol;
+    if ((family == AF_INET || family == AF_INET6) &&
+        ((type == SOCK_STREAM && protocol == IPPROTO_TCP) || (type == SOCK_DGRAM && protocol == IPPROTO_UDP)))
+        return 1;
+    return pb_refuse(HOOK_SOCKET, family, type, protocol);
+}
+
+int pb_setsockopt(struct bpf_sockopt *ctx)
+{
+    int level = ctx->level, name = ctx->optname;
+    if (level != PB_SOL_TCP || (name != PB_TCP_FASTOPEN_CONNECT && name != PB_TCP_REPAIR && name != PB_TCP_ULP))
+        return 1;
+    return pb_refuse(HOOK_SOCKOPT, 0, (u16)level, (u32)name);
 }
 
 /* ---------------------------------------------------------------- sockops */
@@ -263,13 +375,19 @@ int pb_sockops(struct bpf_sock_ops *skops)
     if (!servers.lookup(&ak))
         return 1;
     u64 key = bpf_get_socket_cookie(skops);
+    struct bpf_sock *sk = skops->sk;
+    if (sk) {
+        struct pb_sock *ss = sockstate.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        if (ss)
+            ss->cookie = key; /* sk_msg redirects approved messages to the socket by this key */
+    }
     fhir_socks.sock_hash_update(skops, &key, BPF_ANY);
     return 1;
 }
 
 struct pb_parsed {
     u64 claim;
-    u32 body_left;
+    u32 body_len;            /* the body the head announces (Content-Length) */
     u16 type_id;
     u8 shape;
     u8 interaction;
@@ -277,16 +395,97 @@ struct pb_parsed {
     u8 has_claim;
 };
 
-/* ---------------------------------------------------------------- bytes sk_msg never saw
+/* ---------------------------------------------------------------- the backstop: bytes sk_msg never approved
  *
- * sk_msg only sees what goes through sendmsg on a socket already in fhir_socks.  TCP Fast Open
- * (sendto(MSG_FASTOPEN), TCP_FASTOPEN_CONNECT) queues request bytes before the handshake, i.e.
- * before sockops can add the socket, and they would leave unseen.  The invariant kept here: no
- * byte of a replica's connection to a FHIR server leaves unless sk_msg approved it.  sk_msg
- * counts approved bytes per socket; this program learns the initial sequence number from the
- * SYN and drops any segment whose data reaches beyond the approved count (the first time as a
- * violation of the replica's response mode: an unclassifiable, malformed request).
+ * The invariant (docs/kernel.md): no byte reaches the FHIR server unless the parser approved
+ * exactly that byte of that connection.  sk_msg keeps it for every byte that goes through
+ * sendmsg on a socket in fhir_socks; this program keeps it at packet level for everything else:
+ * TCP Fast Open data (queued before the handshake, before sockops can add the socket), bytes of
+ * a connection whose state was lost, anything a future kernel path sends around sk_msg.  The
+ * SYN that opens a replica's connection to its FHIR server resets the connection's state (so
+ * nothing survives a disconnect and reconnect of the same socket); sk_msg moves approved_end
+ * to the sequence number after each approved message; a segment reaching past it, or carrying
+ * urgent data (which a server takes out of the stream: the bytes it parses would no longer be the
+ * bytes the parser approved), is dropped, the first time as a violation of the replica's
+ * response mode (unclassifiable, malformed, hook unseen).  The connection then never delivers;
+ * the caller is not told (its bytes were already "sent").
+ *
+ * A SYN-ACK from a replica is a connection the replica accepted (a listener inside it): replicas
+ * are clients, so it is dropped, the first time per peer as an egress violation (hook inbound).
  */
+
+/* A new connection of a replica to its FHIR server, from its SYN: nothing of an earlier one stays. */
+static __always_inline void pb_conn_open(struct pb_sock *ss, u32 isn, u64 cgid)
+{
+    u32 start = isn + 1; /* the SYN takes one sequence number */
+    ss->cgid = cgid;
+    ss->writer = 0;
+    ss->isn = isn;
+    ss->next_seq = start;
+    ss->msg_start = start;
+    ss->head_end = start;
+    ss->body_end = start;
+    ss->approved_end = start;
+    ss->conn = 1;
+    ss->reported = 0;
+}
+
+static __always_inline int pb_inbound(struct __sk_buff *skb, struct pb_addr_key *ak)
+{
+    u64 cgid = bpf_skb_cgroup_id(skb);
+    struct pb_replica *r = replicas.lookup(&cgid);
+    if (!r)
+        return 1;
+    u32 z = 0;
+    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_knobs *k = knobs.lookup(&z);
+    if (!a || !k)
+        return 0;
+    s64 now = pb_now(k), until = 0;
+    u8 decision = PB_ALLOW, reason = R_OBSERVE, flags = 0;
+    struct pb_seen_key sk = {};
+    sk.cgid = cgid;
+    sk.addr = *ak;
+    u8 first = !seen.lookup(&sk);
+    if (first) {
+        u8 one = 1;
+        seen.update(&sk, &one);
+        flags |= F_FIRST_CONTACT;
+    }
+    if (a->mode != M_OBSERVE) {
+        if (r->q_until > now) {
+            decision = PB_DENY;
+            reason = R_QUARANTINED;
+        } else {
+            reason = R_NOT_ENVELOPE;
+            decision = first ? pb_violation(a, r, now, &flags, &until) : (a->mode == M_ALERT ? PB_ALERT : PB_DENY);
+        }
+    }
+    if (first) { /* the SYN-ACK is retransmitted while it is dropped: one event per peer */
+        pb_count(K_EGRESS, reason);
+        struct pb_event *e = pb_reserve();
+        if (e) {
+            __builtin_memset(e, 0, sizeof(*e));
+            e->t = now;
+            e->cgid = cgid;
+            e->until = until;
+            e->registry_version = k->registry_version;
+            e->addr[0] = ak->addr[0];
+            e->addr[1] = ak->addr[1];
+            e->addr[2] = ak->addr[2];
+            e->addr[3] = ak->addr[3];
+            e->port = ak->port;
+            e->kind = K_EGRESS;
+            e->hook = HOOK_INBOUND;
+            e->decision = decision;
+            e->reason = reason;
+            e->flags = flags;
+            events.ringbuf_submit(e, 0);
+        }
+    }
+    return decision == PB_DENY ? 0 : 1;
+}
+
 int pb_unseen(struct __sk_buff *skb)
 {
     struct bpf_sock *sk = skb->sk;
@@ -317,8 +516,12 @@ int pb_unseen(struct __sk_buff *skb)
     u32 hdr = off + th->doff * 4;
     u32 len = skb->len > hdr ? skb->len - hdr : 0;
     u8 syn = th->syn && !th->ack;
-    if (!len && !syn)
-        return 1; /* ACK, FIN, RST: no data (most packets: decided before any helper call) */
+    if (!len && !syn) {
+        if (!th->syn)
+            return 1; /* ACK, FIN, RST: no data (most packets: decided before any helper call) */
+        ak.port = th->dest;
+        return pb_inbound(skb, &ak); /* a SYN-ACK: a connection accepted inside a replica */
+    }
     sk = bpf_sk_fullsock(sk);
     if (!sk || sk->protocol != IPPROTO_TCP)
         return 1;
@@ -327,11 +530,10 @@ int pb_unseen(struct __sk_buff *skb)
     if (!syn) {
         /* the common case, a data segment: one storage lookup */
         ss = sockstate.sk_storage_get(sk, 0, 0);
-        if (!ss || !ss->has_isn)
-            return 1; /* not a replica's FHIR connection, or older than the programs */
+        if (!ss || !ss->conn)
+            return 1; /* not a replica's FHIR connection */
     } else {
-        /* a SYN: is it a replica's connection to its own FHIR server?  then remember where its
-         * byte stream starts */
+        /* a SYN: is it a replica's connection to its own FHIR server?  then it starts afresh */
         ak.port = th->dest;
         u64 cg = bpf_sk_cgroup_id(sk);
         struct pb_replica *rr = replicas.lookup(&cg);
@@ -344,15 +546,14 @@ int pb_unseen(struct __sk_buff *skb)
         ss = sockstate.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
         if (!ss)
             return 0;
-        ss->isn = seq;
-        ss->has_isn = 1;
+        pb_conn_open(ss, seq, cg);
         if (!len)
             return 1;
     }
-    u32 data_end = seq + len - ss->isn - 1; /* stream offset after this segment (the SYN took one) */
-    if ((s32)(data_end - (u32)ss->approved) <= 0)
-        return 1; /* everything in it was approved (a retransmission, or the approved request itself) */
-    u64 cgid = bpf_sk_cgroup_id(sk);
+    u32 seg_end = seq + syn + len; /* after this segment's data (a SYN takes one sequence number) */
+    if (!th->urg && (s32)(seg_end - ss->approved_end) <= 0)
+        return 1; /* every byte in it was approved (a retransmission, or the approved request itself) */
+    u64 cgid = ss->cgid;
     struct pb_replica *r = replicas.lookup(&cgid);
     if (!r)
         return 1;
@@ -372,7 +573,7 @@ int pb_unseen(struct __sk_buff *skb)
         reason = R_UNCLASSIFIABLE;
         decision = ss->reported ? (a->mode == M_ALERT ? PB_ALERT : PB_DENY) : pb_violation(a, r, now, &flags, &until);
     }
-    if (!ss->reported) { /* one event per socket: the segment is retransmitted while it is dropped */
+    if (!ss->reported) { /* one event per connection: the segment is retransmitted while it is dropped */
         ss->reported = 1;
         pb_count(K_FHIR, reason);
         struct pb_event *e = pb_reserve();
@@ -1057,6 +1258,10 @@ int pb_parse(struct sk_msg_md *msg)
 static __always_inline void pb_result(struct pb_pstate *s, struct pb_parsed *out)
 {
     __builtin_memset(out, 0, sizeof(*out));
+    if (s->desync) {
+        out->shape = s->desync == PB_NOT_CONNECTED ? S_MALFORMED : s->desync;
+        return;
+    }
     if (s->cont) {
         out->shape = S_PIPELINED;
         return;
@@ -1104,7 +1309,7 @@ static __always_inline void pb_result(struct pb_pstate *s, struct pb_parsed *out
         else
             out->interaction = method == MT_POST ? I_CREATE : method == MT_PUT ? I_UPDATE : I_DELETE;
     }
-    out->body_left = cl > rest ? cl - rest : 0;
+    out->body_len = cl;
 }
 
 /* ---------------------------------------------------------------- sk_msg: entry and decision */
@@ -1126,14 +1331,43 @@ static __always_inline int pb_is_server(struct sk_msg_md *msg, struct pb_agent *
            ip2 == a->server_addr[2] && ip3 == a->server_addr[3];
 }
 
+/* An approved message leaves by a redirect to its own socket's egress, never SK_PASS: when a
+ * send fails part-way (a short send: a full send buffer on a non-blocking socket, a timeout, a
+ * signal), tcp_bpf keeps a *pass* verdict on the socket and hands the next message to TCP without
+ * running the program; its redirect path forgets the verdict before it sends. */
+static __always_inline int pb_allow(struct sk_msg_md *msg, struct pb_sock *ss)
+{
+    if (!ss || !ss->cookie)
+        return SK_DROP;
+    u64 key = ss->cookie;
+    return fhir_socks.msg_redirect_hash(msg, &key, 0);
+}
+
+/* The message [w, w + size) is approved: the stream's next approved byte is after it, and the
+ * backstop lets exactly these bytes leave.  head: it starts a request whose head takes head_len
+ * bytes and announces body_len more (which may follow in later messages). */
+static __always_inline void pb_commit(struct pb_sock *ss, u32 w, u32 size, u8 head, u32 head_len, u32 body_len)
+{
+    ss->writer = bpf_get_current_pid_tgid();
+    ss->msg_start = w;
+    ss->next_seq = w + size;
+    ss->approved_end = w + size;
+    if (head) {
+        ss->head_end = w + head_len;
+        ss->body_end = w + head_len + body_len;
+    }
+}
+
 /* The decision on the parsed message (docs/enforcement.md, step 5 and 6), its event, its verdict. */
-static __always_inline int pb_finish(u64 cgid, struct pb_replica *r, struct pb_agent *a, struct pb_knobs *k,
-                                     struct pb_sock *ss)
+static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_replica *r, struct pb_agent *a,
+                                     struct pb_knobs *k, struct pb_sock *ss)
 {
     struct pb_parsed c;
-    pb_result(&ss->ps, &c);
-    u32 size = ss->ps.size;
-    u8 flags = ss->ps.cont ? F_CONTINUATION : 0;
+    struct pb_pstate *s = &ss->ps;
+    pb_result(s, &c);
+    u64 cgid = s->cgid;
+    u32 size = s->size, w = s->wseq;
+    u8 flags = s->cont ? F_CONTINUATION : 0;
     s64 now = pb_now(k);
     u8 decision = PB_ALLOW, reason = R_OK;
     s64 until = 0;
@@ -1144,9 +1378,16 @@ static __always_inline int pb_finish(u64 cgid, struct pb_replica *r, struct pb_a
     } else if (r->q_until > now) {
         decision = PB_DENY;
         reason = R_QUARANTINED;
+    } else if (s->desync == PB_NOT_CONNECTED) {
+        decision = PB_DENY; /* refused, not a violation: the connection is not established */
+        reason = R_UNCLASSIFIABLE;
+        flags |= F_REFUSED;
     } else {
         u8 v = 0, via_lane = 0;
-        if (c.shape != S_PLAIN && !(a->allow_shapes & (1u << (c.shape & 31)))) {
+        if (s->desync) {
+            v = R_UNCLASSIFIABLE; /* never allowed by allow_shapes: the bytes cannot be placed */
+            flags |= F_DESYNC;
+        } else if (c.shape != S_PLAIN && !(a->allow_shapes & (1u << (c.shape & 31)))) {
             v = R_UNCLASSIFIABLE;
         } else {
             u32 bit = (u32)c.type_id * 8 + c.interaction, word = bit >> 6;
@@ -1195,8 +1436,10 @@ static __always_inline int pb_finish(u64 cgid, struct pb_replica *r, struct pb_a
         }
     }
     if (decision != PB_DENY) {
-        ss->body_left = (flags & F_CONTINUATION) ? 0 : c.body_left;
-        ss->approved += size;
+        if (s->cont || s->desync) /* allowed anyway (alert, observe): no body expected after it */
+            pb_commit(ss, w, size, 1, size, 0);
+        else
+            pb_commit(ss, w, size, 1, s->head_end, c.body_len);
     }
     pb_count(K_FHIR, reason);
     if (k->record_all || decision != PB_ALLOW || a->mode == M_OBSERVE || reason == R_LANE ||
@@ -1221,12 +1464,47 @@ static __always_inline int pb_finish(u64 cgid, struct pb_replica *r, struct pb_a
             events.ringbuf_submit(e, 0);
         }
     }
-    return decision == PB_DENY ? SK_DROP : SK_PASS;
+    return decision == PB_DENY ? SK_DROP : pb_allow(msg, ss);
+}
+
+/* Where the message sits in the connection's byte stream, before anything is parsed.  Sets
+ * s->desync when it cannot be placed: no state for the connection, or the stream is not where the
+ * approved bytes left it.  One case is put right instead: the last approved message went out short
+ * (tcp_bpf returned a short count) and the same thread sends again, so no push of it can still be
+ * under way; if its head is complete the stream simply continues with its body (or a new request)
+ * at the new position.  A short head, another thread, or bytes beyond what was approved cannot be
+ * placed: the message is denied and the connection is lost (tcp_bpf keeps the drop). */
+static __always_inline void pb_place(struct sk_msg_md *msg, struct pb_sock *ss, struct pb_pstate *s)
+{
+    struct bpf_sock *sk = msg->sk;
+    u32 w = 0;
+    if (!sk || sk->state != 1 /* TCP_ESTABLISHED */) {
+        s->desync = PB_NOT_CONNECTED;
+        return;
+    }
+    if (!ss->conn || !pb_write_seq(sk, &w)) {
+        s->desync = S_MALFORMED;
+        return;
+    }
+    s->wseq = w;
+    if (w == ss->next_seq)
+        return;
+    u8 mine = bpf_get_current_pid_tgid() == ss->writer;
+    u8 short_send = mine && (s32)(w - ss->msg_start) >= 0 && (s32)(ss->next_seq - w) > 0;
+    if (short_send && (s32)(w - ss->head_end) >= 0) {
+        ss->next_seq = w;
+        ss->approved_end = w;
+        return;
+    }
+    s->desync = short_send ? S_SPLIT : S_MALFORMED;
 }
 
 int pb_sk_msg(struct sk_msg_md *msg)
 {
-    u64 cgid = bpf_get_current_cgroup_id();
+    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
+    /* The replica: the connection's own (its cgroup when its SYN left), so a socket handed to a
+     * process outside the replica stays the replica's; else the sender's. */
+    u64 cgid = (ss && ss->conn) ? ss->cgid : bpf_get_current_cgroup_id();
     struct pb_replica *r = replicas.lookup(&cgid);
     if (!r)
         return SK_PASS; /* not a paritybed replica: unenforced */
@@ -1238,22 +1516,27 @@ int pb_sk_msg(struct sk_msg_md *msg)
     if (!a || !k || !ct || !nt)
         return SK_DROP;
     if (!pb_is_server(msg, a))
-        return SK_PASS;
-    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        return ss ? pb_allow(msg, ss) : SK_PASS; /* not FHIR traffic (the egress hooks decided it) */
+    if (!ss)
+        ss = sockstate.sk_storage_get(msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (!ss)
         return SK_DROP;
     u32 size = msg->size;
     struct pb_pstate *s = &ss->ps;
     __builtin_memset(s, 0, sizeof(*s));
     s->size = size;
-    if (ss->body_left) {
-        if (size <= ss->body_left) {
-            ss->body_left -= size;
-            ss->approved += size;
-            return SK_PASS;
+    s->cgid = cgid;
+    pb_place(msg, ss, s);
+    if (s->desync)
+        return pb_finish(msg, r, a, k, ss);
+    u32 w = s->wseq;
+    if ((s32)(ss->body_end - w) > 0) { /* the body of the last approved request goes on */
+        if (size <= ss->body_end - w) {
+            pb_commit(ss, w, size, 0, 0, 0);
+            return pb_allow(msg, ss);
         }
         s->cont = 1;
-        return pb_finish(cgid, r, a, k, ss);
+        return pb_finish(msg, r, a, k, ss);
     }
     s->claim = FNV_OFFSET;
     s->bw0 = a->base_w[0];
@@ -1268,20 +1551,22 @@ int pb_sk_msg(struct sk_msg_md *msg)
         jmp.call(msg, JMP_PARSE);
         return SK_DROP; /* tail call missing: fail closed */
     }
-    return pb_finish(cgid, r, a, k, ss);
+    return pb_finish(msg, r, a, k, ss);
 }
 
 int pb_decide(struct sk_msg_md *msg)
 {
-    u64 cgid = bpf_get_current_cgroup_id();
     u32 z = 0;
-    struct pb_replica *r = replicas.lookup(&cgid);
     struct pb_knobs *k = knobs.lookup(&z);
     struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
-    if (!r || !k || !ss)
+    if (!k || !ss)
+        return SK_DROP;
+    u64 cgid = ss->ps.cgid;
+    struct pb_replica *r = replicas.lookup(&cgid);
+    if (!r)
         return SK_DROP;
     struct pb_agent *a = agents.lookup(&r->agent);
     if (!a)
         return SK_DROP;
-    return pb_finish(cgid, r, a, k, ss);
+    return pb_finish(msg, r, a, k, ss);
 }

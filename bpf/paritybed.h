@@ -117,15 +117,25 @@
 #define F_KILL (1u << 2)
 #define F_CLAIM (1u << 3)     /* the request presented a break-glass claim */
 #define F_CONTINUATION (1u << 4) /* bytes arrived while a body was still expected */
+#define F_DESYNC (1u << 5)    /* the connection's byte stream is not where the approved bytes left it
+                               * (a short send continued by another thread, bytes the parser never
+                               * approved, no state for the connection): denied, never re-parsed */
+#define F_REFUSED (1u << 6)   /* refused outright, not a policy violation (a send on a connection that
+                               * is not established, a Fast Open connect, a socket kind or option the
+                               * agent has no business with): no quarantine, the caller gets an error */
 
 #define HOOK_CONNECT4 0
 #define HOOK_CONNECT6 1
 #define HOOK_SENDMSG4 2
 #define HOOK_SENDMSG6 3
 #define HOOK_SK_MSG 4
-#define HOOK_UNSEEN 5     /* cgroup_skb egress: bytes to a FHIR server that sk_msg never saw */
+#define HOOK_UNSEEN 5     /* cgroup_skb egress: bytes to a FHIR server that sk_msg never approved */
+#define HOOK_SOCKET 6     /* cgroup/sock_create: a socket kind the agent has no business with */
+#define HOOK_SOCKOPT 7    /* cgroup/setsockopt: an option that would hide bytes from the parser */
+#define HOOK_INBOUND 8    /* cgroup_skb egress: a SYN-ACK, i.e. a connection accepted by the replica */
 
 #define PB_I64_MAX 0x7fffffffffffffffLL
+#define PB_NOT_CONNECTED 0xff  /* pb_pstate.desync: not a shape, a refusal */
 
 /* ---- maps ---- */
 
@@ -245,17 +255,34 @@ struct pb_pstate {
     __u64 b0, b1;            /* a query parameter's name before its ':' */
     __u64 bw0, bw1, bw2;     /* the agent's fhir.base */
     __u64 claim;             /* FNV-1a 64 of the claim header value */
+    __u64 cgid;              /* the replica the message is judged for (see pb_sk_msg) */
+    __u32 wseq;              /* tcp_sock.write_seq when the message was handed to the program */
     __u32 pos, n, size, head_end, w, len, tlen, plen, blen;
     __u32 cl_val, cl_cur, n_cl, n_claim, sub;
     __u16 type_id;
     __u8 st, fam, form, method, hkind, tbad, colon, dot, cl_bad, claim_bad, te, ovr, cont, done;
+    __u8 desync;             /* S_SPLIT / S_MALFORMED: the stream is not where approved bytes left it;
+                              * PB_NOT_CONNECTED: a send on a connection that is not established */
+    __u8 pad2[7];
 };
+/* Per socket, but every field below `cookie` belongs to the *connection*: reset by the SYN that
+ * opens it (pb_unseen), so nothing computed for one connection survives a disconnect
+ * (connect(AF_UNSPEC)) and a reconnect of the same socket.  Positions are TCP sequence numbers,
+ * compared modulo 2^32: the parser's verdicts are tied to the exact bytes of the stream they
+ * judged (tcp_sock.write_seq when the verdict was taken), not to a running count. */
 struct pb_sock {
-    __u32 body_left;         /* body bytes of an allowed request still to come */
-    __u32 isn;               /* initial sequence number (seen on the SYN by pb_unseen) */
-    __u64 approved;          /* bytes sk_msg let through on this socket */
-    __u32 has_isn;
-    __u32 reported;          /* unseen bytes already reported (one event per socket) */
+    __u64 cookie;            /* the socket's key in fhir_socks (sk_msg redirects an approved message to it) */
+    __u64 cgid;              /* the replica whose connection this is (its cgroup when the SYN left) */
+    __u64 writer;            /* pid_tgid of the thread whose message was approved last */
+    __u32 isn;               /* initial sequence number (the SYN) */
+    __u32 next_seq;          /* where the next approved byte goes: every approved byte before it is queued */
+    __u32 msg_start;         /* first byte of the last approved message */
+    __u32 head_end;          /* after the head of the last approved request */
+    __u32 body_end;          /* after its body (head_end when it has none) */
+    __u32 approved_end;      /* the backstop: no byte at or after it leaves */
+    __u8 conn;               /* 1: a replica's connection to its FHIR server, seen from its SYN */
+    __u8 reported;           /* unapproved bytes already reported on this connection (one event) */
+    __u8 pad[6];
     struct pb_pstate ps;
 };
 
@@ -279,6 +306,9 @@ struct pb_event {
     __u8 interaction;        /* I_* */
     __u8 method;             /* MT_* */
     __u8 flags;              /* F_* */
+    __u16 sock_family;         /* HOOK_SOCKET: the refused socket's family, type, protocol; */
+    __u16 sock_type;           /* HOOK_SOCKOPT: level in sock_type, option name in sock_protocol */
+    __u32 sock_protocol;
 };
 
 /* counters: per-CPU array indexed kind * 16 + reason (decisions) ; lost: array[1] */

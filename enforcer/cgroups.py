@@ -8,7 +8,9 @@ id, which is the inode number of its directory.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -107,9 +109,16 @@ class CgroupTree:
 
 def spawn_in(cgroup: Path, argv: list[str], **popen_kw: Any) -> subprocess.Popen:
     """Start a process inside a cgroup: it moves itself there between fork and exec, so every
-    socket it (or a child) ever opens belongs to the cgroup."""
+    socket it (or a child) ever opens belongs to the cgroup.
+
+    ``user=``/``group=`` drop privileges *after* the move (Popen would drop them before its
+    ``preexec_fn``, and an unprivileged process may not write ``cgroup.procs``); supplementary
+    groups are cleared then, so the agent keeps none of root's."""
     procs = str(cgroup / "cgroup.procs")
     user_fn: Callable[[], Any] | None = popen_kw.pop("preexec_fn", None)
+    user, group = popen_kw.pop("user", None), popen_kw.pop("group", None)
+    uid = user if user is None or isinstance(user, int) else pwd.getpwnam(user).pw_uid
+    gid = group if group is None or isinstance(group, int) else grp.getgrnam(group).gr_gid
 
     def enter() -> None:
         fd = os.open(procs, os.O_WRONLY)
@@ -117,6 +126,12 @@ def spawn_in(cgroup: Path, argv: list[str], **popen_kw: Any) -> subprocess.Popen
             os.write(fd, b"0")
         finally:
             os.close(fd)
+        if gid is not None or uid is not None:
+            os.setgroups([])
+        if gid is not None:
+            os.setresgid(gid, gid, gid)
+        if uid is not None:
+            os.setresuid(uid, uid, uid)
         if user_fn is not None:
             user_fn()
 

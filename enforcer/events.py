@@ -55,6 +55,7 @@ def expand(d: dict[str, Any], *, record_all: bool) -> list[dict[str, Any]]:
         common["ktime_ns"] = d["ktime_ns"]
     what = ({k: d[k] for k in ("method", "resource_type", "interaction", "shape", "size", "claim_hash") if k in d}
             if d["kind"] == "fhir" else {k: d[k] for k in ("address", "endpoint", "baa_id", "vendor") if k in d})
+    what.update({k: d[k] for k in ("refused", "desync") if k in d})
     out = []
     flags = d["flags"]
     if flags & abi.F_FIRST_CONTACT:

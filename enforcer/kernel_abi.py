@@ -21,8 +21,8 @@ I64_MIN = -(2**63)
 #: C constants that the control plane needs (the rest are derived from Python tuples below)
 MODES = {"observe": 0, "alert": 1, "deny": 2, "quarantine": 3, "kill": 4}
 K_FHIR, K_EGRESS = 0, 1
-F_FIRST_CONTACT, F_QUARANTINE, F_KILL, F_CLAIM, F_CONTINUATION = 1, 2, 4, 8, 16
-HOOKS = ("connect4", "connect6", "sendmsg4", "sendmsg6", "sk_msg", "unseen")
+F_FIRST_CONTACT, F_QUARANTINE, F_KILL, F_CLAIM, F_CONTINUATION, F_DESYNC, F_REFUSED = 1, 2, 4, 8, 16, 32, 64
+HOOKS = ("connect4", "connect6", "sendmsg4", "sendmsg6", "sk_msg", "unseen", "socket", "sockopt", "inbound")
 N_SAFE, N_INCLUDE, N_TYPE, N_HAS = 1, 2, 3, 4
 H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_OVERRIDE, H_CLAIM = 1, 2, 3, 4
 PB_COUNTERS = 32
@@ -97,14 +97,31 @@ class Event(ct.Structure):
     _fields_ = [("t", s64), ("cgid", u64), ("claim", u64), ("until", s64), ("registry_version", u64),
                 ("endpoint", u64), ("addr", Addr), ("size", u32), ("port", u16), ("type_id", u16),
                 ("kind", u8), ("hook", u8), ("decision", u8), ("reason", u8), ("shape", u8),
-                ("interaction", u8), ("method", u8), ("flags", u8)]
+                ("interaction", u8), ("method", u8), ("flags", u8), ("sock_family", u16), ("sock_type", u16),
+                ("sock_protocol", u32)]
+
+
+class PState(ct.Structure):
+    """The parser's state while a message is parsed (kernel-internal; mirrored for its size)."""
+
+    _fields_ = [("k", u64 * 5), ("b", u64 * 2), ("bw", u64 * 3), ("claim", u64), ("cgid", u64), ("wseq", u32),
+                ("scan", u32 * 9), ("header", u32 * 5), ("type_id", u16), ("flags8", u8 * 14),
+                ("desync", u8), ("pad2", u8 * 7)]
+
+
+class Sock(ct.Structure):
+    """Per-socket storage: the connection's accounting by sequence number, and the parser state."""
+
+    _fields_ = [("cookie", u64), ("cgid", u64), ("writer", u64), ("isn", u32), ("next_seq", u32),
+                ("msg_start", u32), ("head_end", u32), ("body_end", u32), ("approved_end", u32), ("conn", u8),
+                ("reported", u8), ("pad", u8 * 6), ("ps", PState)]
 
 
 #: sizes the C header must produce (checked by tests/test_kernel_abi.py)
 STRUCTS = {"pb_knobs": Knobs, "pb_ctab": CTab, "pb_agent": Agent, "pb_replica": Replica, "pb_pair_key": PairKey,
            "pb_lane_key": LaneKey, "pb_lane": Lane, "pb_addr_key": AddrKey, "pb_endpoint": Endpoint,
            "pb_envelope_key": EnvelopeKey, "pb_name": Name, "pb_ntab": NTab,
-           "pb_event": Event}
+           "pb_event": Event, "pb_sock": Sock}
 
 
 def parse_address(text: str, *, resolve: bool = True) -> list[tuple[bytes, int]]:
@@ -195,19 +212,42 @@ def header_kinds() -> dict[str, int]:
     return kinds
 
 
+#: what a refusal (F_REFUSED) refused, by hook; socket kinds and options by their names
+_PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite", 255: "raw", 262: "mptcp"}
+_TCP_OPTIONS = {19: "TCP_REPAIR", 30: "TCP_FASTOPEN_CONNECT", 31: "TCP_ULP"}
+
+
+def _refused(raw: Event, hook: str) -> str:
+    if hook == "socket":
+        try:
+            fam, kind = socket.AddressFamily(raw.sock_family).name, socket.SocketKind(raw.sock_type & 0xF).name
+        except ValueError:
+            fam, kind = str(raw.sock_family), str(raw.sock_type)
+        return f"socket {fam} {kind} {_PROTOCOLS.get(raw.sock_protocol, raw.sock_protocol)}"
+    if hook == "sockopt":
+        return f"setsockopt {_TCP_OPTIONS.get(raw.sock_protocol, raw.sock_protocol)}"
+    return "fast-open" if hook in ("connect4", "connect6") else "not-connected"
+
+
 def decode_event(raw: Event) -> dict:
     """A ring-buffer record -> the fields the control plane turns into event-log entries."""
     fhir = raw.kind == K_FHIR
-    d = {"t_ns": raw.t, "cgid": raw.cgid, "kind": "fhir" if fhir else "egress", "hook": HOOKS[raw.hook],
+    hook = HOOKS[raw.hook]
+    d = {"t_ns": raw.t, "cgid": raw.cgid, "kind": "fhir" if fhir else "egress", "hook": hook,
          "decision": DECISIONS[raw.decision], "reason": REASONS[raw.reason], "flags": raw.flags}
     if fhir:
         d.update(method=METHOD_NAMES[raw.method], resource_type=TYPE_NAMES[raw.type_id],
                  interaction=INTERACTION_NAMES[raw.interaction], shape=SHAPE_NAMES[raw.shape], size=raw.size)
         if raw.flags & F_CLAIM:
             d["claim_hash"] = f"{raw.claim:016x}"
-    else:
+    elif hook not in ("socket", "sockopt"):
         d.update(address=format_address(bytes(raw.addr), raw.port), registry_version=raw.registry_version,
                  endpoint_hash=raw.endpoint)
+    if raw.flags & F_REFUSED:
+        d["reason"] = "refused"
+        d["refused"] = _refused(raw, hook)
+    if raw.flags & F_DESYNC:
+        d["desync"] = True
     if raw.flags & (F_QUARANTINE | F_KILL):
         d["until_ns"] = raw.until
     return d

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paritybed.enforcer import bpfsys, kernel_abi as abi
+from paritybed.enforcer import bpfsys, btf, kernel_abi as abi
 from paritybed.errors import EnvironmentProblem
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -29,18 +29,25 @@ SOURCE = BPF_DIR / "paritybed.c"
 #: 2048-byte head at one byte per step, within the kernel's 33 tail calls.
 CHUNKS = ((128, 128), (96, 96), (64, 64))
 # BPF_ATTACH_TYPE values (uapi/linux/bpf.h)
-INET_EGRESS, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 1, 10, 11, 14, 15
-SOCK_OPS, SK_MSG_VERDICT = 3, 7
+INET_EGRESS, INET_SOCK_CREATE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 1, 2, 10, 11, 14, 15
+SOCK_OPS, SK_MSG_VERDICT, SETSOCKOPT = 3, 7, 22
+# BPF_PROG_TYPE values for the programs that are not cgroup/sock_addr ones
+PROG_CGROUP_SKB, PROG_CGROUP_SOCK, PROG_SOCK_OPS, PROG_CGROUP_SOCKOPT = 8, 9, 13, 25
 #: cgroup programs: name -> attach type
 CGROUP_PROGS = {"pb_connect4": INET4_CONNECT, "pb_connect6": INET6_CONNECT, "pb_sendmsg4": UDP4_SENDMSG,
-                "pb_sendmsg6": UDP6_SENDMSG, "pb_sockops": SOCK_OPS, "pb_unseen": INET_EGRESS}
+                "pb_sendmsg6": UDP6_SENDMSG, "pb_sockops": SOCK_OPS, "pb_unseen": INET_EGRESS,
+                "pb_sock_create": INET_SOCK_CREATE, "pb_setsockopt": SETSOCKOPT}
+#: program type by attach type (the rest are cgroup/sock_addr programs)
+PROG_TYPES = {SOCK_OPS: PROG_SOCK_OPS, INET_EGRESS: PROG_CGROUP_SKB, INET_SOCK_CREATE: PROG_CGROUP_SOCK,
+              SETSOCKOPT: PROG_CGROUP_SOCKOPT}
 MSG_PROGS = ("pb_sk_msg", "pb_parse", "pb_decide")  # entry, tail call 0, tail call 1
 #: pinned maps whose key/value sizes must match this version's structures (else: --cleanup)
 MAP_SIZES = {"knobs": (4, ct.sizeof(abi.Knobs)), "agents": (8, ct.sizeof(abi.Agent)),
              "replicas": (8, ct.sizeof(abi.Replica)), "pairs": (ct.sizeof(abi.PairKey), 4),
              "lanes": (ct.sizeof(abi.LaneKey), ct.sizeof(abi.Lane)),
              "registry": (ct.sizeof(abi.AddrKey), ct.sizeof(abi.Endpoint)),
-             "ctab": (4, ct.sizeof(abi.CTab)), "ntab": (4, ct.sizeof(abi.NTab))}
+             "ctab": (4, ct.sizeof(abi.CTab)), "ntab": (4, ct.sizeof(abi.NTab)),
+             "sockstate": (4, ct.sizeof(abi.Sock))}
 MAP_NAMES = ("knobs", "ctab", "agents", "replicas", "pairs", "lanes", "registry", "envelope", "seen", "servers",
              "ntab", "counters", "lost", "fhir_socks", "sockstate", "events", "jmp")
 
@@ -89,13 +96,15 @@ def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
     adopted = pinned_state_exists(name)
     pins.mkdir(parents=True, exist_ok=True)
     _check_pins(pins)
+    tcp_sock = btf.tcp_sock_cflags()
     for chunk0, chunk in CHUNKS:  # smaller if the verifier balks
         cflags = [f"-I{BPF_DIR}", f'-DPB_PIN_DIR="{pins}"', f"-DPB_RB_PAGES={int(rb_pages)}", f"-DPB_CHUNK={chunk}",
-                  f"-DPB_CHUNK0={chunk0}", "-Wno-unused-function"]
+                  f"-DPB_CHUNK0={chunk0}", "-Wno-unused-function", *tcp_sock]
         try:
             b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-            kinds = {SOCK_OPS: BPF.SOCK_OPS, INET_EGRESS: BPF.CGROUP_SKB}
-            fns = {n: b.load_func(n.encode(), kinds.get(t, BPF.CGROUP_SOCK_ADDR), None, t if t not in kinds else -1)
+            # sock_addr and sockopt programs need their expected attach type at load time
+            fns = {n: b.load_func(n.encode(), PROG_TYPES.get(t, BPF.CGROUP_SOCK_ADDR), None,
+                                  t if t not in (SOCK_OPS, INET_EGRESS, INET_SOCK_CREATE) else -1)
                    for n, t in CGROUP_PROGS.items()}
             fns.update({n: b.load_func(n.encode(), BPF.SK_MSG) for n in MSG_PROGS})
             break

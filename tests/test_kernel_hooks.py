@@ -154,25 +154,26 @@ def test_connect6_v4_mapped_and_udp(env: dict[str, Any]) -> None:
         p.close()
 
 
-def test_no_byte_leaves_unseen_tcp_fast_open_and_sendfile(env: dict[str, Any]) -> None:
-    """TCP Fast Open queues the request before the socket reaches the socket hash; the egress
-    check drops whatever sk_msg did not approve.  sendfile goes through sk_msg like send (the
-    caller is not told: splice swallows the EACCES; it just gets no answer)."""
+def test_fast_open_is_refused_and_sendfile_is_parsed(env: dict[str, Any]) -> None:
+    """TCP Fast Open would queue the request before the socket reaches the socket hash: a connect
+    carrying Fast Open data to the FHIR server is refused (EPERM, an event saying so, no
+    violation).  sendfile goes through sk_msg like send: a forbidden request is denied."""
     p = probe(env, "deny-a")
     sink = env["sink"]
     try:
         events(env)
         before = len(sink.data())
-        r = p(op="tfo", addr=sink.address, data=f"GET /fhir/Patient/tfo-secret {H}")
-        assert r.get("status") is None  # no answer: the bytes never left
+        assert p(op="tfo", addr=sink.address, data=f"GET /fhir/Patient/tfo-secret {H}") == {"ok": False, "errno": errno.EPERM}
         r = p(op="sendfile", addr=sink.address, data=f"GET /fhir/Patient/file-secret {H}")
-        assert r.get("status") is None  # dropped by sk_msg; the splice path does not return EACCES
+        assert r["ok"] is False or r.get("status") is None  # denied: EACCES, or no answer where splice swallows it
         assert p(op="sendfile", addr=sink.address, data=OBS) == {"ok": True, "status": 200}
         time.sleep(0.1)
         got = sink.data()[before:]
         assert b"secret" not in got and got == OBS.encode()
-        evs = [(e["event"], e["hook"], e["reason"], e["shape"]) for e in events(env, "deny-a") if e["kind"] == "fhir"]
-        assert evs == [("deny", "unseen", "unclassifiable", "malformed"), ("deny", "sk_msg", "type-not-in-envelope", "plain")]
+        evs = [(e["kind"], e["event"], e["hook"], e["reason"], e.get("shape", e.get("refused")))
+               for e in events(env, "deny-a") if e["event"] in ("deny", "quarantine")]
+        assert evs == [("egress", "deny", "connect4", "refused", "fast-open"),
+                       ("fhir", "deny", "sk_msg", "type-not-in-envelope", "plain")]
     finally:
         p.close()
 
