@@ -230,7 +230,7 @@ class KernelEnforcer:
             d["t_ns"] = self.clock.sim(d["t_ns"])
             if "until_ns" in d:
                 d["until_sim_ns"] = self.clock.sim(d["until_ns"])
-        if d["kind"] == "egress":
+        if d["kind"] == "egress" and "registry_version" in d:
             reg = self._registries.get(d["registry_version"], self._registry)
             ep = next((e for e in reg.endpoints if classify.fnv1a64(e.name) == d.get("endpoint_hash")), None)
             if ep is not None:

@@ -159,6 +159,8 @@ class Sink:
         self.address = f"[{host}]:{self.server.getsockname()[1]}" if v6 else f"{host}:{self.server.getsockname()[1]}"
         self.received: list[bytes] = []
         self.lock = threading.Lock()
+        self._reading = threading.Event()  # cleared: connections are not read (their buffers fill up)
+        self._reading.set()
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -174,6 +176,7 @@ class Sink:
         pending = b""
         with conn:
             while True:
+                self._reading.wait()
                 try:
                     data = conn.recv(65536)
                 except OSError:
@@ -196,6 +199,13 @@ class Sink:
     def data(self) -> bytes:
         with self.lock:
             return b"".join(self.received)
+
+    def pause(self) -> None:
+        """Stop reading (each connection finishes the read it is in): a client's buffers fill up."""
+        self._reading.clear()
+
+    def resume(self) -> None:
+        self._reading.set()
 
     def close(self) -> None:
         self._stop = True
