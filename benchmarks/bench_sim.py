@@ -55,7 +55,7 @@ def bare_simpy(n: int) -> float:
 
 
 def _populations(scenario):
-    from paritybed.errors import EnvironmentProblem
+    from paritybed.core.errors import EnvironmentProblem
     from paritybed.run import LoadedPopulation, prepare_populations
     from paritybed.sim.population import load_population
 

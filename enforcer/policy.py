@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 
 POLICY_SCHEMA = "paritybed.policy/1"
 INTERACTIONS = ("read", "vread", "search", "create", "update", "delete", "history")
@@ -127,7 +127,7 @@ def save_policy(policy: Policy, path: str | Path) -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Load and verify a policy file: schema, and the content hash if present."""
-    from paritybed.jsonfile import load_model
+    from paritybed.core.jsonfile import load_model
 
     pol = load_model(path, Policy, "policy", "docs/policy.md")
     if pol.hash and pol.hash != pol.computed_hash():

@@ -95,6 +95,6 @@ def save_registry(reg: Registry, path: str | Path) -> None:
 
 
 def load_registry(path: str | Path) -> Registry:
-    from paritybed.jsonfile import load_model
+    from paritybed.core.jsonfile import load_model
 
     return load_model(path, Registry, "BAA registry", "docs/policy.md")

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.core.errors import EnvironmentProblem, InputError
 
 #: Namespace of the deterministic ids of the Coverage resources `prepare_for_load` creates.
 COVERAGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://paritybed.dev/synthea/coverage")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from paritybed.enforcer.policy import Policy, load_policy
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 from paritybed.parity.compile import trace_digest
 from paritybed.parity.criteria import Criteria, criteria
 from paritybed.parity.junit import write_junit

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from paritybed.enforcer.engine import ALLOW, DENY, REASONS, Decisions, decide, with_decisions
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
-from paritybed.hashlog import HashLog
+from paritybed.core.hashlog import HashLog
 from paritybed.parity.columns import NS_PER_MIN, codes, ints, mask_eq
 
 HOUR_NS = 3600 * 1_000_000_000

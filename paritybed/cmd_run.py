@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from paritybed.errors import EXIT_USAGE
+from paritybed.core.errors import EXIT_USAGE
 
 out = Console()
 err = Console(stderr=True)
@@ -69,7 +69,7 @@ def run_command(
                                            "(e.g. HAPI, http://localhost:8080/fhir) instead of the embedded one"),
 ) -> None:
     if mode not in ("model", "live") or clock not in ("virtual", "real") or compression <= 0:
-        from paritybed.errors import InputError
+        from paritybed.core.errors import InputError
 
         raise InputError(f"--mode must be model or live, --clock virtual or real, --compression > 0 "
                          f"(got {mode!r}, {clock!r}, {compression})")

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from paritybed.errors import EnvironmentProblem, InputError, ParitybedError
+from paritybed.core.errors import EnvironmentProblem, InputError, ParitybedError
 from paritybed.sim.population import Population as PopulationIndex
 from paritybed.sim.population import load_population
 from paritybed.sim.scenario import ARM_NAMES, Duration, Population, ResolvedArm, Scenario, resolve_arm

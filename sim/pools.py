@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 from paritybed.sim.arrivals import Draws
 from paritybed.sim.population import EncounterInfo, Population
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.sim.population import cache_dir
 
 #: The Synthea version scripts/setup.sh resolves (keep the two in step).

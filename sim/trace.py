@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 
 TRACE_SCHEMA_VERSION = "paritybed.trace/1"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from paritybed.hashlog import verify
+from paritybed.core.hashlog import verify
 
 REPO = Path(__file__).resolve().parent.parent
 LIVE = REPO / "scenarios" / "live-smoke.yaml"

@@ -320,7 +320,7 @@ def test_docs_trace_documents_every_column():
 def test_a_population_without_encounters_is_an_input_error_in_either_mode(shared_synthea, pop, parallel):
     import copy
 
-    from paritybed.errors import InputError
+    from paritybed.core.errors import InputError
 
     empty = copy.copy(pop)
     empty.encounters = []
