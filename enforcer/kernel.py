@@ -34,8 +34,8 @@ from paritybed.enforcer.cgroups import CgroupTree, cgroup_id, parse_replica_name
 from paritybed.enforcer.events import RingReader, expand
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry, load_registry
-from paritybed.errors import EnvironmentProblem, InputError
-from paritybed.hashlog import HashLog
+from paritybed.core.errors import EnvironmentProblem, InputError
+from paritybed.core.hashlog import HashLog
 
 RUN_DIR = Path("/run/paritybed")
 

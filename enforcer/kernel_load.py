@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from paritybed.enforcer import bpfsys, kernel_abi as abi
-from paritybed.errors import EnvironmentProblem
+from paritybed.core.errors import EnvironmentProblem
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "paritybed.c"

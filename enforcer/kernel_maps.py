@@ -18,7 +18,7 @@ from typing import Any
 from paritybed.enforcer import classify, kernel_abi as abi
 from paritybed.enforcer.policy import AgentPolicy, Policy
 from paritybed.enforcer.registry import Registry
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 
 I64_MAX, I64_MIN = abi.I64_MAX, abi.I64_MIN
 

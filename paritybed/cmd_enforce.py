@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 
 out = Console()
 err = Console(stderr=True)

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet  # noqa: F401 - pa.parquet.write_table
 
-from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.sim.scenario import Scenario
 
 Clock = Literal["virtual", "real"]
