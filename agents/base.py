@@ -13,7 +13,8 @@ from typing import Sequence
 
 from paritybed.agents.requests import Requests
 from paritybed.enforcer.registry import Endpoint
-from paritybed.sim.arrivals import Clock, Draws
+from paritybed.core.clock import Clock
+from paritybed.core.draws import Draws
 from paritybed.sim.emit import ALLOW, Emitter
 from paritybed.sim.population import Population
 from paritybed.sim.scenario import ResolvedArm, Scenario
@@ -78,7 +79,7 @@ class AgentRuntime:
         self._tails: dict[int, tuple[int, ...]] = {}
         # Deployment changes (a hotfix adding an endpoint): (from ns, request index, share, label)
         self.changes = [
-            (world.clock.at(c.at.day, c.at.time), self.req.egress(c.add_egress.name, c.add_egress.address, 1),
+            (world.clock.at_day(c.at.day, c.at.time), self.req.egress(c.add_egress.name, c.add_egress.address, 1),
              c.add_egress.share, c.add_egress.address, f"hotfix:{c.name}")
             for c in world.arm.changes if c.agent == spec.name
         ]

@@ -39,6 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from paritybed.core.columns import codes
+from paritybed.core.units import I64_MAX, NS_PER_S
 from paritybed.enforcer.policy import AgentPolicy, Policy
 from paritybed.enforcer.registry import Registry
 
@@ -61,7 +63,6 @@ REASONS = (
     "unenforced",  # 12 the agent has no policy
 )
 R = {name: i for i, name in enumerate(REASONS)}
-I64_MAX = 2**63 - 1
 
 _KIND = {"fhir": 0, "egress": 1, "lane_open": 2}
 _MODE = {"observe": 0, "alert": 1, "deny": 2, "quarantine": 3, "kill": 4}
@@ -80,15 +81,6 @@ class Decisions:
 
     def reason_strings(self) -> pa.Array:
         return pa.DictionaryArray.from_arrays(pa.array(self.reason.astype(np.int32)), pa.array(list(REASONS)))
-
-
-def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
-    """Dictionary codes and values of a string column (dictionary-encoded or not)."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    if not pa.types.is_dictionary(col.type):
-        col = col.dictionary_encode()
-    return col.indices.to_numpy(zero_copy_only=False).astype(np.int64), col.dictionary.to_pylist()
 
 
 def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.datetime,
@@ -112,10 +104,10 @@ def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.dateti
     if n == 0:
         return Decisions(decision, reason, events)
 
-    kind_c, kind_v = _codes(trace["kind"])
+    kind_c, kind_v = codes(trace["kind"])
     kind_map = np.array([_KIND.get(k, 0) for k in kind_v], dtype=np.int8)
     kind = kind_map[kind_c]
-    agent_c, agent_v = _codes(trace["agent"])
+    agent_c, agent_v = codes(trace["agent"])
     replica = trace["replica"].to_numpy().astype(np.int64)
     t_ns = trace["t_ns"].to_numpy()
     policies: list[AgentPolicy | None] = [policy.agents.get(a) for a in agent_v]
@@ -127,9 +119,9 @@ def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.dateti
     mode_of_agent = np.array([(_MODE[p.response] if p is not None else -1) for p in policies], dtype=np.int8)
 
     # ---- fhir rows: is the (type, interaction) in the base envelope? is the shape acceptable?
-    type_c, type_v = _codes(trace["resource_type"])
-    inter_c, inter_v = _codes(trace["interaction"])
-    shape_c, shape_v = _codes(trace["shape"])
+    type_c, type_v = codes(trace["resource_type"])
+    inter_c, inter_v = codes(trace["interaction"])
+    shape_c, shape_v = codes(trace["shape"])
     nt, ni = len(type_v), len(inter_v)
     pair_ok_tab = np.zeros((len(agent_v), nt, ni), dtype=bool)
     shape_ok_tab = np.zeros((len(agent_v), len(shape_v)), dtype=bool)
@@ -147,7 +139,7 @@ def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.dateti
     shape_ok = shape_ok_tab[agent_c, shape_c]
 
     # ---- egress rows: stateless verdict except time windows (vectorised), quarantine in the loop.
-    addr_c, addr_v = _codes(trace["address"])
+    addr_c, addr_v = codes(trace["address"])
     by_addr = registry.by_address()
     lo = np.full(len(addr_v), I64_MAX, dtype=np.int64)  # empty window: not covered
     hi = np.full(len(addr_v), -I64_MAX - 1, dtype=np.int64)
@@ -185,7 +177,7 @@ def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.dateti
                 interval[s] = p.rate.interval_ns
                 tau[s] = (p.rate.burst - 1) * p.rate.interval_ns
             if p.quarantine_hold_s is not None:
-                hold[s] = p.quarantine_hold_s * 1_000_000_000
+                hold[s] = p.quarantine_hold_s * NS_PER_S
 
     lane_pairs: dict[tuple[int, str], set[tuple[str, str]]] = {}
     for a, p in enumerate(policies):
@@ -194,10 +186,10 @@ def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.dateti
                 lane_pairs[(a, cls)] = {q.key() for q in lp.allow}
 
     # Claims and lane classes as dictionary codes: equal strings <-> equal codes, no per-row strings.
-    claim_c, claim_v = _codes(trace["claim_id"])
+    claim_c, claim_v = codes(trace["claim_id"])
     claim = claim_c.tolist()
     has_claim = claim_c != (claim_v.index("") if "" in claim_v else -1)
-    lane_c, lane_v = _codes(trace["lane"]) if (kind == 2).any() else (None, None)
+    lane_c, lane_v = codes(trace["lane"]) if (kind == 2).any() else (None, None)
     duration = trace["duration_ns"].to_numpy() if lane_c is not None else None
     # 0: a plain FHIR row whose pair and shape are in the envelope (the fast path), 1: anything else
     common = (kind == 0) & shape_ok & pair_ok if fast_path else np.zeros(n, dtype=bool)
@@ -263,7 +255,7 @@ def decide(trace: pa.Table, policy: Policy, registry: Registry, start: dt.dateti
                 RS[i] = 12
                 continue
             if cls in p.lanes or m == 0:
-                max_ns = p.lanes[cls].max_duration_s * 1_000_000_000 if cls in p.lanes else int(duration[i])
+                max_ns = p.lanes[cls].max_duration_s * NS_PER_S if cls in p.lanes else int(duration[i])
                 exp = t + min(int(duration[i]), max_ns)
                 lanes[(s, claim[i])] = (cls, exp)
                 RS[i] = R["lane-opened"]

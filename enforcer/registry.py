@@ -24,10 +24,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from paritybed.core.units import I64_MAX, I64_MIN
 
 REGISTRY_SCHEMA = "paritybed.baa/1"
-I64_MIN = -(2**63)
-I64_MAX = 2**63 - 1
 
 
 class Endpoint(BaseModel):

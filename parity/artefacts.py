@@ -13,7 +13,7 @@ from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
 from paritybed.parity import plots
 from paritybed.parity.attestation import write_attestation
-from paritybed.parity.columns import codes, ints
+from paritybed.core.columns import codes, ints
 from paritybed.parity.criteria import Criteria
 from paritybed.parity.profile import Profile, _epoch_ns
 from paritybed.parity.replay import Replay

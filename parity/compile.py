@@ -28,7 +28,7 @@ import pyarrow as pa
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, PolicySource, RatePolicy
 from paritybed.enforcer.registry import Registry
 from paritybed.core.errors import InputError
-from paritybed.parity.columns import FIVE_MIN_NS
+from paritybed.core.units import FIVE_MIN_NS
 from paritybed.parity.envelope import AgentEnvelope, Envelope, learn_envelope
 
 

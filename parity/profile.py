@@ -24,11 +24,12 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from paritybed.core.errors import InputError
-from paritybed.parity.columns import DAY_NS, FIVE_MIN_NS, codes, ints, mask_eq, sliding_counts
+from paritybed.core.columns import codes, ints, mask_eq
+from paritybed.core.units import DAY_NS, FIVE_MIN_NS, HOUR_NS
+from paritybed.parity.windows import sliding_counts
 
 PROFILE_SCHEMA = "paritybed.profile/1"
 SAMPLE_MAX = 4000  # quantile-sample size: KS resolution ~1/4000, a few kB per class
-HOUR_NS = 3600 * 1_000_000_000
 BINS_PER_DAY = 288
 
 

@@ -23,9 +23,9 @@ from paritybed.enforcer.engine import ALLOW, DENY, REASONS, Decisions, decide, w
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
 from paritybed.core.hashlog import HashLog
-from paritybed.parity.columns import NS_PER_MIN, codes, ints, mask_eq
+from paritybed.core.columns import codes, ints, mask_eq
+from paritybed.core.units import HOUR_NS, NS_PER_MIN
 
-HOUR_NS = 3600 * 1_000_000_000
 QUARANTINED = REASONS.index("quarantined")
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from paritybed.core.errors import EnvironmentProblem, InputError, ParitybedError
+from paritybed.core.units import HOUR_NS, NS_PER_MIN
 from paritybed.sim.population import Population as PopulationIndex
 from paritybed.sim.population import load_population
 from paritybed.sim.scenario import ARM_NAMES, Duration, Population, ResolvedArm, Scenario, resolve_arm
@@ -34,7 +35,6 @@ from paritybed.sim.trace import write_trace
 
 #: progress(arm, what, done, total): what is "synthea", "index" or "simulate".
 ProgressFn = Callable[[str, str, float, float], None]
-HOUR_NS = 3_600_000_000_000
 
 
 @dataclass
@@ -259,7 +259,7 @@ def arm_summary(res: ArmResult, clock_start_minute: int) -> dict[str, Any]:
     fh = np.asarray(fhir.to_numpy(zero_copy_only=False), dtype=bool) if t.num_rows else np.zeros(0, bool)
     hours_abs = (tns[fh] // HOUR_NS).astype(np.int64)
     # hour of day of each request (t=0 is at clock_start_minute after midnight)
-    hour_of_day = ((tns[fh] + clock_start_minute * 60_000_000_000) // HOUR_NS) % 24
+    hour_of_day = ((tns[fh] + clock_start_minute * NS_PER_MIN) // HOUR_NS) % 24
     n_hours = int(-(-res.arm.duration_ns // HOUR_NS))
     per_hour = np.bincount(hours_abs, minlength=n_hours)[:n_hours] if len(hours_abs) else np.zeros(n_hours, np.int64)
     deny = pc.equal(t["expected"].cast(pa.string()), "deny")

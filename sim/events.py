@@ -26,7 +26,8 @@ import numpy as np
 import simpy
 
 from paritybed.agents.base import AgentRuntime
-from paritybed.sim.arrivals import NS_PER_MIN, NS_PER_S, ns_min, nhpp
+from paritybed.core.units import NS_PER_MIN, NS_PER_S, ns_min
+from paritybed.sim.arrivals import nhpp
 from paritybed.sim.scenario import Attack, BreakGlassClass
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def _interleave(a: list[int], b: list[int]) -> list[int]:
 def _attack(h: "Hospital", a: Attack) -> Iterator[simpy.Event]:
     env, em = h.env, h.w.em
     agent = h.agents[a.agent]
-    t0 = h.clock.at(a.at.day, a.at.time)
+    t0 = h.clock.at_day(a.at.day, a.at.time)
     every = ns_min(a.repeat_every_min) if a.repeat_every_min else 0
     tag = em.tag("deny", f"attack:{a.name}")
     patients = h.panels.patients

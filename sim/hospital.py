@@ -40,9 +40,10 @@ from paritybed.agents.cds import Cds
 from paritybed.agents.prior_auth import PriorAuth
 from paritybed.agents.requests import Requests
 from paritybed.agents.scribe import Scribe
+from paritybed.core.draws import Draws
+from paritybed.core.units import DAY_NS, HOUR_NS, NS_PER_MIN, ns_min
 from paritybed.sim import events
-from paritybed.sim.arrivals import (DAY_NS, HOUR_NS, NS_PER_MIN, Clock, Draws, clinic_times, ns_min, nhpp,
-                                    normalised, weekday_multipliers)
+from paritybed.sim.arrivals import clinic_times, nhpp, normalised, weekday_multipliers
 from paritybed.sim.emit import Emitter
 from paritybed.sim.pools import CHAINS, Panels, build_pool
 from paritybed.sim.population import Population
@@ -79,7 +80,7 @@ class Hospital:
                  progress: Progress | None = None) -> None:
         self.sc, self.arm, self.pop = scenario, arm, population
         self.env = simpy.Environment()
-        self.clock = Clock.of(scenario, arm)
+        self.clock = scenario.start.clock(arm.duration_ns)
         em = Emitter(arm.name, arm_rng(arm, STREAM_GAPS))
         self.w = World(scenario, arm, population, em, Requests(em, scenario.policy.fhir_base),
                        Draws(arm_rng(arm, STREAM_MAIN)), self.clock, scenario.start.datetime())

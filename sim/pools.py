@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from paritybed.core.errors import InputError
-from paritybed.sim.arrivals import Draws
+from paritybed.core.draws import Draws
 from paritybed.sim.population import EncounterInfo, Population
 
 MIN_POOL = 5

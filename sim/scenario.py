@@ -21,9 +21,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from paritybed.core.clock import WEEKDAYS, Clock, minutes_of_day
 from paritybed.core.errors import InputError
 
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 INTERACTIONS = ("read", "vread", "search", "create", "update", "delete", "history")
 AGENT_CLASSES = ("ambient_scribe", "cds", "prior_auth")
 RESPONSES = ("deny", "kill", "quarantine", "alert", "observe")
@@ -42,12 +42,6 @@ def _hhmm(v: str) -> str:
     if not isinstance(v, str) or not _HHMM.match(v):
         raise ValueError(f"expected a time of day as HH:MM (00:00..23:59), found {v!r}")
     return v
-
-
-def minutes_of_day(hhmm: str) -> int:
-    """'07:30' -> 450."""
-    h, m = hhmm.split(":")
-    return int(h) * 60 + int(m)
 
 
 HHMM = Annotated[str, Field(description="time of day HH:MM")]
@@ -89,6 +83,11 @@ class Start(Strict):
         while WEEKDAYS[d.weekday()] != self.weekday:
             d += dt.timedelta(days=1)
         return d
+
+    def clock(self, duration_ns: int) -> Clock:
+        """The clock of an arm of ``duration_ns`` starting at this moment of the week."""
+        return Clock(start_minute=minutes_of_day(self.time), start_weekday=WEEKDAYS.index(self.weekday),
+                     duration_ns=duration_ns)
 
     def datetime(self) -> dt.datetime:
         h, m = self.time.split(":")
