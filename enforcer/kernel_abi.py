@@ -15,9 +15,6 @@ from paritybed.enforcer import classify
 from paritybed.enforcer.engine import DECISIONS, REASONS
 from paritybed.enforcer.policy import INTERACTIONS, SHAPES
 
-I64_MAX = 2**63 - 1
-I64_MIN = -(2**63)
-
 #: C constants that the control plane needs (the rest are derived from Python tuples below)
 MODES = {"observe": 0, "alert": 1, "deny": 2, "quarantine": 3, "kill": 4}
 K_FHIR, K_EGRESS = 0, 1
