@@ -17,7 +17,7 @@ from paritybed.core.clock import Clock
 from paritybed.core.draws import Draws
 from paritybed.sim.emit import ALLOW, Emitter
 from paritybed.sim.population import Population
-from paritybed.sim.scenario import ResolvedArm, Scenario
+from paritybed.scenarios import ResolvedArm, Scenario
 
 
 @dataclass

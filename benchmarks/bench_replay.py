@@ -27,13 +27,13 @@ SHARED = synthea_r4()  # the 37 real Synthea patients (paritybed/testdata.py)
 
 def _arms():
     """(scenario, production, staging) from the real simulation, or synthetic traffic."""
-    from paritybed.sim.scenario import Population, load_scenario
+    from paritybed.scenarios import PopulationSettings, load_scenario
 
     if SHARED.is_dir():
         from paritybed.run import prepare_populations, simulate_arms
 
         sc = load_scenario(REPO / "scenarios" / "community-hospital-week.yaml")
-        sc = sc.model_copy(update={"population": Population(folder=str(SHARED))})
+        sc = sc.model_copy(update={"population": PopulationSettings(folder=str(SHARED))})
         arms = simulate_arms(sc, prepare_populations(sc), parallel=True)
         return sc, arms["production"].table, arms["staging"].table, "real simulation, 1 week"
     from paritybed.parity import synthetic as sy

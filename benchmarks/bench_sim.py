@@ -77,7 +77,7 @@ def run() -> list[dict]:
     import pyarrow.compute as pc
 
     from paritybed.run import run_scenario, simulate_arms
-    from paritybed.sim.scenario import load_scenario
+    from paritybed.scenarios import load_scenario
 
     scenario = load_scenario(SCENARIO)
     pops, pop_note, real = _populations(scenario)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paritybed.enforcer.policy import INTERACTIONS, SHAPES
+from paritybed.core.vocabulary import INTERACTIONS
+from paritybed.enforcer.policy import SHAPES
 
 HDR_MAX = 2048
 TYPE_MAX, ID_MAX, VALUE_MAX, CLAIM_MAX, BASE_MAX = 40, 64, 128, 64, 24

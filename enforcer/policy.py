@@ -17,10 +17,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from paritybed.core.errors import InputError
+from paritybed.core.vocabulary import INTERACTIONS, RESPONSES
 
 POLICY_SCHEMA = "paritybed.policy/1"
-INTERACTIONS = ("read", "vread", "search", "create", "update", "delete", "history")
-RESPONSES = ("deny", "kill", "quarantine", "alert", "observe")
 #: Families of requests the strict parser cannot classify; a policy may allow a family explicitly.
 SHAPES = ("bundle", "operation", "include", "compartment", "chained", "type-param", "has",
           "graphql", "method-override", "encoded", "malformed", "param", "pipelined", "chunked",

@@ -18,7 +18,7 @@ from paritybed.parity.criteria import Criteria
 from paritybed.parity.profile import Profile, _epoch_ns
 from paritybed.parity.replay import Replay
 from paritybed.parity.report import render_report
-from paritybed.sim.scenario import Scenario
+from paritybed.scenarios import Scenario
 
 
 def write_artefacts(out_dir: Path, *, scenario: Scenario, policy: Policy, registry: Registry, staging: pa.Table,

@@ -25,7 +25,7 @@ from paritybed.parity.envelope import Envelope, learn_envelope
 from paritybed.parity.junit import write_junit
 from paritybed.parity.profile import profile_from_trace, save_profile
 from paritybed.parity.replay import Replay, replay, write_replay
-from paritybed.sim.scenario import Scenario, resolve_arm, scenario_hash
+from paritybed.scenarios import Scenario, resolve_arm, scenario_hash
 
 PARITY_SCHEMA = "paritybed.parity/1"
 

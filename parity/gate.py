@@ -19,7 +19,7 @@ from paritybed.parity.compile import trace_digest
 from paritybed.parity.criteria import Criteria, criteria
 from paritybed.parity.junit import write_junit
 from paritybed.parity.profile import load_profile, profile_from_trace
-from paritybed.sim.scenario import Gate
+from paritybed.scenarios import Gate
 from paritybed.sim.trace import read_trace
 
 GATE_SCHEMA = "paritybed.gate/1"
@@ -59,7 +59,7 @@ def run_gate(policy_path: Path, staging_trace: Path, production_profile: Path, *
     gate = Gate()
     if scenario_path is not None:
         from paritybed.parity.evaluate import declared_break_glass
-        from paritybed.sim.scenario import load_scenario
+        from paritybed.scenarios import load_scenario
 
         scenario = load_scenario(scenario_path)
         gate = scenario.gate

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from paritybed.core.units import DAY_NS, HOUR_NS, NS_PER_S
-from paritybed.sim.scenario import Scenario
+from paritybed.scenarios import Scenario
 from paritybed.sim.trace import TraceBuilder
 
 SERVER = "127.0.0.1:8080"

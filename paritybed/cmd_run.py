@@ -125,7 +125,7 @@ def demo_command(
 
 
 def validate_command(files: list[Path] = typer.Argument(..., help="scenario YAML files")) -> None:
-    from paritybed.sim.scenario import ScenarioError, load_scenario
+    from paritybed.scenarios import ScenarioError, load_scenario
 
     bad = 0
     for f in files:

@@ -30,7 +30,7 @@ from paritybed.core.errors import EnvironmentProblem, InputError, ParitybedError
 from paritybed.core.units import HOUR_NS, NS_PER_MIN
 from paritybed.sim.population import Population as PopulationIndex
 from paritybed.sim.population import load_population
-from paritybed.sim.scenario import ARM_NAMES, Duration, Population, ResolvedArm, Scenario, resolve_arm
+from paritybed.scenarios import ARM_NAMES, Duration, PopulationSettings, ResolvedArm, Scenario, resolve_arm
 from paritybed.sim.trace import write_trace
 
 #: progress(arm, what, done, total): what is "synthea", "index" or "simulate".
@@ -82,7 +82,7 @@ def with_duration(scenario: Scenario, days: float | None = None, hours: float | 
 
 
 # ------------------------------------------------------------------------------------ populations
-def _load(pop: Population, arm: str, progress: ProgressFn | None) -> LoadedPopulation:
+def _load(pop: PopulationSettings, arm: str, progress: ProgressFn | None) -> LoadedPopulation:
     generated = False
     if pop.folder is not None:
         folder = Path(pop.folder)
@@ -106,7 +106,7 @@ def prepare_populations(scenario: Scenario, progress: ProgressFn | None = None) 
     from a folder, then indexed.  Arms with the same population share one load."""
     from concurrent.futures import ThreadPoolExecutor
 
-    specs: dict[str, tuple[Population, str]] = {}
+    specs: dict[str, tuple[PopulationSettings, str]] = {}
     arm_key: dict[str, str] = {}
     for name in ARM_NAMES:
         spec = resolve_arm(scenario, name).population
@@ -290,7 +290,7 @@ def arm_summary(res: ArmResult, clock_start_minute: int) -> dict[str, Any]:
 
 def summarize(scenario: Scenario, arms: dict[str, ArmResult], populations: dict[str, LoadedPopulation],
               scenario_sha256: str = "") -> dict[str, Any]:
-    from paritybed.sim.scenario import minutes_of_day
+    from paritybed.core.clock import minutes_of_day
 
     start_minute = minutes_of_day(scenario.start.time)
     return {
@@ -333,7 +333,7 @@ def run_scenario(path: str | Path, out: str | Path, *, days: float | None = None
     """Everything `paritybed run` does: load, populations, both arms, traces, summary, and (with
     ``score``) the parity step.  `stage(name)` is called when a step starts ("write", then the
     parity stages "learn", "replay", "score", "artefacts")."""
-    from paritybed.sim.scenario import load_scenario, scenario_hash
+    from paritybed.scenarios import load_scenario, scenario_hash
 
     scenario = with_duration(load_scenario(path), days, hours)
     outp = prepare_out(Path(out))

@@ -15,7 +15,7 @@ import numpy as np
 
 from paritybed.core.clock import Clock, minutes_of_day
 from paritybed.core.units import DAY_NS, HOUR_NS, NS_PER_MIN
-from paritybed.sim.scenario import ClinicSession
+from paritybed.scenarios.hospital import ClinicSession
 
 
 def normalised(weights: Sequence[float]) -> np.ndarray:

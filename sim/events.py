@@ -28,7 +28,7 @@ import simpy
 from paritybed.agents.base import AgentRuntime
 from paritybed.core.units import NS_PER_MIN, NS_PER_S, ns_min
 from paritybed.sim.arrivals import nhpp
-from paritybed.sim.scenario import Attack, BreakGlassClass
+from paritybed.scenarios.events import Attack, BreakGlassClass
 
 if TYPE_CHECKING:
     from paritybed.sim.hospital import Hospital

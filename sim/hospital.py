@@ -47,7 +47,8 @@ from paritybed.sim.arrivals import clinic_times, nhpp, normalised, weekday_multi
 from paritybed.sim.emit import Emitter
 from paritybed.sim.pools import CHAINS, Panels, build_pool
 from paritybed.sim.population import Population
-from paritybed.sim.scenario import ARM_NAMES, ResolvedArm, Scenario, minutes_of_day
+from paritybed.core.clock import minutes_of_day
+from paritybed.scenarios import ARM_NAMES, ResolvedArm, Scenario
 
 #: Independent random streams per arm (adding draws to one does not shift the others).
 STREAM_MAIN, STREAM_ARRIVALS, STREAM_GAPS, STREAM_EVENTS = 1, 2, 3, 4

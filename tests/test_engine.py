@@ -11,7 +11,8 @@ import pytest
 
 from paritybed.enforcer.engine import ALERT, ALLOW, DENY, REASONS, decide, with_decisions
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, RatePolicy
-from paritybed.enforcer.registry import Endpoint, Registry
+from paritybed.core.baa import Endpoint
+from paritybed.enforcer.registry import Registry
 from paritybed.sim.trace import TraceBuilder
 
 S = 1_000_000_000

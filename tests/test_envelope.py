@@ -8,7 +8,8 @@ import pytest
 
 from paritybed.enforcer.engine import decide
 from paritybed.enforcer.policy import Policy, load_policy, save_policy
-from paritybed.enforcer.registry import Endpoint, Registry
+from paritybed.core.baa import Endpoint
+from paritybed.enforcer.registry import Registry
 from paritybed.core.errors import InputError
 from paritybed.parity import learn_envelope, policy_from_trace
 from paritybed.parity.compile import FIVE_MIN_NS, rate_policy, trace_digest

@@ -12,7 +12,7 @@ import pytest
 
 from paritybed.parity.evaluate import evaluate
 from paritybed.run import prepare_populations, simulate_arms, with_duration
-from paritybed.sim.scenario import At, Population, Scenario, load_scenario
+from paritybed.scenarios import At, PopulationSettings, Scenario, load_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIO = REPO / "scenarios" / "community-hospital-week.yaml"
@@ -24,7 +24,7 @@ def shortened(name: str, shared: Path) -> Scenario:
     """A library scenario on the shared Synthea patients, cut to DAYS days; a production change
     scheduled after the cut is moved to day 1 at the same time of day."""
     sc = load_scenario(REPO / "scenarios" / f"{name}.yaml")
-    sc = with_duration(sc.model_copy(update={"population": Population(folder=str(shared))}), days=DAYS)
+    sc = with_duration(sc.model_copy(update={"population": PopulationSettings(folder=str(shared))}), days=DAYS)
     prod = sc.arms.production
     if prod.changes:
         moved = [c.model_copy(update={"at": At(day=1, time=c.at.time)}) if c.at.day > DAYS else c for c in prod.changes]

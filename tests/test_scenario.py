@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from paritybed.sim import scenario as S
-from paritybed.sim.scenario import ScenarioError, load_scenario, resolve_arm
+from paritybed import scenarios as S
+from paritybed.scenarios import ScenarioError, load_scenario, resolve_arm
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARY = sorted((REPO / "scenarios").glob("*.yaml"))

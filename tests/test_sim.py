@@ -18,7 +18,7 @@ from paritybed.agents.requests import SAFE_PARAMS
 from paritybed.run import LoadedPopulation, simulate_arm, simulate_arms, with_duration
 from paritybed.sim.hospital import Hospital
 from paritybed.sim.population import load_population
-from paritybed.sim.scenario import ArmOverrides, Omission, Population, load_scenario, resolve_arm
+from paritybed.scenarios import ArmOverrides, Omission, PopulationSettings, load_scenario, resolve_arm
 from paritybed.sim.trace import TRACE_SCHEMA, read_trace, write_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def pop(shared_synthea):
 
 
 def on(path: Path, folder: Path, days: float | None = None, hours: float | None = None, **update):
-    sc = load_scenario(path).model_copy(update={"population": Population(folder=str(folder)), **update})
+    sc = load_scenario(path).model_copy(update={"population": PopulationSettings(folder=str(folder)), **update})
     return with_duration(sc, days=days, hours=hours)
 
 
