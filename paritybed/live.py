@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet  # noqa: F401 - pa.parquet.write_table
 
 from paritybed.core.errors import EnvironmentProblem, InputError
-from paritybed.sim.scenario import Scenario
+from paritybed.scenarios import Scenario
 
 Clock = Literal["virtual", "real"]
 
@@ -288,7 +288,7 @@ def run_live(scenario_path: Path, out: Path, *, clock: Clock = "virtual", compre
     from paritybed.enforcer.registry import save_registry
     from paritybed.parity.evaluate import build_policy, evaluate, registry_of
     from paritybed.run import prepare_out, prepare_populations, simulate_arms, summarize, with_duration, write_summary, write_traces
-    from paritybed.sim.scenario import load_scenario, scenario_hash
+    from paritybed.scenarios import load_scenario, scenario_hash
 
     if os.geteuid() != 0:
         raise EnvironmentProblem("live mode needs root (eBPF programs and cgroups)",
