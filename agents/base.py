@@ -11,12 +11,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Sequence
 
+from paritybed.agents.emit import ALLOW, Emitter
 from paritybed.agents.requests import Requests
-from paritybed.enforcer.registry import Endpoint
 from paritybed.core.clock import Clock
 from paritybed.core.draws import Draws
-from paritybed.sim.emit import ALLOW, Emitter
-from paritybed.sim.population import Population
+from paritybed.fhir.population import Population
 from paritybed.scenarios import ResolvedArm, Scenario
 
 
@@ -34,7 +33,7 @@ class World:
     start: dt.datetime
 
     def __post_init__(self) -> None:
-        self._registry = {e.address: Endpoint(**e.model_dump()) for e in self.scenario.baa_registry.endpoints}
+        self._registry = {e.address: e for e in self.scenario.baa_registry.endpoints}
         self._names = {e.name: e.address for e in self.scenario.baa_registry.endpoints}
         # [from, to) of the active BAA covering each address (enforcer.registry semantics).
         self._windows = {a: e.window_ns(self.start) for a, e in self._registry.items() if e.status == "active"}

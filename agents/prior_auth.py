@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from paritybed.agents.base import AgentRuntime, World
 from paritybed.core.units import NS_PER_S
-from paritybed.sim.population import ClaimInfo
+from paritybed.fhir.population import ClaimInfo
 
 
 class PriorAuth(AgentRuntime):

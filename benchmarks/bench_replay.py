@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from paritybed.testdata import synthea_r4
 
 ROWS = int(os.environ.get("PARITYBED_BENCH_ROWS", "10000000"))
@@ -57,11 +58,11 @@ def tile(trace: pa.Table, rows: int) -> pa.Table:
 
 
 def run() -> list[dict]:
+    from paritybed.agents.trace import read_trace, write_trace
     from paritybed.parity.criteria import criteria
     from paritybed.parity.evaluate import build_policy, declared_break_glass, registry_of
     from paritybed.parity.profile import profile_from_trace
     from paritybed.parity.replay import replay
-    from paritybed.sim.trace import read_trace, write_trace
 
     sc, prod, stag, source = _arms()
     start = sc.start.datetime()

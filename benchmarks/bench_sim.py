@@ -25,6 +25,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
 from paritybed.testdata import synthea_r4
 
 HERE = Path(__file__).resolve()
@@ -56,8 +57,8 @@ def bare_simpy(n: int) -> float:
 
 def _populations(scenario):
     from paritybed.core.errors import EnvironmentProblem
+    from paritybed.fhir.population import load_population
     from paritybed.run import LoadedPopulation, prepare_populations
-    from paritybed.sim.population import load_population
 
     t0 = time.perf_counter()
     try:

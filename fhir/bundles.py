@@ -1,7 +1,7 @@
 """Synthea output folders as FHIR bundles on disk: which files, in which order, and how to make
 them loadable by a FHIR server so that what the agents later read exists.
 
-Both the population index (sim/population.py) and the FHIR loader/server read Synthea data
+Both the population index (fhir/population.py) and the FHIR loader/server read Synthea data
 through this module, so they agree on the load order and on the one change we make to
 Synthea's bundles (`prepare_for_load`: contained Coverage becomes standalone Coverage, because
 the prior-authorization agent searches ``Coverage?beneficiary=...``; see docs/population.md).

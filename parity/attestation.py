@@ -23,11 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from paritybed.core.baa import covered
+from paritybed.core.hashlog import HashLog
 from paritybed.enforcer.engine import REASONS
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
-from paritybed.core.baa import covered
-from paritybed.core.hashlog import HashLog
 from paritybed.parity.auditevent import BTG, OVERRIDE_STARTED, SECURITY_ALERT, SOURCE, instant
 from paritybed.parity.auditlog import chain_auditevents
 from paritybed.parity.profile import _epoch_ns

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, PolicySource, RatePolicy
-from paritybed.enforcer.registry import Registry
 from paritybed.core.errors import InputError
 from paritybed.core.units import FIVE_MIN_NS
+from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, PolicySource, RatePolicy
+from paritybed.enforcer.registry import Registry
 from paritybed.parity.envelope import AgentEnvelope, Envelope, learn_envelope
 
 

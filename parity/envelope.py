@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from paritybed.enforcer.registry import Registry
 from paritybed.core.columns import codes, ints, mask_eq
 from paritybed.core.units import FIVE_MIN_NS, NS_PER_MIN
+from paritybed.enforcer.registry import Registry
 from paritybed.parity.windows import sliding_peak
 
 Pair = tuple[str, str]

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from paritybed.enforcer.policy import Policy, PolicySource, save_policy
-from paritybed.enforcer.registry import Endpoint, Registry, save_registry
+from paritybed.enforcer.registry import Registry, save_registry
 from paritybed.parity.compile import Margins, compile_policy, trace_digest
 from paritybed.parity.criteria import Criteria, criteria
 from paritybed.parity.envelope import Envelope, learn_envelope
@@ -45,7 +45,7 @@ class Verdict:
 def registry_of(scenario: Scenario) -> Registry:
     """The scenario's BAA registry as the enforcer's model."""
     return Registry(version=scenario.baa_registry.version,
-                    endpoints=[Endpoint(**e.model_dump()) for e in scenario.baa_registry.endpoints])
+                    endpoints=list(scenario.baa_registry.endpoints))
 
 
 def declared_break_glass(scenario: Scenario) -> dict[str, list[str]]:

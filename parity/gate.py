@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paritybed.enforcer.policy import Policy, load_policy
+from paritybed.agents.trace import read_trace
 from paritybed.core.errors import InputError
+from paritybed.enforcer.policy import Policy, load_policy
 from paritybed.parity.compile import trace_digest
 from paritybed.parity.criteria import Criteria, criteria
 from paritybed.parity.junit import write_junit
 from paritybed.parity.profile import load_profile, profile_from_trace
 from paritybed.scenarios import Gate
-from paritybed.sim.trace import read_trace
 
 GATE_SCHEMA = "paritybed.gate/1"
 

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from paritybed.core.errors import InputError
 from paritybed.core.columns import codes, ints, mask_eq
+from paritybed.core.errors import InputError
 from paritybed.core.units import DAY_NS, FIVE_MIN_NS, HOUR_NS
 from paritybed.parity.windows import sliding_counts
 

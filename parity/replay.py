@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from paritybed.core.columns import codes, ints, mask_eq
+from paritybed.core.hashlog import HashLog
+from paritybed.core.units import HOUR_NS, NS_PER_MIN
 from paritybed.enforcer.engine import ALLOW, DENY, REASONS, Decisions, decide, with_decisions
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
-from paritybed.core.hashlog import HashLog
-from paritybed.core.columns import codes, ints, mask_eq
-from paritybed.core.units import HOUR_NS, NS_PER_MIN
 
 QUARANTINED = REASONS.index("quarantined")
 

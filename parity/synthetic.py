@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from paritybed.agents.trace import TraceBuilder
 from paritybed.core.units import DAY_NS, HOUR_NS, NS_PER_S
 from paritybed.scenarios import Scenario
-from paritybed.sim.trace import TraceBuilder
 
 SERVER = "127.0.0.1:8080"
 EMBED = "127.0.0.21:9443"

@@ -26,12 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from paritybed.agents.trace import write_trace
 from paritybed.core.errors import EnvironmentProblem, InputError, ParitybedError
 from paritybed.core.units import HOUR_NS, NS_PER_MIN
-from paritybed.sim.population import Population as PopulationIndex
-from paritybed.sim.population import load_population
+from paritybed.fhir.population import Population as PopulationIndex
+from paritybed.fhir.population import load_population
 from paritybed.scenarios import ARM_NAMES, Duration, PopulationSettings, ResolvedArm, Scenario, resolve_arm
-from paritybed.sim.trace import write_trace
 
 #: progress(arm, what, done, total): what is "synthea", "index" or "simulate".
 ProgressFn = Callable[[str, str, float, float], None]
@@ -123,7 +123,7 @@ def prepare_populations(scenario: Scenario, progress: ProgressFn | None = None) 
 # ------------------------------------------------------------------------------------ simulation
 def simulate_arm(scenario: Scenario, arm: str | ResolvedArm, population: PopulationIndex,
                  progress: Callable[[int, int], None] | None = None) -> pa.Table:
-    """The trace of one arm (schema sim/trace.py), deterministic for a scenario and seed."""
+    """The trace of one arm (schema agents/trace.py), deterministic for a scenario and seed."""
     return _simulate(scenario, arm, population, progress).table
 
 

@@ -11,8 +11,8 @@ This layer imports only paritybed.core (docs/architecture.md).
 """
 
 from paritybed.scenarios.arms import ARM_NAMES, ArmOverrides
-from paritybed.scenarios.events import Omission
 from paritybed.scenarios.base import ScenarioError
+from paritybed.scenarios.events import Omission
 from paritybed.scenarios.gates import Gate, PolicySettings
 from paritybed.scenarios.loader import load_scenario, merged_yaml, scenario_hash
 from paritybed.scenarios.population import PopulationSettings, SyntheaSettings

@@ -8,7 +8,6 @@ from pydantic import Field, field_validator
 from paritybed.scenarios.base import HHMM, Strict, hhmm, profile
 from paritybed.scenarios.hospital import ClinicSession
 
-
 ED_HOURLY = [2.8, 2.4, 2.0, 1.6, 1.4, 1.4, 1.6, 2.2, 3.5, 4.6, 5.4, 5.8, 5.9, 5.8, 5.9, 6.0, 6.2, 6.2, 6.0, 5.8, 5.3, 4.8, 4.0, 3.3]
 ADMISSION_HOURLY = [2.0, 1.8, 1.6, 1.4, 1.2, 1.2, 1.5, 3.0, 4.0, 4.0, 3.5, 3.5, 5.0, 5.5, 6.0, 6.3, 6.5, 6.5, 6.3, 6.0, 5.7, 5.2, 4.5, 3.8]
 DISCHARGE_HOURLY = [0.2] * 9 + [1.7, 4.0, 7.5, 8.0, 9.5, 10.0, 13.0, 13.0, 11.0, 8.0, 5.5, 3.5, 2.0, 1.0, 0.5]

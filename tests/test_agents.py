@@ -17,8 +17,8 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from paritybed.agents.bodies import BUILDERS, body_for
 from paritybed.agents.live import FhirConnection, WorkerProcess, command_for, request_bytes
+from paritybed.fhir.population import load_population
 from paritybed.run import simulate_arm, with_duration
-from paritybed.sim.population import load_population
 from paritybed.scenarios import PopulationSettings, load_scenario
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,11 +9,11 @@ import datetime as dt
 
 import pytest
 
+from paritybed.agents.trace import TraceBuilder
+from paritybed.core.baa import Endpoint
 from paritybed.enforcer.engine import ALERT, ALLOW, DENY, REASONS, decide, with_decisions
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, RatePolicy
-from paritybed.core.baa import Endpoint
 from paritybed.enforcer.registry import Registry
-from paritybed.sim.trace import TraceBuilder
 
 S = 1_000_000_000
 SERVER = "127.0.0.1:8080"

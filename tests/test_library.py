@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pytest
 from scipy.spatial.distance import jensenshannon
 
+from paritybed.fhir.population import load_population
 from paritybed.run import simulate_arm, with_duration
-from paritybed.sim.population import load_population
 from paritybed.scenarios import PopulationSettings, load_scenario
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pytest
 
 from paritybed.agents.requests import SAFE_PARAMS
+from paritybed.agents.trace import TRACE_SCHEMA, read_trace, write_trace
+from paritybed.fhir.population import load_population
 from paritybed.run import LoadedPopulation, simulate_arm, simulate_arms, with_duration
-from paritybed.sim.hospital import Hospital
-from paritybed.sim.population import load_population
 from paritybed.scenarios import ArmOverrides, Omission, PopulationSettings, load_scenario, resolve_arm
-from paritybed.sim.trace import TRACE_SCHEMA, read_trace, write_trace
+from paritybed.sim.hospital import Hospital
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "scenarios" / "tiny.yaml"
@@ -310,7 +310,7 @@ def test_run_command_writes_traces_and_summary(tmp_path, shared_synthea):
 
 
 def test_docs_trace_documents_every_column():
-    from paritybed.sim.trace import COLUMNS
+    from paritybed.agents.trace import COLUMNS
 
     doc = (REPO / "docs" / "trace.md").read_text()
     assert [c for c in COLUMNS if f"| `{c}` |" not in doc] == []
