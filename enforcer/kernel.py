@@ -149,13 +149,11 @@ class KernelEnforcer:
         p = self.policy.agents.get(agent)
         if p is None:
             return True  # unenforced agent: nothing to open
-        observe = self.observe or p.response == "observe"
-        if lane_class not in p.lanes and not observe:
+        expiry = p.lane_expiry(lane_class, t_ns, duration_ns, observe=self.observe)
+        if expiry is None:
             self._log_event({"event": "lane-refused", "t_ns": t_ns, "agent": agent, "replica": replica,
                              "lane": lane_class, "claim": claim_id})
             return False
-        max_ns = p.lanes[lane_class].max_duration_s * 1_000_000_000 if lane_class in p.lanes else duration_ns
-        expiry = t_ns + min(int(duration_ns), max_ns)
         cgid, _ = self._replicas.get((agent, replica)) or (cgroup_id(self.add_replica(agent, replica)), None)
         cls = km.lane_classes(p).get(lane_class, 31)
         with self._lock:

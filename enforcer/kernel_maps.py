@@ -172,12 +172,10 @@ def set_knobs(m: Maps, *, real_clock: bool | None = None, vnow: int | None = Non
 
 def counters(m: Maps) -> dict[str, dict[str, int]]:
     """Decisions counted in the kernel since the maps were created: {'fhir'|'egress': {reason: n}}."""
-    from paritybed.enforcer.engine import REASONS
-
     out: dict[str, dict[str, int]] = {"fhir": {}, "egress": {}}
     arr = (ct.c_uint64 * _possible_cpus())()
     for kind, label in ((abi.K_FHIR, "fhir"), (abi.K_EGRESS, "egress")):
-        for r, reason in enumerate(REASONS):
+        for r, reason in enumerate(abi.REASONS):
             if m._lib.bpf_lookup_elem(m.fds["counters"], ct.byref(ct.c_uint32(kind * 16 + r)), ct.byref(arr)) == 0:
                 n = sum(arr)
                 if n:

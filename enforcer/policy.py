@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from paritybed.core.errors import InputError
+from paritybed.core.units import NS_PER_S
 from paritybed.core.vocabulary import INTERACTIONS, RESPONSES
 
 POLICY_SCHEMA = "paritybed.policy/1"
@@ -79,6 +80,18 @@ class AgentPolicy(_M):
 
     def allowed_pairs(self) -> set[tuple[str, str]]:
         return {p.key() for p in self.fhir.allow}
+
+    def lane_expiry(self, lane_class: str, t_ns: int, requested_ns: int, *, observe: bool = False) -> int | None:
+        """A break-glass activation at ``t_ns`` asking for ``requested_ns`` (docs/enforcement.md,
+        "Break-glass lanes"): the lane's expiry, ``t + min(requested, the class's max duration)``,
+        or None when the policy has no lane of that class (refused).  In observe mode every
+        activation opens, for as long as asked.  The engine and the kernel control plane both
+        decide activations with this one function."""
+        lane = self.lanes.get(lane_class)
+        if lane is None and not (observe or self.response == "observe"):
+            return None
+        max_ns = lane.max_duration_s * NS_PER_S if lane is not None else requested_ns
+        return t_ns + min(int(requested_ns), max_ns)
 
 
 class PolicySource(_M):
