@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from paritybed.core.baa import covered
 from paritybed.core.hashlog import HashLog
-from paritybed.enforcer.engine import REASONS
+from paritybed.enforcer.kernel_abi import REASONS
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
 from paritybed.parity.auditevent import BTG, OVERRIDE_STARTED, SECURITY_ALERT, SOURCE, instant

@@ -175,7 +175,7 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     write_replay(production, rep, out_dir, policy_hash=policy.hash)
     kernel = None
     if kernel_dec is not None:
-        from paritybed.enforcer.engine import DECISIONS
+        from paritybed.enforcer.kernel_abi import DECISIONS
 
         ref = np.array(DECISIONS, dtype=object)[rep.decisions.decision]
         k = np.array(kernel_dec["decision"].cast(pa.string()).to_pylist(), dtype=object)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc  # noqa: E402
 
 from paritybed.core.columns import codes, ints  # noqa: E402
 from paritybed.core.units import DAY_NS, FIVE_MIN_NS, NS_PER_MIN  # noqa: E402
-from paritybed.enforcer.engine import DENY  # noqa: E402
+from paritybed.enforcer.kernel_abi import DENY  # noqa: E402
 from paritybed.enforcer.policy import Policy  # noqa: E402
 from paritybed.parity.profile import ClassProfile, Profile  # noqa: E402
 from paritybed.parity.replay import Replay  # noqa: E402

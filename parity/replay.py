@@ -22,11 +22,12 @@ import pyarrow.parquet as pq
 from paritybed.core.columns import codes, ints, mask_eq
 from paritybed.core.hashlog import HashLog
 from paritybed.core.units import HOUR_NS, NS_PER_MIN
-from paritybed.enforcer.engine import ALLOW, DENY, REASONS, Decisions, decide, with_decisions
+from paritybed.enforcer.decisions import Decisions, with_decisions
+from paritybed.enforcer.engine import decide
+from paritybed.enforcer.kernel_abi import ALERT, ALLOW, DENY, R_QUARANTINED, REASONS
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
 
-QUARANTINED = REASONS.index("quarantined")
 
 
 @dataclass
@@ -100,7 +101,7 @@ def _collateral(trace: pa.Table, d: Decisions, legit: np.ndarray) -> np.ndarray:
     qrows = np.array([e["row"] for e in q], dtype=np.int64)
     qslot = slot[qrows]
     qrow_attack = ~legit[qrows]
-    held = np.nonzero(d.reason == QUARANTINED)[0]
+    held = np.nonzero(d.reason == R_QUARANTINED)[0]
     for s in np.unique(slot[held]).tolist():
         rows = held[slot[held] == s]
         starts = qrows[qslot == s]
@@ -120,9 +121,9 @@ def _under_blocks(trace: pa.Table, d: Decisions, legit: np.ndarray) -> dict[str,
     for k in np.unique(lab_c[bad]).tolist():
         m = bad & (lab_c == k)
         by_label[lab_v[k] or "(unlabelled)"] = {"rows": int(m.sum()), "allowed": int((m & (d.decision == ALLOW)).sum()),
-                                               "alerted": int((m & (d.decision == 2)).sum())}
+                                               "alerted": int((m & (d.decision == ALERT)).sum())}
     return {"total": int(through.sum()), "expected_deny": int(bad.sum()),
-            "alerted": int((bad & (d.decision == 2)).sum()), "by_label": by_label}
+            "alerted": int((bad & (d.decision == ALERT)).sum()), "by_label": by_label}
 
 
 def _attacks(trace: pa.Table, d: Decisions, t: np.ndarray) -> list[dict[str, Any]]:

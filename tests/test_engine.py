@@ -11,7 +11,9 @@ import pytest
 
 from paritybed.agents.trace import TraceBuilder
 from paritybed.core.baa import Endpoint
-from paritybed.enforcer.engine import ALERT, ALLOW, DENY, REASONS, decide, with_decisions
+from paritybed.enforcer.decisions import with_decisions
+from paritybed.enforcer.engine import decide
+from paritybed.enforcer.kernel_abi import ALERT, ALLOW, DENY, REASONS
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, RatePolicy
 from paritybed.enforcer.registry import Registry
 
