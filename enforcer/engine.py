@@ -49,9 +49,26 @@ import pyarrow as pa
 from paritybed.core.columns import codes
 from paritybed.core.units import I64_MAX, NS_PER_S
 from paritybed.enforcer.decisions import Decisions
-from paritybed.enforcer.kernel_abi import (ALERT, ALLOW, DENY, MODES, R_LANE, R_LANE_EXPIRED, R_LANE_NOT_IN_ENVELOPE,
-                                           R_LANE_OPENED, R_NOT_BAA, R_NOT_ENVELOPE, R_OBSERVE, R_OK, R_QUARANTINED,
-                                           R_RATE, R_TYPE, R_UNCLASSIFIABLE, R_UNENFORCED, REASONS)
+from paritybed.enforcer.kernel_abi import (
+    ALERT,
+    ALLOW,
+    DENY,
+    MODES,
+    R_LANE,
+    R_LANE_EXPIRED,
+    R_LANE_NOT_IN_ENVELOPE,
+    R_LANE_OPENED,
+    R_NOT_BAA,
+    R_NOT_ENVELOPE,
+    R_OBSERVE,
+    R_OK,
+    R_QUARANTINED,
+    R_RATE,
+    R_TYPE,
+    R_UNCLASSIFIABLE,
+    R_UNENFORCED,
+    REASONS,
+)
 from paritybed.enforcer.policy import AgentPolicy, Policy
 from paritybed.enforcer.registry import Registry
 

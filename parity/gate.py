@@ -59,11 +59,11 @@ def run_gate(policy_path: Path, staging_trace: Path, production_profile: Path, *
     gate = Gate()
     if scenario_path is not None:
         from paritybed.parity.evaluate import declared_break_glass
-        from paritybed.scenarios import load_scenario
+        from paritybed.scenarios import load_scenario, resolve_arm
 
         scenario = load_scenario(scenario_path)
         gate = scenario.gate
-        declared = declared_break_glass(scenario)
+        declared = declared_break_glass(scenario, resolve_arm(scenario, "production"))
     staging = read_trace(staging_trace)
     prod = load_profile(production_profile)
     notes = []

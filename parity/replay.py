@@ -1,5 +1,9 @@
 """Replay production under the staging-built policy: the consequence, counted and timed.
 
+The replay takes the decisions it is given (enforcer.decisions.Decisions): the reference engine's
+in model mode, the kernel's own in live mode; it never decides anything itself, so every number
+it reports is the named decider's (``decided_by``).
+
 Over-blocks are legitimate requests (``expected=allow``) the policy denies; those denied only
 because an attack had just quarantined the replica are *collateral* and counted apart.  Clinical
 impact is the set of agent-replica minutes during which the agent was blocked (an over-block in
@@ -23,11 +27,7 @@ from paritybed.core.columns import codes, ints, mask_eq
 from paritybed.core.hashlog import HashLog
 from paritybed.core.units import HOUR_NS, NS_PER_MIN
 from paritybed.enforcer.decisions import Decisions, with_decisions
-from paritybed.enforcer.engine import decide
 from paritybed.enforcer.kernel_abi import ALERT, ALLOW, DENY, R_QUARANTINED, REASONS
-from paritybed.enforcer.policy import Policy
-from paritybed.enforcer.registry import Registry
-
 
 
 @dataclass
@@ -38,9 +38,8 @@ class Replay:
     collateral_rows: np.ndarray
 
 
-def replay(trace: pa.Table, policy: Policy, registry: Registry, start: dt.datetime) -> Replay:
-    """Decide every production row under ``policy`` and summarise the consequences."""
-    d = decide(trace, policy, registry, start)
+def replay(trace: pa.Table, d: Decisions, start: dt.datetime) -> Replay:
+    """The consequences of the decisions ``d`` (one per production row) for clinical work and attacks."""
     n = trace.num_rows
     t = ints(trace["t_ns"])
     legit = ~mask_eq(trace["expected"], "deny")

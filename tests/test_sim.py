@@ -18,7 +18,7 @@ from paritybed.agents.requests import SAFE_PARAMS
 from paritybed.agents.trace import TRACE_SCHEMA, read_trace, write_trace
 from paritybed.fhir.population import load_population
 from paritybed.run import LoadedPopulation, simulate_arm, simulate_arms, with_duration
-from paritybed.scenarios import ArmOverrides, Omission, PopulationSettings, load_scenario, resolve_arm
+from paritybed.scenarios import ArmOverrides, Omission, PopulationSettings, load_scenario, resolve_arm, resolve_arms
 from paritybed.sim.hospital import Hospital
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,8 +119,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, shared_synthea, p
 def test_parallel_and_sequential_arms_are_identical(shared_synthea, pop):
     sc = on(TINY, shared_synthea, hours=3)
     pops = {a: LoadedPopulation(shared_synthea, pop) for a in ("production", "staging")}
-    par = simulate_arms(sc, pops, parallel=True)
-    seq = simulate_arms(sc, pops, parallel=False)
+    par = simulate_arms(sc, resolve_arms(sc), pops, parallel=True)
+    seq = simulate_arms(sc, resolve_arms(sc), pops, parallel=False)
     for a in ("production", "staging"):
         assert par[a].table.equals(seq[a].table)
         assert par[a].stats == seq[a].stats
@@ -326,4 +326,4 @@ def test_a_population_without_encounters_is_an_input_error_in_either_mode(shared
     empty.encounters = []
     sc = on(TINY, shared_synthea, hours=1)
     with pytest.raises(InputError, match="has no Encounter"):
-        simulate_arms(sc, {a: LoadedPopulation(shared_synthea, empty) for a in ("production", "staging")}, parallel=parallel)
+        simulate_arms(sc, resolve_arms(sc), {a: LoadedPopulation(shared_synthea, empty) for a in ("production", "staging")}, parallel=parallel)
