@@ -38,8 +38,10 @@ def register(app: typer.Typer) -> None:
         "validate",
         help=(
             "Check scenario files against the schema and print every problem (file:line:col, field, "
-            "expected, found).  Exit code 0 if all are valid, 2 otherwise.\n\n"
-            "Example: paritybed validate scenarios/*.yaml"
+            "expected, found; in the file or in the one it extends).  Exit code 0 if all are valid, 2 otherwise.  "
+            "--show prints the merged document of a variant (extends: resolved).\n\n"
+            "Example: paritybed validate scenarios/*.yaml\n\n"
+            "Example: paritybed validate --show scenarios/uniform-staging.yaml"
         ),
     )(validate_command)
     app.command(
@@ -123,8 +125,11 @@ def demo_command(
     print_verdict(result.verdict)
 
 
-def validate_command(files: list[Path] = typer.Argument(..., help="scenario YAML files")) -> None:
-    from paritybed.scenarios import ScenarioError, load_scenario
+def validate_command(
+    files: list[Path] = typer.Argument(..., help="scenario YAML files"),
+    show: bool = typer.Option(False, "--show", help="print each valid file's merged document (after extends:)"),
+) -> None:
+    from paritybed.scenarios import ScenarioError, load_scenario, merged_yaml
 
     bad = 0
     for f in files:
@@ -138,6 +143,8 @@ def validate_command(files: list[Path] = typer.Argument(..., help="scenario YAML
             continue
         out.print(f"[green]ok[/]  {f}  ({sc.name}: {len(sc.agents)} agents, {len(sc.break_glass)} break-glass classes, "
                   f"{len(sc.attacks)} attacks)", highlight=False, soft_wrap=True)
+        if show:
+            out.print(merged_yaml(f), highlight=False, markup=False, soft_wrap=True, end="")
     if bad:
         raise typer.Exit(EXIT_USAGE)
 

@@ -119,6 +119,14 @@ def _positions(node: Any, shown: str, path: tuple[Any, ...], out: dict[tuple[Any
                 out[path + (i,)] = (shown, ln + 1, col + 1)
             items.append(_positions(v, shown, path + (i,), out))
         return items
+    return _scalar(node)
+
+
+def _scalar(node: Any) -> Any:
+    """ruamel's scalar subclasses (folded strings, scalar floats...) as the plain Python value."""
+    for plain in (bool, str, int, float):
+        if isinstance(node, plain) and type(node) is not plain:
+            return plain(node)
     return node
 
 
