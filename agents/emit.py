@@ -99,10 +99,6 @@ class Emitter:
     def __len__(self) -> int:
         return len(self._rows)
 
-    @property
-    def bursts(self) -> int:
-        return len(self._bursts) // 4
-
     def _burst_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         b = np.frombuffer(self._bursts, dtype=np.int64).reshape(-1, 4)
         return b[:, 0], b[:, 1], b[:, 2], b[:, 3]

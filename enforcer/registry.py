@@ -38,9 +38,6 @@ class Registry(BaseModel):
     def by_address(self) -> dict[str, Endpoint]:
         return {e.address: e for e in self.endpoints}
 
-    def by_name(self) -> dict[str, Endpoint]:
-        return {e.name: e for e in self.endpoints}
-
     def content_hash(self) -> str:
         d = self.model_dump(mode="json", by_alias=True)
         return "sha256:" + hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

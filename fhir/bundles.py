@@ -20,7 +20,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 
@@ -135,13 +135,6 @@ def _r4_bundle_model() -> type:
     return Bundle
 
 
-def resources(bundle: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    """The resources of a bundle's entries, in order."""
-    for entry in bundle.get("entry", []):
-        yield entry["resource"]
-
-
-# ------------------------------------------------------------------------------- references
 def ref_id(reference: str | None) -> str | None:
     """The id in a literal reference: ``urn:uuid:X`` or ``Type/X`` -> X; else None."""
     if not reference:

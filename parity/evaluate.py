@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from paritybed.core.errors import EXIT_OK, EXIT_PARITY_FAIL
 from paritybed.enforcer.decisions import Decisions
 from paritybed.enforcer.engine import decide as engine_decide
 from paritybed.enforcer.policy import Policy, PolicySource, save_policy
@@ -55,7 +56,7 @@ class Verdict:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        return EXIT_OK if self.passed else EXIT_PARITY_FAIL
 
 
 def registry_of(scenario: Scenario) -> Registry:
