@@ -116,14 +116,12 @@ class Replica:
 
     def __init__(self, enforcer: Any, agent: str, replica: int, fhir_hostport: str) -> None:
         self.enforcer, self.agent, self.replica, self.fhir = enforcer, agent, replica, fhir_hostport
-        self.spawns = 0
         self.kills = 0
         self.worker = self._spawn()
 
     def _spawn(self) -> PipeWorker:
         from paritybed.agents.live import worker_argv
 
-        self.spawns += 1
         return PipeWorker(self.enforcer.spawn(self.agent, self.replica, worker_argv(self.fhir), stdin=subprocess.PIPE,
                                               stdout=subprocess.PIPE, text=True, bufsize=1))
 
