@@ -56,7 +56,7 @@ class Margins:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Margins":
-        """From a scenario's ``policy:`` section (sim.scenario.PolicySettings)."""
+        """From a scenario's ``policy:`` section (paritybed.scenarios.PolicySettings)."""
         return cls(rate_margin=settings.rate_margin, lane_duration_margin=settings.lane_duration_margin,
                    quarantine_hold_min=settings.quarantine_hold_min, min_pair_count=settings.min_pair_count)
 
