@@ -7,21 +7,16 @@ stand-in endpoint.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from paritybed.core.baa import Endpoint
-from paritybed.scenarios.base import ADDRESS_RE, Strict
+from paritybed.scenarios.base import IpPort, Strict
 
 
 class BaaEndpoint(Endpoint):
     """A registry entry as a scenario writes it (see the module doc)."""
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        if not ADDRESS_RE.match(v):
-            raise ValueError(f"expected an address ip:port such as 127.0.0.21:8443, found {v!r}")
-        return v
+    address: IpPort
 
 
 class BaaRegistry(Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from paritybed.core.errors import InputError
 
@@ -35,6 +35,16 @@ def hhmm(v: str) -> str:
 
 
 HHMM = Annotated[str, Field(description="time of day HH:MM")]
+
+
+def _ip_port(v: str) -> str:
+    if not ADDRESS_RE.match(v):
+        raise ValueError(f"expected an address ip:port such as 127.0.0.21:8443, found {v!r}")
+    return v
+
+
+#: An endpoint address as live mode binds it: IPv4 or [IPv6], and a port (no host names).
+IpPort = Annotated[str, AfterValidator(_ip_port)]
 
 
 def profile(v: list[float], n: int, what: str) -> list[float]:

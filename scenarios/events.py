@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from paritybed.core.vocabulary import INTERACTIONS
-from paritybed.scenarios.base import ADDRESS_RE, Strict, profile
+from paritybed.scenarios.base import ADDRESS_RE, IpPort, Strict, profile
 from paritybed.scenarios.fleet import ScopeEntry
 from paritybed.scenarios.timing import At
 
@@ -73,15 +73,8 @@ class Attack(Strict):
 
 class EgressChange(Strict):
     name: str
-    address: str
+    address: IpPort
     share: float = Field(0.2, gt=0, le=1)  # share of the agent's queries that call it after the change
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        if not ADDRESS_RE.match(v):
-            raise ValueError(f"expected an address ip:port, found {v!r}")
-        return v
 
 
 class Change(Strict):

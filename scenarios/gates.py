@@ -3,9 +3,9 @@ compiles to a policy."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from paritybed.scenarios.base import ADDRESS_RE, Strict
+from paritybed.scenarios.base import IpPort, Strict
 
 
 class FidelityGate(Strict):
@@ -41,16 +41,9 @@ class Gate(Strict):
 class PolicySettings(Strict):
     """How the staging envelope compiles to an enforceable policy."""
 
-    fhir_server: str = "127.0.0.1:8080"
+    fhir_server: IpPort = "127.0.0.1:8080"
     fhir_base: str = "/fhir"
     rate_margin: float = Field(1.5, ge=1)  # multiplies the staging peak 5-minute count
     lane_duration_margin: float = Field(1.0, ge=1)
     quarantine_hold_min: float | None = Field(15, gt=0)  # None: until released by an operator
     min_pair_count: int = Field(1, ge=1)  # a pair enters the envelope from this many staging requests
-
-    @field_validator("fhir_server")
-    @classmethod
-    def _server(cls, v: str) -> str:
-        if not ADDRESS_RE.match(v):
-            raise ValueError(f"expected host:port such as 127.0.0.1:8080, found {v!r}")
-        return v
