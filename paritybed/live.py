@@ -186,7 +186,8 @@ class RowDecisions:
             self.reason[i] = REASONS.index(fc.get("reason", "")) if fc is not None else R_OK
         if refused != (self.decision[i] == DENY):
             self.caller_mismatch += 1
-        self._keep(i, t, mine, ("first-contact", "quarantine", "kill"))
+        # A FHIR row may reconnect to the server first: that connect's first contact is not the row's.
+        self._keep(i, t, mine, ("quarantine", "kill") + (("first-contact",) if kind == "egress" else ()))
 
     def _keep(self, i: int, t: int, events: list[dict[str, Any]], kinds: tuple[str, ...]) -> None:
         """The row's events in the engine's vocabulary (deny/alert are added from the decisions)."""
