@@ -11,12 +11,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Sequence
 
+from paritybed.agents.emit import ALLOW, Emitter
 from paritybed.agents.requests import Requests
-from paritybed.enforcer.registry import Endpoint
-from paritybed.sim.arrivals import Clock, Draws
-from paritybed.sim.emit import ALLOW, Emitter
-from paritybed.sim.population import Population
-from paritybed.sim.scenario import ResolvedArm, Scenario
+from paritybed.core.clock import Clock
+from paritybed.core.draws import Draws
+from paritybed.fhir.population import Population
+from paritybed.scenarios import ResolvedArm, Scenario
 
 
 @dataclass
@@ -33,7 +33,7 @@ class World:
     start: dt.datetime
 
     def __post_init__(self) -> None:
-        self._registry = {e.address: Endpoint(**e.model_dump()) for e in self.scenario.baa_registry.endpoints}
+        self._registry = {e.address: e for e in self.scenario.baa_registry.endpoints}
         self._names = {e.name: e.address for e in self.scenario.baa_registry.endpoints}
         # [from, to) of the active BAA covering each address (enforcer.registry semantics).
         self._windows = {a: e.window_ns(self.start) for a, e in self._registry.items() if e.status == "active"}
@@ -78,7 +78,7 @@ class AgentRuntime:
         self._tails: dict[int, tuple[int, ...]] = {}
         # Deployment changes (a hotfix adding an endpoint): (from ns, request index, share, label)
         self.changes = [
-            (world.clock.at(c.at.day, c.at.time), self.req.egress(c.add_egress.name, c.add_egress.address, 1),
+            (world.clock.at_day(c.at.day, c.at.time), self.req.egress(c.add_egress.name, c.add_egress.address, 1),
              c.add_egress.share, c.add_egress.address, f"hotfix:{c.name}")
             for c in world.arm.changes if c.agent == spec.name
         ]

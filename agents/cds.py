@@ -13,7 +13,7 @@ or a MedicationRequest (after an order), both with status ``draft``.
 from __future__ import annotations
 
 from paritybed.agents.base import AgentRuntime, World
-from paritybed.sim.arrivals import NS_PER_S
+from paritybed.core.units import NS_PER_S
 
 EMBED_NS = 2 * NS_PER_S  # the embedding calls take ~2 s before the draft is written
 

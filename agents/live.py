@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import errno as errno_mod
 import http.client
-import json
 import select
 import socket
 import subprocess
@@ -37,6 +36,8 @@ import time
 from typing import Any, Mapping
 
 from paritybed.agents.bodies import body_for
+from paritybed.core import pipe
+from paritybed.core.pipe import PipeWorker
 
 #: Trace columns a command carries (body_for's inputs plus what the request line needs).
 COMMAND_FIELDS = ("kind", "method", "path", "resource_type", "resource_id", "patient_id", "context_id",
@@ -186,56 +187,26 @@ def handle(conn: FhirConnection, cmd: Mapping[str, Any]) -> dict[str, Any]:
             "error": f"unknown command kind {kind!r} (expected fhir or egress; lanes are opened by the control plane)"}
 
 
+def worker_argv(fhir: str) -> list[str]:
+    """The command line of a replica worker talking to the FHIR server at ``fhir`` (host:port)."""
+    return [sys.executable, "-P", "-m", "paritybed.agents.live", "--fhir", fhir]
+
+
+def start_worker(fhir: str, **popen: Any) -> PipeWorker:
+    """A worker subprocess outside any cgroup (tests; the live driver spawns them in cgroups)."""
+    return PipeWorker(subprocess.Popen(worker_argv(fhir), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                       bufsize=1, **popen))
+
+
 def serve(hostport: str, stdin: Any = None, stdout: Any = None) -> int:
-    """The command loop (stdin -> stdout) until EOF or {"op": "quit"}."""
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
+    """The command loop (stdin -> stdout) until EOF or {"op": "quit"} (paritybed.core.pipe)."""
     conn = FhirConnection(hostport)
     try:
-        for line in stdin:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                cmd = json.loads(line)
-            except ValueError as e:
-                answer = {"row": None, "ok": False, "status": None, "errno": None, "ns": 0, "error": f"not JSON: {e}"}
-            else:
-                if cmd.get("op") == "quit":
-                    break
-                answer = handle(conn, cmd)
-            stdout.write(json.dumps(answer, separators=(",", ":")) + "\n")
-            stdout.flush()
+        return pipe.serve(lambda cmd: handle(conn, cmd), stdin=stdin, stdout=stdout,
+                          invalid=lambda msg: {"row": None, "ok": False, "status": None, "errno": None, "ns": 0,
+                                               "error": msg})
     finally:
         conn.close()
-    return 0
-
-
-class WorkerProcess:
-    """A worker subprocess and its pipes (what the live driver starts per replica)."""
-
-    def __init__(self, fhir: str, **popen: Any) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "paritybed.agents.live", "--fhir", fhir],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, **popen)
-
-    def send(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the worker exited (code {self.proc.poll()})")
-        return json.loads(line)
-
-    def close(self) -> int:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.write('{"op": "quit"}\n')
-                self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
-        return self.proc.wait(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,8 @@ endpoint and records the decision as a ClaimResponse.
 from __future__ import annotations
 
 from paritybed.agents.base import AgentRuntime, World
-from paritybed.sim.arrivals import NS_PER_S
-from paritybed.sim.population import ClaimInfo
+from paritybed.core.units import NS_PER_S
+from paritybed.fhir.population import ClaimInfo
 
 
 class PriorAuth(AgentRuntime):

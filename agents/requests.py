@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from paritybed.sim.emit import Emitter
+from paritybed.agents.emit import Emitter
 
 #: Query parameter names the kernel parser accepts (docs/enforcement.md, "Classification").
 SAFE_PARAMS = frozenset(("_id", "_count", "_sort", "_offset", "patient", "subject", "encounter", "category",

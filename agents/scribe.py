@@ -15,7 +15,7 @@ reconciliation reads every page of the medication list.
 from __future__ import annotations
 
 from paritybed.agents.base import AgentRuntime, World
-from paritybed.sim.arrivals import NS_PER_MIN, NS_PER_S
+from paritybed.core.units import NS_PER_MIN, NS_PER_S
 
 DRAFT_DELAY_NS = 63 * NS_PER_S  # UC Davis 2024: median 1.05 min from recording end to draft
 SIGN_SIGMA = 0.6  # log-normal spread of the signing delay around its median

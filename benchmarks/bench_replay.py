@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from paritybed.testdata import synthea_r4
 
 ROWS = int(os.environ.get("PARITYBED_BENCH_ROWS", "10000000"))
@@ -27,15 +28,16 @@ SHARED = synthea_r4()  # the 37 real Synthea patients (paritybed/testdata.py)
 
 def _arms():
     """(scenario, production, staging) from the real simulation, or synthetic traffic."""
-    from paritybed.sim.scenario import Population, load_scenario
+    from paritybed.scenarios import PopulationSettings, load_scenario, resolve_arms
 
     if SHARED.is_dir():
         from paritybed.run import prepare_populations, simulate_arms
 
         sc = load_scenario(REPO / "scenarios" / "community-hospital-week.yaml")
-        sc = sc.model_copy(update={"population": Population(folder=str(SHARED))})
-        arms = simulate_arms(sc, prepare_populations(sc), parallel=True)
-        return sc, arms["production"].table, arms["staging"].table, "real simulation, 1 week"
+        sc = sc.model_copy(update={"population": PopulationSettings(folder=str(SHARED))})
+        arms = resolve_arms(sc)
+        sims = simulate_arms(sc, arms, prepare_populations(arms), parallel=True)
+        return sc, sims["production"].table, sims["staging"].table, "real simulation, 1 week"
     from paritybed.parity import synthetic as sy
 
     return (sy.scenario(), sy.make_trace("production", days=7, seed=1, attacks=True, volume=20),
@@ -57,16 +59,19 @@ def tile(trace: pa.Table, rows: int) -> pa.Table:
 
 
 def run() -> list[dict]:
+    from paritybed.agents.trace import read_trace, write_trace
+    from paritybed.enforcer.engine import decide
     from paritybed.parity.criteria import criteria
     from paritybed.parity.evaluate import build_policy, declared_break_glass, registry_of
     from paritybed.parity.profile import profile_from_trace
     from paritybed.parity.replay import replay
-    from paritybed.sim.trace import read_trace, write_trace
+    from paritybed.scenarios import resolve_arms
 
     sc, prod, stag, source = _arms()
     start = sc.start.datetime()
     registry = registry_of(sc)
-    policy = build_policy(sc, REPO / "scenarios" / "community-hospital-week.yaml", stag, registry)
+    arms = resolve_arms(sc)
+    policy = build_policy(sc, REPO / "scenarios" / "community-hospital-week.yaml", stag, registry, arms["staging"])
     staging_profile = profile_from_trace(stag, start, arm="staging")
     big = tile(prod, ROWS)
     with tempfile.TemporaryDirectory() as d:
@@ -80,10 +85,10 @@ def run() -> list[dict]:
         t0 = time.perf_counter()
         trace = read_trace(path)
         t1 = time.perf_counter()
-        rep = replay(trace, policy, registry, start)
+        rep = replay(trace, decide(trace, policy, registry, start), start)
         t2 = time.perf_counter()
         pp = profile_from_trace(trace, start, arm="production")
-        crit = criteria(staging_profile, pp, sc.gate, policy=policy, declared=declared_break_glass(sc))
+        crit = criteria(staging_profile, pp, sc.gate, policy=policy, declared=declared_break_glass(sc, arms["production"]))
         t3 = time.perf_counter()
     total = t3 - t0
     note = (f"{source} tiled; read {t1 - t0:.1f} s, replay {t2 - t1:.1f} s, profile+criteria {t3 - t2:.1f} s; "

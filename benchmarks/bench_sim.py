@@ -25,6 +25,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
 from paritybed.testdata import synthea_r4
 
 HERE = Path(__file__).resolve()
@@ -55,13 +56,14 @@ def bare_simpy(n: int) -> float:
 
 
 def _populations(scenario):
-    from paritybed.errors import EnvironmentProblem
+    from paritybed.core.errors import EnvironmentProblem
+    from paritybed.fhir.population import load_population
     from paritybed.run import LoadedPopulation, prepare_populations
-    from paritybed.sim.population import load_population
+    from paritybed.scenarios import resolve_arms
 
     t0 = time.perf_counter()
     try:
-        pops = prepare_populations(scenario)
+        pops = prepare_populations(resolve_arms(scenario))
         generated = any(p.generated for p in pops.values())
         note = f"Synthea populations ({', '.join(f'{a}: {len(p.index.patients)} patients' for a, p in pops.items())})"
         if generated:
@@ -77,7 +79,7 @@ def run() -> list[dict]:
     import pyarrow.compute as pc
 
     from paritybed.run import run_scenario, simulate_arms
-    from paritybed.sim.scenario import load_scenario
+    from paritybed.scenarios import load_scenario, resolve_arms
 
     scenario = load_scenario(SCENARIO)
     pops, pop_note, real = _populations(scenario)
@@ -86,13 +88,13 @@ def run() -> list[dict]:
     n_fhir = rows = 0
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        arms = simulate_arms(scenario, pops, parallel=True)
+        arms = simulate_arms(scenario, resolve_arms(scenario), pops, parallel=True)
         par.append(time.perf_counter() - t0)
         n_fhir = sum(pc.sum(pc.equal(a.table["kind"].cast("string"), "fhir")).as_py() for a in arms.values())
         rows = sum(a.table.num_rows for a in arms.values())
         del arms
         t0 = time.perf_counter()
-        arms = simulate_arms(scenario, pops, parallel=False)
+        arms = simulate_arms(scenario, resolve_arms(scenario), pops, parallel=False)
         seq.append(time.perf_counter() - t0)
         del arms
         bare.append(bare_simpy(n_fhir))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from paritybed.errors import EnvironmentProblem
+from paritybed.core.errors import EnvironmentProblem
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 _MAGIC = 0xEB9F

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.core.errors import EnvironmentProblem, InputError
 
 
 def cgroup2_mount() -> Path:

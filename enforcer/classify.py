@@ -21,11 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paritybed.enforcer.policy import INTERACTIONS, SHAPES
+from paritybed.core.vocabulary import INTERACTIONS
 
 HDR_MAX = 2048
 TYPE_MAX, ID_MAX, VALUE_MAX, CLAIM_MAX, BASE_MAX = 40, 64, 128, 64, 24
-NAME_MAX, HNAME_MAX = 16, 24
 METHODS = ("GET", "POST", "PUT", "DELETE")
 
 #: FHIR R4 (4.0.1) resource types: the ResourceType value set of the R4 specification
@@ -81,9 +80,7 @@ VCHARS = frozenset(range(0x21, 0x7F))
 HVAL_CHARS = frozenset(range(0x20, 0x7F)) | {0x09}
 OWS = b" \t"
 
-SHAPE_CODE = {"plain": 0, **{s: i + 1 for i, s in enumerate(SHAPES)}}
 INTERACTION_CODE = {"": 0, **{s: i + 1 for i, s in enumerate(INTERACTIONS)}}
-METHOD_CODE = {"": 0, **{m: i + 1 for i, m in enumerate(METHODS)}}
 
 # forms of a plain target, and the interaction each method makes of them
 _TYPE, _ID, _HIST, _VREAD = "type", "id", "history", "vread"

@@ -3,7 +3,7 @@
 One kernel record describes one decision and may carry flags (first contact, quarantine, kill);
 ``expand`` turns it into the same events the reference engine emits (``first-contact``,
 ``quarantine``/``kill``, ``deny``/``alert``, and ``request`` for recorded allowed decisions), so
-model-mode and live-mode event logs read alike.  The log is hash-chained (paritybed.hashlog).
+model-mode and live-mode event logs read alike.  The log is hash-chained (paritybed.core.hashlog).
 """
 
 from __future__ import annotations

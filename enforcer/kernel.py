@@ -29,13 +29,14 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
+from paritybed.core.clock import Clock
+from paritybed.core.errors import EnvironmentProblem, InputError
+from paritybed.core.hashlog import HashLog
 from paritybed.enforcer import classify, kernel_abi as abi, kernel_load, kernel_maps as km
 from paritybed.enforcer.cgroups import CgroupTree, cgroup_id, parse_replica_name, spawn_in
 from paritybed.enforcer.events import RingReader, expand
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry, load_registry
-from paritybed.errors import EnvironmentProblem, InputError
-from paritybed.hashlog import HashLog
 
 RUN_DIR = Path("/run/paritybed")
 
@@ -57,10 +58,10 @@ class KernelEnforcer:
         self.tree = CgroupTree(name)
         self.tree.ensure()
         manifest = self._read_manifest()
-        k0 = km.Clock.ktime()
+        k0 = Clock.ktime()
         if manifest and manifest.get("clock") == clock and manifest.get("compression") == compression:
             k0 = int(manifest["k0"])  # adoption: keep simulated time where it was
-        self.clock = km.Clock(clock == "real", k0, compression)
+        self.clock = Clock(real=clock == "real", k0=k0, compression=compression)
         self._lock = threading.RLock()
         self._rb_lock = threading.Lock()  # one ring-buffer consumer at a time
         self._reg_lock = threading.Lock()  # one registry refresh at a time (pump thread, callers)
@@ -137,7 +138,7 @@ class KernelEnforcer:
     def now_ns(self) -> int:
         """Simulated time now (the virtual clock's value, or the real clock mapped back)."""
         if self.clock.real:
-            return self.clock.sim(km.Clock.ktime())
+            return self.clock.sim(Clock.ktime())
         k = self.maps.get("knobs", ct.c_uint32(0), abi.Knobs)
         return k.vnow if k else 0
 
@@ -148,13 +149,11 @@ class KernelEnforcer:
         p = self.policy.agents.get(agent)
         if p is None:
             return True  # unenforced agent: nothing to open
-        observe = self.observe or p.response == "observe"
-        if lane_class not in p.lanes and not observe:
+        expiry = p.lane_expiry(lane_class, t_ns, duration_ns, observe=self.observe)
+        if expiry is None:
             self._log_event({"event": "lane-refused", "t_ns": t_ns, "agent": agent, "replica": replica,
                              "lane": lane_class, "claim": claim_id})
             return False
-        max_ns = p.lanes[lane_class].max_duration_s * 1_000_000_000 if lane_class in p.lanes else duration_ns
-        expiry = t_ns + min(int(duration_ns), max_ns)
         cgid, _ = self._replicas.get((agent, replica)) or (cgroup_id(self.add_replica(agent, replica)), None)
         cls = km.lane_classes(p).get(lane_class, 31)
         with self._lock:

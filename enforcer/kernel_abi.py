@@ -11,15 +11,36 @@ import ctypes as ct
 import ipaddress
 import socket
 
+from paritybed.core.vocabulary import INTERACTIONS
 from paritybed.enforcer import classify
-from paritybed.enforcer.engine import DECISIONS, REASONS
-from paritybed.enforcer.policy import INTERACTIONS, SHAPES
+from paritybed.enforcer.policy import SHAPES
 
-I64_MAX = 2**63 - 1
-I64_MIN = -(2**63)
+#: Decisions (PB_ALLOW, PB_DENY, PB_ALERT): the value of a decision in events and in the engine.
+ALLOW, DENY, ALERT = 0, 1, 2
+DECISIONS = ("allow", "deny", "alert")
+
+#: Reasons (R_* in bpf/paritybed.h): why a request or connect was decided so.  The names after
+#: R_UNCLASSIFIABLE are the control plane's own (it decides lane activations; an agent without
+#: a policy never reaches the kernel).  tests/test_kernel_abi.py holds the header to these values.
+R_OK = 0  # allowed by the envelope
+R_OBSERVE = 1  # observe mode: allowed and recorded
+R_LANE = 2  # allowed under an open break-glass lane
+R_TYPE = 3  # (type, interaction) not in the envelope
+R_RATE = 4  # over the learned rate limit
+R_NOT_BAA = 5  # egress to an endpoint no active BAA covers
+R_NOT_ENVELOPE = 6  # egress to an endpoint outside the agent's envelope
+R_QUARANTINED = 7  # the replica is quarantined (or killed)
+R_LANE_EXPIRED = 8  # a lane's pair after the lane's expiry
+R_UNCLASSIFIABLE = 9  # a request shape the policy does not allow
+R_LANE_NOT_IN_ENVELOPE = 10  # lane activation refused: the policy has no lane of that class
+R_LANE_OPENED = 11  # lane activation accepted
+R_UNENFORCED = 12  # the agent has no policy
+REASONS = ("", "observe", "lane", "type-not-in-envelope", "rate-exceeded", "egress-not-in-BAA",
+           "egress-not-in-envelope", "quarantined", "lane-expired", "unclassifiable", "lane-not-in-envelope",
+           "lane-opened", "unenforced")
 
 #: C constants that the control plane needs (the rest are derived from Python tuples below)
-MODES = {"observe": 0, "alert": 1, "deny": 2, "quarantine": 3, "kill": 4}
+MODES = {"observe": 0, "alert": 1, "deny": 2, "quarantine": 3, "kill": 4}  # M_*: response modes
 K_FHIR, K_EGRESS = 0, 1
 F_FIRST_CONTACT, F_QUARANTINE, F_KILL, F_CLAIM, F_CONTINUATION, F_DESYNC, F_REFUSED = 1, 2, 4, 8, 16, 32, 64
 HOOKS = ("connect4", "connect6", "sendmsg4", "sendmsg6", "sk_msg", "unseen", "socket", "sockopt", "inbound")

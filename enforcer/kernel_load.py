@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paritybed.core.errors import EnvironmentProblem
 from paritybed.enforcer import bpfsys, btf, kernel_abi as abi
-from paritybed.errors import EnvironmentProblem
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "paritybed.c"

@@ -11,46 +11,14 @@ import ctypes as ct
 import datetime as dt
 import functools
 import os
-import time
-from dataclasses import dataclass
 from typing import Any
 
+from paritybed.core.clock import Clock
+from paritybed.core.errors import InputError
+from paritybed.core.units import I64_MAX, NS_PER_S
 from paritybed.enforcer import classify, kernel_abi as abi
 from paritybed.enforcer.policy import AgentPolicy, Policy
 from paritybed.enforcer.registry import Registry
-from paritybed.errors import InputError
-
-I64_MAX, I64_MIN = abi.I64_MAX, abi.I64_MIN
-
-
-@dataclass
-class Clock:
-    """Simulated time <-> the kernel clock.  Virtual: identical.  Real: ktime = k0 + t / c, where
-    k0 is CLOCK_MONOTONIC (what bpf_ktime_get_ns reads) at simulated t = 0 and c the compression."""
-
-    real: bool
-    k0: int = 0
-    compression: float = 1.0
-
-    def duration(self, ns: int) -> int:
-        if not self.real or ns in (I64_MAX, 0):
-            return ns
-        return max(1, int(ns / self.compression))
-
-    def at(self, t: int) -> int:
-        if not self.real or t in (I64_MAX, I64_MIN):
-            return t
-        return min(I64_MAX, max(I64_MIN, self.k0 + int(t / self.compression)))
-
-    def sim(self, k: int) -> int:
-        """kernel time -> simulated time (real clock; identity on the virtual clock)."""
-        if not self.real or k in (I64_MAX, I64_MIN):
-            return k
-        return int((k - self.k0) * self.compression)
-
-    @staticmethod
-    def ktime() -> int:
-        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 class Maps:
@@ -130,7 +98,7 @@ def agent_entry(p: AgentPolicy, clock: Clock, where: str) -> abi.Agent:
     if p.rate is not None:
         a.interval = clock.duration(p.rate.interval_ns)
         a.tau = (p.rate.burst - 1) * a.interval
-    a.hold = I64_MAX if p.quarantine_hold_s is None else clock.duration(p.quarantine_hold_s * 1_000_000_000)
+    a.hold = I64_MAX if p.quarantine_hold_s is None else clock.duration(p.quarantine_hold_s * NS_PER_S)
     for pair in p.fhir.allow:  # the same pairs as bit 0 of their `pairs` masks
         if pair.type in classify.TYPE_ID:
             bit = classify.TYPE_ID[pair.type] * 8 + abi.INTERACTION_NAMES.index(pair.interaction)
@@ -204,12 +172,10 @@ def set_knobs(m: Maps, *, real_clock: bool | None = None, vnow: int | None = Non
 
 def counters(m: Maps) -> dict[str, dict[str, int]]:
     """Decisions counted in the kernel since the maps were created: {'fhir'|'egress': {reason: n}}."""
-    from paritybed.enforcer.engine import REASONS
-
     out: dict[str, dict[str, int]] = {"fhir": {}, "egress": {}}
     arr = (ct.c_uint64 * _possible_cpus())()
     for kind, label in ((abi.K_FHIR, "fhir"), (abi.K_EGRESS, "egress")):
-        for r, reason in enumerate(REASONS):
+        for r, reason in enumerate(abi.REASONS):
             if m._lib.bpf_lookup_elem(m.fds["counters"], ct.byref(ct.c_uint32(kind * 16 + r)), ct.byref(arr)) == 0:
                 n = sum(arr)
                 if n:

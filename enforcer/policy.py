@@ -16,11 +16,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
+from paritybed.core.units import NS_PER_S
+from paritybed.core.vocabulary import INTERACTIONS, RESPONSES
 
 POLICY_SCHEMA = "paritybed.policy/1"
-INTERACTIONS = ("read", "vread", "search", "create", "update", "delete", "history")
-RESPONSES = ("deny", "kill", "quarantine", "alert", "observe")
 #: Families of requests the strict parser cannot classify; a policy may allow a family explicitly.
 SHAPES = ("bundle", "operation", "include", "compartment", "chained", "type-param", "has",
           "graphql", "method-override", "encoded", "malformed", "param", "pipelined", "chunked",
@@ -81,6 +81,18 @@ class AgentPolicy(_M):
     def allowed_pairs(self) -> set[tuple[str, str]]:
         return {p.key() for p in self.fhir.allow}
 
+    def lane_expiry(self, lane_class: str, t_ns: int, requested_ns: int, *, observe: bool = False) -> int | None:
+        """A break-glass activation at ``t_ns`` asking for ``requested_ns`` (docs/enforcement.md,
+        "Break-glass lanes"): the lane's expiry, ``t + min(requested, the class's max duration)``,
+        or None when the policy has no lane of that class (refused).  In observe mode every
+        activation opens, for as long as asked.  The engine and the kernel control plane both
+        decide activations with this one function."""
+        lane = self.lanes.get(lane_class)
+        if lane is None and not (observe or self.response == "observe"):
+            return None
+        max_ns = lane.max_duration_s * NS_PER_S if lane is not None else requested_ns
+        return t_ns + min(int(requested_ns), max_ns)
+
 
 class PolicySource(_M):
     scenario: str = ""
@@ -127,7 +139,7 @@ def save_policy(policy: Policy, path: str | Path) -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Load and verify a policy file: schema, and the content hash if present."""
-    from paritybed.jsonfile import load_model
+    from paritybed.core.jsonfile import load_model
 
     pol = load_model(path, Policy, "policy", "docs/policy.md")
     if pol.hash and pol.hash != pol.computed_hash():

@@ -12,7 +12,7 @@ answers one JSON line on stdout:
     {"op": "udp", "addr": "127.0.0.21:53"}         -> {"ok": true} | {"ok": false, "errno": 1}
     {"op": "tfo", "addr": ..., "data": "GET ..."}  -> sendto(MSG_FASTOPEN), then wait up to 1 s for a reply
     {"op": "sendfile", "addr": ..., "data": "GET ..."} -> the bytes from a file with sendfile(2)
-    {"op": "exit"}
+    {"op": "exit"}                              (or "quit": the pipe protocol of paritybed.core.pipe)
 
 Writes are latin-1 strings, sent with one ``send`` each.  After a failed send the connection is
 closed (unless ``keep_on_error``) and the next command reconnects: the kernel keeps a drop
@@ -23,11 +23,12 @@ A refused or unanswered connect counts as allowed: only EPERM/EACCES are the enf
 from __future__ import annotations
 
 import errno
-import json
 import socket
 import sys
 import threading
 from typing import Any
+
+from paritybed.core.pipe import PipeWorker, serve
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -137,14 +138,8 @@ class Client:
 
 def main() -> None:
     c = Client()
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        op = cmd["op"]
-        if op == "exit":
-            break
-        res = {"http": c.http, "connect": c.connect, "udp": c.udp, "tfo": c.tfo, "sendfile": c.sendfile}[op](cmd)
-        sys.stdout.write(json.dumps(res) + "\n")
-        sys.stdout.flush()
+    ops = {"http": c.http, "connect": c.connect, "udp": c.udp, "tfo": c.tfo, "sendfile": c.sendfile}
+    serve(lambda cmd: ops[cmd["op"]](cmd))
 
 
 class Sink:
@@ -212,28 +207,14 @@ class Sink:
         self.server.close()
 
 
-class ProbeProcess:
+class ProbeProcess(PipeWorker):
     """The client running inside a cgroup (started by KernelEnforcer.spawn), driven over pipes."""
 
-    def __init__(self, proc: Any) -> None:
-        self.proc = proc
-
     def __call__(self, **cmd: Any) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
+        answer = self.ask(cmd)
+        if answer is None:
             raise RuntimeError(f"probe process exited ({self.proc.poll()})")
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write('{"op": "exit"}\n')
-                self.proc.stdin.flush()
-            except OSError:
-                pass
-            self.proc.wait(timeout=5)
+        return answer
 
 
 def probe_argv() -> list[str]:

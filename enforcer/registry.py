@@ -16,7 +16,6 @@ File format (baa-registry.json, documented in docs/policy.md)::
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -24,41 +23,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from paritybed.core.baa import Endpoint
 
 REGISTRY_SCHEMA = "paritybed.baa/1"
-I64_MIN = -(2**63)
-I64_MAX = 2**63 - 1
-
-
-class Endpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    address: str
-    baa_id: str | None = None
-    vendor: str | None = None
-    status: Literal["active", "pending", "terminated"] = "active"
-    effective_from: dt.date | None = None
-    effective_to: dt.date | None = None  # inclusive
-
-    def window_ns(self, start: dt.datetime) -> tuple[int, int]:
-        """[from, to) in ns relative to the run's start instant (``start`` = simulated t=0).
-
-        Dates are UTC days; ``effective_to`` is inclusive, so the window ends at the following
-        midnight.  Both the reference engine and the kernel control plane use this function."""
-        lo = I64_MIN
-        hi = I64_MAX
-        if self.effective_from is not None:
-            d = dt.datetime.combine(self.effective_from, dt.time(0), tzinfo=dt.timezone.utc)
-            lo = _delta_ns(d - start)
-        if self.effective_to is not None:
-            d = dt.datetime.combine(self.effective_to + dt.timedelta(days=1), dt.time(0), tzinfo=dt.timezone.utc)
-            hi = _delta_ns(d - start)
-        return lo, hi
-
-
-def _delta_ns(td: dt.timedelta) -> int:
-    return ((td.days * 86400 + td.seconds) * 1_000_000 + td.microseconds) * 1000
 
 
 class Registry(BaseModel):
@@ -71,9 +38,6 @@ class Registry(BaseModel):
     def by_address(self) -> dict[str, Endpoint]:
         return {e.address: e for e in self.endpoints}
 
-    def by_name(self) -> dict[str, Endpoint]:
-        return {e.name: e for e in self.endpoints}
-
     def content_hash(self) -> str:
         d = self.model_dump(mode="json", by_alias=True)
         return "sha256:" + hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -82,19 +46,11 @@ class Registry(BaseModel):
         return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n"
 
 
-def covered(entry: Endpoint | None, t_ns: int, start: dt.datetime) -> bool:
-    """Is an endpoint covered by an active BAA at simulated time t_ns?"""
-    if entry is None or entry.status != "active":
-        return False
-    lo, hi = entry.window_ns(start)
-    return lo <= t_ns < hi
-
-
 def save_registry(reg: Registry, path: str | Path) -> None:
     Path(path).write_text(reg.to_json(), encoding="utf-8")
 
 
 def load_registry(path: str | Path) -> Registry:
-    from paritybed.jsonfile import load_model
+    from paritybed.core.jsonfile import load_model
 
     return load_model(path, Registry, "BAA registry", "docs/policy.md")

@@ -1,7 +1,7 @@
 """Synthea output folders as FHIR bundles on disk: which files, in which order, and how to make
 them loadable by a FHIR server so that what the agents later read exists.
 
-Both the population index (sim/population.py) and the FHIR loader/server read Synthea data
+Both the population index (fhir/population.py) and the FHIR loader/server read Synthea data
 through this module, so they agree on the load order and on the one change we make to
 Synthea's bundles (`prepare_for_load`: contained Coverage becomes standalone Coverage, because
 the prior-authorization agent searches ``Coverage?beneficiary=...``; see docs/population.md).
@@ -20,11 +20,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 
-from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.core.errors import EnvironmentProblem, InputError
 
 #: Namespace of the deterministic ids of the Coverage resources `prepare_for_load` creates.
 COVERAGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://paritybed.dev/synthea/coverage")
@@ -135,13 +135,6 @@ def _r4_bundle_model() -> type:
     return Bundle
 
 
-def resources(bundle: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    """The resources of a bundle's entries, in order."""
-    for entry in bundle.get("entry", []):
-        yield entry["resource"]
-
-
-# ------------------------------------------------------------------------------- references
 def ref_id(reference: str | None) -> str | None:
     """The id in a literal reference: ``urn:uuid:X`` or ``Type/X`` -> X; else None."""
     if not reference:

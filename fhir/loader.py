@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.fhir.bundles import prepare_for_load, read_bundle, synthea_files
 from paritybed.fhir.outcome import FhirError
 from paritybed.fhir.store import Store

@@ -123,10 +123,11 @@ async def metadata(request: Request) -> Response:
     if request.method not in ("GET", "HEAD"):
         raise FhirError(405, f"{request.method} is not allowed on /metadata")
     check_accept(request)
-    from paritybed.fhir.capability import capability_bytes
-    from paritybed import __version__
+    from importlib.metadata import version
 
-    return fhir_response(capability_bytes(base_url(request), __version__))
+    from paritybed.fhir.capability import capability_bytes
+
+    return fhir_response(capability_bytes(base_url(request), version("paritybed")))
 
 
 async def system(request: Request) -> Response:

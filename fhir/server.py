@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from paritybed.errors import EnvironmentProblem
+from paritybed.core.errors import EnvironmentProblem
 from paritybed.fhir import routes
 from paritybed.fhir.outcome import FhirError
 from paritybed.fhir.store import Store

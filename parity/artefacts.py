@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from paritybed.core.columns import codes, ints
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
 from paritybed.parity import plots
 from paritybed.parity.attestation import write_attestation
-from paritybed.parity.columns import codes, ints
 from paritybed.parity.criteria import Criteria
 from paritybed.parity.profile import Profile, _epoch_ns
 from paritybed.parity.replay import Replay
 from paritybed.parity.report import render_report
-from paritybed.sim.scenario import Scenario
+from paritybed.scenarios import Scenario
 
 
 def write_artefacts(out_dir: Path, *, scenario: Scenario, policy: Policy, registry: Registry, staging: pa.Table,

@@ -23,15 +23,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from paritybed.enforcer.engine import REASONS
+from paritybed.core.baa import covered
+from paritybed.core.hashlog import HashLog
+from paritybed.enforcer.kernel_abi import REASONS
 from paritybed.enforcer.policy import Policy
-from paritybed.enforcer.registry import Registry, covered
-from paritybed.hashlog import HashLog
+from paritybed.enforcer.registry import Registry
 from paritybed.parity.auditevent import BTG, OVERRIDE_STARTED, SECURITY_ALERT, SOURCE, instant
 from paritybed.parity.auditlog import chain_auditevents
 from paritybed.parity.profile import _epoch_ns
 from paritybed.parity.replay import Replay
-from paritybed.sim.scenario import Scenario
+from paritybed.scenarios import Scenario
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 

@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 from paritybed.parity.profile import Profile, Stream, _epoch_ns, build_profile, pair_key
 
 REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}

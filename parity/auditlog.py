@@ -1,6 +1,6 @@
 """Tamper-evident FHIR AuditEvent NDJSON logs, and one verifier for every chained log we write.
 
-The JSON logs use ``paritybed.hashlog`` (``seq``/``prev``/``hash`` keys).  An AuditEvent may not
+The JSON logs use ``paritybed.core.hashlog`` (``seq``/``prev``/``hash`` keys).  An AuditEvent may not
 carry foreign keys, so its chain lives in an extension (valid R4)::
 
     {"url": "urn:paritybed:hash-chain", "extension": [
@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from paritybed.hashlog import GENESIS, Verification
-from paritybed.hashlog import verify as verify_jsonl
+from paritybed.core.hashlog import GENESIS, Verification
+from paritybed.core.hashlog import verify as verify_jsonl
 
 CHAIN_URL = "urn:paritybed:hash-chain"
 

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from paritybed.core.errors import InputError
+from paritybed.core.units import FIVE_MIN_NS
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, PolicySource, RatePolicy
 from paritybed.enforcer.registry import Registry
-from paritybed.errors import InputError
-from paritybed.parity.columns import FIVE_MIN_NS
 from paritybed.parity.envelope import AgentEnvelope, Envelope, learn_envelope
 
 
@@ -56,7 +56,7 @@ class Margins:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Margins":
-        """From a scenario's ``policy:`` section (sim.scenario.PolicySettings)."""
+        """From a scenario's ``policy:`` section (paritybed.scenarios.PolicySettings)."""
         return cls(rate_margin=settings.rate_margin, lane_duration_margin=settings.lane_duration_margin,
                    quarantine_hold_min=settings.quarantine_hold_min, min_pair_count=settings.min_pair_count)
 

@@ -29,7 +29,7 @@ from scipy.stats import ks_2samp
 
 from paritybed.enforcer.policy import Policy
 from paritybed.parity.profile import ClassProfile, Profile, split_pair
-from paritybed.sim.scenario import Gate
+from paritybed.scenarios import Gate
 
 MIN_SAMPLE = 20  # fewer production events than this: a distribution metric cannot judge
 

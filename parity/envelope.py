@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from paritybed.core.columns import codes, ints, mask_eq
+from paritybed.core.units import FIVE_MIN_NS, NS_PER_MIN
 from paritybed.enforcer.registry import Registry
-from paritybed.parity.columns import FIVE_MIN_NS, NS_PER_MIN, codes, ints, mask_eq, sliding_peak
+from paritybed.parity.windows import sliding_peak
 
 Pair = tuple[str, str]
 

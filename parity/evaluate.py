@@ -1,33 +1,49 @@
-"""One run's answer: learn, compile, replay, score, and write every artefact.
+"""One run's answer after the simulation: learn, compile, decide, replay, score, write.
 
-``evaluate`` is what ``paritybed run`` calls after the simulation; it writes into ``out_dir``:
-parity.json (the verdict, schema in docs/parity.md), junit.xml, report.html, plots/*.png,
-policy.json, baa-registry.json, envelope.json, profiles/{staging,production}.json,
-replay.parquet, events.jsonl and attestation/ (docs/attestation.md).  Same inputs give the same
-bytes: nothing here reads the clock or the environment.
+``evaluate`` is what ``paritybed run`` calls after the simulation, in both modes; each step is a
+plain function that can run alone:
+
+    env, policy = learn_and_compile(...)        # once per run
+    decisions = decide(production, policy, registry)   # the engine (model) or the kernel (live)
+    kernel = agreement(production, decisions, engine)  # live only, once: decision and reason
+    rep = replay(production, decisions, start)  # the consequences of those decisions
+    crit = criteria(...); doc = parity_document(...); write_artefacts(...)
+
+It writes into ``out_dir``: parity.json (the verdict, schema in docs/parity.md), junit.xml,
+report.html, plots/*.png, policy.json, baa-registry.json, envelope.json,
+profiles/{staging,production}.json, replay.parquet, events.jsonl and attestation/
+(docs/attestation.md).  In model mode the same inputs give the same bytes: nothing here reads
+the clock or the environment.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pyarrow as pa
 
+from paritybed.core.errors import EXIT_OK, EXIT_PARITY_FAIL
+from paritybed.enforcer.decisions import Decisions
+from paritybed.enforcer.engine import decide as engine_decide
 from paritybed.enforcer.policy import Policy, PolicySource, save_policy
-from paritybed.enforcer.registry import Endpoint, Registry, save_registry
+from paritybed.enforcer.registry import Registry, save_registry
+from paritybed.parity.agreement import agreement
 from paritybed.parity.compile import Margins, compile_policy, trace_digest
 from paritybed.parity.criteria import Criteria, criteria
 from paritybed.parity.envelope import Envelope, learn_envelope
 from paritybed.parity.junit import write_junit
 from paritybed.parity.profile import profile_from_trace, save_profile
 from paritybed.parity.replay import Replay, replay, write_replay
-from paritybed.sim.scenario import Scenario, resolve_arm, scenario_hash
+from paritybed.scenarios import ResolvedArm, Scenario, resolve_arms, scenario_hash
 
 PARITY_SCHEMA = "paritybed.parity/1"
+
+#: Who decides production: decide(production, policy, registry) -> Decisions.
+Decide = Callable[[pa.Table, Policy, Registry], Decisions]
 
 
 @dataclass
@@ -36,21 +52,22 @@ class Verdict:
     parity: dict[str, Any]
     out_dir: Path
     paths: dict[str, Path] = field(default_factory=dict)
+    agreement: dict[str, Any] | None = None  # live mode: kernel vs reference engine
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        return EXIT_OK if self.passed else EXIT_PARITY_FAIL
 
 
 def registry_of(scenario: Scenario) -> Registry:
     """The scenario's BAA registry as the enforcer's model."""
     return Registry(version=scenario.baa_registry.version,
-                    endpoints=[Endpoint(**e.model_dump()) for e in scenario.baa_registry.endpoints])
+                    endpoints=list(scenario.baa_registry.endpoints))
 
 
-def declared_break_glass(scenario: Scenario) -> dict[str, list[str]]:
+def declared_break_glass(scenario: Scenario, production: ResolvedArm) -> dict[str, list[str]]:
     """Agent class -> break-glass classes the scenario sanctions in production."""
-    if resolve_arm(scenario, "production").break_glass == "off":
+    if production.break_glass == "off":
         return {}
     out: dict[str, set[str]] = {}
     for b in scenario.break_glass:
@@ -61,12 +78,12 @@ def declared_break_glass(scenario: Scenario) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
-def build_policy(scenario: Scenario, scenario_path: Path, staging: pa.Table, registry: Registry,
+def build_policy(scenario: Scenario, scenario_path: Path, staging: pa.Table, registry: Registry, staging_arm: ResolvedArm,
                  *, version: int = 1, parent: str | None = None, envelope: Envelope | None = None) -> Policy:
     """The staging-built policy of a run (``envelope``: reuse an already learned one)."""
     env = envelope or learn_envelope(staging, registry)
     src = PolicySource(scenario=scenario.name, scenario_hash=scenario_hash(scenario_path), arm="staging",
-                       trace_sha256=trace_digest(staging), seed=resolve_arm(scenario, "staging").seed)
+                       trace_sha256=trace_digest(staging), seed=staging_arm.seed)
     return compile_policy(env, fhir_server=scenario.policy.fhir_server, fhir_base=scenario.policy.fhir_base,
                           responses={a.name: a.response_mode() for a in scenario.agents},
                           margins=Margins.from_settings(scenario.policy), registry=registry, source=src,
@@ -94,9 +111,9 @@ def replay_gates(rep: Replay, scenario: Scenario) -> dict[str, Any]:
     return out
 
 
-def parity_document(scenario: Scenario, scenario_path: Path, policy: Policy, registry: Registry, crit: Criteria,
-                    rep: Replay, gates: dict[str, Any], *, mode: str, lost_events: int,
-                    kernel: dict[str, Any] | None) -> dict[str, Any]:
+def parity_document(scenario: Scenario, scenario_path: Path, arms: dict[str, ResolvedArm], policy: Policy,
+                    registry: Registry, crit: Criteria, rep: Replay, gates: dict[str, Any], *, mode: str,
+                    lost_events: int, kernel: dict[str, Any] | None) -> dict[str, Any]:
     s = rep.summary
     attacks = s["attacks_caught"]
     passed = crit.passed and gates["pass"]
@@ -104,7 +121,7 @@ def parity_document(scenario: Scenario, scenario_path: Path, policy: Policy, reg
         "schema": PARITY_SCHEMA,
         "verdict": "pass" if passed else "fail",
         "scenario": {"name": scenario.name, "hash": scenario_hash(scenario_path), "seed": scenario.seed,
-                     "arms": {a: {"seed": resolve_arm(scenario, a).seed} for a in ("production", "staging")},
+                     "arms": {a: {"seed": arms[a].seed} for a in ("production", "staging")},
                      "start": scenario.start.datetime().isoformat()},
         "mode": mode,
         "policy": {"hash": policy.hash, "version": policy.version, "parent": policy.parent},
@@ -112,6 +129,7 @@ def parity_document(scenario: Scenario, scenario_path: Path, policy: Policy, reg
         "criteria": crit.to_dict(),
         "replay": {
             "pass": gates["pass"], "gates": gates["metrics"],
+            "decided_by": rep.decisions.decided_by,
             "requests": s["requests"], "legitimate": s["legitimate"],
             "over_blocks": s["over_blocks"], "under_blocks": s["under_blocks"],
             "attacks_injected": len(attacks), "attacks_caught": sum(1 for a in attacks if a["caught"]),
@@ -126,25 +144,43 @@ def parity_document(scenario: Scenario, scenario_path: Path, policy: Policy, reg
     return doc
 
 
-def _kernel_agreement(production: pa.Table) -> tuple[pa.Table, dict[str, Any] | None]:
-    """Live traces carry the kernel's own decisions: keep a count of disagreements, then drop them
-    so the reference replay sees the plain trace."""
-    if "decision" not in production.column_names:
-        return production, None
-    kernel = production["decision"]
-    drop = [c for c in ("decision", "reason") if c in production.column_names]
-    return production.drop_columns(drop), {"decision": kernel}
+STAGES = ("learn", "decide", "replay", "score", "artefacts")
 
 
-STAGES = ("learn", "replay", "score", "artefacts")
+def engine_decider(start: dt.datetime) -> Decide:
+    """Model mode: the reference engine decides production."""
+    return lambda production, policy, registry: engine_decide(production, policy, registry, start)
+
+
+def learn_and_compile(scenario: Scenario, scenario_path: Path, arms: dict[str, ResolvedArm], staging: pa.Table,
+                      registry: Registry, out_dir: Path) -> tuple[Envelope, Policy]:
+    """The staging envelope and the policy compiled from it, once per run, written to the run
+    folder with the registry (the policy's version follows the folder's policy history)."""
+    from paritybed.parity.attestation import policy_history_version
+
+    env = learn_envelope(staging, registry)
+    policy = build_policy(scenario, scenario_path, staging, registry, arms["staging"], envelope=env)
+    version, parent = policy_history_version(out_dir / "attestation" / "policy_history.jsonl", policy)
+    if version != policy.version:
+        policy = build_policy(scenario, scenario_path, staging, registry, arms["staging"], version=version,
+                              parent=parent, envelope=env)
+    save_policy(policy, out_dir / "policy.json")
+    save_registry(registry, out_dir / "baa-registry.json")
+    (out_dir / "envelope.json").write_text(json.dumps(env.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return env, policy
 
 
 def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, staging: pa.Table, out_dir: Path,
-             *, mode: str = "model", lost_events: int = 0,
+             *, arms: dict[str, ResolvedArm] | None = None, decide: Decide | None = None, mode: str = "model",
+             lost_events: Callable[[], int] | int = 0,
              progress: Callable[[str, int, int], None] | None = None) -> Verdict:
     """Score one run and write its artefacts into ``out_dir``; ``Verdict.passed`` is the answer.
 
-    ``progress(stage, done, total)`` is called as each of ``STAGES`` starts (for a progress bar)."""
+    ``decide`` decides production under the compiled policy (default: the reference engine); a
+    decider that returns the kernel's decisions (live mode) also gets them compared with the
+    engine's, once.  ``lost_events``: the kernel's ring-buffer losses (a number, or a function
+    asked after ``decide``).  ``progress(stage, done, total)`` is called as each of ``STAGES``
+    starts (for a progress bar)."""
     from paritybed.parity.artefacts import write_artefacts
 
     def step(name: str) -> None:
@@ -154,32 +190,23 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scenario_path = Path(scenario_path)
+    arms = arms or resolve_arms(scenario)
     registry = registry_of(scenario)
     start = scenario.start.datetime()
-    production, kernel_dec = _kernel_agreement(production)
 
     step("learn")
-    env = learn_envelope(staging, registry)
-    policy = build_policy(scenario, scenario_path, staging, registry, envelope=env)
-    from paritybed.parity.attestation import policy_history_version
+    env, policy = learn_and_compile(scenario, scenario_path, arms, staging, registry, out_dir)
 
-    version, parent = policy_history_version(out_dir / "attestation" / "policy_history.jsonl", policy)
-    if version != policy.version:
-        policy = build_policy(scenario, scenario_path, staging, registry, version=version, parent=parent, envelope=env)
-    save_policy(policy, out_dir / "policy.json")
-    save_registry(registry, out_dir / "baa-registry.json")
-    (out_dir / "envelope.json").write_text(json.dumps(env.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    step("decide")
+    decisions = (decide or engine_decider(start))(production, policy, registry)
+    kernel = None
+    if decisions.decided_by == "kernel":
+        kernel = agreement(production, decisions, engine_decide(production, policy, registry, start))
+    lost = lost_events() if callable(lost_events) else lost_events
 
     step("replay")
-    rep = replay(production, policy, registry, start)
+    rep = replay(production, decisions, start)
     write_replay(production, rep, out_dir, policy_hash=policy.hash)
-    kernel = None
-    if kernel_dec is not None:
-        from paritybed.enforcer.engine import DECISIONS
-
-        ref = np.array(DECISIONS, dtype=object)[rep.decisions.decision]
-        k = np.array(kernel_dec["decision"].cast(pa.string()).to_pylist(), dtype=object)
-        kernel = {"disagreements": int((ref != k).sum()), "rows": int(len(k))}
 
     step("score")
     sp = profile_from_trace(staging, start, arm="staging")
@@ -187,10 +214,10 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     (out_dir / "profiles").mkdir(exist_ok=True)
     save_profile(sp, out_dir / "profiles" / "staging.json")
     save_profile(pp, out_dir / "profiles" / "production.json")
-    crit = criteria(sp, pp, scenario.gate, policy=policy, declared=declared_break_glass(scenario))
+    crit = criteria(sp, pp, scenario.gate, policy=policy, declared=declared_break_glass(scenario, arms["production"]))
     gates = replay_gates(rep, scenario)
-    doc = parity_document(scenario, scenario_path, policy, registry, crit, rep, gates, mode=mode,
-                          lost_events=lost_events, kernel=kernel)
+    doc = parity_document(scenario, scenario_path, arms, policy, registry, crit, rep, gates, mode=mode,
+                          lost_events=lost, kernel=kernel)
     _write_json(out_dir / "parity.json", doc)
     write_junit(out_dir / "junit.xml", crit, rep.summary["attacks_caught"])
     step("artefacts")
@@ -199,7 +226,7 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     paths.update(parity=out_dir / "parity.json", junit=out_dir / "junit.xml", policy=out_dir / "policy.json")
     if progress is not None:
         progress("artefacts", len(STAGES), len(STAGES))
-    return Verdict(passed=doc["verdict"] == "pass", parity=doc, out_dir=out_dir, paths=paths)
+    return Verdict(passed=doc["verdict"] == "pass", parity=doc, out_dir=out_dir, paths=paths, agreement=kernel)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

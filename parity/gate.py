@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from paritybed.agents.trace import read_trace
+from paritybed.core.errors import InputError
 from paritybed.enforcer.policy import Policy, load_policy
-from paritybed.errors import InputError
 from paritybed.parity.compile import trace_digest
 from paritybed.parity.criteria import Criteria, criteria
 from paritybed.parity.junit import write_junit
 from paritybed.parity.profile import load_profile, profile_from_trace
-from paritybed.sim.scenario import Gate
-from paritybed.sim.trace import read_trace
+from paritybed.scenarios import Gate
 
 GATE_SCHEMA = "paritybed.gate/1"
 
@@ -59,11 +59,11 @@ def run_gate(policy_path: Path, staging_trace: Path, production_profile: Path, *
     gate = Gate()
     if scenario_path is not None:
         from paritybed.parity.evaluate import declared_break_glass
-        from paritybed.sim.scenario import load_scenario
+        from paritybed.scenarios import load_scenario, resolve_arm
 
         scenario = load_scenario(scenario_path)
         gate = scenario.gate
-        declared = declared_break_glass(scenario)
+        declared = declared_break_glass(scenario, resolve_arm(scenario, "production"))
     staging = read_trace(staging_trace)
     prod = load_profile(production_profile)
     notes = []

@@ -23,9 +23,10 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from paritybed.enforcer.engine import DENY  # noqa: E402
+from paritybed.core.columns import codes, ints  # noqa: E402
+from paritybed.core.units import DAY_NS, FIVE_MIN_NS, NS_PER_MIN  # noqa: E402
+from paritybed.enforcer.kernel_abi import DENY  # noqa: E402
 from paritybed.enforcer.policy import Policy  # noqa: E402
-from paritybed.parity.columns import DAY_NS, FIVE_MIN_NS, codes, ints  # noqa: E402
 from paritybed.parity.profile import ClassProfile, Profile  # noqa: E402
 from paritybed.parity.replay import Replay  # noqa: E402
 
@@ -126,7 +127,7 @@ def plot_coverage(sp: Profile, pp: Profile, path: Path) -> Path:
 
 
 def _hhmm(t_ns: int) -> str:
-    m = (t_ns % DAY_NS) // 60_000_000_000
+    m = (t_ns % DAY_NS) // NS_PER_MIN
     return f"{m // 60:02d}:{m % 60:02d}"
 
 

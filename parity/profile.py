@@ -23,12 +23,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from paritybed.errors import InputError
-from paritybed.parity.columns import DAY_NS, FIVE_MIN_NS, codes, ints, mask_eq, sliding_counts
+from paritybed.core.columns import codes, ints, mask_eq
+from paritybed.core.errors import InputError
+from paritybed.core.units import DAY_NS, FIVE_MIN_NS, HOUR_NS
+from paritybed.parity.windows import sliding_counts
 
 PROFILE_SCHEMA = "paritybed.profile/1"
 SAMPLE_MAX = 4000  # quantile-sample size: KS resolution ~1/4000, a few kB per class
-HOUR_NS = 3600 * 1_000_000_000
 BINS_PER_DAY = 288
 
 
@@ -280,7 +281,7 @@ def save_profile(p: Profile, path: str | Path) -> None:
 
 def load_profile(path: str | Path) -> Profile:
     """Read a profile.json; a missing, unreadable or foreign file is an InputError naming it."""
-    from paritybed.jsonfile import load_model
+    from paritybed.core.jsonfile import load_model
 
     def is_profile(raw: Any) -> None:
         if not isinstance(raw, dict) or raw.get("schema") != PROFILE_SCHEMA:

@@ -1,5 +1,9 @@
 """Replay production under the staging-built policy: the consequence, counted and timed.
 
+The replay takes the decisions it is given (enforcer.decisions.Decisions): the reference engine's
+in model mode, the kernel's own in live mode; it never decides anything itself, so every number
+it reports is the named decider's (``decided_by``).
+
 Over-blocks are legitimate requests (``expected=allow``) the policy denies; those denied only
 because an attack had just quarantined the replica are *collateral* and counted apart.  Clinical
 impact is the set of agent-replica minutes during which the agent was blocked (an over-block in
@@ -19,14 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from paritybed.enforcer.engine import ALLOW, DENY, REASONS, Decisions, decide, with_decisions
-from paritybed.enforcer.policy import Policy
-from paritybed.enforcer.registry import Registry
-from paritybed.hashlog import HashLog
-from paritybed.parity.columns import NS_PER_MIN, codes, ints, mask_eq
-
-HOUR_NS = 3600 * 1_000_000_000
-QUARANTINED = REASONS.index("quarantined")
+from paritybed.core.columns import codes, ints, mask_eq
+from paritybed.core.hashlog import HashLog
+from paritybed.core.units import HOUR_NS, NS_PER_MIN
+from paritybed.enforcer.decisions import Decisions, with_decisions
+from paritybed.enforcer.kernel_abi import ALERT, ALLOW, DENY, R_QUARANTINED, REASONS
 
 
 @dataclass
@@ -37,9 +38,8 @@ class Replay:
     collateral_rows: np.ndarray
 
 
-def replay(trace: pa.Table, policy: Policy, registry: Registry, start: dt.datetime) -> Replay:
-    """Decide every production row under ``policy`` and summarise the consequences."""
-    d = decide(trace, policy, registry, start)
+def replay(trace: pa.Table, d: Decisions, start: dt.datetime) -> Replay:
+    """The consequences of the decisions ``d`` (one per production row) for clinical work and attacks."""
     n = trace.num_rows
     t = ints(trace["t_ns"])
     legit = ~mask_eq(trace["expected"], "deny")
@@ -100,7 +100,7 @@ def _collateral(trace: pa.Table, d: Decisions, legit: np.ndarray) -> np.ndarray:
     qrows = np.array([e["row"] for e in q], dtype=np.int64)
     qslot = slot[qrows]
     qrow_attack = ~legit[qrows]
-    held = np.nonzero(d.reason == QUARANTINED)[0]
+    held = np.nonzero(d.reason == R_QUARANTINED)[0]
     for s in np.unique(slot[held]).tolist():
         rows = held[slot[held] == s]
         starts = qrows[qslot == s]
@@ -120,9 +120,9 @@ def _under_blocks(trace: pa.Table, d: Decisions, legit: np.ndarray) -> dict[str,
     for k in np.unique(lab_c[bad]).tolist():
         m = bad & (lab_c == k)
         by_label[lab_v[k] or "(unlabelled)"] = {"rows": int(m.sum()), "allowed": int((m & (d.decision == ALLOW)).sum()),
-                                               "alerted": int((m & (d.decision == 2)).sum())}
+                                               "alerted": int((m & (d.decision == ALERT)).sum())}
     return {"total": int(through.sum()), "expected_deny": int(bad.sum()),
-            "alerted": int((bad & (d.decision == 2)).sum()), "by_label": by_label}
+            "alerted": int((bad & (d.decision == ALERT)).sum()), "by_label": by_label}
 
 
 def _attacks(trace: pa.Table, d: Decisions, t: np.ndarray) -> list[dict[str, Any]]:

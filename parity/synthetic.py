@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from paritybed.sim.scenario import Scenario
-from paritybed.sim.trace import TraceBuilder
+from paritybed.agents.trace import TraceBuilder
+from paritybed.core.units import DAY_NS, HOUR_NS, NS_PER_S
+from paritybed.scenarios import Scenario
 
-S = 1_000_000_000
-HOUR = 3600 * S
-DAY = 24 * HOUR
 SERVER = "127.0.0.1:8080"
 EMBED = "127.0.0.21:9443"
 PAYER = "127.0.0.22:443"
@@ -52,7 +50,7 @@ def make_trace(arm: str, *, days: float = 1.0, seed: int = 1, arrivals: str = "b
     independently and evenly over time (no tasks, no morning burst)."""
     rng = np.random.default_rng(seed)
     b = TraceBuilder(arm)
-    span = int(days * DAY)
+    span = int(days * DAY_NS)
     for agent, spec in TASKS.items():
         n_tasks = int(round(spec["per_day"] * days * volume))
         if arrivals == "uniform":
@@ -61,7 +59,7 @@ def make_trace(arm: str, *, days: float = 1.0, seed: int = 1, arrivals: str = "b
             w = BURSTY / BURSTY.sum()
             day = rng.integers(0, max(1, int(np.ceil(days))), n_tasks)
             hour = rng.choice(24, n_tasks, p=w)
-            starts = day * DAY + hour * HOUR + rng.integers(0, HOUR, n_tasks)
+            starts = day * DAY_NS + hour * HOUR_NS + rng.integers(0, HOUR_NS, n_tasks)
             starts = np.sort(starts[starts < span])
         for k, t0 in enumerate(starts.tolist()):
             steps = list(spec["steps"])
@@ -75,7 +73,7 @@ def make_trace(arm: str, *, days: float = 1.0, seed: int = 1, arrivals: str = "b
             if arrivals == "uniform":
                 ts = np.sort(rng.integers(0, span, len(steps))).tolist()
             else:
-                ts = (t0 + np.cumsum(rng.exponential(0.25 * S, len(steps))).astype(np.int64)).tolist()
+                ts = (t0 + np.cumsum(rng.exponential(0.25 * NS_PER_S, len(steps))).astype(np.int64)).tolist()
             for (typ, inter), t in zip(steps, ts):
                 b.add(t_ns=int(t), agent=agent, agent_class=spec["class"], replica=rep, kind="fhir",
                       method="GET" if inter in ("read", "search") else "POST", path=f"/fhir/{typ}",
@@ -91,11 +89,11 @@ def make_trace(arm: str, *, days: float = 1.0, seed: int = 1, arrivals: str = "b
                       label="hotfix:summariser")
     _lanes(b, rng, span, break_glass, replicas)
     if attacks:
-        t0 = span // 2 + 3 * HOUR
+        t0 = span // 2 + 3 * HOUR_NS
         for i in range(40):
-            b.add(t_ns=t0 + i * 5 * S, agent="prior-auth", agent_class="prior_auth", replica=0, kind="fhir",
+            b.add(t_ns=t0 + i * 5 * NS_PER_S, agent="prior-auth", agent_class="prior_auth", replica=0, kind="fhir",
                   method="GET", resource_type="Patient", interaction="search", expected="deny", label="attack:bulk-read")
-        b.add(t_ns=t0 + HOUR, agent="cds", agent_class="cds", replica=1, kind="egress", endpoint="exfil",
+        b.add(t_ns=t0 + HOUR_NS, agent="cds", agent_class="cds", replica=1, kind="egress", endpoint="exfil",
               address=EXFIL, expected="deny", label="attack:exfil")
     return b.build()
 
@@ -106,20 +104,20 @@ def _lanes(b: TraceBuilder, rng: np.random.Generator, span: int, mode: str, repl
     if mode == "drill":
         times = [span // 4, (3 * span) // 4]
     else:
-        n = max(1, int(round(2 * span / DAY)))
-        times = sorted(int(x) for x in rng.integers(HOUR, max(HOUR + 1, span - HOUR), n))
+        n = max(1, int(round(2 * span / DAY_NS)))
+        times = sorted(int(x) for x in rng.integers(HOUR_NS, max(HOUR_NS + 1, span - HOUR_NS), n))
     for k, t in enumerate(times):
         claim = f"cb-{k}-{int(rng.integers(0, 10**6))}"
         rep = k % replicas
-        dur = 30 * 60 * S
+        dur = 30 * 60 * NS_PER_S
         b.add(t_ns=t, agent="cds", agent_class="cds", replica=rep, kind="lane_open", lane="code_blue", claim_id=claim,
               identity=f"Practitioner/{100 + k}|physician", duration_ns=dur, workflow="break_glass")
         for j, (typ, inter) in enumerate(LANE_STEPS * 2):
-            b.add(t_ns=t + (j + 1) * 60 * S, agent="cds", agent_class="cds", replica=rep, kind="fhir", resource_type=typ,
+            b.add(t_ns=t + (j + 1) * 60 * NS_PER_S, agent="cds", agent_class="cds", replica=rep, kind="fhir", resource_type=typ,
                   interaction=inter, lane="code_blue", claim_id=claim, resource_id=f"x{j}" if inter != "search" else "",
                   context_id=claim, context_kind="lane", patient_id="p1", workflow="break_glass")
         if mode == "drill":
-            b.add(t_ns=t + dur + 60 * S, agent="cds", agent_class="cds", replica=rep, kind="fhir",
+            b.add(t_ns=t + dur + 60 * NS_PER_S, agent="cds", agent_class="cds", replica=rep, kind="fhir",
                   resource_type="Procedure", interaction="search", lane="code_blue", claim_id=claim,
                   expected="deny", label="lane-expiry-probe", workflow="break_glass")
 

@@ -1,9 +1,11 @@
 """paritybed: a simulation and staging-parity testbed for AI agents that touch patient data.
 
-The data flows one way: scenario -> simulation (``paritybed.sim``) -> agents
-(``paritybed.agents``) -> enforcement (``paritybed.enforcer`` + ``bpf/``) -> trace -> parity
-(``paritybed.parity``) -> artefacts.  This top-level package owns the CLI and the run
-orchestration that wires the parts together.
+The package is layered, imports only downward (docs/architecture.md): foundations
+(``paritybed.core``) -> the scenario format (``paritybed.scenarios``) -> ``paritybed.fhir`` and
+``paritybed.enforcer`` -> ``paritybed.agents`` -> ``paritybed.sim`` -> ``paritybed.parity`` -> the
+CLI and the run pipeline, which are the modules of this top-level package.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("paritybed")  # pyproject.toml is the one place the version is written

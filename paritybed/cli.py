@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.console import Console
 
-from paritybed.errors import EXIT_USAGE, ParitybedError
+from paritybed.core.errors import EXIT_USAGE, ParitybedError
 
 app = typer.Typer(
     name="paritybed",

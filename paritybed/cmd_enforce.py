@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 
 out = Console()
 err = Console(stderr=True)
@@ -189,11 +189,11 @@ def _summary(events: list[dict[str, Any]], lost: int, code: int, observe: bool) 
 
 
 def _write_observed(events: list[dict[str, Any]], pol: Any, agent: str, reg_path: Path, out_dir: Path) -> None:
+    from paritybed.agents.trace import write_trace
     from paritybed.enforcer import kernel_abi as abi
-    from paritybed.enforcer.observed import observed_policy, trace_from_events
     from paritybed.enforcer.policy import save_policy
     from paritybed.enforcer.registry import load_registry
-    from paritybed.sim.trace import write_trace
+    from paritybed.parity.observed import observed_policy, trace_from_events
 
     ap = pol.agents[agent]
     servers = {abi.format_address(a, abi.addr_key(a, p).port) for a, p in abi.parse_address(ap.fhir.server)}

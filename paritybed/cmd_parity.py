@@ -91,7 +91,7 @@ def profile_command(
 
 
 def verify_log_command(path: Path = typer.Argument(..., help="a chained .jsonl or AuditEvent .ndjson log")) -> None:
-    from paritybed.errors import InputError
+    from paritybed.core.errors import InputError
     from paritybed.parity.auditlog import verify_log
 
     if not path.is_file():

@@ -86,7 +86,7 @@ def population_command(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from paritybed.sim.population import PopulationWarning, load_population
+    from paritybed.fhir.population import PopulationWarning, load_population
 
     with warnings.catch_warnings(record=True) as caught, Progress(
         TextColumn("indexing bundles"), BarColumn(), MofNCompleteColumn(), console=err, transient=True

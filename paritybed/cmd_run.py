@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from paritybed.errors import EXIT_USAGE
+from paritybed.core.errors import EXIT_USAGE
 
 out = Console()
 err = Console(stderr=True)
@@ -38,8 +38,10 @@ def register(app: typer.Typer) -> None:
         "validate",
         help=(
             "Check scenario files against the schema and print every problem (file:line:col, field, "
-            "expected, found).  Exit code 0 if all are valid, 2 otherwise.\n\n"
-            "Example: paritybed validate scenarios/*.yaml"
+            "expected, found; in the file or in the one it extends).  Exit code 0 if all are valid, 2 otherwise.  "
+            "--show prints the merged document of a variant (extends: resolved).\n\n"
+            "Example: paritybed validate scenarios/*.yaml\n\n"
+            "Example: paritybed validate --show scenarios/uniform-staging.yaml"
         ),
     )(validate_command)
     app.command(
@@ -69,27 +71,26 @@ def run_command(
                                            "(e.g. HAPI, http://localhost:8080/fhir) instead of the embedded one"),
 ) -> None:
     if mode not in ("model", "live") or clock not in ("virtual", "real") or compression <= 0:
-        from paritybed.errors import InputError
+        from paritybed.core.errors import InputError
 
         raise InputError(f"--mode must be model or live, --clock virtual or real, --compression > 0 "
                          f"(got {mode!r}, {clock!r}, {compression})")
-    if mode == "live":
-        verdict, live = run_live_with_progress(scenario, out_dir, clock=clock, compression=compression,
-                                               fhir_url=fhir_url, days=days, hours=hours)
-        print_live(live)
-        print_verdict(verdict)
-        agree = live["agreement"]
-        if clock == "virtual" and agree["disagreements"]:
+    from paritybed.run import LiveOptions
+
+    live = LiveOptions(clock=clock, compression=compression, fhir_url=fhir_url) if mode == "live" else None  # type: ignore[arg-type]
+    result = run_with_progress(scenario, out_dir, days=days, hours=hours, parallel=not sequential,
+                               score=not traces_only, live=live)
+    print_run(result.summary, result.traces)
+    if result.live is not None:
+        print_live(result.live)
+    if result.verdict is not None:
+        print_verdict(result.verdict)
+        agree = result.live["agreement"] if result.live is not None else None
+        if agree is not None and clock == "virtual" and agree["disagreements"]:
             err.print(f"[bold red]the kernel and the reference engine disagree on {agree['disagreements']} of "
                       f"{agree['rows']} requests[/] (first: {agree['first_disagreements'][:3]}); see live.json",
                       highlight=False, soft_wrap=True)
             raise typer.Exit(1)
-        raise typer.Exit(verdict.exit_code)
-    result = run_with_progress(scenario, out_dir, days=days, hours=hours, parallel=not sequential,
-                               score=not traces_only)
-    print_run(result.summary, result.traces)
-    if result.verdict is not None:
-        print_verdict(result.verdict)
         raise typer.Exit(result.verdict.exit_code)
 
 
@@ -124,8 +125,11 @@ def demo_command(
     print_verdict(result.verdict)
 
 
-def validate_command(files: list[Path] = typer.Argument(..., help="scenario YAML files")) -> None:
-    from paritybed.sim.scenario import ScenarioError, load_scenario
+def validate_command(
+    files: list[Path] = typer.Argument(..., help="scenario YAML files"),
+    show: bool = typer.Option(False, "--show", help="print each valid file's merged document (after extends:)"),
+) -> None:
+    from paritybed.scenarios import ScenarioError, load_scenario, merged_yaml
 
     bad = 0
     for f in files:
@@ -139,6 +143,8 @@ def validate_command(files: list[Path] = typer.Argument(..., help="scenario YAML
             continue
         out.print(f"[green]ok[/]  {f}  ({sc.name}: {len(sc.agents)} agents, {len(sc.break_glass)} break-glass classes, "
                   f"{len(sc.attacks)} attacks)", highlight=False, soft_wrap=True)
+        if show:
+            out.print(merged_yaml(f), highlight=False, markup=False, soft_wrap=True, end="")
     if bad:
         raise typer.Exit(EXIT_USAGE)
 
@@ -149,8 +155,10 @@ def run_with_progress(scenario: Path, out_dir: Path, **kw: Any):
 
     from paritybed.run import run_scenario
 
-    labels = {"synthea": "Synthea patients", "index": "index population", "simulate": "simulate"}
-    with Progress(TextColumn("{task.description:<34}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+    labels = {"synthea": "Synthea patients", "index": "index population", "simulate": "simulate",
+              "live": "live: requests through the kernel"}
+    live = kw.get("live") is not None
+    with Progress(TextColumn("{task.description:<44}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                   console=err, transient=False) as bar:
         tasks: dict[tuple[str, str], Any] = {}
 
@@ -160,9 +168,12 @@ def run_with_progress(scenario: Path, out_dir: Path, **kw: Any):
                 tasks[key] = bar.add_task(f"{arm:<10} {labels.get(what, what)}", total=total or None)
             bar.update(tasks[key], completed=done, total=total or None)
 
-        stage_labels = {"write": "writing traces and summary", "learn": "parity: learn envelope, compile policy",
-                         "replay": "parity: replay production", "score": "parity: score the criteria",
-                         "artefacts": "parity: report, plots, attestation"}
+        stage_labels = {"write": "writing traces and summary", "fhir": "starting the embedded FHIR server",
+                        "learn": "parity: learn envelope, compile policy",
+                        "decide": ("the kernel decides production (eBPF enforcer, replicas)" if live
+                                   else "the reference engine decides production"),
+                        "replay": "parity: replay the decisions", "score": "parity: score the criteria",
+                        "artefacts": "parity: report, plots, attestation"}
         current: list[Any] = []
 
         def stage(name: str) -> None:
@@ -177,49 +188,15 @@ def run_with_progress(scenario: Path, out_dir: Path, **kw: Any):
     return result
 
 
-def run_live_with_progress(scenario: Path, out_dir: Path, **kw: Any):
-    """`live.run_live` with the same progress display as model mode, plus the live replay."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    from paritybed.live import run_live
-
-    labels = {"synthea": "Synthea patients", "index": "index population", "simulate": "simulate",
-              "live": "live: requests through the kernel"}
-    stage_labels = {"write": "writing traces and summary", "fhir": "starting the embedded FHIR server",
-                    "live": "loading the eBPF enforcer, spawning replicas", "learn": "parity: learn envelope, compile policy",
-                    "replay": "parity: replay production", "score": "parity: score the criteria",
-                    "artefacts": "parity: report, plots, attestation"}
-    with Progress(TextColumn("{task.description:<44}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                  console=err) as bar:
-        tasks: dict[tuple[str, str], Any] = {}
-        current: list[Any] = []
-
-        def progress(arm: str, what: str, done: float, total: float) -> None:
-            key = (arm, what)
-            if key not in tasks:
-                tasks[key] = bar.add_task(f"{arm:<10} {labels.get(what, what)}", total=total or None)
-            bar.update(tasks[key], completed=done, total=total or None)
-
-        def stage(name: str) -> None:
-            for task in current:
-                bar.update(task, total=1, completed=1)
-            current.clear()
-            current.append(bar.add_task(stage_labels.get(name, name), total=None))
-
-        verdict, live = run_live(scenario, out_dir, progress=progress, stage=stage, **kw)
-        for task in current:
-            bar.update(task, total=1, completed=1)
-    return verdict, live
-
-
 def print_live(live: dict[str, Any]) -> None:
     a = live["agreement"]
     out.print(f"live mode ({live['clock']} clock): {live['rows']:,} production rows as real requests and connects in "
-              f"{live['wall_seconds']} s; the kernel allowed {live['kernel_allowed']:,} and denied {live['kernel_denied']:,}; "
-              f"{live['worker_kills']} replica kills; lost events: {live['lost_events']}", highlight=False, soft_wrap=True)
+              f"{live['wall_seconds']} s; the kernel allowed {live['kernel_allowed']:,}, alerted {live['kernel_alerted']:,} "
+              f"and denied {live['kernel_denied']:,}; {live['worker_kills']} replica kills; lost events: "
+              f"{live['lost_events']}", highlight=False, soft_wrap=True)
     colour = "green" if a["disagreements"] == 0 else "red"
-    out.print(f"[{colour}]kernel vs reference engine: {a['disagreements']} disagreements on {a['rows']:,} rows[/]",
-              highlight=False)
+    out.print(f"[{colour}]kernel vs reference engine (decision and reason): {a['disagreements']} disagreements on "
+              f"{a['rows']:,} rows[/]", highlight=False)
 
 
 def print_verdict(verdict: Any) -> None:
@@ -243,8 +220,9 @@ def print_verdict(verdict: Any) -> None:
     out.print(t)
     r = doc["replay"]
     ob = r["over_blocks"]
+    who = "the kernel's" if r.get("decided_by") == "kernel" else "the reference engine's"
     out.print(
-        f"replay of production under the staging-built policy: {ob['total']:,} over-blocks "
+        f"replay of production under the staging-built policy ({who} decisions): {ob['total']:,} over-blocks "
         f"(legitimate requests denied), {r['under_blocks']['total']:,} under-blocks (attack actions allowed), "
         f"{r['attacks_caught']}/{r['attacks_injected']} attacks caught, "
         f"{r['clinical_impact_minutes']:,} agent-minutes of clinical impact",

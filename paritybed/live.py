@@ -1,17 +1,20 @@
-"""Live mode: the production schedule as real processes, real HTTP and real connects, decided by
-the kernel.
+"""Live mode's decider: the production trace as real processes, real HTTP and real connects,
+decided by the kernel.
 
-`paritybed run SCENARIO --mode live` simulates both arms (as in model mode), learns the policy
-from the staging trace, and then replays the production trace for real:
+`paritybed run SCENARIO --mode live` is the same pipeline as model mode (paritybed/run.py); only
+"decide production" differs, and this module is it:
 
-* the embedded FHIR server (or `--fhir-url`) holds the production patients;
+* the embedded FHIR server (or `--fhir-url`) holds the production patients (``fhir_endpoint``);
 * every agent replica is a worker process (agents/live.py) in its own cgroup under the kernel
   enforcer (enforcer/kernel.py), sending the row's HTTP request over a keep-alive connection or
   connecting to the row's external endpoint; stand-in listeners answer on the 127.0.0.x
   addresses the BAA registry (and the attacks) name;
-* the kernel's decision for a row is what the caller saw: EACCES from send (sk_msg drop) or
-  EPERM from connect (cgroup connect4) is a deny, anything else went through;
-* break-glass activations go to the control plane (`open_lane`).
+* break-glass activations go to the control plane (`open_lane`, the engine's rule);
+* the kernel's decision and reason for a row are the kernel's own events for it: the driver
+  sends one row at a time and reads the ring buffer after each answer (a hook writes its record
+  before the send or connect returns), so the records read belong to that row.  No record means
+  the kernel allowed it plainly.  An alert is allowed and recorded: distinct from an allow here,
+  as it is for the engine.  What the caller saw (errno, HTTP status) is kept beside it.
 
 Two clocks.  On the **virtual** clock the driver writes each row's simulated time into the
 kernel's clock map before sending it and waits for the answer: deterministic, and the kernel must
@@ -29,7 +32,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,10 +42,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet  # noqa: F401 - pa.parquet.write_table
 
-from paritybed.errors import EnvironmentProblem, InputError
-from paritybed.sim.scenario import Scenario
+from paritybed.core.errors import EnvironmentProblem, InputError
+from paritybed.core.pipe import PipeWorker
+from paritybed.enforcer.decisions import Decisions
+from paritybed.enforcer.engine import decision_events
+from paritybed.enforcer.kernel_abi import (ALERT, ALLOW, DECISIONS, DENY, R_LANE_NOT_IN_ENVELOPE, R_LANE_OPENED, R_OK,
+                                           R_UNENFORCED, REASONS)
+from paritybed.scenarios import Scenario
 
-Clock = Literal["virtual", "real"]
+ClockMode = Literal["virtual", "real"]
+#: Kernel events that decide a row (the rest of the log is the control plane's own).
+DECIDING = ("deny", "alert", "request")
+ROW_EVENTS = DECIDING + ("first-contact", "quarantine", "kill", "lane-open", "lane-refused")
 
 
 # ------------------------------------------------------------------------------------ stand-ins
@@ -106,80 +116,115 @@ class Replica:
 
     def __init__(self, enforcer: Any, agent: str, replica: int, fhir_hostport: str) -> None:
         self.enforcer, self.agent, self.replica, self.fhir = enforcer, agent, replica, fhir_hostport
-        self.spawns = 0
         self.kills = 0
-        self.proc = self._spawn()
+        self.worker = self._spawn()
 
-    def _spawn(self) -> subprocess.Popen:
-        self.spawns += 1
-        argv = [sys.executable, "-P", "-m", "paritybed.agents.live", "--fhir", self.fhir]
-        return self.enforcer.spawn(self.agent, self.replica, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   text=True, bufsize=1)
+    def _spawn(self) -> PipeWorker:
+        from paritybed.agents.live import worker_argv
+
+        return PipeWorker(self.enforcer.spawn(self.agent, self.replica, worker_argv(self.fhir), stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, text=True, bufsize=1))
 
     def send(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
         """The worker's answer, or None when the worker was killed (the control plane's `kill`
         response) while handling it; the next command goes to a fresh worker in the same cgroup."""
-        if self.proc.poll() is not None:
+        if not self.worker.alive():
             self._reap()
-            self.proc = self._spawn()
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        try:
-            self.proc.stdin.write(json.dumps(cmd, separators=(",", ":")) + "\n")
-            self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
-        except BrokenPipeError:
-            line = ""
-        if line:
-            return json.loads(line)
-        self._reap()
-        self.proc = self._spawn()
-        return None
+            self.worker = self._spawn()
+        answer = self.worker.ask(cmd)
+        if answer is None:
+            self._reap()
+            self.worker = self._spawn()
+        return answer
 
     def _reap(self) -> None:
-        code = self.proc.wait(timeout=10)
+        code = self.worker.proc.wait(timeout=10)
         if code != -signal.SIGKILL:
             raise EnvironmentProblem(f"the live worker of {self.agent}-{self.replica} exited with code {code} "
                                      "(not killed by the enforcer)")
         self.kills += 1
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write('{"op":"quit"}\n')
-                self.proc.stdin.close()
-                self.proc.wait(timeout=10)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        self.worker.close()
+
+
+# ------------------------------------------------------------------------------------ the kernel's decisions
+class RowDecisions:
+    """The kernel's decision and reason per production row, built from its events (module doc)."""
+
+    def __init__(self, n: int) -> None:
+        self.decision = np.full(n, ALLOW, dtype=np.int8)
+        self.reason = np.full(n, R_OK, dtype=np.int8)
+        self.events: list[dict[str, Any]] = []
+        self.caller_mismatch = 0  # the caller's view (errno) disagrees with the kernel's record
+        self.unattributed = 0  # records of another replica than the row's (none expected)
+
+    def lane(self, i: int, t: int, enforced: bool, opened: bool, events: list[dict[str, Any]]) -> None:
+        """A lane_open row: the control plane's decision (AgentPolicy.lane_expiry)."""
+        if not enforced:
+            self.reason[i] = R_UNENFORCED
+        elif opened:
+            self.reason[i] = R_LANE_OPENED
+        else:
+            self.decision[i], self.reason[i] = DENY, R_LANE_NOT_IN_ENVELOPE
+        self._keep(i, t, events, ("lane-open", "lane-refused"))
+
+    def row(self, i: int, t: int, who: tuple[str, int], kind: str, enforced: bool, refused: bool,
+            events: list[dict[str, Any]]) -> None:
+        """A FHIR request or an egress connect: the kernel's records for it decide."""
+        mine = [e for e in events if e.get("event") in ROW_EVENTS and (e.get("agent"), e.get("replica")) == who]
+        self.unattributed += sum(1 for e in events if e.get("event") in ROW_EVENTS) - len(mine)
+        deciding = [e for e in mine if e["event"] in DECIDING]
+        if not enforced:
+            self.reason[i] = R_UNENFORCED
+        elif deciding:
+            e = deciding[-1]
+            self.decision[i] = DECISIONS.index(e["event"]) if e["event"] != "request" else ALLOW
+            self.reason[i] = REASONS.index(e.get("reason", ""))
+        elif kind == "egress":
+            fc = next((e for e in mine if e["event"] == "first-contact"), None)
+            self.reason[i] = REASONS.index(fc.get("reason", "")) if fc is not None else R_OK
+        if refused != (self.decision[i] == DENY):
+            self.caller_mismatch += 1
+        # A FHIR row may reconnect to the server first: that connect's first contact is not the row's.
+        self._keep(i, t, mine, ("quarantine", "kill") + (("first-contact",) if kind == "egress" else ()))
+
+    def _keep(self, i: int, t: int, events: list[dict[str, Any]], kinds: tuple[str, ...]) -> None:
+        """The row's events in the engine's vocabulary (deny/alert are added from the decisions)."""
+        for e in events:
+            if e.get("event") in kinds:
+                rec = {k: v for k, v in e.items() if k not in ("agent", "replica", "kind", "claim", "t_ns")}
+                self.events.append({"row": i, "t_ns": t, **rec})
+
+    def result(self, t_ns: list[int]) -> Decisions:
+        decision_events(self.events, self.decision, self.reason, t_ns)
+        return Decisions(self.decision, self.reason, self.events, decided_by="kernel")
+
+
+def _refused(kind: str, answer: dict[str, Any] | None) -> bool:
+    """What the caller saw: a kernel refusal (EACCES from send, EPERM from connect) or a kill."""
+    if answer is None:
+        return True  # killed while handling it: the kill follows a denied request
+    err = answer.get("errno")
+    if answer.get("error"):
+        raise EnvironmentProblem(f"the live worker could not run row {answer.get('row')}: {answer['error']}")
+    if kind == "fhir":
+        return err in (errno_mod.EACCES, errno_mod.EPERM)  # sk_msg drop; the (re)connect refused
+    return err == errno_mod.EPERM
 
 
 # ------------------------------------------------------------------------------------ the driver
 @dataclass
 class LiveResult:
-    production: pa.Table  # the production trace + the kernel's `decision` column
+    decisions: Decisions  # the kernel's decision and reason per production row
     lost_events: int
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _decision(kind: str, answer: dict[str, Any] | None) -> str:
-    """What the caller saw, as a decision: a kernel refusal is a deny, anything else went through."""
-    if answer is None:
-        return "deny"  # killed while handling it: the kill follows a denied request
-    err = answer.get("errno")
-    if kind == "fhir" and err in (errno_mod.EACCES, errno_mod.EPERM):
-        return "deny"  # EACCES: sk_msg drop; EPERM: the (re)connect to the FHIR server was refused
-    if kind == "egress" and err == errno_mod.EPERM:
-        return "deny"
-    if answer.get("error"):
-        raise EnvironmentProblem(f"the live worker could not run row {answer.get('row')}: {answer['error']}")
-    return "allow"
-
-
 def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: Path, out: Path, fhir_hostport: str,
-          *, clock: Clock = "virtual", compression: float = 60.0, name: str = "paritybed",
+          *, clock: ClockMode = "virtual", compression: float = 60.0, name: str = "paritybed",
           progress: Callable[[int, int], None] | None = None) -> LiveResult:
-    """Send every production row through the kernel enforcer; return the trace with decisions."""
+    """Send every production row through the kernel enforcer; the kernel's decisions."""
     from paritybed.agents.live import command_for
     from paritybed.enforcer.kernel import KernelEnforcer
 
@@ -191,7 +236,7 @@ def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: 
     ke = KernelEnforcer(policy, registry_path, start=start, clock=clock, compression=compression,
                         event_log=out / "kernel-events.jsonl", name=name)
     replicas: dict[tuple[str, int], Replica] = {}
-    decisions: list[str] = []
+    kernel = RowDecisions(len(rows))
     seen_errno: list[int] = []  # what the caller saw: 0 or the errno of the refused send/connect
     seen_status: list[int] = []  # HTTP status of a FHIR request that went through (0 otherwise)
     latency: list[int] = []
@@ -200,6 +245,7 @@ def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: 
     try:
         for agent, rep in sorted({(r["agent"], int(r["replica"])) for r in rows}):
             replicas[(agent, rep)] = Replica(ke, agent, rep, fhir_hostport)
+        ke.drain()  # the control plane's start: not a row's
         for i, r in enumerate(rows):
             t = int(r["t_ns"])
             if clock == "virtual":
@@ -211,14 +257,16 @@ def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: 
                     time.sleep(wait)
                 elif wait < -0.05:
                     behind += 1
+            who = (r["agent"], int(r["replica"]))
+            enforced = r["agent"] in policy.agents
             if r["kind"] == "lane_open":
-                ok = ke.open_lane(r["agent"], int(r["replica"]), r["claim_id"], r["lane"], int(r["duration_ns"]), t)
-                decisions.append("allow" if ok else "deny")
+                ok = ke.open_lane(r["agent"], who[1], r["claim_id"], r["lane"], int(r["duration_ns"]), t)
+                kernel.lane(i, t, enforced, ok, ke.drain())
                 seen_errno.append(0)
                 seen_status.append(0)
             else:
-                answer = replicas[(r["agent"], int(r["replica"]))].send(command_for(r, i, start_iso))
-                decisions.append(_decision(r["kind"], answer))
+                answer = replicas[who].send(command_for(r, i, start_iso))
+                kernel.row(i, t, who, r["kind"], enforced, _refused(r["kind"], answer), ke.drain())
                 seen_errno.append(int((answer or {}).get("errno") or (0 if answer is not None else -1)))
                 seen_status.append(int((answer or {}).get("status") or 0))
                 if answer is not None:
@@ -234,108 +282,81 @@ def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: 
             w.close()
         ke.close(cleanup=True)
         stand_ins.close()
-    dec = pa.array(decisions, type=pa.string()).dictionary_encode()
+    decisions = kernel.result([int(r["t_ns"]) for r in rows])
     lat = np.asarray(latency or [0], dtype=np.int64)
     summary = {
         "clock": clock, "compression": compression if clock == "real" else None,
         "rows": len(rows), "wall_seconds": round(time.monotonic() - t_wall0, 2),
-        "kernel_allowed": decisions.count("allow"), "kernel_denied": decisions.count("deny"),
+        "kernel_allowed": int((decisions.decision == ALLOW).sum()), "kernel_denied": int((decisions.decision == DENY).sum()),
+        "kernel_alerted": int((decisions.decision == ALERT).sum()),
+        "caller_saw_otherwise": kernel.caller_mismatch, "unattributed_events": kernel.unattributed,
         "worker_kills": sum(w.kills for w in replicas.values()),
         "rows_dispatched_late": behind if clock == "real" else None,
         "request_latency_us": {"p50": round(float(np.percentile(lat, 50)) / 1e3, 1),
                                "p99": round(float(np.percentile(lat, 99)) / 1e3, 1)},
         "lost_events": lost, "kernel_counters": counters, "stand_in_connections": stand_ins.accepted,
     }
-    seen = production.append_column("decision", dec).append_column("errno", pa.array(seen_errno, pa.int32()))
-    pa.parquet.write_table(seen.append_column("http_status", pa.array(seen_status, pa.int16())), out / "live.parquet",
-                           compression="zstd")
-    return LiveResult(production.append_column("decision", dec), lost, summary)
+    seen = production.append_column("decision", decisions.decision_strings()) \
+        .append_column("reason", decisions.reason_strings()) \
+        .append_column("errno", pa.array(seen_errno, pa.int32())) \
+        .append_column("http_status", pa.array(seen_status, pa.int16()))
+    pa.parquet.write_table(seen, out / "live.parquet", compression="zstd")
+    return LiveResult(decisions, lost, summary)
 
 
-def agreement(production_with_kernel: pa.Table, policy: Any, registry: Any, start: Any) -> dict[str, Any]:
-    """Row-by-row comparison of the kernel's decisions with the reference engine's (alert counts
-    as allowed: the kernel lets an alerted request through and records it)."""
-    from paritybed.enforcer.engine import DECISIONS, REASONS, decide
-
-    plain = production_with_kernel.drop_columns(["decision"])
-    d = decide(plain, policy, registry, start)
-    ref = np.array(["deny" if x == 1 else "allow" for x in d.decision.tolist()], dtype=object)
-    kern = np.array(production_with_kernel["decision"].cast(pa.string()).to_pylist(), dtype=object)
-    bad = np.nonzero(ref != kern)[0]
-    first = []
-    for i in bad[:20].tolist():
-        r = plain.slice(i, 1).to_pylist()[0]
-        first.append({"row": i, "t_ns": r["t_ns"], "agent": f"{r['agent']}-{r['replica']}", "kind": r["kind"],
-                      "request": r["path"] or r["address"] or r["lane"], "engine": DECISIONS[d.decision[i]],
-                      "engine_reason": REASONS[d.reason[i]], "kernel": kern[i]})
-    reasons: dict[str, int] = {}
-    for code in d.reason[d.decision == 1].tolist():
-        reasons[REASONS[code]] = reasons.get(REASONS[code], 0) + 1
-    return {"rows": int(len(kern)), "disagreements": int(len(bad)), "first_disagreements": first,
-            "engine_denied": int((ref == "deny").sum()), "kernel_denied": int((kern == "deny").sum()),
-            "denied_by_reason": dict(sorted(reasons.items()))}
-
-
-def run_live(scenario_path: Path, out: Path, *, clock: Clock = "virtual", compression: float = 60.0,
-             fhir_url: str | None = None, days: float | None = None, hours: float | None = None,
-             name: str = "paritybed", progress: Callable[[str, str, float, float], None] | None = None,
-             stage: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any]]:
-    """`paritybed run --mode live`: simulate, learn the policy, drive production through the kernel,
-    then score with the kernel's decisions.  Returns (Verdict, live summary)."""
+# ------------------------------------------------------------------------------------ in the pipeline
+def require_root() -> None:
     import os
-    from urllib.parse import urlsplit
-
-    from paritybed.enforcer.registry import save_registry
-    from paritybed.parity.evaluate import build_policy, evaluate, registry_of
-    from paritybed.run import prepare_out, prepare_populations, simulate_arms, summarize, with_duration, write_summary, write_traces
-    from paritybed.sim.scenario import load_scenario, scenario_hash
 
     if os.geteuid() != 0:
         raise EnvironmentProblem("live mode needs root (eBPF programs and cgroups)",
                                  hint="run as root, or use the default model mode (same decisions, reference engine)")
-    scenario = with_duration(load_scenario(scenario_path), days, hours)
-    outp = prepare_out(Path(out))
-    pops = prepare_populations(scenario, progress)
-    arms = simulate_arms(scenario, pops, progress=progress)
-    if stage:
-        stage("write")
-    write_traces(outp, arms)
-    write_summary(outp, summarize(scenario, arms, pops, scenario_hash(scenario_path)))
-    production, staging = arms["production"].table, arms["staging"].table
 
-    from contextlib import ExitStack
 
-    from paritybed.fhir.server import running_server
+def fhir_endpoint(stack: Any, fhir_url: str | None, folder: Path, base: str,
+                  stage: Callable[[str], None] | None = None) -> str:
+    """host:port of the FHIR server the replicas talk to: ``fhir_url``, or the embedded server
+    started in ``stack`` with the production patients.  Its base must be the policy's."""
+    from urllib.parse import urlsplit
 
-    with ExitStack() as stack:
-        if fhir_url:
-            u = urlsplit(fhir_url)
-            if not u.hostname or not u.port:
-                raise InputError(f"--fhir-url {fhir_url}: expected http://host:port/base")
-            hostport, base = f"{u.hostname}:{u.port}", u.path.rstrip("/") or "/fhir"
-        else:
-            if stage:
-                stage("fhir")
-            url = stack.enter_context(running_server(load=[pops["production"].folder]))
-            u = urlsplit(url)
-            hostport, base = f"{u.hostname}:{u.port}", u.path
-        if base != scenario.policy.fhir_base:
-            raise InputError(f"the FHIR base {base} differs from the scenario's policy.fhir_base {scenario.policy.fhir_base}")
-        # The policy names the server the agents really talk to (and evaluate() rebuilds the same one).
-        scenario = scenario.model_copy(update={"policy": scenario.policy.model_copy(update={"fhir_server": hostport})})
-        registry = registry_of(scenario)
-        registry_path = outp / "baa-registry.json"
-        save_registry(registry, registry_path)
-        policy = build_policy(scenario, Path(scenario_path), staging, registry)
+    if fhir_url:
+        u = urlsplit(fhir_url)
+        if not u.hostname or not u.port:
+            raise InputError(f"--fhir-url {fhir_url}: expected http://host:port/base")
+        hostport, got = f"{u.hostname}:{u.port}", u.path.rstrip("/") or "/fhir"
+    else:
+        from paritybed.fhir.server import running_server
+
         if stage:
-            stage("live")
-        live = drive(scenario, production, policy, registry_path, outp, hostport, clock=clock, compression=compression,
-                     name=name, progress=(lambda d, t: progress("production", "live", d, t)) if progress else None)
-    agree = agreement(live.production, policy, registry, scenario.start.datetime())
-    live.summary["agreement"] = agree
-    live.summary["required_agreement"] = clock == "virtual"
-    (outp / "live.json").write_text(json.dumps(live.summary, indent=2, sort_keys=True, default=str) + "\n")
-    verdict = evaluate(scenario, Path(scenario_path), live.production, staging, outp, mode="live",
-                       lost_events=live.lost_events,
-                       progress=(lambda name, done, total: stage(name) if stage and done < total else None))
-    return verdict, live.summary
+            stage("fhir")
+        u = urlsplit(stack.enter_context(running_server(load=[folder])))
+        hostport, got = f"{u.hostname}:{u.port}", u.path
+    if got != base:
+        raise InputError(f"the FHIR base {got} differs from the scenario's policy.fhir_base {base}")
+    return hostport
+
+
+class KernelDecider:
+    """``decide(production, policy, registry)`` for the pipeline: the kernel decides (``drive``)."""
+
+    def __init__(self, scenario: Scenario, out: Path, fhir_hostport: str, *, clock: ClockMode, compression: float,
+                 name: str, progress: Callable[[int, int], None] | None = None) -> None:
+        self.scenario, self.out, self.hostport = scenario, out, fhir_hostport
+        self.clock, self.compression, self.name, self.progress = clock, compression, name, progress
+        self.result: LiveResult | None = None
+
+    def __call__(self, production: pa.Table, policy: Any, registry: Any) -> Decisions:
+        # The registry file the control plane watches is the run's (written with the policy).
+        self.result = drive(self.scenario, production, policy, self.out / "baa-registry.json", self.out, self.hostport,
+                            clock=self.clock, compression=self.compression, name=self.name, progress=self.progress)
+        return self.result.decisions
+
+    def lost_events(self) -> int:
+        return self.result.lost_events if self.result is not None else 0
+
+    def write_summary(self, agreement: dict[str, Any] | None) -> dict[str, Any]:
+        """live.json: the driver's summary and the agreement with the reference engine."""
+        assert self.result is not None
+        summary = dict(self.result.summary, agreement=agreement, required_agreement=self.clock == "virtual")
+        (self.out / "live.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        return summary

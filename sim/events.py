@@ -20,23 +20,42 @@ agent was not provisioned for.  All expected deny, label ``attack:<name>``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 import simpy
 
-from paritybed.agents.base import AgentRuntime
-from paritybed.sim.arrivals import NS_PER_MIN, NS_PER_S, ns_min, nhpp
-from paritybed.sim.scenario import Attack, BreakGlassClass
-
-if TYPE_CHECKING:
-    from paritybed.sim.hospital import Hospital
+from paritybed.agents.base import AgentRuntime, World
+from paritybed.core.clock import Clock
+from paritybed.core.draws import Draws
+from paritybed.core.units import NS_PER_MIN, NS_PER_S, ns_min
+from paritybed.fhir.population import Population
+from paritybed.scenarios import ResolvedArm, Scenario
+from paritybed.scenarios.events import Attack, BreakGlassClass
+from paritybed.sim.arrivals import nhpp
+from paritybed.sim.pools import Panels
 
 LANE_CHUNK = 4  # requests per burst under a lane
 ATTACK_CHUNK = 10  # requests per burst of an attack
 
 
-def start(h: "Hospital") -> None:
+class Ward(Protocol):
+    """What these processes use of the hospital model (sim/hospital.py ``Hospital``)."""
+
+    sc: Scenario
+    arm: ResolvedArm
+    env: simpy.Environment
+    clock: Clock
+    events_rng: np.random.Generator
+    vf: float  # the arm's volume factor
+    w: World
+    d: Draws
+    panels: Panels
+    agents: dict[str, AgentRuntime]
+    pop: Population
+
+
+def start(h: Ward) -> None:
     """Start the break-glass and attack processes of the hospital's arm."""
     arm = h.arm
     if arm.break_glass != "off":
@@ -48,7 +67,7 @@ def start(h: "Hospital") -> None:
             h.env.process(_attack(h, a))
 
 
-def _activation_times(h: "Hospital", k: int, cls: BreakGlassClass) -> tuple[np.ndarray, list[bool]]:
+def _activation_times(h: Ward, k: int, cls: BreakGlassClass) -> tuple[np.ndarray, list[bool]]:
     """Activation times and whether each forces a post-expiry probe."""
     if h.arm.break_glass == "drill":
         n = h.arm.drill_per_class
@@ -62,7 +81,7 @@ def _activation_times(h: "Hospital", k: int, cls: BreakGlassClass) -> tuple[np.n
     return times, [False] * len(times)
 
 
-def _activations(h: "Hospital", cls: BreakGlassClass, times: np.ndarray, probes: list[bool]) -> Iterator[simpy.Event]:
+def _activations(h: Ward, cls: BreakGlassClass, times: np.ndarray, probes: list[bool]) -> Iterator[simpy.Event]:
     env = h.env
     for k, (t, forced) in enumerate(zip(times.tolist(), probes)):
         yield env.timeout(t - env.now)
@@ -83,7 +102,7 @@ def _lane_requests(agent: AgentRuntime, cls: BreakGlassClass, pid: str, declared
     return allr, extra
 
 
-def activate(h: "Hospital", cls: BreakGlassClass, k: int, force_probe: bool = False) -> None:
+def activate(h: Ward, cls: BreakGlassClass, k: int, force_probe: bool = False) -> None:
     """One activation of a break-glass class at the current simulated time (module doc)."""
     em, d, t = h.w.em, h.d, h.env.now
     clinician = h.panels.clinicians[d.below(len(h.panels.clinicians))] if h.panels.clinicians else "unknown"
@@ -130,10 +149,10 @@ def _interleave(a: list[int], b: list[int]) -> list[int]:
     return out
 
 
-def _attack(h: "Hospital", a: Attack) -> Iterator[simpy.Event]:
+def _attack(h: Ward, a: Attack) -> Iterator[simpy.Event]:
     env, em = h.env, h.w.em
     agent = h.agents[a.agent]
-    t0 = h.clock.at(a.at.day, a.at.time)
+    t0 = h.clock.at_day(a.at.day, a.at.time)
     every = ns_min(a.repeat_every_min) if a.repeat_every_min else 0
     tag = em.tag("deny", f"attack:{a.name}")
     patients = h.panels.patients
@@ -150,7 +169,7 @@ def _attack(h: "Hospital", a: Attack) -> Iterator[simpy.Event]:
             em.burst(t + span * i // max(1, len(chunks)), ctx, tuple(chunk), tag)
 
 
-def _attack_requests(h: "Hospital", agent: AgentRuntime, a: Attack, patients: list[str], rep: int) -> list[int]:
+def _attack_requests(h: Ward, agent: AgentRuntime, a: Attack, patients: list[str], rep: int) -> list[int]:
     req, pop, d = agent.req, h.pop, h.d
     if a.kind == "egress":
         return [req.egress(a.endpoint or "unregistered", a.address or "", 1)] * a.count

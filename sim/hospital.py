@@ -21,7 +21,7 @@ What happens, and where the numbers come from (docs/scenarios.md, ../shared/data
 * **Break-glass activations, attacks and deployment changes**: sim/events.py.
 
 Every clinical context is one SimPy event; the requests of a context are emitted as a burst
-(sim/emit.py), so the model costs one event per context, not per request.  ``arrivals:
+(agents/emit.py), so the model costs one event per context, not per request.  ``arrivals:
 uniform`` spreads every stream evenly over the 24 hours and the 7 days (same volume).
 """
 
@@ -37,16 +37,18 @@ import simpy
 
 from paritybed.agents.base import AgentRuntime, World
 from paritybed.agents.cds import Cds
+from paritybed.agents.emit import Emitter
 from paritybed.agents.prior_auth import PriorAuth
 from paritybed.agents.requests import Requests
 from paritybed.agents.scribe import Scribe
+from paritybed.core.clock import minutes_of_day
+from paritybed.core.draws import Draws
+from paritybed.core.units import DAY_NS, HOUR_NS, NS_PER_MIN, ns_min
+from paritybed.fhir.population import Population
+from paritybed.scenarios import ARM_NAMES, ResolvedArm, Scenario
 from paritybed.sim import events
-from paritybed.sim.arrivals import (DAY_NS, HOUR_NS, NS_PER_MIN, Clock, Draws, clinic_times, ns_min, nhpp,
-                                    normalised, weekday_multipliers)
-from paritybed.sim.emit import Emitter
+from paritybed.sim.arrivals import clinic_times, nhpp, normalised, weekday_multipliers
 from paritybed.sim.pools import CHAINS, Panels, build_pool
-from paritybed.sim.population import Population
-from paritybed.sim.scenario import ARM_NAMES, ResolvedArm, Scenario, minutes_of_day
 
 #: Independent random streams per arm (adding draws to one does not shift the others).
 STREAM_MAIN, STREAM_ARRIVALS, STREAM_GAPS, STREAM_EVENTS = 1, 2, 3, 4
@@ -79,7 +81,7 @@ class Hospital:
                  progress: Progress | None = None) -> None:
         self.sc, self.arm, self.pop = scenario, arm, population
         self.env = simpy.Environment()
-        self.clock = Clock.of(scenario, arm)
+        self.clock = scenario.start.clock(arm.duration_ns)
         em = Emitter(arm.name, arm_rng(arm, STREAM_GAPS))
         self.w = World(scenario, arm, population, em, Requests(em, scenario.policy.fhir_base),
                        Draws(arm_rng(arm, STREAM_MAIN)), self.clock, scenario.start.datetime())

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paritybed.errors import InputError
-from paritybed.sim.arrivals import Draws
-from paritybed.sim.population import EncounterInfo, Population
+from paritybed.core.draws import Draws
+from paritybed.core.errors import InputError
+from paritybed.fhir.population import EncounterInfo, Population
 
 MIN_POOL = 5
 CHAINS = {

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from paritybed.errors import EnvironmentProblem, InputError
-from paritybed.sim.population import cache_dir
+from paritybed.core.errors import EnvironmentProblem, InputError
+from paritybed.fhir.population import cache_dir
 
 #: The Synthea version scripts/setup.sh resolves (keep the two in step).
 SYNTHEA_VERSION = os.environ.get("SYNTHEA_VERSION", "3.3.0")

@@ -16,10 +16,10 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from paritybed.agents.bodies import BUILDERS, body_for
-from paritybed.agents.live import FhirConnection, WorkerProcess, command_for, request_bytes
+from paritybed.agents.live import FhirConnection, command_for, request_bytes, start_worker
+from paritybed.fhir.population import load_population
 from paritybed.run import simulate_arm, with_duration
-from paritybed.sim.population import load_population
-from paritybed.sim.scenario import Population, load_scenario
+from paritybed.scenarios import PopulationSettings, load_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 START = "2026-01-05T06:00:00+00:00"
@@ -28,7 +28,7 @@ START = "2026-01-05T06:00:00+00:00"
 @pytest.fixture(scope="module")
 def rows(shared_synthea):
     """Both arms of the tiny scenario over the shared patients (12 h, every agent and lane)."""
-    sc = load_scenario(REPO / "scenarios" / "tiny.yaml").model_copy(update={"population": Population(folder=str(shared_synthea))})
+    sc = load_scenario(REPO / "scenarios" / "tiny.yaml").model_copy(update={"population": PopulationSettings(folder=str(shared_synthea))})
     sc = with_duration(sc, hours=12)
     pop = load_population(shared_synthea)
     return [r for a in ("production", "staging") for r in simulate_arm(sc, a, pop).to_pylist()]
@@ -122,28 +122,28 @@ def test_live_worker_replays_rows_over_one_connection(rows, server):
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     threading.Thread(target=lambda: [listener.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
-    w = WorkerProcess(hostport(server))
+    w = start_worker(hostport(server))
     try:
         for i, r in enumerate(sample):
-            a = w.send(command_for(r, i, START))
+            a = w.ask(command_for(r, i, START))
             assert a["row"] == i and a["ok"] and 200 <= a["status"] < 300 and a["errno"] is None and a["ns"] > 0, (r["path"], a)
         egress = next(r for r in rows if r["kind"] == "egress")
         cmd = command_for(egress, 99) | {"address": f"127.0.0.1:{listener.getsockname()[1]}"}
-        a = w.send(cmd)
+        a = w.ask(cmd)
         assert a == a | {"row": 99, "ok": True, "status": None, "errno": None, "calls": egress["egress_calls"]}
         free = socket.socket()
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
         free.close()
-        a = w.send({"row": 100, "kind": "egress", "address": f"127.0.0.1:{port}", "calls": 3})
+        a = w.ask({"row": 100, "kind": "egress", "address": f"127.0.0.1:{port}", "calls": 3})
         assert (a["ok"], a["errno"]) == (False, errno.ECONNREFUSED)
-        a = w.send({"row": 101, "kind": "lane_open"})
+        a = w.ask({"row": 101, "kind": "lane_open"})
         assert a["ok"] is False and "control plane" in a["error"]
         assert w.proc.stdin is not None
         w.proc.stdin.write("not json\n")
         w.proc.stdin.flush()
         assert "not JSON" in json.loads(w.proc.stdout.readline())["error"]
-        assert w.send(command_for(sample[0], 102, START))["ok"]  # still serving
+        assert w.ask(command_for(sample[0], 102, START))["ok"]  # still serving
     finally:
         assert w.close() == 0
         listener.close()

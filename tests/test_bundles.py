@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 from paritybed.fhir.bundles import (
     NO_INSURANCE,
     BundleError,

@@ -65,7 +65,7 @@ def files(tmp_path: Path, fhir: str) -> dict[str, Path]:
 
 @pytest.mark.bpf
 def test_enforce_a_plain_script(files: dict[str, Path], fhir: str) -> None:
-    from paritybed.hashlog import verify
+    from paritybed.core.hashlog import verify
 
     out = files["dir"] / "out"
     r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(out), "--name", "pbt-cli",

@@ -9,10 +9,13 @@ import datetime as dt
 
 import pytest
 
-from paritybed.enforcer.engine import ALERT, ALLOW, DENY, REASONS, decide, with_decisions
+from paritybed.agents.trace import TraceBuilder
+from paritybed.core.baa import Endpoint
+from paritybed.enforcer.decisions import with_decisions
+from paritybed.enforcer.engine import decide
+from paritybed.enforcer.kernel_abi import ALERT, ALLOW, DENY, REASONS
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, RatePolicy
-from paritybed.enforcer.registry import Endpoint, Registry
-from paritybed.sim.trace import TraceBuilder
+from paritybed.enforcer.registry import Registry
 
 S = 1_000_000_000
 SERVER = "127.0.0.1:8080"

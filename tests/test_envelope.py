@@ -6,13 +6,14 @@ import json
 
 import pytest
 
+from paritybed.agents.trace import TraceBuilder
+from paritybed.core.baa import Endpoint
+from paritybed.core.errors import InputError
 from paritybed.enforcer.engine import decide
 from paritybed.enforcer.policy import Policy, load_policy, save_policy
-from paritybed.enforcer.registry import Endpoint, Registry
-from paritybed.errors import InputError
+from paritybed.enforcer.registry import Registry
 from paritybed.parity import learn_envelope, policy_from_trace
 from paritybed.parity.compile import FIVE_MIN_NS, rate_policy, trace_digest
-from paritybed.sim.trace import TraceBuilder
 
 S = 1_000_000_000
 SERVER = "127.0.0.1:8080"

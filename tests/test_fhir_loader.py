@@ -21,7 +21,7 @@ import orjson
 import pytest
 import uvicorn
 
-from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.fhir.loader import keep_ids, load_folder, load_into_store
 from paritybed.fhir.server import UVICORN_OPTIONS, bind, create_app, running_server
 from paritybed.fhir.store import Store

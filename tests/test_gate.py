@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from paritybed.agents.trace import write_trace
 from paritybed.parity import synthetic as sy
 from paritybed.parity.auditevent import auditevents_from_trace, write_ndjson
 from paritybed.parity.evaluate import evaluate
-from paritybed.sim.trace import write_trace
 
 
 def call(monkeypatch, capsys, *args: str) -> tuple[int, str]:

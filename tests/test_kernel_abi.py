@@ -28,8 +28,9 @@ def test_ctypes_mirror_matches_the_c_header() -> None:
 
 
 def test_codes_follow_the_python_tuples() -> None:
-    """The C constants are indices into engine/policy tuples; spot-check the ones the kernel uses."""
-    from paritybed.enforcer.engine import REASONS
+    """The C constants are the Python ones: every decision and reason code of the header has the
+    same name and value in kernel_abi, and the shape codes index policy.SHAPES."""
+    from paritybed.enforcer.kernel_abi import REASONS
     from paritybed.enforcer.policy import SHAPES
 
     header = (BPF_DIR / "paritybed.h").read_text()
@@ -42,6 +43,11 @@ def test_codes_follow_the_python_tuples() -> None:
                           ("R_LANE_EXPIRED", "lane-expired"), ("R_UNCLASSIFIABLE", "unclassifiable"),
                           ("R_NOT_BAA", "egress-not-in-BAA"), ("R_NOT_ENVELOPE", "egress-not-in-envelope")]:
         assert REASONS[value(macro)] == reason
+    reasons = [x.split()[1] for x in header.splitlines() if x.startswith("#define R_")]
+    assert len(reasons) >= 10
+    for macro in reasons:
+        assert getattr(abi, macro) == value(macro), macro
+    assert (abi.ALLOW, abi.DENY, abi.ALERT) == (value("PB_ALLOW"), value("PB_DENY"), value("PB_ALERT"))
     for macro, shape in [("S_BUNDLE", "bundle"), ("S_PIPELINED", "pipelined"), ("S_NOT_FHIR", "not-fhir"),
                          ("S_UNKNOWN_TYPE", "unknown-type"), ("S_METHOD_OVERRIDE", "method-override")]:
         assert SHAPES[value(macro) - 1] == shape

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
+from paritybed.agents.trace import TraceBuilder
 from paritybed.enforcer.classify import request_bytes
-from paritybed.enforcer.engine import DECISIONS, REASONS, decide
+from paritybed.enforcer.engine import decide
+from paritybed.enforcer.kernel_abi import DECISIONS, REASONS
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, RatePolicy
 from paritybed.enforcer.registry import Endpoint, Registry, save_registry
-from paritybed.sim.trace import TraceBuilder
 
 pytestmark = pytest.mark.bpf
 

@@ -365,7 +365,7 @@ def test_registry_change_applies_at_the_next_connect(env: dict[str, Any]) -> Non
 
 
 def test_event_log_is_hash_chained(env: dict[str, Any]) -> None:
-    from paritybed.hashlog import verify
+    from paritybed.core.hashlog import verify
 
     env["ke"].drain()
     time.sleep(0.1)

@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pytest
 from scipy.spatial.distance import jensenshannon
 
+from paritybed.fhir.population import load_population
 from paritybed.run import simulate_arm, with_duration
-from paritybed.sim.population import load_population
-from paritybed.sim.scenario import Population, load_scenario
+from paritybed.scenarios import PopulationSettings, load_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 LIB = REPO / "scenarios"
@@ -32,7 +32,7 @@ def traces(shared_synthea):
 
     @lru_cache(maxsize=None)
     def get(name: str, days: float = 2) -> dict[str, pa.Table]:
-        sc = load_scenario(LIB / f"{name}.yaml").model_copy(update={"population": Population(folder=str(shared_synthea))})
+        sc = load_scenario(LIB / f"{name}.yaml").model_copy(update={"population": PopulationSettings(folder=str(shared_synthea))})
         sc = with_duration(sc, days=days)
         return {a: simulate_arm(sc, a, pop) for a in ("production", "staging")}
 

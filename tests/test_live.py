@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from paritybed.hashlog import verify
+from paritybed.core.hashlog import verify
 
 REPO = Path(__file__).resolve().parent.parent
 LIVE = REPO / "scenarios" / "live-smoke.yaml"
@@ -46,8 +46,11 @@ def test_live_virtual_clock_agrees_with_the_reference_engine_on_every_request(tm
     assert live["kernel_denied"] == agree["engine_denied"] > 0
     assert live["kernel_allowed"] > 1000 and live["stand_in_connections"] > 0
     assert live["lost_events"] == 0
+    # The kernel's own records decided every row: none left over, none contradicting the caller.
+    assert agree["compared"] == "decision and reason"
+    assert live["caller_saw_otherwise"] == 0 and live["unattributed_events"] == 0
     parity = json.loads((out / "parity.json").read_text())
-    assert parity["mode"] == "live"
+    assert parity["mode"] == "live" and parity["replay"]["decided_by"] == "kernel"
     assert parity["replay"]["kernel"]["disagreements"] == 0
     assert parity["replay"]["lost_events"] == 0
     assert "kernel and the reference engine disagree" not in r.stderr
@@ -58,6 +61,12 @@ def test_live_virtual_clock_agrees_with_the_reference_engine_on_every_request(tm
     assert any(e.get("event") == "deny" and e.get("hook") in ("sk_msg", "connect4") for e in events)
     assert any(e.get("event") == "first-contact" and e.get("endpoint") for e in events)
     assert (out / "report.html").exists() and (out / "live.parquet").exists()
+    import pyarrow.parquet as pq
+
+    seen = pq.read_table(out / "live.parquet", columns=["decision", "reason", "errno"])
+    replayed = pq.read_table(out / "replay.parquet", columns=["decision", "reason"])
+    # The replay's decisions are the kernel's, row for row.
+    assert seen.select(["decision", "reason"]).cast(replayed.schema).equals(replayed)
 
 
 @pytest.mark.bpf
@@ -73,6 +82,10 @@ def test_live_real_clock_runs_compressed_and_reports_agreement(tmp_path, shared_
     assert live["wall_seconds"] >= 3.5
     assert live["required_agreement"] is False and "disagreements" in live["agreement"]
     assert live["kernel_allowed"] > 0
+    # On the real clock too the figures are the kernel's, whatever the engine would have said.
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["replay"]["decided_by"] == "kernel"
+    assert parity["replay"]["requests"] == live["rows"]
 
 
 def test_live_mode_without_root_is_a_clear_environment_error(tmp_path, shared_synthea):
@@ -93,3 +106,33 @@ def test_live_mode_without_root_is_a_clear_environment_error(tmp_path, shared_sy
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 3, r.stderr[-2000:]
     assert "needs root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_kernels_records_decide_each_row():
+    """The live driver's decisions come from the kernel's records for each row (no kernel needed:
+    the records are written here as the control plane expands them)."""
+    from paritybed.enforcer.kernel_abi import ALERT, ALLOW, DENY, REASONS
+    from paritybed.live import RowDecisions
+
+    k = RowDecisions(7)
+    me = ("cds", 0)
+    rec = {"agent": "cds", "replica": 0, "kind": "fhir", "t_ns": 5, "hook": "sk_msg"}
+    k.row(0, 1, me, "fhir", True, False, [])  # nothing recorded: a plain allow
+    k.row(1, 2, me, "fhir", True, False, [{**rec, "event": "alert", "reason": "rate-exceeded"}])
+    k.row(2, 3, me, "fhir", True, False, [{**rec, "event": "request", "reason": "lane"}])
+    k.row(3, 4, me, "fhir", True, True, [{**rec, "event": "quarantine", "reason": "type-not-in-envelope", "until_ns": 99},
+                                         {**rec, "event": "deny", "reason": "type-not-in-envelope"}])
+    k.row(4, 5, me, "egress", True, False, [{**rec, "kind": "egress", "event": "first-contact", "reason": "",
+                                             "registry_version": 1}, {"event": "registry-change"}])
+    k.lane(5, 6, True, False, [{"event": "lane-refused", "lane": "code_blue", "agent": "cds", "replica": 0}])
+    k.row(6, 7, me, "fhir", False, False, [])
+    d = k.result([1, 2, 3, 4, 5, 6, 7])
+    assert d.decided_by == "kernel"
+    assert d.decision.tolist() == [ALLOW, ALERT, ALLOW, DENY, ALLOW, DENY, ALLOW]
+    assert [REASONS[r] for r in d.reason] == ["", "rate-exceeded", "lane", "type-not-in-envelope", "", "lane-not-in-envelope",
+                                              "unenforced"]
+    # The replay reads quarantines from the events, in the engine's vocabulary, with the row.
+    q = [e for e in d.events if e["event"] == "quarantine"]
+    assert q == [{"row": 3, "t_ns": 4, "event": "quarantine", "reason": "type-not-in-envelope", "until_ns": 99, "hook": "sk_msg"}]
+    assert {(e["row"], e["event"]) for e in d.events} >= {(1, "alert"), (3, "deny"), (4, "first-contact"), (5, "lane-refused")}
+    assert k.caller_mismatch == 0 and k.unattributed == 0

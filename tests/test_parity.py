@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from paritybed.core.units import NS_PER_MIN
 from paritybed.parity import synthetic as sy
 from paritybed.parity.criteria import criteria
 from paritybed.parity.evaluate import evaluate
@@ -106,7 +107,7 @@ def test_missing_pair_fails_coverage_naming_it_and_quarantines_cds_at_first_use(
     first = next(r for r in rp if r["agent"] == "cds" and r["resource_type"] == "DiagnosticReport")
     assert (first["decision"], first["reason"]) == ("deny", "type-not-in-envelope")
     after = [r for r in rp if r["agent"] == "cds" and r["replica"] == first["replica"]
-             and first["t_ns"] < r["t_ns"] < first["t_ns"] + 15 * 60 * sy.S]
+             and first["t_ns"] < r["t_ns"] < first["t_ns"] + 15 * NS_PER_MIN]
     assert after and all(r["reason"] == "quarantined" for r in after)
     assert doc["replay"]["over_blocks"]["by_reason"].get("quarantined", 0) > 0
 

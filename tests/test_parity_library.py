@@ -12,7 +12,7 @@ import pytest
 
 from paritybed.parity.evaluate import evaluate
 from paritybed.run import prepare_populations, simulate_arms, with_duration
-from paritybed.sim.scenario import At, Population, Scenario, load_scenario
+from paritybed.scenarios import At, PopulationSettings, Scenario, load_scenario, resolve_arms
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIO = REPO / "scenarios" / "community-hospital-week.yaml"
@@ -24,7 +24,7 @@ def shortened(name: str, shared: Path) -> Scenario:
     """A library scenario on the shared Synthea patients, cut to DAYS days; a production change
     scheduled after the cut is moved to day 1 at the same time of day."""
     sc = load_scenario(REPO / "scenarios" / f"{name}.yaml")
-    sc = with_duration(sc.model_copy(update={"population": Population(folder=str(shared))}), days=DAYS)
+    sc = with_duration(sc.model_copy(update={"population": PopulationSettings(folder=str(shared))}), days=DAYS)
     prod = sc.arms.production
     if prod.changes:
         moved = [c.model_copy(update={"at": At(day=1, time=c.at.time)}) if c.at.day > DAYS else c for c in prod.changes]
@@ -34,13 +34,13 @@ def shortened(name: str, shared: Path) -> Scenario:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shared_synthea):
-    pops = prepare_populations(shortened("community-hospital-week", shared_synthea))
+    pops = prepare_populations(resolve_arms(shortened("community-hospital-week", shared_synthea)))
     cache: dict[str, tuple[dict, Path]] = {}
 
     def get(name: str) -> tuple[dict, Path]:
         if name not in cache:
             sc = shortened(name, shared_synthea)
-            arms = simulate_arms(sc, pops, parallel=False)
+            arms = simulate_arms(sc, resolve_arms(sc), pops, parallel=False)
             out = tmp_path_factory.mktemp(name)
             v = evaluate(sc, REPO / "scenarios" / f"{name}.yaml", arms["production"].table, arms["staging"].table, out)
             cache[name] = (v.parity, out)
@@ -117,7 +117,7 @@ def test_hotfix_endpoint_outside_the_baa_registry_is_caught_at_first_contact(run
 def test_same_seed_gives_the_same_parity_json(runs, tmp_path):
     doc, out = runs("community-hospital-week")
     sc = runs.shortened("community-hospital-week")
-    arms = simulate_arms(sc, runs.pops, parallel=False)
+    arms = simulate_arms(sc, resolve_arms(sc), runs.pops, parallel=False)
     evaluate(sc, SCENARIO, arms["production"].table, arms["staging"].table, tmp_path / "again")
     for f in ("parity.json", "policy.json", "junit.xml", "attestation/ai_bom.json"):
         assert (tmp_path / "again" / f).read_bytes() == (out / f).read_bytes(), f

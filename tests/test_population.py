@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from paritybed.fhir.bundles import BundleError, prepare_for_load, read_bundle, synthea_files
-from paritybed.sim.population import Population, PopulationWarning, load_population
+from paritybed.fhir.population import Population, PopulationWarning, load_population
 
 PID = "8708d3e1-f718-96bb-03f0-f2a6564ae1cd"  # the smallest patient bundle
 PARITYBED = Path(sys.executable).with_name("paritybed")

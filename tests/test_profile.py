@@ -7,11 +7,17 @@ import sys
 
 import pytest
 
+from paritybed.core.errors import InputError
 from paritybed.parity import synthetic as sy
-from paritybed.parity.auditevent import auditevents_from_trace, instant, parse_instant, profile_from_auditevents, write_ndjson
+from paritybed.parity.auditevent import (
+    auditevents_from_trace,
+    instant,
+    parse_instant,
+    profile_from_auditevents,
+    write_ndjson,
+)
 from paritybed.parity.criteria import criteria
 from paritybed.parity.profile import load_profile, profile_from_trace, save_profile
-from paritybed.errors import InputError
 
 START = sy.scenario().start.datetime()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from paritybed.sim import scenario as S
-from paritybed.sim.scenario import ScenarioError, load_scenario, resolve_arm
+from paritybed import scenarios as S
+from paritybed.scenarios import ScenarioError, load_scenario, resolve_arm
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARY = sorted((REPO / "scenarios").glob("*.yaml"))
@@ -190,3 +190,102 @@ def test_validate_command_exit_codes_and_every_problem(tmp_path):
     assert r.returncode == 2
     assert "agents[0].class" in r.stderr and "hospital.beds" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------ extends
+def test_variants_extend_the_default_and_merge_key_by_key(tmp_path):
+    """A variant is the parent plus what it writes: mappings merge, lists and scalars replace."""
+    base = load_scenario(REPO / "scenarios" / "community-hospital-week.yaml")
+    child = write(tmp_path, f"""\
+extends: {REPO / "scenarios" / "community-hospital-week.yaml"}
+name: v
+hospital:
+  beds: 120
+arms:
+  staging:
+    arrivals: uniform
+attacks: []
+""")
+    v = load_scenario(child)
+    assert v.name == "v" and v.hospital.beds == 120 and v.attacks == []
+    assert v.hospital.occupancy == base.hospital.occupancy  # the rest of the mapping is the parent's
+    assert v.arms.staging.arrivals == "uniform" and v.arms.production == base.arms.production
+    assert v.agents == base.agents and v.break_glass == base.break_glass
+
+
+def test_library_variants_are_their_parent_plus_a_few_lines():
+    """The library's flawed scenarios extend the default (and differ from it only where they say)."""
+    base = load_scenario(REPO / "scenarios" / "community-hospital-week.yaml").model_dump()
+    for name in ("uniform-staging", "missing-diagnosticreport", "no-break-glass", "hotfix-egress"):
+        path = REPO / "scenarios" / f"{name}.yaml"
+        assert "extends: community-hospital-week" in path.read_text()
+        assert len(path.read_text().splitlines()) < 30
+        v = load_scenario(path).model_dump()
+        assert {k for k in v if v[k] != base[k]} == {"name", "description", "arms"}, name
+
+
+def test_errors_point_into_the_child_or_the_parent(tmp_path):
+    parent = write(tmp_path, MINIMAL + "hospital:\n  beds: 0\n", "parent.yaml")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    child = write(sub, "extends: ../parent.yaml\nname: c\nworkflows:\n  rounds:\n    start: '25:00'\n", "child.yaml")
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(child)
+    got = e.value.problems
+    assert [x.split(": expected")[0] for x in got] == [f"{child}:5:5: workflows.rounds.start",
+                                                        f"{parent}:8:3: hospital.beds"], got
+
+
+def test_a_child_fixes_what_its_parent_got_wrong(tmp_path):
+    write(tmp_path, MINIMAL + "hospital:\n  beds: 0\n", "parent.yaml")
+    child = write(tmp_path, "extends: parent.yaml\nhospital:\n  beds: 10\n", "child.yaml")
+    assert load_scenario(child).hospital.beds == 10
+
+
+def test_missing_parent_and_cycles_are_input_errors(tmp_path):
+    missing = write(tmp_path, "name: x\nextends: nowhere-to-be-found\n", "m.yaml")
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(missing)
+    assert e.value.message.startswith(f"{missing}:2:1: extends:") and "does not exist" in e.value.message
+    assert "community-hospital-week" in e.value.message  # the library names it could have been
+    write(tmp_path, "extends: b.yaml\nname: a\n", "a.yaml")
+    write(tmp_path, "extends: a.yaml\nname: b\n", "b.yaml")
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(tmp_path / "a.yaml")
+    assert "cycle a.yaml -> b.yaml -> a.yaml" in e.value.message
+    me = write(tmp_path, "extends: me.yaml\nname: me\n", "me.yaml")
+    with pytest.raises(ScenarioError):
+        load_scenario(me)
+    r = subprocess.run(PB + ["validate", str(tmp_path / "a.yaml")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "cycle" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_relative_folders_follow_the_file_that_wrote_them(tmp_path):
+    (tmp_path / "base").mkdir()
+    write(tmp_path / "base", MINIMAL, "parent.yaml")
+    child = write(tmp_path, "extends: base/parent.yaml\nname: c\n", "child.yaml")
+    assert load_scenario(child).population.folder == str((tmp_path / "base" / "pop").resolve())
+    child2 = write(tmp_path, "extends: base/parent.yaml\nname: c\npopulation:\n  folder: here\n", "child2.yaml")
+    assert load_scenario(child2).population.folder == str((tmp_path / "here").resolve())
+
+
+def test_scenario_hash_covers_the_parents(tmp_path):
+    from paritybed.scenarios import scenario_hash
+
+    parent = write(tmp_path, MINIMAL, "parent.yaml")
+    child = write(tmp_path, "extends: parent.yaml\nname: c\n", "child.yaml")
+    before = scenario_hash(child)
+    parent.write_text(MINIMAL + "seed: 9\n")
+    assert scenario_hash(child) != before
+    import hashlib
+
+    assert scenario_hash(parent) == "sha256:" + hashlib.sha256(parent.read_bytes()).hexdigest()
+
+
+def test_validate_show_prints_the_merged_document():
+    r = subprocess.run(PB + ["validate", "--show", str(REPO / "scenarios" / "no-break-glass.yaml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "# from " in r.stdout and "community-hospital-week.yaml" in r.stdout
+    assert "break_glass: 'off'" in r.stdout or 'break_glass: "off"' in r.stdout or "break_glass: off" in r.stdout
+    assert "beds: 300" in r.stdout  # from the parent

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pytest
 
 from paritybed.agents.requests import SAFE_PARAMS
+from paritybed.agents.trace import TRACE_SCHEMA, read_trace, write_trace
+from paritybed.fhir.population import load_population
 from paritybed.run import LoadedPopulation, simulate_arm, simulate_arms, with_duration
+from paritybed.scenarios import ArmOverrides, Omission, PopulationSettings, load_scenario, resolve_arm, resolve_arms
 from paritybed.sim.hospital import Hospital
-from paritybed.sim.population import load_population
-from paritybed.sim.scenario import ArmOverrides, Omission, Population, load_scenario, resolve_arm
-from paritybed.sim.trace import TRACE_SCHEMA, read_trace, write_trace
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "scenarios" / "tiny.yaml"
@@ -34,7 +34,7 @@ def pop(shared_synthea):
 
 
 def on(path: Path, folder: Path, days: float | None = None, hours: float | None = None, **update):
-    sc = load_scenario(path).model_copy(update={"population": Population(folder=str(folder)), **update})
+    sc = load_scenario(path).model_copy(update={"population": PopulationSettings(folder=str(folder)), **update})
     return with_duration(sc, days=days, hours=hours)
 
 
@@ -119,8 +119,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, shared_synthea, p
 def test_parallel_and_sequential_arms_are_identical(shared_synthea, pop):
     sc = on(TINY, shared_synthea, hours=3)
     pops = {a: LoadedPopulation(shared_synthea, pop) for a in ("production", "staging")}
-    par = simulate_arms(sc, pops, parallel=True)
-    seq = simulate_arms(sc, pops, parallel=False)
+    par = simulate_arms(sc, resolve_arms(sc), pops, parallel=True)
+    seq = simulate_arms(sc, resolve_arms(sc), pops, parallel=False)
     for a in ("production", "staging"):
         assert par[a].table.equals(seq[a].table)
         assert par[a].stats == seq[a].stats
@@ -310,7 +310,7 @@ def test_run_command_writes_traces_and_summary(tmp_path, shared_synthea):
 
 
 def test_docs_trace_documents_every_column():
-    from paritybed.sim.trace import COLUMNS
+    from paritybed.agents.trace import COLUMNS
 
     doc = (REPO / "docs" / "trace.md").read_text()
     assert [c for c in COLUMNS if f"| `{c}` |" not in doc] == []
@@ -320,10 +320,10 @@ def test_docs_trace_documents_every_column():
 def test_a_population_without_encounters_is_an_input_error_in_either_mode(shared_synthea, pop, parallel):
     import copy
 
-    from paritybed.errors import InputError
+    from paritybed.core.errors import InputError
 
     empty = copy.copy(pop)
     empty.encounters = []
     sc = on(TINY, shared_synthea, hours=1)
     with pytest.raises(InputError, match="has no Encounter"):
-        simulate_arms(sc, {a: LoadedPopulation(shared_synthea, empty) for a in ("production", "staging")}, parallel=parallel)
+        simulate_arms(sc, resolve_arms(sc), {a: LoadedPopulation(shared_synthea, empty) for a in ("production", "staging")}, parallel=parallel)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from paritybed.errors import EnvironmentProblem, InputError
-from paritybed.sim.population import cache_dir, load_population
+from paritybed.core.errors import EnvironmentProblem, InputError
+from paritybed.fhir.population import cache_dir, load_population
 from paritybed.sim.synthea import MANIFEST, SyntheaResult, generate, synthea_version
 
 pytestmark = pytest.mark.synthea

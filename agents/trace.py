@@ -9,7 +9,7 @@ Rows are in simulated-time order within an arm (``seq`` is the position); ``t_ns
 nanoseconds since the scenario start, so decisions that depend on time (token bucket, lane expiry)
 are exact integer arithmetic in Python and in the kernel alike.
 
-The simulation builds its (large) traces with ``paritybed.sim.emit.Emitter``, which interns
+The simulation builds its (large) traces with ``paritybed.agents.emit.Emitter``, which interns
 requests and contexts and expands bursts column-wise; `TraceBuilder` here is the simple row-wise
 builder for small, hand-made traces (tests, synthetic traffic).  Both produce this schema.
 """
@@ -17,12 +17,12 @@ builder for small, hand-made traces (tests, synthetic traffic).  Both produce th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 
 TRACE_SCHEMA_VERSION = "paritybed.trace/1"
 
@@ -73,11 +73,8 @@ DEFAULTS["expected"] = "allow"
 
 
 class TraceBuilder:
-    """Accumulates rows column-wise (fast appends), then sorts by time into an Arrow table.
-
-    ``add`` takes one row as keyword arguments; ``add_many`` takes equal-length lists for the
-    columns that vary and scalars for the rest, which is how an agent emits a burst cheaply.
-    """
+    """Accumulates rows column-wise (fast appends), then sorts by time into an Arrow table;
+    ``add`` takes one row as keyword arguments."""
 
     def __init__(self, arm: str) -> None:
         self.arm = arm
@@ -91,17 +88,6 @@ class TraceBuilder:
         for n, col in self._cols.items():
             col.append(row.get(n, DEFAULTS[n]))
         self._n += 1
-
-    def add_many(self, n: int, **cols: Any) -> None:
-        for name, col in self._cols.items():
-            v = cols.get(name, DEFAULTS[name])
-            if isinstance(v, list):
-                if len(v) != n:
-                    raise ValueError(f"column {name}: {len(v)} values for {n} rows")
-                col.extend(v)
-            else:
-                col.extend([v] * n)
-        self._n += n
 
     def build(self) -> pa.Table:
         """Sort by (t_ns, insertion order), number the rows, and return the typed table."""
@@ -129,10 +115,6 @@ class TraceBuilder:
         return pa.Table.from_arrays(arrays, schema=TRACE_SCHEMA)
 
 
-def empty_trace(arm: str) -> pa.Table:
-    return TraceBuilder(arm).build()
-
-
 def write_trace(table: pa.Table, path: str | Path) -> None:
     """Write a trace as Parquet.  Deterministic: same table -> same bytes."""
     check_schema(table, str(path))
@@ -156,7 +138,3 @@ def check_schema(table: pa.Table, where: str) -> None:
     missing = [n for n in COLUMNS if n not in table.column_names]
     if missing:
         raise InputError(f"{where}: not a paritybed trace: missing columns {missing} (see docs/trace.md)")
-
-
-def concat(tables: Iterable[pa.Table]) -> pa.Table:
-    return pa.concat_tables(list(tables), promote_options="permissive").unify_dictionaries()

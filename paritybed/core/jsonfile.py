@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -17,7 +17,7 @@ things a row is made of are interned once and referenced by index:
 A burst is (start time, context, tag, tuple of request indices); the requests of a burst are a
 few milliseconds apart (each waits for the previous response), drawn at build time from a
 seeded generator.  `Emitter.build` turns the bursts into the typed, time-ordered trace table of
-sim/trace.py with numpy gathers and Arrow ``take``: no per-row Python work.
+agents/trace.py with numpy gathers and Arrow ``take``: no per-row Python work.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from paritybed.sim.trace import COLUMNS, TRACE_SCHEMA
+from paritybed.agents.trace import COLUMNS, TRACE_SCHEMA
 
 REQUEST_COLUMNS = ("kind", "method", "path", "resource_type", "interaction", "shape", "params",
                    "resource_id", "patient_id", "endpoint", "address", "egress_calls")
@@ -99,10 +99,6 @@ class Emitter:
     def __len__(self) -> int:
         return len(self._rows)
 
-    @property
-    def bursts(self) -> int:
-        return len(self._bursts) // 4
-
     def _burst_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         b = np.frombuffer(self._bursts, dtype=np.int64).reshape(-1, 4)
         return b[:, 0], b[:, 1], b[:, 2], b[:, 3]
@@ -122,7 +118,7 @@ class Emitter:
         return np.repeat(b_t, n) + cs - np.repeat(cs[starts], n)
 
     def build(self) -> pa.Table:
-        """The trace table (schema sim/trace.py), rows in time order (ties: emission order)."""
+        """The trace table (schema agents/trace.py), rows in time order (ties: emission order)."""
         t = self.row_times()
         n = len(t)
         order = np.argsort(t, kind="stable")

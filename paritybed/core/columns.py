@@ -1,4 +1,4 @@
-"""Small columnar helpers shared by the parity modules (envelope, replay, profile, criteria).
+"""Arrow column helpers shared by the reference engine and the parity modules.
 
 Traces can be tens of millions of rows, so everything here works on dictionary codes and numpy
 arrays, never on Python objects per row.
@@ -9,11 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-NS_PER_S = 1_000_000_000
-NS_PER_MIN = 60 * NS_PER_S
-FIVE_MIN_NS = 5 * NS_PER_MIN
-DAY_NS = 24 * 60 * NS_PER_MIN
 
 
 def codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
@@ -40,19 +35,3 @@ def ints(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     return col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-
-
-def sliding_peak(t_ns: np.ndarray, window_ns: int) -> int:
-    """Largest number of events inside any half-open window [t, t + window) of sorted times."""
-    if len(t_ns) == 0:
-        return 0
-    ends = np.searchsorted(t_ns, t_ns + window_ns, side="left")
-    return int((ends - np.arange(len(t_ns))).max())
-
-
-def sliding_counts(t_ns: np.ndarray, window_ns: int) -> np.ndarray:
-    """For each event (sorted times), the events in [t_i, t_i + window): the window it opens."""
-    if len(t_ns) == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.searchsorted(t_ns, t_ns + window_ns, side="left")
-    return ends - np.arange(len(t_ns))

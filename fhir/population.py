@@ -24,7 +24,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from paritybed.errors import InputError
+from paritybed.core.errors import InputError
 from paritybed.fhir.bundles import (
     BundleError,
     conditional_targets,

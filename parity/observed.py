@@ -9,9 +9,10 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
+from paritybed.agents.trace import TraceBuilder
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
-from paritybed.sim.trace import TraceBuilder
+from paritybed.parity.compile import policy_from_trace
 
 
 def trace_from_events(events: Iterable[dict[str, Any]], *, agent_class: str, fhir_server_addresses: set[str],
@@ -36,7 +37,5 @@ def trace_from_events(events: Iterable[dict[str, Any]], *, agent_class: str, fhi
 
 def observed_policy(trace: pa.Table, *, fhir_server: str, fhir_base: str, registry: Registry, agent: str) -> Policy:
     """The policy that allows what was observed (with parity's default margins), response deny."""
-    from paritybed.parity.compile import policy_from_trace
-
     return policy_from_trace(trace, fhir_server=fhir_server, fhir_base=fhir_base, registry=registry,
                              responses={agent: "deny"})
