@@ -8,6 +8,7 @@ id, which is the inode number of its directory.
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import os
 import pwd
@@ -107,13 +108,41 @@ class CgroupTree:
                 time.sleep(0.02)
 
 
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def processes_of(uid: int) -> list[tuple[int, str, str]]:
+    """(pid, command name, cgroup v2 path) of every process whose real or effective uid is uid."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            status = (d / "status").read_text()
+            cgroup = (d / "cgroup").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        uids = next((line.split()[1:3] for line in status.splitlines() if line.startswith("Uid:")), [])
+        if str(uid) in uids:
+            comm = next((line.split(None, 1)[1] for line in status.splitlines() if line.startswith("Name:")), "?")
+            v2 = next((line[3:] for line in cgroup.splitlines() if line.startswith("0::")), "?")
+            found.append((int(d.name), comm.strip(), v2))
+    return found
+
+
 def spawn_in(cgroup: Path, argv: list[str], **popen_kw: Any) -> subprocess.Popen:
     """Start a process inside a cgroup: it moves itself there between fork and exec, so every
     socket it (or a child) ever opens belongs to the cgroup.
 
     ``user=``/``group=`` drop privileges *after* the move (Popen would drop them before its
     ``preexec_fn``, and an unprivileged process may not write ``cgroup.procs``); supplementary
-    groups are cleared then, so the agent keeps none of root's."""
+    groups are cleared then, so the agent keeps none of root's.  Every agent process runs with
+    ``no_new_privs``: a set-user-ID or file-capability binary (``ping`` with CAP_NET_RAW, ``sudo``)
+    gives it nothing."""
     procs = str(cgroup / "cgroup.procs")
     user_fn: Callable[[], Any] | None = popen_kw.pop("preexec_fn", None)
     user, group = popen_kw.pop("user", None), popen_kw.pop("group", None)
@@ -132,6 +161,8 @@ def spawn_in(cgroup: Path, argv: list[str], **popen_kw: Any) -> subprocess.Popen
             os.setresgid(gid, gid, gid)
         if uid is not None:
             os.setresuid(uid, uid, uid)
+        if _libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         if user_fn is not None:
             user_fn()
 

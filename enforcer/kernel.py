@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import datetime as dt
+import fcntl
 import json
 import os
 import queue
@@ -54,8 +55,18 @@ class KernelEnforcer:
         if clock not in ("virtual", "real") or compression <= 0:
             raise InputError(f"clock must be 'virtual' or 'real' and compression > 0 (got {clock!r}, {compression})")
         self.policy, self.registry_path, self.start, self.name = policy, Path(registry_path), start, name
+        self._name_lock = hold_name(name)  # before anything is loaded: one control plane per name
+        try:
+            self._open(clock, compression, event_log, record_all, rb_pages, observe, poll_interval_ms)
+        except BaseException:
+            os.close(self._name_lock)
+            raise
+
+    def _open(self, clock: str, compression: float, event_log: Path | None, record_all: bool, rb_pages: int,
+              observe: bool, poll_interval_ms: int) -> None:
+        """Load (or adopt) the programs and maps, configure them, start reading events."""
         self.record_all, self.observe = record_all, observe
-        self.tree = CgroupTree(name)
+        self.tree = CgroupTree(self.name)
         self.tree.ensure()
         manifest = self._read_manifest()
         k0 = Clock.ktime()
@@ -69,7 +80,7 @@ class KernelEnforcer:
         self._registry = load_registry(self.registry_path)  # bad input fails before touching the kernel
         self._registries: dict[int, Registry] = {self._registry.version: self._registry}
         self._reg_sig = self._registry_signature()
-        self._loaded = kernel_load.load(name, self.tree.root, rb_pages=manifest.get("rb_pages", rb_pages) if manifest else rb_pages)
+        self._loaded = kernel_load.load(self.name, self.tree.root, rb_pages=manifest.get("rb_pages", rb_pages) if manifest else rb_pages)
         self.adopted = self._loaded.adopted
         self.maps = km.Maps(self._loaded.maps)
         km.load_tables(self.maps)
@@ -318,6 +329,7 @@ class KernelEnforcer:
         if cleanup:
             kernel_load.cleanup(self.name, self.tree.root)
             self._manifest_path().unlink(missing_ok=True)
+        os.close(self._name_lock)  # the lock goes with it
 
     def __enter__(self) -> "KernelEnforcer":
         return self
@@ -326,11 +338,39 @@ class KernelEnforcer:
         self.close()
 
 
+def hold_name(name: str) -> int:
+    """One control plane per name: an exclusive lock on /run/paritybed/<name>.lock, held while the
+    control plane lives.  The kernel releases it when the holder dies, so a dead holder's pinned
+    state is adopted by the next one; a live holder is named in the error (its pid and command),
+    instead of the loader failing on pins that exist."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(RUN_DIR / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):
+            cmd = "?"
+        raise EnvironmentProblem(f"another paritybed control plane holds the name {name!r}: pid {pid} ({cmd[:120]})",
+                                 hint="give this one another name (--name), or stop that one; the state of a "
+                                      "control plane that died is adopted by the next one of the same name") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def cleanup(name: str = "paritybed") -> list[str]:
     """Remove everything a (possibly dead) control plane left: programs, pins, cgroups."""
     if os.geteuid() != 0:
         raise EnvironmentProblem("cleanup needs root")
-    root = CgroupTree(name).root
-    done = kernel_load.cleanup(name, root)
-    (RUN_DIR / f"{name}.json").unlink(missing_ok=True)
+    lock = hold_name(name)  # never under a control plane that is alive: it names itself instead
+    try:
+        root = CgroupTree(name).root
+        done = kernel_load.cleanup(name, root)
+        (RUN_DIR / f"{name}.json").unlink(missing_ok=True)
+    finally:
+        os.close(lock)
     return done

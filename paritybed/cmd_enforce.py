@@ -50,6 +50,11 @@ def enforce_command(
     fhir_base: str = typer.Option("/fhir", "--fhir-base", help="observe mode without a policy: the FHIR base path"),
     lane: Optional[List[str]] = typer.Option(None, "--lane", help="open a break-glass lane for the run: CLASS:CLAIM[:SECONDS] (repeatable)"),
     name: str = typer.Option("paritybed", "--name", help="name of the pinned state and root cgroup"),
+    user: str = typer.Option("nobody", "--user", help="the user COMMAND runs as (name or uid): an account of its own, "
+                             "unprivileged; root only if the command is trusted (it could detach the enforcer)"),
+    group: Optional[str] = typer.Option(None, "--group", help="its group (default: the user's primary group)"),
+    allow_shared_uid: bool = typer.Option(False, "--allow-shared-uid", help="run even if other processes outside the "
+                                          "agent's cgroup have its uid (it could ptrace them and send through them)"),
     cleanup: bool = typer.Option(False, "--cleanup", help="remove everything a control plane left (programs, pins, cgroups) and exit"),
 ) -> None:
     from paritybed.enforcer.kernel import cleanup as kernel_cleanup
@@ -66,7 +71,8 @@ def enforce_command(
         raise InputError("--agent is required (the policy's agent the command runs as)")
     lanes = [_parse_lane(x) for x in lane or []]
     pol, reg_path = _inputs(policy, agent, registry, mode, fhir_server, fhir_base, out_dir)
-    code = _run(pol, reg_path, agent, command, mode == "observe", out_dir, lanes, name)
+    who = agent_identity(user, group, allow_shared_uid)
+    code = _run(pol, reg_path, agent, command, mode == "observe", out_dir, lanes, name, who)
     raise typer.Exit(code)
 
 
@@ -99,6 +105,45 @@ def _inputs(policy: Path | None, agent: str, registry: Path | None, mode: str, f
     return pol, registry
 
 
+def agent_identity(user: str, group: str | None, allow_shared_uid: bool) -> tuple[int, int]:
+    """(uid, gid) the command runs as.  An agent is enforced as its cgroup, but a process of the same
+    uid outside the cgroup is not: without Yama, the agent can ptrace it and make it send.  So the
+    uid must be the agent's alone; any process already running with it is a refusal (exit 3)."""
+    import grp
+    import pwd
+
+    from paritybed.core.errors import EnvironmentProblem
+    from paritybed.enforcer.cgroups import processes_of
+
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        uid, gid = pw.pw_uid, pw.pw_gid
+    except KeyError:
+        if not user.isdigit():
+            raise InputError(f"--user {user!r}: no such user") from None
+        uid = gid = int(user)  # a uid without an account is fine: nothing else runs with it
+    if group is not None:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise InputError(f"--group {group!r}: no such group") from None
+    if uid == 0:
+        err.print("[yellow]the command runs as root: a compromised agent could detach the enforcer; use --user "
+                  "with an account of the agent's own unless the command is trusted[/]")
+        return uid, gid
+    others = processes_of(uid)
+    if others and not allow_shared_uid:
+        listed = ", ".join(f"{pid} {comm} ({cg})" for pid, comm, cg in others[:5])
+        raise EnvironmentProblem(
+            f"uid {uid} ({user}) is not the agent's alone: {len(others)} other process(es) run with it ({listed}); "
+            "the agent could ptrace them and send through them, unenforced",
+            hint="run the agent as an account of its own (--user), or accept the risk with --allow-shared-uid")
+    if others:
+        err.print(f"[yellow]uid {uid} is shared with {len(others)} process(es) outside the agent's cgroup "
+                  "(--allow-shared-uid): they are not enforced[/]")
+    return uid, gid
+
+
 def _parse_lane(text: str) -> tuple[str, str, int]:
     parts = text.split(":")
     if len(parts) not in (2, 3) or not all(parts[:2]) or (len(parts) == 3 and not parts[2].isdigit()):
@@ -107,7 +152,7 @@ def _parse_lane(text: str) -> tuple[str, str, int]:
 
 
 def _run(pol: Any, reg_path: Path, agent: str, command: list[str], observe: bool, out_dir: Path,
-         lanes: list[tuple[str, str, int]], name: str) -> int:
+         lanes: list[tuple[str, str, int]], name: str, who: tuple[int, int]) -> int:
     from paritybed.enforcer.kernel import KernelEnforcer
 
     log = out_dir / "events.jsonl"
@@ -124,7 +169,7 @@ def _run(pol: Any, reg_path: Path, agent: str, command: list[str], observe: bool
                 err.print(f"[yellow]lane {cls!r} refused: the policy of {agent!r} has no such lane class[/]")
         err.print(f"[dim]{'observing' if observe else 'enforcing'} {agent!r}: {' '.join(command)}[/]")
         try:
-            proc = ke.spawn(agent, 0, command)
+            proc = ke.spawn(agent, 0, command, user=who[0], group=who[1])
         except OSError as e:
             raise InputError(f"cannot run {command[0]!r}: {e.strerror}") from None
         try:

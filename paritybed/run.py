@@ -342,7 +342,9 @@ class LiveOptions:
     clock: Literal["virtual", "real"] = "virtual"
     compression: float = 60.0
     fhir_url: str | None = None  # an already loaded FHIR server instead of the embedded one
-    name: str = "paritybed"  # of the pinned state and the root cgroup
+    #: of the pinned state and the root cgroup: a name of the run's own, so a live run beside
+    #: `paritybed enforce` (whose default name is "paritybed") or beside another run never collides
+    name: str = field(default_factory=lambda: f"paritybed-run-{os.getpid()}")
 
 
 def run_scenario(path: str | Path, out: str | Path, *, days: float | None = None, hours: float | None = None,
