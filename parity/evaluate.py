@@ -1,7 +1,8 @@
 """One run's answer: learn, compile, replay, score, and write every artefact.
 
 ``evaluate`` is what ``paritybed run`` calls after the simulation; it writes into ``out_dir``:
-parity.json (the verdict, schema in docs/parity.md), junit.xml, report.html, plots/*.png,
+parity.json (the verdict, schema in docs/parity.md; written last, as the anchor of every
+chained log of the folder), junit.xml, report.html, plots/*.png,
 policy.json, baa-registry.json, envelope.json, profiles/{staging,production}.json,
 replay.parquet, events.jsonl and attestation/ (docs/attestation.md).  Same inputs give the same
 bytes: nothing here reads the clock or the environment.
@@ -19,6 +20,7 @@ import pyarrow as pa
 
 from paritybed.enforcer.policy import Policy, PolicySource, save_policy
 from paritybed.enforcer.registry import Endpoint, Registry, save_registry
+from paritybed.parity.anchors import run_log_anchors
 from paritybed.parity.compile import Margins, compile_policy, trace_digest
 from paritybed.parity.criteria import Criteria, criteria
 from paritybed.parity.envelope import Envelope, learn_envelope
@@ -191,11 +193,12 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     gates = replay_gates(rep, scenario)
     doc = parity_document(scenario, scenario_path, policy, registry, crit, rep, gates, mode=mode,
                           lost_events=lost_events, kernel=kernel)
-    _write_json(out_dir / "parity.json", doc)
     write_junit(out_dir / "junit.xml", crit, rep.summary["attacks_caught"])
     step("artefacts")
     paths = write_artefacts(out_dir, scenario=scenario, policy=policy, registry=registry, staging=staging,
                             production=production, rep=rep, sp=sp, pp=pp, crit=crit, doc=doc)
+    doc["logs"] = run_log_anchors(out_dir)  # written last: the anchor of every chained log (docs/attestation.md)
+    _write_json(out_dir / "parity.json", doc)
     paths.update(parity=out_dir / "parity.json", junit=out_dir / "junit.xml", policy=out_dir / "policy.json")
     if progress is not None:
         progress("artefacts", len(STAGES), len(STAGES))
