@@ -26,8 +26,10 @@ def register(app: typer.Typer) -> None:
         "--production-profile profile.json --junit reports/parity.xml"))(gate_command)
     app.command("profile", help=(
         "Build a de-identified production profile (aggregates only: no patient, record or clinician ids, no "
-        "names) from a FHIR R4 AuditEvent export (NDJSON), for `paritybed gate`.\n\n"
-        "Example: paritybed profile exports/auditevents.ndjson --out profile.json"))(profile_command)
+        "names) from a FHIR R4 AuditEvent export (NDJSON), for `paritybed gate`.  Agent classes come from "
+        "--agent-classes (client id -> class) or a coded agent.role, never from display strings; a field that must be "
+        "a code and holds a name, an id or free text is refused (exit 2).\n\n"
+        "Example: paritybed profile exports/auditevents.ndjson --out profile.json --agent-classes clients.json"))(profile_command)
     app.command("verify-log", help=(
         "Verify a hash-chained audit log (events.jsonl, attestation/*.jsonl or *.auditevents.ndjson) against its "
         "anchor: the record count and final hash in the run's parity.json (or paritybed enforce's summary.json), "
@@ -81,17 +83,26 @@ def profile_command(
     auditevents: Path = typer.Argument(..., help="FHIR R4 AuditEvent export, one JSON resource per line"),
     out_path: Path = typer.Option(..., "--out", help="where to write profile.json"),
     arm: str = typer.Option("production", "--arm", help="label recorded in the profile"),
+    agent_classes: Optional[Path] = typer.Option(None, "--agent-classes", help="JSON object mapping client ids "
+                                                 "(agent.who.identifier.value or who.reference) to agent classes"),
 ) -> None:
-    from paritybed.parity.auditevent import profile_from_auditevents
+    from paritybed.parity.auditevent import profile_from_rows, read_auditevents
+    from paritybed.parity.deid import load_agent_classes
     from paritybed.parity.profile import save_profile
 
+    classes = load_agent_classes(agent_classes) if agent_classes else None
     with out.status(f"reading {auditevents}"):
-        p = profile_from_auditevents(auditevents, arm=arm)
+        read = read_auditevents(auditevents, agent_classes=classes)
+        p = profile_from_rows(read.rows, arm=arm)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_profile(p, out_path)
     total = sum(c.requests for c in p.classes.values())
     out.print(f"wrote {out_path}: {total} FHIR requests over {p.days} day(s), agent classes "
-              f"{', '.join(sorted(p.classes)) or '(none)'}")
+              f"{', '.join(sorted(p.classes)) or '(none)'}", highlight=False, soft_wrap=True)
+    if read.unclassified:
+        err.print(f"[yellow]note:[/] {read.unclassified} AuditEvent(s) of FHIR requests, connects or break-glass left out: "
+                  "no agent class (client not in --agent-classes, no coded agent.role); display names are never used",
+                  highlight=False, soft_wrap=True)
 
 
 def verify_log_command(
