@@ -75,7 +75,7 @@ def test_live_real_clock_runs_compressed_and_reports_agreement(tmp_path, shared_
     assert live["kernel_allowed"] > 0
 
 
-def test_live_mode_without_root_is_a_clear_environment_error(tmp_path, shared_synthea):
+def test_live_mode_without_root_is_a_clear_environment_error(tmp_path, shared_synthea, require):
     """A non-root user asking for live mode gets exit 3 and what needs root, not a traceback
     (run as the nobody user when the tests run as root)."""
     import os
@@ -87,7 +87,7 @@ def test_live_mode_without_root_is_a_clear_environment_error(tmp_path, shared_sy
     cmd = [sys.executable, "-P", "-m", "paritybed.cli", "run", str(scenario), "--mode", "live", "--out", str(tmp_path / "x")]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
-            pytest.skip("root without setpriv: cannot run the command as an unprivileged user")
+            require("setpriv", "root without setpriv: cannot run the command as an unprivileged user")
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
     env = {**os.environ, "HOME": str(tmp_path), "PARITYBED_CACHE": str(tmp_path / "cache")}
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
