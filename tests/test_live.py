@@ -57,7 +57,47 @@ def test_live_virtual_clock_agrees_with_the_reference_engine_on_every_request(tm
     events = [json.loads(x) for x in log.read_text().splitlines()]
     assert any(e.get("event") == "deny" and e.get("hook") in ("sk_msg", "connect4") for e in events)
     assert any(e.get("event") == "first-contact" and e.get("endpoint") for e in events)
-    assert (out / "report.html").exists() and (out / "live.parquet").exists()
+    assert (out / "report.html").exists()
+    # live.parquet: what the kernel decided per row, the caller's errno, the HTTP status
+    import pyarrow.parquet as pq
+
+    lp = pq.read_table(out / "live.parquet", columns=["decision", "errno", "http_status"])
+    assert lp.num_rows == agree["rows"] and set(lp["decision"].to_pylist()) == {"allow", "deny"}
+    assert {13, 1} & set(lp["errno"].to_pylist()) and 200 in set(lp["http_status"].to_pylist())
+    # the kernel's event log is anchored in parity.json like every other chained log
+    from paritybed.parity.anchors import verify_anchored
+
+    v, _ = verify_anchored(log)
+    assert v.ok and v.anchor.endswith("parity.json") and "kernel-events.jsonl" in parity["logs"]
+
+
+def test_live_disagreement_on_the_virtual_clock_exits_1(tmp_path, monkeypatch, capsys):
+    """README exit codes: in live mode on the virtual clock a disagreement between the kernel and
+    the reference engine is exit 1 even when parity passes; on the real clock it is reported only.
+    (The kernel cannot be made to disagree on purpose: the live driver's result stands in.)"""
+    from paritybed import cli, cmd_run
+    from paritybed.parity.evaluate import Verdict
+
+    def fake_live(clock: str):
+        live = {"clock": clock, "rows": 10, "wall_seconds": 1.0, "kernel_allowed": 9, "kernel_denied": 1,
+                "worker_kills": 0, "lost_events": 0,
+                "agreement": {"rows": 10, "disagreements": 2, "first_disagreements": [{"row": 3}]}}
+        doc = {"verdict": "pass", "criteria": {c: {"pass": True, "metrics": []} for c in ("fidelity", "coverage", "break_glass")},
+               "replay": {"over_blocks": {"total": 0}, "under_blocks": {"total": 0}, "attacks_caught": 0,
+                          "attacks_injected": 0, "clinical_impact_minutes": 0}}
+        return lambda *a, **kw: (Verdict(passed=True, parity=doc, out_dir=tmp_path), live)
+
+    for clock, expected in (("virtual", 1), ("real", 0)):
+        monkeypatch.setattr(cmd_run, "run_live_with_progress", fake_live(clock))
+        monkeypatch.setattr(sys, "argv", ["paritybed", "run", "x.yaml", "--mode", "live", "--clock", clock, "--out", str(tmp_path)])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        err = capsys.readouterr().err
+        assert code == expected, (clock, err)
+        assert ("disagree on 2 of 10 requests" in err) == (clock == "virtual")
 
 
 @pytest.mark.bpf
