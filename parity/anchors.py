@@ -87,7 +87,7 @@ def check_anchor(path: Path, v: Verification, entry: dict[str, Any], anchor_name
     n, want, last = v.records, int(entry["records"]), str(entry["last_hash"])
     short = last[:19] + "…"
     if n == want and v.last_hash == last:
-        return Verification(True, n, last_hash=v.last_hash, anchor=anchor_name)
+        return Verification(True, n, last_hash=v.last_hash, anchor=f"its anchor {anchor_name}")
     if n < want:
         gone = f"all {want} records are missing (the file is empty)" if n == 0 else \
             f"the last {want - n} record(s) are missing: the log ends after record {n}"

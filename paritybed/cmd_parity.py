@@ -122,7 +122,7 @@ def verify_log_command(
         raise InputError(f"--anchor {anchor}: no such file")
     v, caveat = verify_anchored(path, key=read_checkpoint_key(key) if key else None, anchor=anchor)
     if v.ok:
-        held = f", length and final hash match {v.anchor}" if v.anchor else f" ({caveat})"
+        held = f", length and final hash vouched for by {v.anchor}" if v.anchor else f" ({caveat})"
         out.print(f"{path}: ok, {v.records} records, chain intact{held}", soft_wrap=True, highlight=False)
         raise typer.Exit(0)
     err.print(f"[bold red]{path}:{v.first_bad}:[/] {v.problem} ({v.records} records verify)",

@@ -242,7 +242,7 @@ def _final_checkpoint(path: str | Path, v: Verification) -> Verification:
             if "checkpoint" in last:
                 last_cp = (lineno, last)
     if last is not None and "checkpoint" in last and (last["checkpoint"] or {}).get("final") is True:
-        return Verification(True, v.records, last_hash=v.last_hash, anchor=f"final checkpoint ({last['checkpoint'].get('key')})")
+        return Verification(True, v.records, last_hash=v.last_hash, anchor=f"its final checkpoint (key {last['checkpoint'].get('key')})")
     if v.records == 0:
         why = "the log is empty: it has no final checkpoint, so every record it had may have been removed"
     elif last_cp is None:

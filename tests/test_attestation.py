@@ -196,7 +196,7 @@ def test_verify_log_command_exit_codes(run_dir, tmp_path, monkeypatch, capsys):
 
     good = run_dir / "events.jsonl"
     code, text = call(str(good))
-    assert code == 0 and "chain intact" in text and "length and final hash match" in text and "parity.json" in text
+    assert code == 0 and "chain intact" in text and "length and final hash vouched for by its anchor" in text and "parity.json" in text
     lines = good.read_text().splitlines(keepends=True)
     bad = tmp_path / "events.jsonl"
     bad.write_text("".join([lines[0], *lines[2:]]))

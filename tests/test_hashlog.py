@@ -156,3 +156,38 @@ def test_periodic_checkpoints_come_only_when_due_and_only_after_new_records(tmp_
     with HashLog(tmp_path / "plain.jsonl") as plain:
         plain.append({"event": "deny"})
         assert not plain.signed and plain.checkpoint_if_due(0.0, now=1e9) is None
+
+
+def test_verify_log_command_with_the_key_and_the_enforce_summary_anchor(tmp_path, monkeypatch, capsys):
+    """What `paritybed enforce` leaves in --out (a signed events.jsonl, summary.json with its
+    anchor), checked by `paritybed verify-log --key` as its README line says, without the kernel."""
+    import sys
+
+    from paritybed import cli
+    from paritybed.parity.anchors import log_anchor
+
+    key = tmp_path / "keys" / "checkpoint.key"
+    k = read_checkpoint_key(key, create=True)
+    log = tmp_path / "out" / "events.jsonl"
+    lines = write(log, 6, key=k)
+    (log.parent / "summary.json").write_text(json.dumps({"logs": {"events.jsonl": log_anchor(log)}}))
+
+    def call(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["paritybed", "verify-log", *args])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        c = capsys.readouterr()
+        return code, " ".join((c.out + c.err).split())
+
+    code, text = call(str(log), "--key", str(key))
+    assert code == 0 and "vouched for by its final checkpoint" in text and "summary.json" in text
+    log.write_text("".join(lines[:-2]))
+    code, text = call(str(log), "--key", str(key))
+    assert code == 1 and "without a final checkpoint" in text
+    code, text = call(str(log))
+    assert code == 1 and "the last 2 record(s) are missing" in text and "summary.json" in text
+    code, text = call(str(log), "--key", str(tmp_path / "other.key"))
+    assert code == 2 and "no such checkpoint key" in text
