@@ -12,11 +12,13 @@ line and the field (docs/parity.md, "Profiles from AuditEvent").
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
+from pydantic import RootModel
+
 from paritybed.errors import InputError
+from paritybed.jsonfile import load_model
 
 #: A code: lower-case words of letters and digits joined by "-" or "_" ("prior_auth", "code_blue",
 #: "scribe-llm").  No spaces, capitals, dots, "@" or "/" (names, e-mails, references), at most 32
@@ -43,17 +45,19 @@ def require_code(value: object, where: str) -> str:
                      hint="see docs/parity.md, 'Profiles from AuditEvent'")
 
 
+class AgentClasses(RootModel[dict[str, str]]):
+    """client id -> agent class, as the user writes it (``paritybed profile --agent-classes``)."""
+
+
 def load_agent_classes(path: str | Path) -> dict[str, str]:
     """The user's mapping of client ids (as in ``agent.who.identifier.value`` or ``who.reference``)
     to agent classes: a JSON object; every class must be a code."""
     p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such agent-class mapping file") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{p}: not a readable JSON agent-class mapping ({e})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise InputError(f"{p}: expected a JSON object mapping client ids to agent classes, "
-                         'e.g. {"cds-client-7f3a": "cds"}')
-    return {str(k): require_code(v, f"{p}: the class of client {k!r}") for k, v in raw.items()}
+
+    def is_object(raw: object) -> None:
+        if not isinstance(raw, dict) or not raw:
+            raise InputError(f"{p}: expected a JSON object mapping client ids to agent classes, "
+                             'e.g. {"cds-client-7f3a": "cds"}')
+
+    m = load_model(p, AgentClasses, "agent-class mapping", "docs/parity.md", check=is_object)
+    return {k: require_code(v, f"{p}: the class of client {k!r}") for k, v in m.root.items()}

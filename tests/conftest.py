@@ -14,6 +14,7 @@ collection fails, whatever put the filter there.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -41,6 +42,26 @@ def require_or_skip(part: str, reason: str) -> NoReturn:
     if required(part):
         pytest.fail(f"PARITYBED_REQUIRE_{part.upper()}=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def paritybed_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str]]:
+    """Run the paritybed CLI in this process: ``paritybed_cli("verify-log", path)`` -> (exit code,
+    stdout + stderr), through ``cli.main`` as the installed command runs it."""
+
+    def run(*args: str) -> tuple[int, str]:
+        from paritybed import cli
+
+        monkeypatch.setattr(sys, "argv", ["paritybed", *args])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        c = capsys.readouterr()
+        return code, c.out + c.err
+
+    return run
 
 
 @pytest.fixture(scope="session")

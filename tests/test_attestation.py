@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -181,18 +180,9 @@ def test_a_log_without_an_anchor_says_what_was_not_checked(run_dir, tmp_path):
     assert "order and content only" in caveat and "a removed tail cannot be detected" in caveat
 
 
-def test_verify_log_command_exit_codes(run_dir, tmp_path, monkeypatch, capsys):
-    from paritybed import cli
-
+def test_verify_log_command_exit_codes(run_dir, tmp_path, paritybed_cli):
     def call(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["paritybed", "verify-log", *args])
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-        c = capsys.readouterr()
-        return code, c.out + c.err
+        return paritybed_cli("verify-log", *args)
 
     good = run_dir / "events.jsonl"
     code, text = call(str(good))

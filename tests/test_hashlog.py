@@ -158,12 +158,9 @@ def test_periodic_checkpoints_come_only_when_due_and_only_after_new_records(tmp_
         assert not plain.signed and plain.checkpoint_if_due(0.0, now=1e9) is None
 
 
-def test_verify_log_command_with_the_key_and_the_enforce_summary_anchor(tmp_path, monkeypatch, capsys):
+def test_verify_log_command_with_the_key_and_the_enforce_summary_anchor(tmp_path, paritybed_cli):
     """What `paritybed enforce` leaves in --out (a signed events.jsonl, summary.json with its
     anchor), checked by `paritybed verify-log --key` as its README line says, without the kernel."""
-    import sys
-
-    from paritybed import cli
     from paritybed.parity.anchors import log_anchor
 
     key = tmp_path / "keys" / "checkpoint.key"
@@ -173,14 +170,8 @@ def test_verify_log_command_with_the_key_and_the_enforce_summary_anchor(tmp_path
     (log.parent / "summary.json").write_text(json.dumps({"logs": {"events.jsonl": log_anchor(log)}}))
 
     def call(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["paritybed", "verify-log", *args])
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-        c = capsys.readouterr()
-        return code, " ".join((c.out + c.err).split())
+        code, text = paritybed_cli("verify-log", *args)
+        return code, " ".join(text.split())  # without the console's line wrapping
 
     code, text = call(str(log), "--key", str(key))
     assert code == 0 and "vouched for by its final checkpoint" in text and "summary.json" in text

@@ -71,11 +71,11 @@ def test_live_virtual_clock_agrees_with_the_reference_engine_on_every_request(tm
     assert v.ok and v.anchor.endswith("parity.json") and "kernel-events.jsonl" in parity["logs"]
 
 
-def test_live_disagreement_on_the_virtual_clock_exits_1(tmp_path, monkeypatch, capsys):
+def test_live_disagreement_on_the_virtual_clock_exits_1(tmp_path, monkeypatch, paritybed_cli):
     """README exit codes: in live mode on the virtual clock a disagreement between the kernel and
     the reference engine is exit 1 even when parity passes; on the real clock it is reported only.
     (The kernel cannot be made to disagree on purpose: the live driver's result stands in.)"""
-    from paritybed import cli, cmd_run
+    from paritybed import cmd_run
     from paritybed.parity.evaluate import Verdict
 
     def fake_live(clock: str):
@@ -89,13 +89,7 @@ def test_live_disagreement_on_the_virtual_clock_exits_1(tmp_path, monkeypatch, c
 
     for clock, expected in (("virtual", 1), ("real", 0)):
         monkeypatch.setattr(cmd_run, "run_live_with_progress", fake_live(clock))
-        monkeypatch.setattr(sys, "argv", ["paritybed", "run", "x.yaml", "--mode", "live", "--clock", clock, "--out", str(tmp_path)])
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-        err = capsys.readouterr().err
+        code, err = paritybed_cli("run", "x.yaml", "--mode", "live", "--clock", clock, "--out", str(tmp_path))
         assert code == expected, (clock, err)
         assert ("disagree on 2 of 10 requests" in err) == (clock == "virtual")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
@@ -91,28 +90,15 @@ def test_bad_auditevent_export_names_file_and_line(tmp_path):
         profile_from_auditevents(f)
 
 
-def cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    from paritybed import cli as c
-
-    monkeypatch.setattr(sys, "argv", ["paritybed", *args])
-    code = 0
-    try:
-        c.main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out + cap.err
-
-
-def test_profile_command_writes_the_same_profile(tmp_path, arms, monkeypatch, capsys):
+def test_profile_command_writes_the_same_profile(tmp_path, arms, paritybed_cli):
     ae = tmp_path / "audit.ndjson"
     write_ndjson(auditevents_from_trace(arms[0], START), ae)
-    code, text = cli(["profile", str(ae), "--out", str(tmp_path / "profile.json")], monkeypatch, capsys)
+    code, text = paritybed_cli("profile", str(ae), "--out", str(tmp_path / "profile.json"))
     assert code == 0, text
     assert "agent classes" in text
     got = json.loads((tmp_path / "profile.json").read_text())
     assert got["schema"] == "paritybed.profile/1" and got["source"] == "auditevent"
-    code, text = cli(["profile", str(tmp_path / "nope.ndjson"), "--out", str(tmp_path / "p.json")], monkeypatch, capsys)
+    code, text = paritybed_cli("profile", str(tmp_path / "nope.ndjson"), "--out", str(tmp_path / "p.json"))
     assert code == 2 and "no such AuditEvent export" in text
 
 
@@ -202,7 +188,7 @@ def export(tmp_path, events: list[dict]):
     return f
 
 
-def test_no_name_or_id_of_any_balp_field_reaches_the_profile(tmp_path, monkeypatch, capsys):
+def test_no_name_or_id_of_any_balp_field_reaches_the_profile(tmp_path, paritybed_cli):
     from paritybed.parity.deid import is_code
 
     events = [balp_event(i) for i in range(40)] + [balp_event(40 + i, kind="egress") for i in range(3)]
@@ -210,8 +196,8 @@ def test_no_name_or_id_of_any_balp_field_reaches_the_profile(tmp_path, monkeypat
     events.append(balp_event(52, role_code="cds"))  # coded class, no mapping needed
     (tmp_path / "clients.json").write_text(json.dumps({CLIENT: "cds"}))
     src = export(tmp_path, events)
-    code, text = cli(["profile", str(src), "--out", str(tmp_path / "profile.json"),
-                      "--agent-classes", str(tmp_path / "clients.json")], monkeypatch, capsys)
+    code, text = paritybed_cli("profile", str(src), "--out", str(tmp_path / "profile.json"),
+                               "--agent-classes", str(tmp_path / "clients.json"))
     assert code == 0, text
     out = (tmp_path / "profile.json").read_text()
     prof = json.loads(out)

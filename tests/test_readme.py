@@ -197,21 +197,16 @@ def test_run_exit_3_when_synthea_is_not_resolved(tmp_path):
 
 # ------------------------------------------------------------------------------------ demo
 def test_demo_runs_end_to_end_and_loads_the_patients_into_an_embedded_fhir_database(tmp_path, shared_synthea,
-                                                                                      monkeypatch, capsys):
+                                                                                      monkeypatch, paritybed_cli):
     """`paritybed demo` (what `make demo` runs) on a small scenario: the run, then fhir.db with the
     patients, ending with the verdict and the report's path."""
-    from paritybed import cli, cmd_run
+    from paritybed import cmd_run
     from paritybed.fhir.store import Store
 
     monkeypatch.setattr(cmd_run, "DEFAULT_SCENARIO", derived(REPO / "scenarios" / "tiny.yaml", tmp_path / "tiny.yaml",
                                                              shared_synthea, hours=3))
-    monkeypatch.setattr(sys, "argv", ["paritybed", "demo", "--out", str(tmp_path / "demo")])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    text = " ".join(capsys.readouterr().out.split())  # as printed, without the console's line wrapping
+    code, text = paritybed_cli("demo", "--out", str(tmp_path / "demo"))
+    text = " ".join(text.split())  # as printed, without the console's line wrapping
     assert code == 0
     out = tmp_path / "demo"
     assert (out / "parity.json").exists() and (out / "report.html").exists()
