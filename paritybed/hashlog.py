@@ -32,6 +32,7 @@ from paritybed.errors import EnvironmentProblem, InputError
 
 GENESIS = "sha256:" + "0" * 64
 MAC_PREFIX = "hmac-sha256:"
+RESERVED = frozenset({"seq", "prev", "hash", "checkpoint", "mac"})
 
 
 def _canonical(record: dict[str, Any]) -> bytes:
@@ -108,7 +109,11 @@ class HashLog:
         self._f = self.path.open("a", encoding="utf-8")
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Append one record (its own keys must not be seq/prev/hash); returns it as written."""
+        """Append one record; returns it as written.  Its own keys must not be the chain's
+        (seq, prev, hash) nor a checkpoint's (checkpoint, mac): a verifier would misread it."""
+        clash = RESERVED & record.keys()
+        if clash:
+            raise ValueError(f"a log record may not carry {sorted(clash)}: those keys belong to the chain")
         rec = dict(record)
         rec["seq"] = self._seq
         rec["prev"] = self._prev

@@ -182,3 +182,10 @@ def test_verify_log_command_with_the_key_and_the_enforce_summary_anchor(tmp_path
     assert code == 1 and "the last 2 record(s) are missing" in text and "summary.json" in text
     code, text = call(str(log), "--key", str(tmp_path / "other.key"))
     assert code == 2 and "no such checkpoint key" in text
+
+
+def test_a_record_cannot_pass_itself_off_as_a_checkpoint_or_carry_chain_keys(tmp_path):
+    with HashLog(tmp_path / "e.jsonl") as log:
+        for key in ("checkpoint", "mac", "seq", "hash"):
+            with pytest.raises(ValueError, match="belong to the chain"):
+                log.append({"event": "deny", key: 1})
