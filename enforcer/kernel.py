@@ -48,7 +48,8 @@ class KernelEnforcer:
     def __init__(self, policy: Policy, registry_path: Path, *, start: dt.datetime,
                  clock: Literal["virtual", "real"] = "virtual", compression: float = 1.0,
                  event_log: Path | None = None, record_all: bool = False, name: str = "paritybed",
-                 rb_pages: int = 256, observe: bool = False, poll_interval_ms: int = 50) -> None:
+                 rb_pages: int = 256, observe: bool = False, poll_interval_ms: int = 50,
+                 checkpoint_key: bytes | None = None, checkpoint_every_s: float = 5.0) -> None:
         if os.geteuid() != 0:
             raise EnvironmentProblem("kernel enforcement needs root (BPF programs, cgroups)",
                                      hint="run as root, or use model mode (the reference engine)")
@@ -92,7 +93,10 @@ class KernelEnforcer:
         self._by_cgid: dict[int, tuple[str, int, Path]] = {}
         self._adopt_replicas()
         self._write_manifest(rb_pages if not manifest else manifest.get("rb_pages", rb_pages))
-        self._log = HashLog(event_log) if event_log else None
+        # With a key the log carries signed checkpoints (every checkpoint_every_s, and a final one at
+        # close), so a removed tail is detectable (paritybed verify-log --key).
+        self._log = HashLog(event_log, checkpoint_key=checkpoint_key) if event_log else None
+        self._checkpoint_every_s = checkpoint_every_s
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self._reader = RingReader(self.maps.fds["events"], self._on_event)
         self._stop = threading.Event()
@@ -260,6 +264,7 @@ class KernelEnforcer:
             self.refresh_registry()
             if self._log is not None:
                 with self._lock:
+                    self._log.checkpoint_if_due(self._checkpoint_every_s)
                     self._log.flush()
 
     def poll_events(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
@@ -323,6 +328,8 @@ class KernelEnforcer:
             self._reader.close()
         self._log_event({"event": "control-plane-stop", "cleanup": cleanup, "lost_events": self.lost_events()})
         if self._log is not None:
+            if self._log.signed:
+                self._log.checkpoint(final=True)
             self._log.flush(durable=True)
             self._log.close()
             self._log = None

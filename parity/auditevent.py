@@ -6,15 +6,20 @@ trace -> AuditEvents -> profile -> criteria == trace -> profile -> criteria).
 
 Field mapping (docs/parity.md, "Profiles from AuditEvent"):
 
+De-identification fails closed (parity/deid.py): only codes and fixed vocabularies reach the
+profile; display strings, descriptions, details and identifiers are never copied.
+
 * time: ``recorded`` (fractional seconds to the nanosecond are kept).
-* agent class: ``agent[0].role`` coding with system ``urn:paritybed:agent-class``; without it,
-  the ``agent[0].who.identifier.value`` (the agent's name) stands for its class.
-* replica stream: ``agent[0].who.identifier.value`` + ``agent[0].altId``.
+* agent class: the user's mapping of client ids (an agent's ``who.identifier.value`` or
+  ``who.reference``) to classes (``paritybed profile --agent-classes``), else the first
+  non-requestor agent's ``role`` coding with system ``urn:paritybed:agent-class`` (a code).
+  Never a display string: an event neither names is left out and counted.
+* replica stream: the class's agent's client id + ``altId``, renamed ``<class>#<n>``.
 * FHIR request: ``type`` = audit-event-type ``rest``; interaction from ``subtype``
   (restful-interaction: read, vread, search-type/-system, create, update, delete,
-  history-instance/-type); resource type from the ``entity`` whose ``type`` is in
+  history-instance/-type); resource type (an R4 type) from the ``entity`` whose ``type`` is in
   ``http://hl7.org/fhir/resource-types``.
-* egress connect: ``type`` ``urn:paritybed:audit-event-type|egress``; endpoint name in
+* egress connect: ``type`` ``urn:paritybed:audit-event-type|egress``; endpoint name (a code) in
   ``entity.name``.
 * break-glass activation: ``type`` DCM 110113 Security Alert, ``subtype`` DCM 110127 Emergency
   Override Started, ``period`` = activation to requested expiry; the class from ``purposeOfUse``
@@ -27,6 +32,7 @@ Field mapping (docs/parity.md, "Profiles from AuditEvent"):
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -35,6 +41,8 @@ import orjson
 import pyarrow as pa
 
 from paritybed.core.errors import InputError
+from paritybed.enforcer.classify import R4_TYPES
+from paritybed.parity.deid import require_code
 from paritybed.parity.profile import Profile, Stream, _epoch_ns, build_profile, pair_key
 
 REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}
@@ -42,6 +50,7 @@ EGRESS = {"system": "urn:paritybed:audit-event-type", "code": "egress", "display
 SECURITY_ALERT = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110113", "display": "Security Alert"}
 OVERRIDE_STARTED = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110127",
                     "display": "Emergency Override Started"}
+AGENT_CLASS = "urn:paritybed:agent-class"
 BTG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG", "display": "break the glass"}
 INTERACTION_CODE = {"read": "read", "vread": "vread", "search": "search-type", "create": "create", "update": "update",
                     "delete": "delete", "history": "history-instance"}
@@ -87,7 +96,7 @@ def parse_instant(s: str) -> int:
 
 def _agent(name: str, cls: str, replica: int, claim: str, lane: str) -> dict[str, Any]:
     a: dict[str, Any] = {"who": {"identifier": {"system": "urn:paritybed:agent", "value": name}},
-                         "role": [{"coding": [{"system": "urn:paritybed:agent-class", "code": cls}]}],
+                         "role": [{"coding": [{"system": AGENT_CLASS, "code": cls}]}],
                          "altId": str(replica), "requestor": False}
     if claim:
         a["policy"] = [f"urn:paritybed:break-glass-claim:{claim}"]
@@ -122,8 +131,10 @@ def auditevents_from_trace(trace: pa.Table, start: dt.datetime, *, legitimate_on
         elif r["kind"] == "egress":
             ev["type"] = EGRESS
             ev["action"] = "E"
-            entities.append({"what": {"identifier": {"system": "urn:paritybed:endpoint", "value": r["address"]}},
-                             "name": r["endpoint"] or r["address"]})
+            ent = {"what": {"identifier": {"system": "urn:paritybed:endpoint", "value": r["address"]}}}
+            if r["endpoint"]:
+                ent["name"] = r["endpoint"]
+            entities.append(ent)
         else:  # lane_open
             ev["type"] = SECURITY_ALERT
             ev["subtype"] = [OVERRIDE_STARTED]
@@ -163,28 +174,75 @@ def _coding(cc: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _row(ev: dict[str, Any]) -> dict[str, Any] | None:
-    """The aggregate-relevant fields of one AuditEvent, or None for events we do not profile."""
+def _client_ids(agent: dict[str, Any]) -> list[str]:
+    """The ids a client (software) agent is known by: its identifier value and its reference."""
+    who = agent.get("who") or {}
+    ids = [(who.get("identifier") or {}).get("value"), who.get("reference")]
+    return [x for x in ids if isinstance(x, str) and x]
+
+
+def _agent_class(agents: list[dict[str, Any]], classes: dict[str, str] | None,
+                 where: str) -> tuple[str, dict[str, Any]] | None:
+    """(agent class, the agent it belongs to): from the user's mapping of client ids to classes,
+    else from the coded role (system urn:paritybed:agent-class); never from a display string or an
+    identifier value.  None when neither says."""
+    for a in agents if classes else []:
+        for cid in _client_ids(a):
+            if cid in classes:  # type: ignore[operator]
+                return classes[cid], a  # type: ignore[index]
+    a0 = next((a for a in agents if not a.get("requestor")), agents[0] if agents else {})
+    for r in a0.get("role", []) or []:
+        for c in _coding(r):
+            if c.get("system") == AGENT_CLASS:
+                return require_code(c.get("code"), f"{where}: agent.role ({AGENT_CLASS})"), a0
+    return None
+
+
+def _row(ev: dict[str, Any], classes: dict[str, str] | None, where: str) -> dict[str, Any] | None:
+    """The aggregate-relevant fields of one AuditEvent, or None for events we do not profile.
+    Only codes leave this function (parity/deid.py): the stream key and the context are kept
+    for counting and pseudonymised or dropped before anything is written.  An event we profile
+    whose agent class nobody gave comes back as ``{"unclassified": True}``."""
     typ = ev.get("type") or {}
     code = (typ.get("system"), typ.get("code"))
     subs = [(c.get("system"), c.get("code")) for c in ev.get("subtype", []) or []]
+    entities = ev.get("entity", []) or []
+    out: dict[str, Any] = {"kind": "", "pair": "", "lane": "", "claim": "", "dur": 0, "ctx": "", "endpoint": ""}
+    if code == ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest"):
+        inter = next((CODE_INTERACTION.get(c) for s, c in subs if c in CODE_INTERACTION), None)
+        rtype = next(((e.get("type") or {}).get("code") for e in entities
+                      if (e.get("type") or {}).get("system") == "http://hl7.org/fhir/resource-types"), None)
+        if inter is None or rtype is None:
+            return None
+        if rtype not in R4_TYPES:
+            raise ValueError(f"entity.type (http://hl7.org/fhir/resource-types) {str(rtype)[:40]!r} is not an R4 resource type")
+        out.update(kind="fhir", pair=pair_key(rtype, inter))
+    elif code == (EGRESS["system"], EGRESS["code"]):
+        name = next((e["name"] for e in entities if e.get("name")), "")
+        out.update(kind="egress", endpoint=require_code(name, f"{where}: entity.name (egress endpoint)") if name else "")
+    elif (OVERRIDE_STARTED["system"], OVERRIDE_STARTED["code"]) in subs:
+        per = ev.get("period") or {}
+        if per.get("start") and per.get("end"):
+            out["dur"] = parse_instant(per["end"]) - parse_instant(per["start"])
+        out.update(kind="lane_open")
+    else:
+        return None
     agents = ev.get("agent") or []
-    a0 = next((a for a in agents if not a.get("requestor")), agents[0] if agents else {})
-    name = ((a0.get("who") or {}).get("identifier") or {}).get("value") or (a0.get("who") or {}).get("display") or ""
-    cls = next((c.get("code") for r in a0.get("role", []) or [] for c in _coding(r)
-                if c.get("system") == "urn:paritybed:agent-class"), None) or name
-    lane = ""
+    found = _agent_class(agents, classes, where)
+    if found is None:
+        return {"unclassified": True}
+    cls, agent = found
     for p in (ev.get("purposeOfEvent", []) or []) + [q for a in agents for q in (a.get("purposeOfUse", []) or [])]:
         for c in _coding(p):
             if c.get("system") == "urn:paritybed:break-glass-class":
-                lane = c.get("code") or lane
-            elif c.get("code") == "BTG" and not lane:
-                lane = "break_glass"
-    claim = next((u.split(":", 3)[-1] for a in agents for u in a.get("policy", []) or []
-                  if u.startswith("urn:paritybed:break-glass-claim:")), "")
-    out = {"t": parse_instant(ev["recorded"]), "cls": cls, "stream": f"{name}#{a0.get('altId', '0')}",
-           "kind": "", "pair": "", "lane": lane, "claim": claim, "dur": 0, "ctx": "", "endpoint": ""}
-    entities = ev.get("entity", []) or []
+                out["lane"] = require_code(c.get("code"), f"{where}: purposeOfUse (urn:paritybed:break-glass-class)")
+            elif c.get("code") == "BTG" and not out["lane"]:
+                out["lane"] = "break_glass"
+    out["claim"] = next((u.split(":", 3)[-1] for a in agents for u in a.get("policy", []) or []
+                         if u.startswith("urn:paritybed:break-glass-claim:")), "")
+    ids = _client_ids(agent)
+    out.update(t=parse_instant(ev["recorded"]), cls=cls,
+               stream=(cls, ids[0] if ids else "", str(agent.get("altId", "0"))))
     for e in entities:
         et = e.get("type") or {}
         if et.get("system") == "urn:paritybed:entity-type" and et.get("code") == "context":
@@ -194,31 +252,26 @@ def _row(ev: dict[str, Any]) -> dict[str, Any] | None:
             ref = (e.get("what") or {}).get("reference", "")
             if ref.startswith("Encounter/"):
                 out["ctx"] = ref
-    if code == ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest"):
-        inter = next((CODE_INTERACTION.get(c) for s, c in subs if c in CODE_INTERACTION), None)
-        rtype = next(((e.get("type") or {}).get("code") for e in entities
-                      if (e.get("type") or {}).get("system") == "http://hl7.org/fhir/resource-types"), None)
-        if inter is None or rtype is None:
-            return None
-        out.update(kind="fhir", pair=pair_key(rtype, inter))
-    elif code == (EGRESS["system"], EGRESS["code"]):
-        out.update(kind="egress", endpoint=next((e.get("name", "") for e in entities), ""))
-    elif (OVERRIDE_STARTED["system"], OVERRIDE_STARTED["code"]) in subs:
-        per = ev.get("period") or {}
-        if per.get("start") and per.get("end"):
-            out["dur"] = parse_instant(per["end"]) - parse_instant(per["start"])
-        out.update(kind="lane_open")
-    else:
-        return None
     return out
 
 
-def read_auditevents(path: str | Path) -> list[dict[str, Any]]:
-    """Parse an AuditEvent NDJSON export into profile rows; errors name the file and line."""
+@dataclass
+class AuditRows:
+    """The profile-relevant rows of an export, and how many events were left out for want of an
+    agent class (another application's traffic, or a client missing from the mapping)."""
+
+    rows: list[dict[str, Any]]
+    unclassified: int = 0
+
+
+def read_auditevents(path: str | Path, *, agent_classes: dict[str, str] | None = None) -> AuditRows:
+    """Parse an AuditEvent NDJSON export into profile rows; errors name the file and line.
+    ``agent_classes`` maps client ids to agent classes (parity/deid.py)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such AuditEvent export")
     rows = []
+    unclassified = 0
     with p.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -233,15 +286,21 @@ def read_auditevents(path: str | Path) -> list[dict[str, Any]]:
             if "recorded" not in ev:
                 raise InputError(f"{p}:{lineno}: AuditEvent without 'recorded' (required in R4)")
             try:
-                r = _row(ev)
+                r = _row(ev, agent_classes, f"{p}:{lineno}")
             except ValueError as e:
                 raise InputError(f"{p}:{lineno}: {e}") from None
-            if r is not None:
+            if r is not None and r.get("unclassified"):
+                unclassified += 1
+            elif r is not None:
                 rows.append(r)
     if not rows:
+        if unclassified:
+            raise InputError(f"{p}: none of its {unclassified} AuditEvents of agent traffic says which agent class made "
+                             "it", hint=f"give --agent-classes MAP.json (client id -> class), or code agent.role with "
+                                        f"system {AGENT_CLASS}; display names are never used")
         raise InputError(f"{p}: no AuditEvent of a FHIR request, egress connect or break-glass activation found",
                          hint="see docs/parity.md for the fields paritybed reads")
-    return rows
+    return AuditRows(rows, unclassified)
 
 
 def _enc(values: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -249,13 +308,22 @@ def _enc(values: list[str]) -> tuple[np.ndarray, list[str]]:
     return a.indices.to_numpy(zero_copy_only=False).astype(np.int64), a.dictionary.to_pylist()
 
 
-def profile_from_auditevents(path: str | Path, *, arm: str = "production") -> Profile:
+def profile_from_auditevents(path: str | Path, *, arm: str = "production",
+                             agent_classes: dict[str, str] | None = None) -> Profile:
     """The de-identified profile of an AuditEvent NDJSON export (aggregates only)."""
-    rows = read_auditevents(path)
-    rows.sort(key=lambda r: r["t"])
+    return profile_from_rows(read_auditevents(path, agent_classes=agent_classes).rows, arm=arm)
+
+
+def profile_from_rows(rows: list[dict[str, Any]], *, arm: str = "production") -> Profile:
+    """The profile of rows from ``read_auditevents``.  Replica streams are named ``<class>#<n>``,
+    numbered in the order of their client id and altId: the names of the export never reach it."""
+    rows = sorted(rows, key=lambda r: r["t"])
     t = np.array([r["t"] for r in rows], dtype=np.int64)
+    pseudonym: dict[tuple[str, str, str], str] = {}
+    for key in sorted({r["stream"] for r in rows}):
+        pseudonym[key] = f"{key[0]}#{sum(1 for k in pseudonym if k[0] == key[0])}"
     cls_c, cls_v = _enc([r["cls"] for r in rows])
-    st_c, st_v = _enc([r["stream"] for r in rows])
+    st_c, st_v = _enc([pseudonym[r["stream"]] for r in rows])
     pair_c, pair_v = _enc([r["pair"] for r in rows])
     lane_c, lane_v = _enc([r["lane"] for r in rows])
     ctx_c, ctx_v = _enc([r["ctx"] for r in rows])

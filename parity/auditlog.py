@@ -54,7 +54,8 @@ def chain_auditevents(events: Iterable[dict[str, Any]], path: str | Path) -> int
     return n
 
 
-def _link(ev: dict[str, Any]) -> dict[str, Any] | None:
+def chain_link(ev: dict[str, Any]) -> dict[str, Any] | None:
+    """The hash-chain extension's values (seq, prev, hash) of an AuditEvent, or None."""
     for x in ev.get("extension", []) or []:
         if isinstance(x, dict) and x.get("url") == CHAIN_URL:
             vals = {}
@@ -74,7 +75,7 @@ def verify_auditevents(path: str | Path) -> Verification:
                 ev = json.loads(line)
             except ValueError:
                 return Verification(False, n, lineno, "not valid JSON")
-            link = _link(ev) if isinstance(ev, dict) else None
+            link = chain_link(ev) if isinstance(ev, dict) else None
             if link is None or not {"seq", "prev", "hash"} <= set(link):
                 return Verification(False, n, lineno, "AuditEvent without its hash-chain extension")
             if link["seq"] != n:
@@ -86,18 +87,26 @@ def verify_auditevents(path: str | Path) -> Verification:
             if "sha256:" + hashlib.sha256(_canonical(_without_hash(ev))).hexdigest() != link["hash"]:
                 return Verification(False, n, lineno, "content does not match its hash (the record was edited)")
             prev, n = link["hash"], n + 1
-    return Verification(True, n)
+    return Verification(True, n, last_hash=prev)
+
+
+def is_auditevent_log(first_record: Any) -> bool:
+    """Whether a log whose first record is this is an AuditEvent NDJSON log (else a JSONL one)."""
+    return isinstance(first_record, dict) and first_record.get("resourceType") == "AuditEvent"
+
+
+def first_record(path: str | Path) -> Any:
+    """The parsed first line of a log ({} when empty or not JSON): tells the log's kind."""
+    with Path(path).open("r", encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        return json.loads(first) if first.strip() else {}
+    except ValueError:
+        return {}
 
 
 def verify_log(path: str | Path) -> Verification:
     """Verify a chained log of either kind (JSONL records or AuditEvent NDJSON), by its first line."""
-    p = Path(path)
-    with p.open("r", encoding="utf-8") as f:
-        first = f.readline()
-    try:
-        head = json.loads(first) if first.strip() else {}
-    except ValueError:
-        head = {}
-    if isinstance(head, dict) and head.get("resourceType") == "AuditEvent":
-        return verify_auditevents(p)
-    return verify_jsonl(p)
+    if is_auditevent_log(first_record(path)):
+        return verify_auditevents(path)
+    return verify_jsonl(path)

@@ -9,7 +9,8 @@ plain function that can run alone:
     rep = replay(production, decisions, start)  # the consequences of those decisions
     crit = criteria(...); doc = parity_document(...); write_artefacts(...)
 
-It writes into ``out_dir``: parity.json (the verdict, schema in docs/parity.md), junit.xml,
+It writes into ``out_dir``: parity.json (the verdict, schema in docs/parity.md; written last, as
+the anchor of every chained log of the folder), junit.xml,
 report.html, plots/*.png, policy.json, baa-registry.json, envelope.json,
 profiles/{staging,production}.json, replay.parquet, events.jsonl and attestation/
 (docs/attestation.md).  In model mode the same inputs give the same bytes: nothing here reads
@@ -32,6 +33,7 @@ from paritybed.enforcer.engine import decide as engine_decide
 from paritybed.enforcer.policy import Policy, PolicySource, save_policy
 from paritybed.enforcer.registry import Registry, save_registry
 from paritybed.parity.agreement import agreement
+from paritybed.parity.anchors import run_log_anchors
 from paritybed.parity.compile import Margins, compile_policy, trace_digest
 from paritybed.parity.criteria import Criteria, criteria
 from paritybed.parity.envelope import Envelope, learn_envelope
@@ -218,11 +220,12 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     gates = replay_gates(rep, scenario)
     doc = parity_document(scenario, scenario_path, arms, policy, registry, crit, rep, gates, mode=mode,
                           lost_events=lost, kernel=kernel)
-    _write_json(out_dir / "parity.json", doc)
     write_junit(out_dir / "junit.xml", crit, rep.summary["attacks_caught"])
     step("artefacts")
     paths = write_artefacts(out_dir, scenario=scenario, policy=policy, registry=registry, staging=staging,
                             production=production, rep=rep, sp=sp, pp=pp, crit=crit, doc=doc)
+    doc["logs"] = run_log_anchors(out_dir)  # written last: the anchor of every chained log (docs/attestation.md)
+    _write_json(out_dir / "parity.json", doc)
     paths.update(parity=out_dir / "parity.json", junit=out_dir / "junit.xml", policy=out_dir / "policy.json")
     if progress is not None:
         progress("artefacts", len(STAGES), len(STAGES))

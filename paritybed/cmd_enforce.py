@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, List, Optional
@@ -22,6 +23,8 @@ from paritybed.core.errors import InputError
 
 out = Console()
 err = Console(stderr=True)
+#: Where the checkpoint key lives by default: root's, outside any run folder the agent may write.
+DEFAULT_KEY = Path("/var/lib/paritybed/checkpoint.key")
 
 HELP = (
     "Run COMMAND (and its children) in an agent's cgroup under real eBPF enforcement of its policy; "
@@ -56,6 +59,9 @@ def enforce_command(
     allow_shared_uid: bool = typer.Option(False, "--allow-shared-uid", help="run even if other processes outside the "
                                           "agent's cgroup have its uid (it could ptrace them and send through them)"),
     cleanup: bool = typer.Option(False, "--cleanup", help="remove everything a control plane left (programs, pins, cgroups) and exit"),
+    checkpoint_key: Path = typer.Option(DEFAULT_KEY, "--checkpoint-key", help="key (mode 0600, created if missing) that "
+                                        "signs the event log's checkpoints; keep it where the agent cannot read it"),
+    checkpoint_every: float = typer.Option(5.0, "--checkpoint-every", help="seconds between signed checkpoints of the event log"),
 ) -> None:
     from paritybed.enforcer.kernel import cleanup as kernel_cleanup
 
@@ -70,9 +76,14 @@ def enforce_command(
     if not agent:
         raise InputError("--agent is required (the policy's agent the command runs as)")
     lanes = [_parse_lane(x) for x in lane or []]
+    if checkpoint_every <= 0:
+        raise InputError(f"--checkpoint-every must be > 0 seconds, not {checkpoint_every}")
     pol, reg_path = _inputs(policy, agent, registry, mode, fhir_server, fhir_base, out_dir)
     who = agent_identity(user, group, allow_shared_uid)
-    code = _run(pol, reg_path, agent, command, mode == "observe", out_dir, lanes, name, who)
+    from paritybed.core.hashlog import read_checkpoint_key
+
+    key = read_checkpoint_key(checkpoint_key, create=True)
+    code = _run(pol, reg_path, agent, command, mode == "observe", out_dir, lanes, name, who, (key, checkpoint_every))
     raise typer.Exit(code)
 
 
@@ -128,8 +139,9 @@ def agent_identity(user: str, group: str | None, allow_shared_uid: bool) -> tupl
         except KeyError:
             raise InputError(f"--group {group!r}: no such group") from None
     if uid == 0:
-        err.print("[yellow]the command runs as root: a compromised agent could detach the enforcer; use --user "
-                  "with an account of the agent's own unless the command is trusted[/]")
+        err.print("[yellow]the command runs as root (--user root): a compromised agent could detach the enforcer, "
+                  "read the checkpoint key and rewrite the event log; use --user with an account of the agent's own "
+                  "unless the command is trusted (docs/attestation.md)[/]")
         return uid, gid
     others = processes_of(uid)
     if others and not allow_shared_uid:
@@ -152,14 +164,15 @@ def _parse_lane(text: str) -> tuple[str, str, int]:
 
 
 def _run(pol: Any, reg_path: Path, agent: str, command: list[str], observe: bool, out_dir: Path,
-         lanes: list[tuple[str, str, int]], name: str, who: tuple[int, int]) -> int:
+         lanes: list[tuple[str, str, int]], name: str, who: tuple[int, int],
+         checkpoints: tuple[bytes, float]) -> int:
     from paritybed.enforcer.kernel import KernelEnforcer
 
     log = out_dir / "events.jsonl"
     log.unlink(missing_ok=True)
     start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     ke = KernelEnforcer(pol, reg_path, start=start, clock="real", event_log=log, record_all=observe, observe=observe,
-                        name=name)
+                        name=name, checkpoint_key=checkpoints[0], checkpoint_every_s=checkpoints[1])
     events: list[dict[str, Any]] = []
     code = 0
     try:
@@ -184,10 +197,14 @@ def _run(pol: Any, reg_path: Path, agent: str, command: list[str], observe: bool
         lost = ke.lost_events()
         ke.close()
     summary = _summary(events, lost, code, observe)
+    from paritybed.parity.anchors import log_anchor
+
+    summary["logs"] = {log.name: log_anchor(log)}  # the anchor `paritybed verify-log` finds beside the log
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if observe:
         _write_observed(events, pol, agent, reg_path, out_dir)
-    out.print(f"[dim]event log: {log} (hash-chained), summary: {out_dir / 'summary.json'}[/]")
+    out.print(f"[dim]event log: {log} (hash-chained, signed checkpoints; check it with paritybed verify-log {log} "
+              f"--key KEY), summary: {out_dir / 'summary.json'}[/]", highlight=False)
     return code
 
 

@@ -26,12 +26,18 @@ def register(app: typer.Typer) -> None:
         "--production-profile profile.json --junit reports/parity.xml"))(gate_command)
     app.command("profile", help=(
         "Build a de-identified production profile (aggregates only: no patient, record or clinician ids, no "
-        "names) from a FHIR R4 AuditEvent export (NDJSON), for `paritybed gate`.\n\n"
-        "Example: paritybed profile exports/auditevents.ndjson --out profile.json"))(profile_command)
+        "names) from a FHIR R4 AuditEvent export (NDJSON), for `paritybed gate`.  Agent classes come from "
+        "--agent-classes (client id -> class) or a coded agent.role, never from display strings; a field that must be "
+        "a code and holds a name, an id or free text is refused (exit 2).\n\n"
+        "Example: paritybed profile exports/auditevents.ndjson --out profile.json --agent-classes clients.json"))(profile_command)
     app.command("verify-log", help=(
-        "Verify a hash-chained audit log (events.jsonl, attestation/*.jsonl or *.auditevents.ndjson); exits 1 "
-        "naming the first record that was edited, removed, inserted or reordered.\n\n"
-        "Example: paritybed verify-log runs/week/attestation/break_glass_log.jsonl"))(verify_log_command)
+        "Verify a hash-chained audit log (events.jsonl, attestation/*.jsonl or *.auditevents.ndjson) against its "
+        "anchor: the record count and final hash in the run's parity.json (or paritybed enforce's summary.json), "
+        "found beside the log or given with --anchor, and, with --key, the signed checkpoints of a paritybed "
+        "enforce log.  Exits 1 naming the first record that was edited, removed, inserted or reordered, or the "
+        "records missing at the end; without an anchor it says that only order and content were checked.\n\n"
+        "Example: paritybed verify-log runs/week/attestation/break_glass_log.jsonl\n\n"
+        "Example: paritybed verify-log runs/enforce/events.jsonl --key /var/lib/paritybed/checkpoint.key"))(verify_log_command)
 
 
 def gate_command(
@@ -77,29 +83,48 @@ def profile_command(
     auditevents: Path = typer.Argument(..., help="FHIR R4 AuditEvent export, one JSON resource per line"),
     out_path: Path = typer.Option(..., "--out", help="where to write profile.json"),
     arm: str = typer.Option("production", "--arm", help="label recorded in the profile"),
+    agent_classes: Optional[Path] = typer.Option(None, "--agent-classes", help="JSON object mapping client ids "
+                                                 "(agent.who.identifier.value or who.reference) to agent classes"),
 ) -> None:
-    from paritybed.parity.auditevent import profile_from_auditevents
+    from paritybed.parity.auditevent import profile_from_rows, read_auditevents
+    from paritybed.parity.deid import load_agent_classes
     from paritybed.parity.profile import save_profile
 
+    classes = load_agent_classes(agent_classes) if agent_classes else None
     with out.status(f"reading {auditevents}"):
-        p = profile_from_auditevents(auditevents, arm=arm)
+        read = read_auditevents(auditevents, agent_classes=classes)
+        p = profile_from_rows(read.rows, arm=arm)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_profile(p, out_path)
     total = sum(c.requests for c in p.classes.values())
     out.print(f"wrote {out_path}: {total} FHIR requests over {p.days} day(s), agent classes "
-              f"{', '.join(sorted(p.classes)) or '(none)'}")
+              f"{', '.join(sorted(p.classes)) or '(none)'}", highlight=False, soft_wrap=True)
+    if read.unclassified:
+        err.print(f"[yellow]note:[/] {read.unclassified} AuditEvent(s) of FHIR requests, connects or break-glass left out: "
+                  "no agent class (client not in --agent-classes, no coded agent.role); display names are never used",
+                  highlight=False, soft_wrap=True)
 
 
-def verify_log_command(path: Path = typer.Argument(..., help="a chained .jsonl or AuditEvent .ndjson log")) -> None:
+def verify_log_command(
+    path: Path = typer.Argument(..., help="a chained .jsonl or AuditEvent .ndjson log"),
+    anchor: Optional[Path] = typer.Option(None, "--anchor", help="the JSON file that anchors the log (parity.json, "
+                                          "summary.json); default: the one found beside the log"),
+    key: Optional[Path] = typer.Option(None, "--key", help="the checkpoint key of paritybed enforce: check every "
+                                       "checkpoint and that a final one ends the log"),
+) -> None:
     from paritybed.core.errors import InputError
-    from paritybed.parity.auditlog import verify_log
+    from paritybed.core.hashlog import read_checkpoint_key
+    from paritybed.parity.anchors import verify_anchored
 
     if not path.is_file():
         raise InputError(f"{path}: no such log file")
-    v = verify_log(path)
+    if anchor is not None and not anchor.is_file():
+        raise InputError(f"--anchor {anchor}: no such file")
+    v, caveat = verify_anchored(path, key=read_checkpoint_key(key) if key else None, anchor=anchor)
     if v.ok:
-        out.print(f"{path}: ok, {v.records} records, chain intact", soft_wrap=True, highlight=False)
+        held = f", length and final hash vouched for by {v.anchor}" if v.anchor else f" ({caveat})"
+        out.print(f"{path}: ok, {v.records} records, chain intact{held}", soft_wrap=True, highlight=False)
         raise typer.Exit(0)
-    err.print(f"[bold red]{path}:{v.first_bad}:[/] record {v.first_bad} is bad: {v.problem} "
-              f"({v.records} records before it verify)", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]{path}:{v.first_bad}:[/] {v.problem} ({v.records} records verify)",
+              highlight=False, soft_wrap=True)
     raise typer.Exit(1)

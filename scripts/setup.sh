@@ -14,6 +14,15 @@ cd "$here"
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 warn() { printf '\033[33m[setup] %s\033[0m\n' "$*" >&2; }
 
+# Under PARITYBED_REQUIRE_SYNTHEA=1 (what .ci/run sets) a Synthea that cannot be resolved or run
+# fails the set-up (exit 3) instead of a warning, so CI cannot pass without one real Synthea run.
+synthea_missing() {
+  if [ "${PARITYBED_REQUIRE_SYNTHEA:-}" = 1 ]; then
+    warn "PARITYBED_REQUIRE_SYNTHEA=1: $*"; exit 3
+  fi
+  warn "$*; Synthea commands will say so"
+}
+
 SYNTHEA_VERSION="${SYNTHEA_VERSION:-3.3.0}"
 CACHE="${PARITYBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/paritybed}"
 PY="${PYTHON:-python3}"
@@ -109,11 +118,14 @@ else
       sed "s/@SYNTHEA_VERSION@/$SYNTHEA_VERSION/" scripts/synthea-pom.xml >"$sdir/pom.xml"
       if ! mvn -q -B -f "$sdir/pom.xml" dependency:copy-dependencies -DoutputDirectory="$sdir/lib" \
              >"$sdir/mvn.log" 2>&1; then
-        warn "could not resolve Synthea from Maven Central (see $sdir/mvn.log); Synthea commands will say so"
+        synthea_missing "could not resolve Synthea from Maven Central (see $sdir/mvn.log)"
       fi
     else
-      warn "Maven not found: Synthea cannot be resolved (install maven, or set SYNTHEA_JAR)"
+      synthea_missing "Maven not found: Synthea cannot be resolved (install maven, or set SYNTHEA_JAR)"
     fi
   fi
+fi
+if [ "${PARITYBED_REQUIRE_SYNTHEA:-}" = 1 ] && ! command -v java >/dev/null 2>&1; then
+  synthea_missing "java not found: Synthea cannot run (install openjdk-17-jre-headless)"
 fi
 say "ready: .venv/bin/paritybed"

@@ -1,20 +1,85 @@
-"""Shared test set-up.
+"""Shared test set-up, and the switches that keep CI from going green without what it checks.
 
 Kernel tests carry ``@pytest.mark.bpf``.  Where root or BPF is missing they skip with the
 reason; under ``PARITYBED_REQUIRE_BPF=1`` (what `.ci/run` sets, CI being root with BPF) a
 missing prerequisite or any skipped kernel test fails the run instead.
+
+The other parts a test may find missing are named too: ``require(part, reason)`` skips where
+the part is optional and fails the test under ``PARITYBED_REQUIRE_<PART>=1`` (`.ci/run` sets
+SYNTHEA, COMPOSE and SETPRIV).  Under ``PARITYBED_REQUIRE_FULL_SUITE=1`` (also set by `.ci/run`)
+a run that deselects a test (``-m``, ``-k``, ``--deselect``) or leaves a test file out of the
+collection fails, whatever put the filter there.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Callable, NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_BPF = os.environ.get("PARITYBED_REQUIRE_BPF") == "1"
+REQUIRE_FULL_SUITE = os.environ.get("PARITYBED_REQUIRE_FULL_SUITE") == "1"
+#: The parts `require` knows, each switched on by PARITYBED_REQUIRE_<NAME>=1.
+PARTS = ("SYNTHEA", "COMPOSE", "SETPRIV")
 _skipped_bpf: list[str] = []
+_deselected: list[str] = []
+_not_collected: list[str] = []
+
+
+def required(part: str) -> bool:
+    """Whether PARITYBED_REQUIRE_<PART>=1 makes ``part`` required in this run."""
+    if part.upper() not in PARTS:
+        raise ValueError(f"unknown part {part!r}; expected one of {PARTS}")
+    return os.environ.get(f"PARITYBED_REQUIRE_{part.upper()}") == "1"
+
+
+def require_or_skip(part: str, reason: str) -> NoReturn:
+    """``part`` is missing here: fail under PARITYBED_REQUIRE_<PART>=1, else skip with the reason."""
+    if required(part):
+        pytest.fail(f"PARITYBED_REQUIRE_{part.upper()}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def paritybed_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str]]:
+    """Run the paritybed CLI in this process: ``paritybed_cli("verify-log", path)`` -> (exit code,
+    stdout + stderr), through ``cli.main`` as the installed command runs it."""
+
+    def run(*args: str) -> tuple[int, str]:
+        from paritybed import cli
+
+        monkeypatch.setattr(sys, "argv", ["paritybed", *args])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        c = capsys.readouterr()
+        return code, c.out + c.err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def require() -> Callable[[str, str], NoReturn]:
+    """``require(part, reason)``: call it where a test finds ``part`` missing (see the module doc)."""
+    return require_or_skip
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _deselected.extend(i.nodeid for i in items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not REQUIRE_FULL_SUITE:
+        return
+    collected = {Path(str(i.path)).resolve() for i in session.items}
+    every = {p.resolve() for p in (REPO / "tests").glob("test_*.py")}
+    _not_collected.extend(sorted(str(p.relative_to(REPO)) for p in every - collected))
 
 
 def bpf_unavailable_reason() -> str | None:
@@ -49,6 +114,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if REQUIRE_BPF and _skipped_bpf:
         print(f"\nPARITYBED_REQUIRE_BPF=1: {len(_skipped_bpf)} kernel test(s) were skipped: {_skipped_bpf[:5]}")
+        session.exitstatus = 1
+    if REQUIRE_FULL_SUITE and (_deselected or _not_collected):
+        print(f"\nPARITYBED_REQUIRE_FULL_SUITE=1 but a filter left tests out: {len(_deselected)} deselected "
+              f"{_deselected[:5]}, test files not collected {_not_collected[:5]}")
         session.exitstatus = 1
 
 

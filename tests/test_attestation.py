@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -65,55 +64,144 @@ def test_attestation_auditevents_validate_as_fhir_r4(run_dir):
     assert n >= 3
 
 
-@pytest.mark.parametrize("name", ["break_glass_log.jsonl", "policy_history.jsonl", "ai_bom_first_contact.jsonl",
-                                  "break_glass_log.auditevents.ndjson", "ai_bom_first_contact.auditevents.ndjson"])
-def test_verify_log_detects_edit_removal_and_reorder(run_dir, tmp_path, name):
-    src = run_dir / "attestation" / name
-    lines = src.read_text().splitlines(keepends=True)
-    assert verify_log(src).ok
-    if len(lines) < 3:
-        lines = lines * 1  # short logs still test the edit case below
-    edited = list(lines)
-    rec = json.loads(edited[0])
-    if "recorded" in rec:
-        rec["recorded"] = "2030-01-01T00:00:00Z"
-    else:
-        rec[next(k for k in rec if k not in ("seq", "prev", "hash"))] = "tampered"
-    edited[0] = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
-    cases = {"edit": (edited, 1)}
+LOGS = ["events.jsonl", "attestation/break_glass_log.jsonl", "attestation/policy_history.jsonl",
+        "attestation/ai_bom_first_contact.jsonl", "attestation/break_glass_log.auditevents.ndjson",
+        "attestation/ai_bom_first_contact.auditevents.ndjson", "attestation/policy_history.auditevents.ndjson"]
+
+
+def tampered(run_dir: Path, tmp: Path, name: str, lines: list[str]) -> Path:
+    """``name`` with the given lines, beside a copy of the run's parity.json (its anchor)."""
+    f = tmp / name
+    f.parent.mkdir(parents=True, exist_ok=True)
+    (tmp / "parity.json").write_bytes((run_dir / "parity.json").read_bytes())
+    f.write_text("".join(lines))
+    return f
+
+
+def rechained(name: str, lines: list[str], tag: str) -> list[str]:
+    """The records of ``lines`` with one field changed, chained again from the start: a valid chain
+    that is not the anchored one."""
+    from paritybed.hashlog import HashLog
+    from paritybed.parity.auditlog import chain_auditevents
+
+    recs = [json.loads(x) for x in lines]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "log"
+        if recs and recs[0].get("resourceType") == "AuditEvent":
+            chain_auditevents([{**r, "id": tag} for r in recs], out)
+        else:
+            with HashLog(out) as log:
+                log.extend({**{k: v for k, v in r.items() if k not in ("seq", "prev", "hash")}, "tag": tag} for r in recs)
+        return out.read_text().splitlines(keepends=True)
+
+
+def test_parity_json_anchors_every_chained_log_of_the_run(run_dir):
+    from paritybed.parity.auditlog import verify_log
+
+    logs = json.loads((run_dir / "parity.json").read_text())["logs"]
+    assert sorted(logs) == sorted(LOGS)
+    for name, anchor in logs.items():
+        v = verify_log(run_dir / name)
+        assert v.ok and (anchor["records"], anchor["last_hash"]) == (v.records, v.last_hash), name
+    assert logs["events.jsonl"]["records"] > 20
+
+
+@pytest.mark.parametrize("name", LOGS)
+def test_every_removed_edited_or_reordered_record_is_detected_to_the_last_one(run_dir, tmp_path, name):
+    """Each record removed in turn, the last one included (the chain alone cannot see that one:
+    the anchor in parity.json does), the first and last edited, the first two swapped."""
+    from paritybed.parity.anchors import verify_anchored
+
+    lines = (run_dir / name).read_text().splitlines(keepends=True)
+    v, caveat = verify_anchored(run_dir / name)
+    assert v.ok and v.anchor.endswith("parity.json") and not caveat
+    cases: list[tuple[str, list[str], int]] = []
+    for i in range(len(lines)):
+        cases.append((f"remove {i + 1}", lines[:i] + lines[i + 1:], i + 1))
+    for i in sorted({0, len(lines) - 1}):
+        rec = json.loads(lines[i])
+        key = "recorded" if "recorded" in rec else next(k for k in rec if k not in ("seq", "prev", "hash"))
+        rec[key] = "2030-01-01T00:00:00Z" if key == "recorded" else "tampered"
+        cases.append((f"edit {i + 1}", [*lines[:i], json.dumps(rec, sort_keys=True) + "\n", *lines[i + 1:]], i + 1))
     if len(lines) >= 2:
-        cases["removal"] = (lines[1:], 1)
-        cases["reorder"] = ([lines[1], lines[0], *lines[2:]], 1)
-    if len(lines) >= 3:
-        cases["removal-middle"] = ([lines[0], *lines[2:]], 2)
-    for what, (content, bad_line) in cases.items():
-        f = tmp_path / f"{what}-{name}"
-        f.write_text("".join(content))
-        v = verify_log(f)
+        cases.append(("reorder", [lines[1], lines[0], *lines[2:]], 1))
+    for what, content, bad_line in cases:
+        v, _ = verify_anchored(tampered(run_dir, tmp_path / what.replace(" ", "-"), name, content))
         assert not v.ok and v.first_bad == bad_line, (what, v)
+        if what.startswith("remove"):
+            assert "removed" in v.problem, (what, v.problem)
 
 
-def test_verify_log_command_exit_codes(run_dir, tmp_path, monkeypatch, capsys):
-    from paritybed import cli
+@pytest.mark.parametrize("name", ["events.jsonl", "attestation/break_glass_log.auditevents.ndjson"])
+def test_truncation_and_a_substituted_chain_are_detected_naming_what_is_missing(run_dir, tmp_path, name):
+    from paritybed.parity.anchors import verify_anchored
 
+    lines = (run_dir / name).read_text().splitlines(keepends=True)
+    n = len(lines)
+    assert n >= 2
+    k = min(3, n - 1)
+    cases = {
+        "last": (lines[:-1], f"the last 1 record(s) are missing: the log ends after record {n - 1}"),
+        "last-k": (lines[:-k], f"the last {k} record(s) are missing: the log ends after record {n - k}"),
+        "empty": ([], f"all {n} records are missing (the file is empty)"),
+        "shorter-chain": (rechained(name, lines[:1], "other"), f"records 2–{n} were removed"),
+        "same-length-chain": (rechained(name, lines, "other"), "replaced by another chain"),
+    }
+    for what, (content, says) in cases.items():
+        v, _ = verify_anchored(tampered(run_dir, tmp_path / what, name, content))
+        assert not v.ok and says in v.problem, (what, v.problem)
+
+
+def test_records_appended_after_the_anchor_are_named(run_dir, tmp_path):
+    from paritybed.hashlog import HashLog
+    from paritybed.parity.anchors import verify_anchored
+
+    lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+    f = tampered(run_dir, tmp_path, "events.jsonl", lines)
+    with HashLog(f) as log:  # continues the chain: every link is valid
+        log.append({"event": "deny", "note": "added later"})
+    v, _ = verify_anchored(f)
+    n = len(lines)
+    assert not v.ok and v.first_bad == n + 1
+    assert f"records {n + 1}–{n + 1} were appended after its anchor" in v.problem
+
+
+def test_a_log_without_an_anchor_says_what_was_not_checked(run_dir, tmp_path):
+    from paritybed.parity.anchors import verify_anchored
+
+    lone = tmp_path / "lone" / "events.jsonl"
+    lone.parent.mkdir()
+    lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+    lone.write_text("".join(lines[:-5]))
+    v, caveat = verify_anchored(lone)
+    assert v.ok and not v.anchor  # nothing can tell: the command must say so
+    assert "order and content only" in caveat and "a removed tail cannot be detected" in caveat
+
+
+def test_verify_log_command_exit_codes(run_dir, tmp_path, paritybed_cli):
     def call(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["paritybed", "verify-log", *args])
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-        c = capsys.readouterr()
-        return code, c.out + c.err
+        return paritybed_cli("verify-log", *args)
 
     good = run_dir / "events.jsonl"
     code, text = call(str(good))
-    assert code == 0 and "chain intact" in text
+    assert code == 0 and "chain intact" in text and "length and final hash vouched for by its anchor" in text and "parity.json" in text
     lines = good.read_text().splitlines(keepends=True)
     bad = tmp_path / "events.jsonl"
     bad.write_text("".join([lines[0], *lines[2:]]))
     code, text = call(str(bad))
     assert code == 1 and "events.jsonl:2" in text and "removed" in text
+    bad.write_text("".join(lines[:-1]))  # no anchor beside it: verifies, and says what that means
+    code, text = call(str(bad))
+    assert code == 0 and "order and content only" in text and "removed tail cannot be detected" in text
+    code, text = call(str(bad), "--anchor", str(run_dir / "parity.json"))  # lists events.jsonl, not this file
+    assert code == 2 and "not an anchor of" in text
+    tampered(run_dir, tmp_path / "t", "events.jsonl", lines[:-1])
+    code, text = call(str(tmp_path / "t" / "events.jsonl"), "--anchor", str(tmp_path / "t" / "parity.json"))
+    assert code == 1 and f"events.jsonl:{len(lines)}:" in text and "the last 1 record(s) are missing" in text
+    code, text = call(str(good), "--key", str(tmp_path / "no.key"))
+    assert code == 2 and "no such checkpoint key" in text
     code, text = call(str(tmp_path / "none.jsonl"))
     assert code == 2 and "no such log file" in text
 

@@ -104,6 +104,48 @@ def test_observe_writes_the_observed_envelope_as_a_policy(files: dict[str, Path]
     assert ap.egress == []  # 127.0.0.23:9999 has no BAA: no policy could allow it
 
 
+SLOW_AGENT = r'''
+"""Denied reads spread over ~1.5 s, so the control plane writes periodic checkpoints between them."""
+import http.client, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+for i in range(5):
+    c = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        c.request("GET", f"/fhir/Patient/p{i}")
+        c.getresponse()
+    except OSError:
+        pass
+    finally:
+        c.close()
+    time.sleep(0.3)
+'''
+
+
+@pytest.mark.bpf
+def test_event_log_ends_with_a_signed_final_checkpoint_and_a_cut_tail_is_detected(files: dict[str, Path], fhir: str) -> None:
+    key = files["dir"] / "keys" / "checkpoint.key"
+    out = files["dir"] / "cp"
+    (files["dir"] / "slow.py").write_text(SLOW_AGENT)
+    r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(out), "--name", "pbt-cli",
+                  "--checkpoint-key", str(key), "--checkpoint-every", "0.2", "--",
+                  sys.executable, str(files["dir"] / "slow.py"), fhir)
+    assert r.returncode == 0, r.stderr
+    assert key.stat().st_mode & 0o777 == 0o600  # created private
+    log = out / "events.jsonl"
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    cps = [e for e in events if "checkpoint" in e]
+    assert len(cps) >= 3 and events[-1] == cps[-1] and cps[-1]["checkpoint"]["final"] is True
+    assert any(e.get("event") == "deny" for e in events)
+    v = paritybed("verify-log", str(log), "--key", str(key))
+    assert v.returncode == 0 and "final checkpoint" in v.stdout and "summary.json" in v.stdout, v.stdout + v.stderr
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:-2]))  # the last denial's tail and the final checkpoint
+    v = paritybed("verify-log", str(log), "--key", str(key))
+    assert v.returncode == 1 and "without a final checkpoint" in v.stderr
+    v = paritybed("verify-log", str(log))  # no key: the summary.json anchor still sees it
+    assert v.returncode == 1 and "the last 2 record(s) are missing" in v.stderr
+
+
 @pytest.mark.bpf
 def test_exit_code_and_cleanup(files: dict[str, Path]) -> None:
     r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(files["dir"] / "x"),

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from ruamel.yaml import YAML
 
 COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
@@ -47,10 +46,10 @@ def _compose_command() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def test_compose_client_parses_the_file() -> None:
+def test_compose_client_parses_the_file(require) -> None:
     cmd = _compose_command()
     if cmd is None:
-        pytest.skip("no compose client here: neither `docker compose` (plugin) nor `docker-compose`")
+        require("compose", "no compose client here: neither `docker compose` (plugin) nor `docker-compose`")
     r = subprocess.run([*cmd, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     config = YAML(typ="safe").load(r.stdout)

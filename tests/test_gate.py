@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -11,19 +10,6 @@ from paritybed.agents.trace import write_trace
 from paritybed.parity import synthetic as sy
 from paritybed.parity.auditevent import auditevents_from_trace, write_ndjson
 from paritybed.parity.evaluate import evaluate
-
-
-def call(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    from paritybed import cli
-
-    monkeypatch.setattr(sys, "argv", ["paritybed", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    c = capsys.readouterr()
-    return code, c.out + c.err
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +27,10 @@ def arte(tmp_path_factory):
     return tmp
 
 
-def test_profile_then_gate_passes_on_a_good_staging_run(arte, monkeypatch, capsys):
-    code, text = call(monkeypatch, capsys, "profile", str(arte / "audit.ndjson"), "--out", str(arte / "profile.json"))
+def test_profile_then_gate_passes_on_a_good_staging_run(arte, paritybed_cli):
+    code, text = paritybed_cli("profile", str(arte / "audit.ndjson"), "--out", str(arte / "profile.json"))
     assert code == 0, text
-    code, text = call(monkeypatch, capsys, "gate", "--policy", str(arte / "good" / "policy.json"), "--staging-trace",
+    code, text = paritybed_cli("gate", "--policy", str(arte / "good" / "policy.json"), "--staging-trace",
                       str(arte / "good.parquet"), "--production-profile", str(arte / "profile.json"),
                       "--junit", str(arte / "good.xml"))
     assert code == 0, text
@@ -53,10 +39,10 @@ def test_profile_then_gate_passes_on_a_good_staging_run(arte, monkeypatch, capsy
     assert root.get("failures") == "0" and int(root.get("tests")) >= 7
 
 
-def test_gate_fails_naming_the_missing_pair_and_writes_junit(arte, monkeypatch, capsys):
+def test_gate_fails_naming_the_missing_pair_and_writes_junit(arte, paritybed_cli):
     if not (arte / "profile.json").exists():
-        call(monkeypatch, capsys, "profile", str(arte / "audit.ndjson"), "--out", str(arte / "profile.json"))
-    code, text = call(monkeypatch, capsys, "gate", "--policy", str(arte / "bad" / "policy.json"), "--staging-trace",
+        paritybed_cli("profile", str(arte / "audit.ndjson"), "--out", str(arte / "profile.json"))
+    code, text = paritybed_cli("gate", "--policy", str(arte / "bad" / "policy.json"), "--staging-trace",
                       str(arte / "bad.parquet"), "--production-profile", str(arte / "profile.json"),
                       "--junit", str(arte / "bad.xml"), "--json", str(arte / "bad.json"))
     assert code == 1, text
@@ -66,14 +52,14 @@ def test_gate_fails_naming_the_missing_pair_and_writes_junit(arte, monkeypatch, 
     assert failed == ["coverage[cds]"]
 
 
-def test_gate_notes_a_policy_learned_from_another_trace(arte, monkeypatch, capsys):
-    code, text = call(monkeypatch, capsys, "gate", "--policy", str(arte / "good" / "policy.json"), "--staging-trace",
+def test_gate_notes_a_policy_learned_from_another_trace(arte, paritybed_cli):
+    code, text = paritybed_cli("gate", "--policy", str(arte / "good" / "policy.json"), "--staging-trace",
                       str(arte / "bad.parquet"), "--production-profile", str(arte / "good" / "profiles" / "production.json"))
     assert code == 1 and "was not learned from" in text
 
 
 @pytest.mark.parametrize("what", ["policy", "trace", "profile", "edited-policy"])
-def test_gate_input_errors_exit_2_naming_the_file(arte, tmp_path, monkeypatch, capsys, what):
+def test_gate_input_errors_exit_2_naming_the_file(arte, tmp_path, paritybed_cli, what):
     policy, trace, prof = arte / "good" / "policy.json", arte / "good.parquet", arte / "good" / "profiles" / "production.json"
     if what == "policy":
         policy = tmp_path / "nope.json"
@@ -86,7 +72,7 @@ def test_gate_input_errors_exit_2_naming_the_file(arte, tmp_path, monkeypatch, c
     else:
         policy = tmp_path / "policy.json"
         policy.write_text((arte / "good" / "policy.json").read_text().replace('"burst": ', '"burst": 1'))
-    code, text = call(monkeypatch, capsys, "gate", "--policy", str(policy), "--staging-trace", str(trace),
+    code, text = paritybed_cli("gate", "--policy", str(policy), "--staging-trace", str(trace),
                       "--production-profile", str(prof))
     assert code == 2, text
     assert "error:" in text and tmp_path.name in text.replace("\n", "")

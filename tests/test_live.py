@@ -67,6 +67,38 @@ def test_live_virtual_clock_agrees_with_the_reference_engine_on_every_request(tm
     replayed = pq.read_table(out / "replay.parquet", columns=["decision", "reason"])
     # The replay's decisions are the kernel's, row for row.
     assert seen.select(["decision", "reason"]).cast(replayed.schema).equals(replayed)
+    # the kernel's event log is anchored in parity.json like every other chained log
+    from paritybed.parity.anchors import verify_anchored
+
+    v, _ = verify_anchored(log)
+    assert v.ok and v.anchor.endswith("parity.json") and "kernel-events.jsonl" in parity["logs"]
+
+
+def test_live_disagreement_on_the_virtual_clock_exits_1(tmp_path, monkeypatch, paritybed_cli):
+    """README exit codes: in live mode on the virtual clock a disagreement between the kernel and
+    the reference engine is exit 1 even when parity passes; on the real clock it is reported only.
+    (The kernel cannot be made to disagree on purpose: the live driver's result stands in.)"""
+    from paritybed import cmd_run
+    from paritybed.parity.evaluate import Verdict
+    from paritybed.run import RunOutput
+
+    def fake_live(clock: str):
+        live = {"clock": clock, "rows": 10, "wall_seconds": 1.0, "kernel_allowed": 9, "kernel_denied": 1,
+                "worker_kills": 0, "lost_events": 0,
+                "agreement": {"rows": 10, "disagreements": 2, "first_disagreements": [{"row": 3}]}}
+        doc = {"verdict": "pass", "criteria": {c: {"pass": True, "metrics": []} for c in ("fidelity", "coverage", "break_glass")},
+               "replay": {"over_blocks": {"total": 0}, "under_blocks": {"total": 0}, "attacks_caught": 0,
+                          "attacks_injected": 0, "clinical_impact_minutes": 0}}
+        return lambda *a, **kw: RunOutput(out=tmp_path, traces={}, summary={}, live=live,
+                                          verdict=Verdict(passed=True, parity=doc, out_dir=tmp_path))
+
+    for clock, expected in (("virtual", 1), ("real", 0)):
+        monkeypatch.setattr(cmd_run, "run_with_progress", fake_live(clock))
+        monkeypatch.setattr(cmd_run, "print_run", lambda *a: None)
+        monkeypatch.setattr(cmd_run, "print_live", lambda *a: None)
+        code, err = paritybed_cli("run", "x.yaml", "--mode", "live", "--clock", clock, "--out", str(tmp_path))
+        assert code == expected, (clock, err)
+        assert ("disagree on 2 of 10 requests" in err) == (clock == "virtual")
 
 
 @pytest.mark.bpf
@@ -88,7 +120,7 @@ def test_live_real_clock_runs_compressed_and_reports_agreement(tmp_path, shared_
     assert parity["replay"]["requests"] == live["rows"]
 
 
-def test_live_mode_without_root_is_a_clear_environment_error(tmp_path, shared_synthea):
+def test_live_mode_without_root_is_a_clear_environment_error(tmp_path, shared_synthea, require):
     """A non-root user asking for live mode gets exit 3 and what needs root, not a traceback
     (run as the nobody user when the tests run as root)."""
     import os
@@ -100,7 +132,7 @@ def test_live_mode_without_root_is_a_clear_environment_error(tmp_path, shared_sy
     cmd = [sys.executable, "-P", "-m", "paritybed.cli", "run", str(scenario), "--mode", "live", "--out", str(tmp_path / "x")]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
-            pytest.skip("root without setpriv: cannot run the command as an unprivileged user")
+            require("setpriv", "root without setpriv: cannot run the command as an unprivileged user")
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
     env = {**os.environ, "HOME": str(tmp_path), "PARITYBED_CACHE": str(tmp_path / "cache")}
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)

@@ -114,6 +114,25 @@ def test_hotfix_endpoint_outside_the_baa_registry_is_caught_at_first_contact(run
     assert doc["replay"]["under_blocks"]["total"] == 0
 
 
+def test_cds_is_quarantined_after_each_hotfix_connect(runs):
+    """README library table: "CDS quarantined after each hotfix connect": every connect to the
+    fallback endpoint is denied, and each one the replica makes outside a quarantine starts one."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    _, out = runs("hotfix-egress")
+    rp = pq.read_table(out / "replay.parquet", columns=["seq", "agent", "replica", "label", "decision", "reason"])
+    hot = [r for r in rp.to_pylist() if r["label"] == "hotfix:fallback-model"]
+    assert hot and all(r["decision"] == "deny" for r in hot)
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    started = {(e["agent"], e["replica"], e["seq_row"]) for e in events if e["event"] == "quarantine"}
+    fresh = [r for r in hot if r["reason"] == "egress-not-in-BAA"]
+    assert fresh and all(r["reason"] in ("egress-not-in-BAA", "quarantined") for r in hot)
+    assert all((r["agent"], r["replica"], r["seq"]) in started for r in fresh), "a hotfix connect without a quarantine"
+    assert {r["agent"] for r in hot} == {"cds"}
+
+
 def test_same_seed_gives_the_same_parity_json(runs, tmp_path):
     doc, out = runs("community-hospital-week")
     sc = runs.shortened("community-hospital-week")

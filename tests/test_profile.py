@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
@@ -97,26 +96,170 @@ def test_bad_auditevent_export_names_file_and_line(tmp_path):
         profile_from_auditevents(f)
 
 
-def cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    from paritybed import cli as c
-
-    monkeypatch.setattr(sys, "argv", ["paritybed", *args])
-    code = 0
-    try:
-        c.main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out + cap.err
-
-
-def test_profile_command_writes_the_same_profile(tmp_path, arms, monkeypatch, capsys):
+def test_profile_command_writes_the_same_profile(tmp_path, arms, paritybed_cli):
     ae = tmp_path / "audit.ndjson"
     write_ndjson(auditevents_from_trace(arms[0], START), ae)
-    code, text = cli(["profile", str(ae), "--out", str(tmp_path / "profile.json")], monkeypatch, capsys)
+    code, text = paritybed_cli("profile", str(ae), "--out", str(tmp_path / "profile.json"))
     assert code == 0, text
     assert "agent classes" in text
     got = json.loads((tmp_path / "profile.json").read_text())
     assert got["schema"] == "paritybed.profile/1" and got["source"] == "auditevent"
-    code, text = cli(["profile", str(tmp_path / "nope.ndjson"), "--out", str(tmp_path / "p.json")], monkeypatch, capsys)
+    code, text = paritybed_cli("profile", str(tmp_path / "nope.ndjson"), "--out", str(tmp_path / "p.json"))
     assert code == 2 and "no such AuditEvent export" in text
+
+
+# ------------------------------------------------------------------ de-identification fails closed
+NAME, MRN, PID = "Dr. Jane Q. Smith", "MRN-00012345", "8f14e45f-ceea-467a-9575-8c1b3b2e1a11"
+CLIENT = "cds-client-8f14e45f-2731"
+
+
+def balp_event(i: int, *, kind: str = "rest", role_code: str | None = None, lane: str = "",
+               endpoint: str = "embedding-service", rtype: str = "Observation") -> dict:
+    """An AuditEvent shaped like IHE BALP's, with a name, an MRN or an id in every field BALP
+    uses besides the coded ones the profile needs."""
+    t = f"2026-01-05T{7 + i % 10:02d}:{i % 60:02d}:00.{i:03d}Z"
+    client = {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150",
+                                   "display": f"Application of {NAME}"}]},
+              "who": {"identifier": {"system": f"urn:oid:1.2.3.{PID}", "value": CLIENT},
+                      "display": f"{NAME}'s CDS assistant"},
+              "altId": f"jane.smith@hospital.example.org/{i % 2}", "name": NAME, "requestor": False,
+              "network": {"address": "10.20.30.40", "type": "2"}, "policy": [f"urn:uuid:{PID}"],
+              "purposeOfUse": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                            "code": "TREAT", "display": f"treatment of {NAME}"}], "text": MRN}]}
+    if role_code is not None:
+        client["role"] = [{"coding": [{"system": "urn:paritybed:agent-class", "code": role_code}], "text": NAME}]
+    if lane:
+        client["purposeOfUse"].append({"coding": [{"system": "urn:paritybed:break-glass-class", "code": lane,
+                                                   "display": f"Code Blue called by {NAME}"}]})
+        client["policy"].append(f"urn:paritybed:break-glass-claim:claim-{PID}")
+    user = {"who": {"reference": "Practitioner/pract-00098765", "display": "Dr. John Doe",
+                    "identifier": {"value": "npi-1234567890"}},
+            "requestor": True, "altId": MRN, "name": "John Doe",
+            "role": [{"coding": [{"system": "http://snomed.info/sct", "code": "309343006", "display": "Physician"}],
+                      "text": "Attending physician John Doe"}]}
+    patient = {"what": {"reference": "Patient/patient-9876543", "display": NAME,
+                        "identifier": {"system": "urn:oid:2.16.840.1.113883.4.1", "value": "123-45-6789"}},
+               "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+               "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+               "name": NAME, "description": f"chart of {NAME}, {MRN}", "securityLabel": [{"display": NAME}],
+               "detail": [{"type": "MRN", "valueString": MRN}, {"type": "patient name", "valueString": NAME},
+                          {"type": "query", "valueBase64Binary": "bmFtZT1KYW5lIFNtaXRo"}]}
+    ev = {"resourceType": "AuditEvent", "id": f"{PID}-{i}", "recorded": t, "action": "R", "outcome": "0",
+          "outcomeDesc": f"{NAME} ({MRN}) opened", "agent": [client, user],
+          "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                          "code": "TREAT", "display": f"care of {NAME}"}], "text": f"{NAME} {MRN}"}],
+          "source": {"site": "St Mary's Ward 7B, bed of Jane Smith",
+                     "observer": {"reference": "Device/hapi-00088234", "display": f"hapi.example.org for {NAME}"},
+                     "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4",
+                               "display": f"server of {NAME}"}]}}
+    if kind == "rest":
+        ev["type"] = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+                      "display": f"RESTful operation by {NAME}"}
+        ev["subtype"] = [{"system": "http://hl7.org/fhir/restful-interaction", "code": "search-type",
+                          "display": f"search by {NAME}"}]
+        ev["entity"] = [patient, {"what": {"reference": f"{rtype}/obs-{PID}", "display": f"Hemoglobin of {NAME}"},
+                                  "type": {"system": "http://hl7.org/fhir/resource-types", "code": rtype},
+                                  "name": f"Lab result for {MRN}", "query": "cGF0aWVudD1wYXRpZW50LTk4NzY1NDM=",
+                                  "detail": [{"type": "search", "valueString": f"patient=patient-9876543&name={NAME}"}]},
+                        {"what": {"reference": f"Encounter/enc-{PID}", "display": f"ED visit of {NAME}"}}]
+    elif kind == "egress":
+        ev["type"] = {"system": "urn:paritybed:audit-event-type", "code": "egress", "display": f"egress for {NAME}"}
+        ev["entity"] = [{"what": {"identifier": {"system": "urn:paritybed:endpoint", "value": "10.9.8.7:443"},
+                                  "display": f"vendor account of {NAME}"}, "name": endpoint,
+                         "description": f"sent {MRN}", "detail": [{"type": "payload", "valueString": NAME}]}]
+    else:  # break-glass activation
+        ev["type"] = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110113",
+                      "display": f"Security Alert for {NAME}"}
+        ev["subtype"] = [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110127",
+                          "display": f"Emergency Override Started by {NAME}"}]
+        ev["period"] = {"start": t, "end": t.replace("T", "T").replace(":00.", ":30.")}
+        ev["entity"] = [patient]
+    return ev
+
+
+def strings(node, keys: bool = False) -> set[str]:
+    """Every string value in a JSON value (and its keys, with ``keys``)."""
+    if isinstance(node, str):
+        return {node}
+    if isinstance(node, dict):
+        return (set(node) if keys else set()) | {s for v in node.values() for s in strings(v, keys)}
+    if isinstance(node, list):
+        return {s for v in node for s in strings(v, keys)}
+    return set()
+
+
+def export(tmp_path, events: list[dict]):
+    f = tmp_path / "balp.ndjson"
+    f.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return f
+
+
+def test_no_name_or_id_of_any_balp_field_reaches_the_profile(tmp_path, paritybed_cli):
+    from paritybed.parity.deid import is_code
+
+    events = [balp_event(i) for i in range(40)] + [balp_event(40 + i, kind="egress") for i in range(3)]
+    events += [balp_event(50, kind="lane_open", lane="code_blue"), balp_event(51, lane="code_blue")]
+    events.append(balp_event(52, role_code="cds"))  # coded class, no mapping needed
+    (tmp_path / "clients.json").write_text(json.dumps({CLIENT: "cds"}))
+    src = export(tmp_path, events)
+    code, text = paritybed_cli("profile", str(src), "--out", str(tmp_path / "profile.json"),
+                               "--agent-classes", str(tmp_path / "clients.json"))
+    assert code == 0, text
+    out = (tmp_path / "profile.json").read_text()
+    prof = json.loads(out)
+    cds = prof["classes"]["cds"]
+    assert list(prof["classes"]) == ["cds"] and cds["requests"] == 42
+    assert cds["pairs"] == {"Observation.search": 41} and cds["egress"] == {"embedding-service": 3}
+    assert set(cds["peak5"]) == {"cds#0", "cds#1"}  # replica streams renamed: no client id, no altId
+    assert cds["lanes"]["code_blue"]["activations"] == 1 and cds["lanes"]["code_blue"]["pairs"] == {"Observation.search": 1}
+    # no input value that is not a code (a name, an MRN, an id, a reference, free text) is in it ...
+    inputs = set().union(*(strings(e) for e in events)) | {CLIENT}
+    leaked = sorted(s for s in inputs if len(s) > 3 and not is_code(s) and s != "Observation" and s in out)
+    assert not leaked, leaked
+    # ... and every string it holds is a code, a pair of the R4 vocabulary, a stream pseudonym, a day
+    # index or its own field
+    kept = strings(prof, keys=True)
+    assert all(is_code(s) or s.isdigit() or s in ("paritybed.profile/1", "Observation.search", "2026-01-05", "cds#0", "cds#1")
+               for s in kept), sorted(s for s in kept if not is_code(s))
+    for fragment in ("Jane", "Smith", "00012345", "9876543", "8f14e45f", "hospital.example", "John", "Practitioner"):
+        assert fragment not in out
+
+
+def test_display_strings_never_stand_for_an_agent_class(tmp_path):
+    """Without a mapping or a coded role the events are left out and counted, never classed by
+    who.display or who.identifier (the old fallback put a clinician's name into profile.json)."""
+    from paritybed.parity.auditevent import read_auditevents
+
+    read = read_auditevents(export(tmp_path, [balp_event(i) for i in range(5)] + [balp_event(9, role_code="cds")]))
+    assert read.unclassified == 5 and [r["cls"] for r in read.rows] == ["cds"]
+    with pytest.raises(InputError, match="none of its 3 AuditEvents of agent traffic says which agent class") as e:
+        profile_from_auditevents(export(tmp_path, [balp_event(i) for i in range(3)]))
+    assert "--agent-classes" in (e.value.hint or "")
+
+
+@pytest.mark.parametrize("event,field", [
+    (dict(role_code=NAME), "agent.role (urn:paritybed:agent-class)"),
+    (dict(role_code="mrn-00012345"), "agent.role (urn:paritybed:agent-class)"),
+    (dict(role_code="cds", lane="Jane Smith"), "purposeOfUse (urn:paritybed:break-glass-class)"),
+    (dict(role_code="cds", kind="egress", endpoint="Dr Smith's account"), "entity.name (egress endpoint)"),
+    (dict(role_code="cds", rtype="JaneSmith"), "is not an R4 resource type"),
+])
+def test_a_name_or_id_where_a_code_belongs_is_refused_naming_file_line_and_field(tmp_path, event, field):
+    f = export(tmp_path, [balp_event(0, role_code="cds"), balp_event(1, **event)])
+    with pytest.raises(InputError) as e:
+        profile_from_auditevents(f)
+    assert f"balp.ndjson:2: " in e.value.message and field in e.value.message
+
+
+def test_agent_class_mapping_must_map_to_codes(tmp_path):
+    from paritybed.parity.deid import load_agent_classes
+
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({CLIENT: "Dr. Jane Q. Smith"}))
+    with pytest.raises(InputError, match=r"the class of client .*expected a code"):
+        load_agent_classes(m)
+    m.write_text("[]")
+    with pytest.raises(InputError, match="expected a JSON object"):
+        load_agent_classes(m)
+    with pytest.raises(InputError, match="no such agent-class mapping"):
+        load_agent_classes(tmp_path / "none.json")

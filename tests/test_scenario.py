@@ -190,6 +190,12 @@ def test_validate_command_exit_codes_and_every_problem(tmp_path):
     assert r.returncode == 2
     assert "agents[0].class" in r.stderr and "hospital.beds" in r.stderr
     assert "Traceback" not in r.stderr
+    # the README's form, one line per problem: file:line:col: field: expected X; found Y
+    import re
+
+    lines = [x.strip() for x in r.stderr.splitlines() if f"{bad.name}:" in x and "invalid" not in x]
+    assert len(lines) == 2 and all(re.fullmatch(rf".*{bad.name}:\d+:\d+: [\w.\[\]]+: expected .+; found .+", x) for x in lines), lines
+    assert any(x.endswith("agents[0].class: expected one of 'ambient_scribe', 'cds', 'prior_auth'; found 'robot'") for x in lines)
 
 
 # ------------------------------------------------------------------------------------ extends

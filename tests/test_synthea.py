@@ -31,12 +31,13 @@ def _real_synthea() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A private cache that sees the Synthea resolved by scripts/setup.sh (or SYNTHEA_JAR)."""
+def env(tmp_path_factory: pytest.TempPathFactory, require) -> dict[str, str]:
+    """A private cache that sees the Synthea resolved by scripts/setup.sh (or SYNTHEA_JAR); the
+    tests skip without it, and fail under PARITYBED_REQUIRE_SYNTHEA=1 (CI)."""
     if not os.environ.get("SYNTHEA_JAR") and _real_synthea() is None:
-        pytest.skip("Synthea is not resolved (run `bash scripts/setup.sh`; Maven Central unreachable?)")
+        require("synthea", "Synthea is not resolved (run `bash scripts/setup.sh`; Maven Central unreachable?)")
     if shutil.which("java") is None:
-        pytest.skip("java is not on PATH (run `bash scripts/setup.sh` as root)")
+        require("synthea", "java is not on PATH (run `bash scripts/setup.sh` as root)")
     cache = tmp_path_factory.mktemp("cache")
     if not os.environ.get("SYNTHEA_JAR"):
         (cache / "synthea").mkdir()
