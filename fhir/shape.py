@@ -50,6 +50,8 @@ def parse_elements(rtype: str, value: str) -> frozenset[str]:
         if not item:
             continue
         name = item.split(".", 1)[1] if item.startswith(rtype + ".") else item
+        if name == "resourceType":
+            continue  # always there (fhirpy lists it)
         if name not in info.names and _choice_base(name, info) is None:
             raise FhirError(400, f"_elements: {rtype} has no element '{item}'")
         names.add(name)
