@@ -70,6 +70,8 @@ def combo_columns(alias: str) -> Columns:
 # ------------------------------------------------------------------------ value syntax
 def split_escaped(text: str, sep: str) -> list[str]:
     """Split on `sep` not escaped by a backslash (``a\\,b,c`` -> ``['a\\,b', 'c']``)."""
+    if "\\" not in text:
+        return text.split(sep)
     parts, cur, i = [], "", 0
     while i < len(text):
         c = text[i]
@@ -89,6 +91,8 @@ def split_escaped(text: str, sep: str) -> list[str]:
 
 def unescape(text: str) -> str:
     """The value with the spec's escapes (``\\,`` ``\\$`` ``\\|`` ``\\\\``) resolved."""
+    if "\\" not in text:
+        return text
     out, i = "", 0
     while i < len(text):
         if text[i] == "\\" and i + 1 < len(text):
