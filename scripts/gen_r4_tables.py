@@ -39,7 +39,7 @@ import sys
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 GROUP, ARTIFACT, VERSION = "ca.uhn.hapi.fhir", "hapi-fhir-validation-resources-r4", "8.8.0"
 COORDS = f"{GROUP}:{ARTIFACT}:{VERSION}"
@@ -213,6 +213,18 @@ def steps_of(part: str) -> list[str]:
     return split_top(part, ".")
 
 
+class State(NamedTuple):
+    """Where a FHIRPath walk is: the JSON path so far, the StructureDefinition and element path
+    to look the next step up in, the FHIR type reached, a resolve() target, an open choice."""
+
+    json: str
+    sd: str
+    element: str
+    fhir_type: str | None = None
+    target: str | None = None
+    choice: Element | None = None
+
+
 class Resolver:
     """Turns the FHIRPath of a search parameter into element paths of the JSON form."""
 
@@ -223,8 +235,7 @@ class Resolver:
         elements = self.sds.get(sd, {})
         return elements.get(path) or elements.get(path + "[x]")
 
-    def compile(self, rtype: str, steps: list[str], start: tuple[str, str] | None = None,
-                prefix: str = "") -> list[tuple[str, str, str | None]]:
+    def compile(self, rtype: str, steps: list[str], start: tuple[str, str] | None = None) -> list[tuple[str, str, str | None]]:
         """[(json path, FHIR type, resolve() target or None)] reached by `steps`.
 
         `start` is (StructureDefinition, element path) to resolve relative steps from (the
@@ -237,63 +248,59 @@ class Resolver:
                 raise Unsupported(f"does not start with {rtype}")
             start = (rtype, rtype) if steps[0] == rtype else ("Resource", "Resource")
             steps = steps[1:]
-        # (json path so far, SD name, element path in that SD, FHIR type, resolve() target, open choice)
-        pending: list[tuple[str, str, str, str | None, str | None, Element | None]] = [
-            (prefix, start[0], start[1], None, None, None)
-        ]
+        states = [State("", *start)]
         for step in steps:
-            nxt = []
-            for jp, sd, ep, ft, tg, el in pending:
-                nxt.extend(self._step(rtype, step, jp, sd, ep, ft, tg, el))
-            pending = nxt
+            states = [nxt for st in states for nxt in self._step(step, st)]
         out = []
-        for jp, sd, ep, ft, tg, el in pending:
-            if el is not None and el.choice:  # a choice left open: every type of it
-                out.extend((json_name(jp, t), t, tg) for t in el.types)
-            elif ft is None:
-                out.append((jp, sd if jp == "" else "BackboneElement", tg))
+        for st in states:
+            if st.choice is not None:  # a choice left open: every type of it
+                out.extend((json_name(st.json, t), t, st.target) for t in st.choice.types)
+            elif st.fhir_type is None:
+                out.append((st.json, st.sd if st.json == "" else "BackboneElement", st.target))
             else:
-                out.append((jp, ft, tg))
+                out.append((st.json, st.fhir_type, st.target))
         return out
 
-    def _step(self, rtype, step, jp, sd, ep, ft, tg, el):  # noqa: ANN001, ANN202 - internal
+    def _step(self, step: str, st: State) -> list[State]:
         if step.startswith("as(") or step.startswith("ofType("):
-            want = step[step.index("(") + 1:-1]
-            if el is not None and el.choice and want not in el.types:
-                want = want[:1].lower() + want[1:]  # FHIRPath's System types: DateTime -> dateTime
-            if el is not None and el.choice:
-                if want not in el.types:
-                    raise Unsupported(f"{el.path} has no type {want}")
-                return [(json_name(jp, want), *self._into(sd, ep, want), want, tg, None)]
-            if ft == want or (ft and want in ("Quantity",) and ft in READS["quantity"]):
-                return [(jp, sd, ep, ft, tg, None)]
-            raise Unsupported(f"cast of {ep} ({ft}) to {want}")
+            return [self._cast(step[step.index("(") + 1:-1], st)]
         if step.startswith("where(resolve() is "):
-            return [(jp, sd, ep, ft, step[len("where(resolve() is "):-1], el)]
+            return [st._replace(target=step[len("where(resolve() is "):-1])]
         m = re.fullmatch(r"where\((\w+)\s*=\s*'([^']*)'\)", step)
         if m:
-            return [(f"{jp}[{m.group(1)}={m.group(2)}]", sd, ep, ft, tg, el)]
+            return [st._replace(json=f"{st.json}[{m.group(1)}={m.group(2)}]")]
         if not re.fullmatch(r"[a-z]\w*", step):
             raise Unsupported(f"step {step!r}")
-        if el is not None and el.choice:
-            raise Unsupported(f"{el.path} is a choice followed by .{step}")
-        path = f"{ep}.{step}"
-        found = self.element(sd, path)
+        if st.choice is not None:
+            raise Unsupported(f"{st.choice.path} is a choice followed by .{step}")
+        found = self.element(st.sd, f"{st.element}.{step}")
         if found is None:
-            raise Unsupported(f"no element {path} in {sd}")
-        if found.content_ref:  # e.g. Questionnaire.item.item -> #Questionnaire.item
-            target = self.element(sd, found.content_ref)
-            assert target is not None
-            found_types, ep_next = target.types, found.content_ref
-        else:
-            found_types, ep_next = found.types, found.path
-        key = f"{jp}.{step}" if jp else step
+            raise Unsupported(f"no element {st.element}.{step} in {st.sd}")
+        key = f"{st.json}.{step}" if st.json else step
         if found.choice:
-            return [(key.removesuffix("[x]"), sd, found.path.removesuffix("[x]"), None, tg, found)]
-        fhir_type = found_types[0] if len(found_types) == 1 else None
-        if fhir_type in ("BackboneElement", "Element") or fhir_type is None:
-            return [(key, sd, ep_next, fhir_type if fhir_type not in ("BackboneElement", "Element") else None, tg, None)]
-        return [(key, *self._into(sd, ep_next, fhir_type), fhir_type, tg, None)]
+            return [State(key, st.sd, found.path.removesuffix("[x]"), None, st.target, found)]
+        if found.content_ref:  # e.g. Questionnaire.item.item -> #Questionnaire.item
+            target = self.element(st.sd, found.content_ref)
+            assert target is not None
+            types, below = target.types, found.content_ref
+        else:
+            types, below = found.types, found.path
+        fhir_type = types[0] if len(types) == 1 else None
+        if fhir_type in (None, "BackboneElement", "Element"):
+            return [State(key, st.sd, below, None, st.target)]
+        return [State(key, *self._into(st.sd, below, fhir_type), fhir_type, st.target)]
+
+    def _cast(self, want: str, st: State) -> State:
+        """``as(T)`` / ``ofType(T)``: one type of an open choice, or a check of the type reached."""
+        if st.choice is not None:
+            if want not in st.choice.types:
+                want = want[:1].lower() + want[1:]  # FHIRPath's System types: DateTime -> dateTime
+            if want not in st.choice.types:
+                raise Unsupported(f"{st.choice.path} has no type {want}")
+            return State(json_name(st.json, want), *self._into(st.sd, st.element, want), want, st.target)
+        if st.fhir_type == want or (want == "Quantity" and st.fhir_type in READS["quantity"]):
+            return st
+        raise Unsupported(f"cast of {st.element} ({st.fhir_type}) to {want}")
 
     def _into(self, sd: str, ep: str, fhir_type: str) -> tuple[str, str]:
         """Where element lookup continues below an element of `fhir_type`."""
@@ -318,20 +325,7 @@ def compile_param(res: Resolver, rtype: str, sp: dict[str, Any], by_url: dict[st
         if sp["type"] == "composite":
             roots = [r for p in mine for r in res.compile(rtype, steps_of(p))]
             entry["paths"] = [[jp, ft] for jp, ft, _ in roots]
-            entry["components"] = []
-            for comp in sp["component"]:
-                sub = by_url[comp["definition"]]
-                paths: list[list[str]] = []
-                for root_jp, root_ft, _ in roots:
-                    start = (root_ft, root_ft) if res.kinds.get(root_ft) == "complex-type" and root_ft not in (
-                        "BackboneElement", "Element") else None
-                    if start is None:
-                        start = (rtype, rtype + ("." + re.sub(r"\[[^]]*\]", "", root_jp) if root_jp else ""))
-                    for part in split_top(comp["expression"], "|"):
-                        for jp, ft, _ in res.compile(rtype, steps_of(part), start=start):
-                            if [jp, ft] not in paths:
-                                paths.append([jp, ft])
-                entry["components"].append({"param": sub["code"], "type": sub["type"], "paths": paths})
+            entry["components"] = [_component(res, rtype, comp, roots, by_url) for comp in sp["component"]]
             return entry
         compiled = [c for p in mine for c in res.compile(rtype, steps_of(p))]
     except Unsupported as e:
@@ -353,6 +347,23 @@ def compile_param(res: Resolver, rtype: str, sp: dict[str, Any], by_url: dict[st
             paths.append([jp, ft])
     entry["paths"] = paths
     return entry
+
+
+def _component(res: Resolver, rtype: str, comp: dict[str, Any], roots: list[tuple[str, str, str | None]],
+               by_url: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One component of a composite: its parameter, type and paths relative to each root."""
+    sub = by_url[comp["definition"]]
+    paths: list[list[str]] = []
+    for root_jp, root_ft, _ in roots:
+        if res.kinds.get(root_ft) == "complex-type" and root_ft not in ("BackboneElement", "Element"):
+            start = (root_ft, root_ft)  # a datatype (UsageContext): its own StructureDefinition
+        else:  # the resource itself, or one of its backbone elements (Observation.component)
+            start = (rtype, rtype + ("." + re.sub(r"\[[^]]*\]", "", root_jp) if root_jp else ""))
+        for part in split_top(comp["expression"], "|"):
+            for jp, ft, _ in res.compile(rtype, steps_of(part), start=start):
+                if [jp, ft] not in paths:
+                    paths.append([jp, ft])
+    return {"param": sub["code"], "type": sub["type"], "paths": paths}
 
 
 def search_table(sp_bundle: dict[str, Any], res: Resolver, types: list[str]) -> tuple[dict, dict]:
