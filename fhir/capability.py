@@ -7,42 +7,64 @@ one it does.  Fixed ``date`` and no timestamps: the statement is byte-identical 
 
 from __future__ import annotations
 
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
 
-from paritybed.fhir.params import params_for
-from paritybed.fhir.search import DEFAULT_COUNT, MAX_COUNT
+from paritybed.core import r4spec
+from paritybed.fhir.search import DEFAULT_COUNT, MAX_COUNT, UNSUPPORTED
 from paritybed.fhir.types import RESOURCE_TYPES
 
 #: Date of this statement's content (changes when the server's capabilities change).
 STATEMENT_DATE = "2026-11-26"
 
 _INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
-_COMMON = (
-    {"name": "_id", "type": "token", "documentation": "Logical id; comma-separated values are OR"},
-    {"name": "_lastUpdated", "type": "date", "documentation": "meta.lastUpdated; prefixes eq ne gt lt ge le sa eb"},
-)
 _DOC = (
-    "Embedded FHIR R4 server of paritybed (SQLite storage, JSON only). Search is strict: an unknown "
-    "parameter, modifier or date prefix is answered with 400 unless the request carries "
-    "'Prefer: handling=lenient'. Result parameters: _count (default %d, at most %d), _offset (paging: "
-    "next/previous links repeat the query with _offset=N), _sort (_lastUpdated, _id or a date parameter "
-    "of the type; '-' for descending; several comma-separated), _total (accurate, estimate, none), "
-    "_summary=count, _format=json. Modifiers: :missing on every parameter, :not on tokens, :<Type> on "
-    "references. Dates without a time zone are read as UTC. Not supported (501): PATCH, conditional "
-    "update and delete, operations ($...), system-level search and history; _include, _revinclude, "
-    "_elements, chained parameters and _has are answered with 400."
+    "Embedded FHIR R4 server of paritybed (SQLite storage, JSON only). Search parameters are the R4 "
+    "SearchParameter definitions (generated from the specification). Search is strict: an unknown "
+    "parameter, modifier or prefix is answered with 400 unless the request carries "
+    "'Prefer: handling=lenient'. Modifiers: :missing on every parameter, :not and :text on tokens, "
+    ":exact and :contains on strings, :below and :above on uris, :<Type> on references. Chained "
+    "parameters (typed or not, up to 4 hops), _has, compartment search (Patient/1/Observation). "
+    "Result parameters: _count (default %d, at most %d), _offset (paging: next/previous links repeat "
+    "the query with _offset=N), _sort (any parameter, '-' for descending), _total, _summary (true, "
+    "text, data, count, false), _elements, _include and _revinclude (with :iterate), _format=json, "
+    "_pretty. Dates without a time zone are read as UTC. Not supported (501): PATCH, conditional "
+    "update and delete, operations ($...), system-level search and history; _type, _list, _query, "
+    "_filter, _contained searches and the special parameter 'near' are answered with 400."
 ) % (DEFAULT_COUNT, MAX_COUNT)
 
 
+def _params(rtype: str) -> list[dict[str, Any]]:
+    """Every parameter of the type the server answers (the spec's, minus the few it cannot)."""
+    out = []
+    for code, p in sorted(r4spec.search_params(rtype).items()):
+        if code in UNSUPPORTED or (not p.indexable and code not in ("_text", "_content")) or p.type == "special":
+            continue
+        paths = " | ".join(str(x) for x in p.paths or ()) or ("narrative" if code == "_text" else "whole resource")
+        doc = f"{rtype}.{paths}" if p.paths else paths
+        if p.targets:
+            doc += f" (references to {', '.join(p.targets) if len(p.targets) < 10 else 'any type'})"
+        out.append({"name": code, "type": p.type, "documentation": doc})
+    return out
+
+
+@cache
+def _revincludes() -> dict[str, list[str]]:
+    """{type: the ``Source:param`` that may refer to it}: its ``_revinclude`` values."""
+    out: dict[str, list[str]] = {}
+    for t in r4spec.resource_types():
+        for c, p in r4spec.type_params(t).items():
+            if p.type == "reference" and p.indexable:
+                for target in p.targets:
+                    out.setdefault(target, []).append(f"{t}:{c}")
+    return {t: sorted(v) for t, v in out.items()}
+
+
 def _resource(rtype: str) -> dict[str, Any]:
-    params = [*_COMMON]
-    for p in params_for(rtype).values():
-        doc = f"{rtype}.{' | '.join(p.paths)}"
-        if p.target:
-            doc += f" (references to {p.target})"
-        params.append({"name": p.name, "type": p.kind, "documentation": doc})
+    refs = sorted(c for c, p in r4spec.search_params(rtype).items() if p.type == "reference" and p.indexable)
+    revs = _revincludes().get(rtype, [])
     return {
         "type": rtype,
         "interaction": [{"code": c} for c in _INTERACTIONS],
@@ -53,7 +75,9 @@ def _resource(rtype: str) -> dict[str, Any]:
         "conditionalRead": "not-match",
         "conditionalUpdate": False,
         "conditionalDelete": "not-supported",
-        "searchParam": params,
+        "searchInclude": ["*", *(f"{rtype}:{c}" for c in refs)],
+        "searchRevInclude": revs,
+        "searchParam": _params(rtype),
     }
 
 
@@ -78,5 +102,6 @@ def capability_statement(base: str, version: str) -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=8)
 def capability_bytes(base: str, version: str) -> bytes:
     return orjson.dumps(capability_statement(base, version))

@@ -10,6 +10,7 @@ writes strictly ordered.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from paritybed.fhir import search as fsearch
+from paritybed.fhir import shape
 from paritybed.fhir.dates import http_date, iso_instant, parse_range
 from paritybed.fhir.outcome import FHIR_JSON, FhirError, information, status_line
 from paritybed.fhir.store import Store, Version, WriteResult
@@ -209,10 +211,7 @@ async def instance(request: Request) -> Response:
 
 
 def _read(request: Request, rtype: str, rid: str) -> Response:
-    if request.scope["query_string"]:
-        for k, v in query_items(request):
-            if k == "_format":
-                fsearch.check_format(v)
+    view = _read_view(rtype, query_items(request)) if request.scope["query_string"] else None
     if "accept" in request.headers:
         check_accept(request)
     v = store_of(request).read(rtype, rid)
@@ -223,7 +222,38 @@ def _read(request: Request, rtype: str, rid: str) -> Response:
                         headers={"ETag": v.etag}, media_type=FHIR_JSON)
     if request.headers.get("if-none-match") == v.etag:
         return Response(b"", 304, headers={"ETag": v.etag})
-    return fhir_response(v.body or b"", 200, v)
+    body = v.body or b""
+    if view is not None:
+        body = shape.apply(body, view) if view.summary or view.elements else body
+        if view.pretty:
+            body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+    return fhir_response(body, 200, v)
+
+
+@dataclass(frozen=True)
+class _View(shape.Shape):
+    pretty: bool = False
+
+
+def _read_view(rtype: str, items: list[tuple[str, str]]) -> _View | None:
+    """``_summary``, ``_elements``, ``_pretty`` and ``_format`` on a read (other parameters are
+    ignored, as HAPI does)."""
+    summary, elements, pretty = None, None, False
+    for k, v in items:
+        if k == "_format":
+            fsearch.check_format(v)
+        elif k == "_summary":
+            mode = shape.parse_summary(v)
+            if mode == "count":
+                raise FhirError(400, "_summary=count applies to searches, not to a read")
+            summary = None if mode == "false" else mode
+        elif k == "_elements":
+            elements = shape.parse_elements(rtype, v)
+        elif k == "_pretty":
+            pretty = v == "true"
+    if summary and elements:
+        raise FhirError(400, "_summary and _elements cannot be combined")
+    return _View(summary, elements, pretty)
 
 
 async def _update(request: Request, rtype: str, rid: str) -> Response:
@@ -239,6 +269,10 @@ async def _update(request: Request, rtype: str, rid: str) -> Response:
 
 async def _post_search(request: Request, rtype: str) -> Response:
     """``POST /fhir/<Type>/_search`` with form-encoded parameters (and/or a query string)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype and ctype != "application/x-www-form-urlencoded":
+        raise FhirError(415, f"POST {rtype}/_search takes application/x-www-form-urlencoded parameters, not {ctype}")
+    check_accept(request)
     form = (await request.body()).decode("utf-8")
     items = query_items(request) + parse_qsl(form, keep_blank_values=True)
     body = fsearch.search_bundle(store_of(request), base_url(request), rtype, items, lenient=lenient(request))
@@ -313,9 +347,20 @@ async def vread(request: Request) -> Response:
     return fhir_response(v.body or b"", 200, v)
 
 
-async def operation_or_unknown(request: Request) -> Response:
-    """Paths below an instance that are not _history: ``$operations`` are 501, the rest 404."""
-    op = request.path_params["op"]
+async def below_instance(request: Request) -> Response:
+    """Paths below an instance that are not _history: a compartment search
+    (``/fhir/Patient/1/Observation``), ``$operations`` (501), anything else 404."""
+    rtype, rid, op = request.path_params["type"], request.path_params["id"], request.path_params["op"]
     if op.startswith("$"):
         raise FhirError(501, f"operation {op} is not supported")
-    raise FhirError(404, f"no such path: {request.url.path}")
+    if op == "*":
+        raise FhirError(501, f"searching every type of a compartment ({rtype}/{rid}/*) is not supported: name one type")
+    if op not in RESOURCE_TYPES or rtype not in RESOURCE_TYPES:
+        raise FhirError(404, f"no such path: {request.url.path}")
+    if request.method not in ("GET", "HEAD"):
+        raise FhirError(405, f"{request.method} is not allowed on a compartment search")
+    check_id(rid)
+    check_accept(request)
+    body = fsearch.search_bundle(store_of(request), base_url(request), op, query_items(request),
+                                 lenient=lenient(request), compartment_of=(rtype, rid))
+    return fhir_response(body)

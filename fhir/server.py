@@ -68,7 +68,7 @@ def create_app(db: str | Path = ":memory:", *, validate_bundles: bool = False, s
         Route("/fhir/", routes.system, methods=ALL_METHODS),
         Route("/fhir/{type}/{id}/_history", routes.instance_history, methods=ALL_METHODS),
         Route("/fhir/{type}/{id}/_history/{vid}", routes.vread, methods=ALL_METHODS),
-        Route("/fhir/{type}/{id}/{op}", routes.operation_or_unknown, methods=ALL_METHODS),
+        Route("/fhir/{type}/{id}/{op}", routes.below_instance, methods=ALL_METHODS),
     ]
     app = Starlette(
         routes=r,

@@ -6,7 +6,8 @@ Layout (one database, a file or ``:memory:``):
   tables use; a deleted resource keeps its row with ``deleted=1`` and no body, so a read answers
   410 and a later update continues its version numbers);
 * ``history`` — every earlier version, moved there when a newer one is written;
-* ``tokens`` / ``dates`` — the search index written with each version (params.py says what);
+* ``tokens`` / ``dates`` / ``numbers`` / ``combos`` — the search index written with each version
+  (index.py says what);
 * ``meta`` — the counter behind server-assigned ids.
 
 The JSON body is stored exactly as served (with ``id`` and ``meta.versionId/lastUpdated``), so a
@@ -32,7 +33,7 @@ import orjson
 
 from paritybed.fhir.dates import iso_instant
 from paritybed.fhir.outcome import FhirError
-from paritybed.fhir.params import extract
+from paritybed.fhir.index import extract
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources(
@@ -63,8 +64,21 @@ CREATE INDEX IF NOT EXISTS tokens_rid ON tokens(rid, param, val, sys);
 CREATE TABLE IF NOT EXISTS dates(rid INTEGER NOT NULL, param TEXT NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS dates_lookup ON dates(param, lo, hi, rid);
 CREATE INDEX IF NOT EXISTS dates_rid ON dates(rid, param, lo, hi);
+CREATE TABLE IF NOT EXISTS numbers(rid INTEGER NOT NULL, param TEXT NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, sys TEXT, code TEXT);
+CREATE INDEX IF NOT EXISTS numbers_lookup ON numbers(param, lo, hi, rid);
+CREATE INDEX IF NOT EXISTS numbers_rid ON numbers(rid, param);
+CREATE TABLE IF NOT EXISTS combos(rid INTEGER NOT NULL, param TEXT NOT NULL, grp INTEGER NOT NULL, comp INTEGER NOT NULL,
+                                  sys TEXT, val TEXT, lo REAL, hi REAL);
+CREATE INDEX IF NOT EXISTS combos_lookup ON combos(param, comp, val, sys, rid);
+CREATE INDEX IF NOT EXISTS combos_rid ON combos(rid, param, grp, comp);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+#: The index tables, each with its columns after (rid, param).
+INDEX_TABLES = {"tokens": ("sys", "val"), "dates": ("lo", "hi"), "numbers": ("lo", "hi", "sys", "code"),
+                "combos": ("grp", "comp", "sys", "val", "lo", "hi")}
+#: Version of what the index holds: a database written under another version is re-indexed
+#: when opened (the index is derived from the stored bodies, so nothing is lost).
+INDEX_VERSION = "r4-search-parameters-2"
 
 #: Namespace of server-assigned ids: uuid5(namespace, "<n>") for the database's n-th create.
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://paritybed.dev/fhir/server-assigned-id")
@@ -142,6 +156,9 @@ class Store:
         self.conn.executescript(SCHEMA)
         self._depth = 0
         self._last_lu = 0.0
+        row = self.conn.execute("SELECT value FROM meta WHERE key='index_version'").fetchone()
+        if row is None or row[0] != INDEX_VERSION:
+            self.reindex()
 
     def close(self) -> None:
         with self.lock:
@@ -331,8 +348,7 @@ class Store:
                 "UPDATE resources SET version=?, lu=?, deleted=1, method='DELETE', body=NULL WHERE rid=?",
                 (cur.version + 1, lu, cur.rid),
             )
-            self.conn.execute("DELETE FROM tokens WHERE rid=?", (cur.rid,))
-            self.conn.execute("DELETE FROM dates WHERE rid=?", (cur.rid,))
+            self._unindex(cur.rid)
             return WriteResult(200, Version(cur.rid, rtype, rid, cur.version + 1, lu, True, "DELETE", None))
 
     def _archive(self, row_id: int) -> None:
@@ -342,21 +358,33 @@ class Store:
             (row_id,),
         )
 
+    def _unindex(self, row_id: int) -> None:
+        for table in INDEX_TABLES:
+            self.conn.execute(f"DELETE FROM {table} WHERE rid=?", (row_id,))
+
     def _index(self, row_id: int, resource: dict[str, Any], resolve: Callable[[str], str] | None, *, fresh: bool) -> None:
         if not fresh:
-            self.conn.execute("DELETE FROM tokens WHERE rid=?", (row_id,))
-            self.conn.execute("DELETE FROM dates WHERE rid=?", (row_id,))
-        ex = extract(resource, resolve)
-        if ex.tokens:
-            self.conn.executemany(
-                "INSERT INTO tokens(rid, param, sys, val) VALUES(?,?,?,?)",
-                [(row_id, p, s, v) for p, s, v in ex.tokens],
-            )
-        if ex.dates:
-            self.conn.executemany(
-                "INSERT INTO dates(rid, param, lo, hi) VALUES(?,?,?,?)",
-                [(row_id, p, lo, hi) for p, lo, hi in ex.dates],
-            )
+            self._unindex(row_id)
+        rows = extract(resource, resolve)
+        for table, found in (("tokens", rows.tokens), ("dates", rows.dates), ("numbers", rows.numbers),
+                             ("combos", rows.combos)):
+            if found:
+                cols = INDEX_TABLES[table]
+                self.conn.executemany(
+                    f"INSERT INTO {table}(rid, param, {', '.join(cols)}) VALUES(?, ?{', ?' * len(cols)})",
+                    [(row_id, *r) for r in found],
+                )
+
+    def reindex(self) -> None:
+        """Rebuild the whole search index from the stored bodies (after a change of what is
+        indexed: `INDEX_VERSION`).  References are indexed as stored (already rewritten)."""
+        with self.atomic():
+            for table in INDEX_TABLES:
+                self.conn.execute(f"DELETE FROM {table}")
+            rows = self.conn.execute("SELECT rid, body FROM resources WHERE deleted=0 AND body IS NOT NULL").fetchall()
+            for row_id, body in rows:
+                self._index(row_id, orjson.loads(body), None, fresh=True)
+            self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('index_version', ?)", (INDEX_VERSION,))
 
     def analyze(self) -> None:
         """Refresh the query planner's statistics (after a bulk load)."""

@@ -30,7 +30,7 @@ from paritybed.fhir import search as fsearch
 from paritybed.fhir.dates import iso_instant
 from paritybed.fhir.outcome import FhirError, status_line
 from paritybed.fhir.store import Store, Version, WriteResult
-from paritybed.fhir.types import ID_RE, check_id, check_type, validate
+from paritybed.fhir.types import ID_RE, check_bindings, check_id, check_type, validate
 
 _REF_RE = re.compile(rb'"reference":"([^"\\]+)"')
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -172,6 +172,8 @@ def _write(store: Store, e: Entry, res: _Resolver, assigned: dict[int, str], val
     assert e.resource is not None
     if validate_resources:
         validate(e.resource)
+    else:  # the required bindings always: cheap, and a wrong code is no resource to store
+        check_bindings(e.resource)
     rid = assigned[e.index] if e.method == "POST" else e.rid
     assert rid is not None
     try:

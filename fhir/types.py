@@ -11,6 +11,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from paritybed.fhir import bindings
 from paritybed.fhir.outcome import FhirError
 
 #: Every concrete resource type (abstract Resource/DomainResource excluded).
@@ -103,3 +104,13 @@ def validate(resource: dict[str, Any]) -> None:
         ) from None
     except (ValueError, TypeError) as e:  # fhir.resources raises plain errors for some inputs
         raise FhirError(400, f"invalid {rtype}: {e}", code="structure") from None
+    check_bindings(resource)
+
+
+def check_bindings(resource: dict[str, Any]) -> None:
+    """400 listing every coded value outside its required R4 value set (fhir/bindings.py)."""
+    found = bindings.issues(resource)
+    if found:
+        first = found[0]
+        raise FhirError(400, f"invalid {resource.get('resourceType')}: {first['diagnostics']}", code="code-invalid",
+                        expression=first["expression"], extra=found[1:20])
