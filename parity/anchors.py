@@ -5,7 +5,7 @@ valid chain in its place) and it still verifies.  An *anchor* is the log's recor
 final hash kept somewhere else: ``parity.json`` of a run lists every chained log of its folder
 under ``logs`` (``{"events.jsonl": {"records": 212, "last_hash": "sha256:…"}, …}``), and
 ``paritybed enforce`` writes the same into its ``summary.json``.  ``verify_anchored`` checks a
-log's chain, its checkpoints (with the key, paritybed.hashlog) and its anchor (given, or found
+log's chain, its checkpoints (with the key, paritybed.core.hashlog) and its anchor (given, or found
 in the log's folder or the two above it), and names what is missing.  The threat model (who can
 rewrite what, and what each anchor protects against) is in docs/attestation.md.
 """
@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from paritybed.errors import InputError
-from paritybed.hashlog import Verification, verify
+from paritybed.core.errors import InputError
+from paritybed.core.hashlog import Verification, verify
 from paritybed.parity.auditlog import chain_link, first_record, is_auditevent_log, verify_log
 
 #: The files that carry a ``logs`` map, in the order they are looked for.

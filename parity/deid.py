@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import RootModel
 
-from paritybed.errors import InputError
-from paritybed.jsonfile import load_model
+from paritybed.core.errors import InputError
+from paritybed.core.jsonfile import load_model
 
 #: A code: lower-case words of letters and digits joined by "-" or "_" ("prior_auth", "code_blue",
 #: "scribe-llm").  No spaces, capitals, dots, "@" or "/" (names, e-mails, references), at most 32

@@ -81,7 +81,7 @@ def tampered(run_dir: Path, tmp: Path, name: str, lines: list[str]) -> Path:
 def rechained(name: str, lines: list[str], tag: str) -> list[str]:
     """The records of ``lines`` with one field changed, chained again from the start: a valid chain
     that is not the anchored one."""
-    from paritybed.hashlog import HashLog
+    from paritybed.core.hashlog import HashLog
     from paritybed.parity.auditlog import chain_auditevents
 
     recs = [json.loads(x) for x in lines]
@@ -155,7 +155,7 @@ def test_truncation_and_a_substituted_chain_are_detected_naming_what_is_missing(
 
 
 def test_records_appended_after_the_anchor_are_named(run_dir, tmp_path):
-    from paritybed.hashlog import HashLog
+    from paritybed.core.hashlog import HashLog
     from paritybed.parity.anchors import verify_anchored
 
     lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)

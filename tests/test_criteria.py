@@ -15,7 +15,7 @@ import pytest
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy
 from paritybed.parity.criteria import criteria
 from paritybed.parity.profile import ClassProfile, LaneProfile, Profile
-from paritybed.sim.scenario import Gate
+from paritybed.scenarios import Gate
 
 
 def prof(**classes: ClassProfile) -> Profile:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from paritybed.errors import InputError
-from paritybed.hashlog import GENESIS, HashLog, key_id, read_checkpoint_key, verify
+from paritybed.core.errors import InputError
+from paritybed.core.hashlog import GENESIS, HashLog, key_id, read_checkpoint_key, verify
 
 KEY = b"k" * 32
 AT = "2026-12-03T12:00:00Z"
@@ -107,7 +107,7 @@ def test_a_log_continued_after_a_final_checkpoint_needs_a_new_one(tmp_path):
 
 
 def test_an_edited_checkpoint_breaks_the_chain_even_with_its_hash_recomputed(tmp_path):
-    from paritybed.hashlog import record_hash
+    from paritybed.core.hashlog import record_hash
 
     p = tmp_path / "events.jsonl"
     lines = write(p, 4)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from paritybed.errors import EnvironmentProblem, InputError
+from paritybed.core.errors import EnvironmentProblem, InputError
 
 GENESIS = "sha256:" + "0" * 64
 MAC_PREFIX = "hmac-sha256:"
