@@ -108,7 +108,7 @@ def test_the_default_stories_no_over_blocks_and_three_attacks_caught(week):
 # ------------------------------------------------------------------------------------ Output files
 def test_every_output_file_of_the_readme_table_is_there_with_its_schema(week):
     from paritybed.parity.anchors import verify_anchored
-    from paritybed.sim.trace import COLUMNS, read_trace
+    from paritybed.agents.trace import COLUMNS, read_trace
 
     _, out = week
     d = doc(out)
