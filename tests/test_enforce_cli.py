@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -54,13 +56,22 @@ def fhir() -> Iterator[str]:
         yield url.split("//", 1)[1].split("/", 1)[0]
 
 
+#: the agent runs unprivileged (a uid of its own, with no account) under the system Python: it
+#: cannot reach the venv's interpreter under /root, nor a script in pytest's private tmp_path
+AGENT_UID = "64123"
+PYTHON = "/usr/bin/python3"
+
+
 @pytest.fixture
 def files(tmp_path: Path, fhir: str) -> dict[str, Path]:
-    (tmp_path / "agent.py").write_text(AGENT)
+    scripts = Path(tempfile.mkdtemp(prefix="pbt-cli-"))
+    scripts.chmod(0o755)
+    (scripts / "agent.py").write_text(AGENT)
+    (scripts / "agent.py").chmod(0o644)
     lanes = {"code_blue": LanePolicy(allow=[Pair(type="Patient", interaction="read")], max_duration_s=600)}
     save_policy(Policy(agents={"cds": AgentPolicy(agent_class="cds", lanes=lanes, fhir=FhirPolicy(
         server=fhir, allow=[Pair(type="Observation", interaction="search")]))}), tmp_path / "policy.json")
-    return {"dir": tmp_path, "agent": tmp_path / "agent.py", "policy": tmp_path / "policy.json"}
+    return {"dir": tmp_path, "scripts": scripts, "agent": scripts / "agent.py", "policy": tmp_path / "policy.json"}
 
 
 @pytest.mark.bpf
@@ -69,7 +80,7 @@ def test_enforce_a_plain_script(files: dict[str, Path], fhir: str) -> None:
 
     out = files["dir"] / "out"
     r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(out), "--name", "pbt-cli",
-                  "--lane", "code_blue:cb-7:60", "--", sys.executable, str(files["agent"]), fhir)
+                  "--lane", "code_blue:cb-7:60", "--user", AGENT_UID, "--", PYTHON, str(files["agent"]), fhir)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.splitlines()[0])
     # search allowed (the embedded server answers), Patient read denied with EACCES unless under the lane,
@@ -93,7 +104,7 @@ def test_enforce_a_plain_script(files: dict[str, Path], fhir: str) -> None:
 def test_observe_writes_the_observed_envelope_as_a_policy(files: dict[str, Path], fhir: str) -> None:
     out = files["dir"] / "obs"
     r = paritybed("enforce", "--mode", "observe", "--agent", "scribe", "--fhir-server", fhir, "--out", str(out),
-                  "--name", "pbt-cli", "--", sys.executable, str(files["agent"]), fhir)
+                  "--name", "pbt-cli", "--user", AGENT_UID, "--", PYTHON, str(files["agent"]), fhir)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.splitlines()[0])
     assert res["read"] == 404 and res["egress"] == 111  # nothing denied: the server answers, the port is closed
@@ -125,10 +136,11 @@ for i in range(5):
 def test_event_log_ends_with_a_signed_final_checkpoint_and_a_cut_tail_is_detected(files: dict[str, Path], fhir: str) -> None:
     key = files["dir"] / "keys" / "checkpoint.key"
     out = files["dir"] / "cp"
-    (files["dir"] / "slow.py").write_text(SLOW_AGENT)
+    (files["scripts"] / "slow.py").write_text(SLOW_AGENT)
+    (files["scripts"] / "slow.py").chmod(0o644)
     r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(out), "--name", "pbt-cli",
-                  "--checkpoint-key", str(key), "--checkpoint-every", "0.2", "--",
-                  sys.executable, str(files["dir"] / "slow.py"), fhir)
+                  "--checkpoint-key", str(key), "--checkpoint-every", "0.2", "--user", AGENT_UID, "--",
+                  PYTHON, str(files["scripts"] / "slow.py"), fhir)
     assert r.returncode == 0, r.stderr
     assert key.stat().st_mode & 0o777 == 0o600  # created private
     log = out / "events.jsonl"
@@ -149,10 +161,63 @@ def test_event_log_ends_with_a_signed_final_checkpoint_and_a_cut_tail_is_detecte
 @pytest.mark.bpf
 def test_exit_code_and_cleanup(files: dict[str, Path]) -> None:
     r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(files["dir"] / "x"),
-                  "--name", "pbt-cli", "--", sys.executable, "-c", "raise SystemExit(7)")
+                  "--name", "pbt-cli", "--user", AGENT_UID, "--", PYTHON, "-c", "raise SystemExit(7)")
     assert r.returncode == 7
     r = paritybed("enforce", "--cleanup", "--name", "pbt-cli")
     assert r.returncode == 0 and "nothing to clean up" in r.stdout
+
+
+@pytest.mark.bpf
+def test_the_agent_runs_unprivileged_as_its_own_uid(files: dict[str, Path]) -> None:
+    """--user: the command's uid and gid, no supplementary groups, no_new_privs (a set-user-ID
+    binary gives it nothing); root only when asked for, with a warning."""
+    probe = "import os; s = open('/proc/self/status').read(); print(os.getuid(), os.getgid(), os.getgroups(), 'NoNewPrivs:\t1' in s)"
+    r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(files["dir"] / "u"),
+                  "--name", "pbt-cli", "--user", AGENT_UID, "--", PYTHON, "-c", probe)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"{AGENT_UID} {AGENT_UID} [] True"
+    r = paritybed("enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(files["dir"] / "u"),
+                  "--name", "pbt-cli", "--user", "root", "--", PYTHON, "-c", "import os; print(os.getuid())")
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "0" and "could detach the enforcer" in r.stderr
+
+
+@pytest.mark.bpf
+def test_a_uid_shared_with_processes_outside_is_refused(files: dict[str, Path]) -> None:
+    """An agent can ptrace a process of its own uid outside its cgroup (no Yama here) and send
+    through it: such a uid is refused at start (exit 3, naming the process) unless accepted."""
+    other = subprocess.Popen(["sleep", "30"], user=64124, group=64124)
+    try:
+        args = ["enforce", "--policy", str(files["policy"]), "--agent", "cds", "--out", str(files["dir"] / "s"),
+                "--name", "pbt-cli", "--user", "64124"]
+        r = paritybed(*args, "--", PYTHON, "-c", "print('ran')")
+        assert r.returncode == 3 and f"{other.pid} sleep" in r.stderr and "ptrace" in r.stderr, r.stderr
+        assert "ran" not in r.stdout and "Traceback" not in r.stderr
+        r = paritybed(*args, "--allow-shared-uid", "--", PYTHON, "-c", "print('ran')")
+        assert r.returncode == 0 and "ran" in r.stdout and "not enforced" in r.stderr
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.bpf
+def test_a_second_control_plane_under_a_name_in_use_says_who_holds_it(files: dict[str, Path]) -> None:
+    """Two control planes cannot share a name: the second says which process holds it and what to do."""
+    (files["scripts"] / "wait.py").write_text("import time; time.sleep(8)\n")
+    (files["scripts"] / "wait.py").chmod(0o644)
+    base = ["enforce", "--policy", str(files["policy"]), "--agent", "cds", "--name", "pbt-cli", "--user", AGENT_UID]
+    first = subprocess.Popen([sys.executable, "-m", "paritybed.cli", *base, "--out", str(files["dir"] / "a"), "--",
+                              PYTHON, str(files["scripts"] / "wait.py")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not Path("/sys/fs/cgroup/unified/pbt-cli/cds-0").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = paritybed(*base, "--out", str(files["dir"] / "b"), "--", PYTHON, "-c", "print('ran')")
+        assert r.returncode == 3 and f"pid {first.pid}" in r.stderr and "--name" in r.stderr, r.stderr
+        r = paritybed("enforce", "--cleanup", "--name", "pbt-cli")
+        assert r.returncode == 3 and f"pid {first.pid}" in r.stderr  # nor can it be cleaned up under it
+    finally:
+        first.wait(timeout=60)
+    assert first.returncode == 0
 
 
 @pytest.mark.parametrize("args,message", [
