@@ -57,54 +57,49 @@ class KernelEnforcer:
             raise InputError(f"clock must be 'virtual' or 'real' and compression > 0 (got {clock!r}, {compression})")
         self.policy, self.registry_path, self.start, self.name = policy, Path(registry_path), start, name
         self._name_lock = hold_name(name)  # before anything is loaded: one control plane per name
-        try:
-            self._open(clock, compression, event_log, record_all, rb_pages, observe, poll_interval_ms)
+        try:  # everything after the lock: on failure the name is free again
+            self.record_all, self.observe = record_all, observe
+            self.tree = CgroupTree(self.name)
+            self.tree.ensure()
+            manifest = self._read_manifest()
+            k0 = Clock.ktime()
+            if manifest and manifest.get("clock") == clock and manifest.get("compression") == compression:
+                k0 = int(manifest["k0"])  # adoption: keep simulated time where it was
+            self.clock = Clock(real=clock == "real", k0=k0, compression=compression)
+            self._lock = threading.RLock()
+            self._rb_lock = threading.Lock()  # one ring-buffer consumer at a time
+            self._reg_lock = threading.Lock()  # one registry refresh at a time (pump thread, callers)
+            self._closed = False
+            self._registry = load_registry(self.registry_path)  # bad input fails before touching the kernel
+            self._registries: dict[int, Registry] = {self._registry.version: self._registry}
+            self._reg_sig = self._registry_signature()
+            self._loaded = kernel_load.load(self.name, self.tree.root, rb_pages=manifest.get("rb_pages", rb_pages) if manifest else rb_pages)
+            self.adopted = self._loaded.adopted
+            self.maps = km.Maps(self._loaded.maps)
+            km.load_tables(self.maps)
+            km.load_policy(self.maps, policy, self.clock, observe=observe)
+            km.load_registry(self.maps, self._registry, start, self.clock)
+            km.set_knobs(self.maps, real_clock=self.clock.real, record_all=record_all,
+                         registry_version=self._registry.version)
+            self._replicas: dict[tuple[str, int], tuple[int, Path]] = {}
+            self._by_cgid: dict[int, tuple[str, int, Path]] = {}
+            self._adopt_replicas()
+            self._write_manifest(rb_pages if not manifest else manifest.get("rb_pages", rb_pages))
+            # With a key the log carries signed checkpoints (every checkpoint_every_s, and a final one at
+            # close), so a removed tail is detectable (paritybed verify-log --key).
+            self._log = HashLog(event_log, checkpoint_key=checkpoint_key) if event_log else None
+            self._checkpoint_every_s = checkpoint_every_s
+            self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+            self._reader = RingReader(self.maps.fds["events"], self._on_event)
+            self._stop = threading.Event()
+            self._poll_ms = poll_interval_ms
+            self._log_event({"event": "control-plane-start", "adopted": self.adopted, "policy": policy.computed_hash(),
+                             "registry_version": self._registry.version, "clock": clock, "compression": compression})
+            self._thread = threading.Thread(target=self._pump, name="paritybed-events", daemon=True)
+            self._thread.start()
         except BaseException:
             os.close(self._name_lock)
             raise
-
-    def _open(self, clock: str, compression: float, event_log: Path | None, record_all: bool, rb_pages: int,
-              observe: bool, poll_interval_ms: int) -> None:
-        """Load (or adopt) the programs and maps, configure them, start reading events."""
-        self.record_all, self.observe = record_all, observe
-        self.tree = CgroupTree(self.name)
-        self.tree.ensure()
-        manifest = self._read_manifest()
-        k0 = Clock.ktime()
-        if manifest and manifest.get("clock") == clock and manifest.get("compression") == compression:
-            k0 = int(manifest["k0"])  # adoption: keep simulated time where it was
-        self.clock = Clock(real=clock == "real", k0=k0, compression=compression)
-        self._lock = threading.RLock()
-        self._rb_lock = threading.Lock()  # one ring-buffer consumer at a time
-        self._reg_lock = threading.Lock()  # one registry refresh at a time (pump thread, callers)
-        self._closed = False
-        self._registry = load_registry(self.registry_path)  # bad input fails before touching the kernel
-        self._registries: dict[int, Registry] = {self._registry.version: self._registry}
-        self._reg_sig = self._registry_signature()
-        self._loaded = kernel_load.load(self.name, self.tree.root, rb_pages=manifest.get("rb_pages", rb_pages) if manifest else rb_pages)
-        self.adopted = self._loaded.adopted
-        self.maps = km.Maps(self._loaded.maps)
-        km.load_tables(self.maps)
-        km.load_policy(self.maps, policy, self.clock, observe=observe)
-        km.load_registry(self.maps, self._registry, start, self.clock)
-        km.set_knobs(self.maps, real_clock=self.clock.real, record_all=record_all,
-                     registry_version=self._registry.version)
-        self._replicas: dict[tuple[str, int], tuple[int, Path]] = {}
-        self._by_cgid: dict[int, tuple[str, int, Path]] = {}
-        self._adopt_replicas()
-        self._write_manifest(rb_pages if not manifest else manifest.get("rb_pages", rb_pages))
-        # With a key the log carries signed checkpoints (every checkpoint_every_s, and a final one at
-        # close), so a removed tail is detectable (paritybed verify-log --key).
-        self._log = HashLog(event_log, checkpoint_key=checkpoint_key) if event_log else None
-        self._checkpoint_every_s = checkpoint_every_s
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = RingReader(self.maps.fds["events"], self._on_event)
-        self._stop = threading.Event()
-        self._poll_ms = poll_interval_ms
-        self._log_event({"event": "control-plane-start", "adopted": self.adopted, "policy": policy.computed_hash(),
-                         "registry_version": self._registry.version, "clock": clock, "compression": compression})
-        self._thread = threading.Thread(target=self._pump, name="paritybed-events", daemon=True)
-        self._thread.start()
 
     # ------------------------------------------------------------------ replicas
 

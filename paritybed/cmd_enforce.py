@@ -141,7 +141,7 @@ def agent_identity(user: str, group: str | None, allow_shared_uid: bool) -> tupl
     if uid == 0:
         err.print("[yellow]the command runs as root (--user root): a compromised agent could detach the enforcer, "
                   "read the checkpoint key and rewrite the event log; use --user with an account of the agent's own "
-                  "unless the command is trusted (docs/attestation.md)[/]")
+                  "unless the command is trusted (docs/attestation.md)[/]", soft_wrap=True)
         return uid, gid
     others = processes_of(uid)
     if others and not allow_shared_uid:

@@ -126,16 +126,20 @@ class Replica:
                                               stdout=subprocess.PIPE, text=True, bufsize=1))
 
     def send(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
-        """The worker's answer, or None when the worker was killed (the control plane's `kill`
-        response) while handling it; the next command goes to a fresh worker in the same cgroup."""
-        if not self.worker.alive():
+        """The worker's answer.  A worker killed (the control plane's `kill` response to an earlier
+        row) while handling the command may have died before sending it, so the kernel never saw the
+        row: the command goes once more to a fresh worker in the same cgroup, and the kernel decides
+        it (a killed replica stays quarantined).  None only if that one is killed too."""
+        for _ in range(2):
+            if not self.worker.alive():
+                self._reap()
+                self.worker = self._spawn()
+            answer = self.worker.ask(cmd)
+            if answer is not None:
+                return answer
             self._reap()
             self.worker = self._spawn()
-        answer = self.worker.ask(cmd)
-        if answer is None:
-            self._reap()
-            self.worker = self._spawn()
-        return answer
+        return None
 
     def _reap(self) -> None:
         code = self.worker.proc.wait(timeout=10)
@@ -178,7 +182,7 @@ class RowDecisions:
         if not enforced:
             self.reason[i] = R_UNENFORCED
         elif deciding:
-            e = deciding[-1]
+            e = deciding[0]  # a row sent again after a kill: its first decision is the row's
             self.decision[i] = DECISIONS.index(e["event"]) if e["event"] != "request" else ALLOW
             self.reason[i] = REASONS.index(e.get("reason", ""))
         elif kind == "egress":

@@ -211,7 +211,8 @@ def test_a_second_control_plane_under_a_name_in_use_says_who_holds_it(files: dic
         deadline = time.monotonic() + 60
         while not Path("/sys/fs/cgroup/unified/pbt-cli/cds-0").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        r = paritybed(*base, "--out", str(files["dir"] / "b"), "--", PYTHON, "-c", "print('ran')")
+        # another uid: the second one would be refused for sharing the first one's uid anyway
+        r = paritybed(*base[:-1], "64125", "--out", str(files["dir"] / "b"), "--", PYTHON, "-c", "print('ran')")
         assert r.returncode == 3 and f"pid {first.pid}" in r.stderr and "--name" in r.stderr, r.stderr
         r = paritybed("enforce", "--cleanup", "--name", "pbt-cli")
         assert r.returncode == 3 and f"pid {first.pid}" in r.stderr  # nor can it be cleaned up under it
