@@ -72,6 +72,7 @@ PB_MAP("hash", struct pb_addr_key, struct pb_endpoint, registry, 4096);
 PB_MAP("hash", struct pb_envelope_key, u8, envelope, 4096);
 PB_MAP("lru_hash", struct pb_seen_key, u8, seen, 65536);
 PB_MAP("hash", struct pb_addr_key, u8, servers, 256);
+PB_MAP("hash", u64, s64, vclock, 4096);  /* virtual clock of one replica (cgroup id), over knobs.vnow */
 PB_MAP("array", u32, struct pb_ntab, ntab, 1);
 PB_MAP("percpu_array", u32, u64, counters, PB_COUNTERS);
 PB_MAP("array", u32, u64, lost, 1);
@@ -82,9 +83,15 @@ PB_MAP("prog", u32, u32, jmp, 4);  /* tail calls: JMP_PARSE, JMP_DECIDE */
 
 /* ---------------------------------------------------------------- common */
 
-static __always_inline s64 pb_now(struct pb_knobs *k)
+/* The clock a decision for replica cgid uses: the real clock, or on the virtual clock the
+ * replica's own time if the driver set one (replicas then run in parallel, each at its own
+ * simulated time), else the shared knobs.vnow. */
+static __always_inline s64 pb_now(struct pb_knobs *k, u64 cgid)
 {
-    return k->real_clock ? (s64)bpf_ktime_get_ns() : k->vnow;
+    if (k->real_clock)
+        return (s64)bpf_ktime_get_ns();
+    s64 *v = vclock.lookup(&cgid);
+    return v ? *v : k->vnow;
 }
 
 #ifndef PB_OFF_WRITE_SEQ
@@ -160,7 +167,7 @@ static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook, u8 tcp, u8
     struct pb_knobs *k = knobs.lookup(&z);
     if (!a || !k)
         return 0; /* a registered replica without its policy: fail closed */
-    s64 now = pb_now(k);
+    s64 now = pb_now(k, cgid);
     u8 decision = PB_ALLOW, reason = R_OK, flags = 0;
     s64 until = 0;
     struct pb_endpoint *ep = registry.lookup(ak);
@@ -322,7 +329,7 @@ static __always_inline int pb_refuse(u8 hook, u16 family, u16 type, u32 protocol
     struct pb_event *e = pb_reserve();
     if (e) {
         __builtin_memset(e, 0, sizeof(*e));
-        e->t = pb_now(k);
+        e->t = pb_now(k, cgid);
         e->cgid = cgid;
         e->kind = K_EGRESS;
         e->hook = hook;
@@ -441,7 +448,7 @@ static __always_inline int pb_inbound(struct __sk_buff *skb, struct pb_addr_key 
     struct pb_knobs *k = knobs.lookup(&z);
     if (!a || !k)
         return 0;
-    s64 now = pb_now(k), until = 0;
+    s64 now = pb_now(k, cgid), until = 0;
     u8 decision = PB_ALLOW, reason = R_OBSERVE, flags = 0;
     struct pb_seen_key sk = {};
     sk.cgid = cgid;
@@ -563,7 +570,7 @@ int pb_unseen(struct __sk_buff *skb)
     if (!a || !kn)
         return 0;
     u8 decision = PB_ALLOW, reason = R_OBSERVE, flags = 0;
-    s64 now = pb_now(kn), until = 0;
+    s64 now = pb_now(kn, cgid), until = 0;
     if (a->mode == M_OBSERVE) {
         reason = R_OBSERVE;
     } else if (r->q_until > now) {
@@ -1368,7 +1375,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_replica *r
     u64 cgid = s->cgid;
     u32 size = s->size, w = s->wseq;
     u8 flags = s->cont ? F_CONTINUATION : 0;
-    s64 now = pb_now(k);
+    s64 now = pb_now(k, cgid);
     u8 decision = PB_ALLOW, reason = R_OK;
     s64 until = 0;
     if (c.has_claim)

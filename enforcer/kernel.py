@@ -138,12 +138,18 @@ class KernelEnforcer:
 
     # ------------------------------------------------------------------ clock, lanes, quarantine
 
-    def set_clock(self, t_ns: int) -> None:
-        """Virtual clock: the simulated time the next decisions use."""
+    def set_clock(self, t_ns: int, replica: tuple[str, int] | None = None) -> None:
+        """Virtual clock: the simulated time the next decisions use; with ``replica=(agent, n)``
+        only that replica's (a replica whose clock was set this way keeps its own from then on, so
+        a driver can have rows of different replicas in flight at once, each at its own time)."""
         if self.clock.real:
             raise InputError("set_clock is for the virtual clock; this enforcer runs on the real clock")
-        with self._lock:
-            km.set_knobs(self.maps, vnow=int(t_ns))
+        if replica is None:
+            with self._lock:
+                km.set_knobs(self.maps, vnow=int(t_ns))
+            return
+        cgid = self._replicas[replica][0]
+        self.maps.put("vclock", ct.c_uint64(cgid), ct.c_int64(int(t_ns)))
 
     def now_ns(self) -> int:
         """Simulated time now (the virtual clock's value, or the real clock mapped back)."""

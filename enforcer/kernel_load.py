@@ -48,7 +48,7 @@ MAP_SIZES = {"knobs": (4, ct.sizeof(abi.Knobs)), "agents": (8, ct.sizeof(abi.Age
              "registry": (ct.sizeof(abi.AddrKey), ct.sizeof(abi.Endpoint)),
              "ctab": (4, ct.sizeof(abi.CTab)), "ntab": (4, ct.sizeof(abi.NTab)),
              "sockstate": (4, ct.sizeof(abi.Sock))}
-MAP_NAMES = ("knobs", "ctab", "agents", "replicas", "pairs", "lanes", "registry", "envelope", "seen", "servers",
+MAP_NAMES = ("knobs", "ctab", "agents", "replicas", "pairs", "lanes", "registry", "envelope", "seen", "servers", "vclock",
              "ntab", "counters", "lost", "fhir_socks", "sockstate", "events", "jmp")
 
 
