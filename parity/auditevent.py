@@ -22,6 +22,12 @@ Field mapping (docs/parity.md, "Profiles from AuditEvent"):
   given; ``purposeOfEvent`` on the event or ``purposeOfUse`` on an agent); accesses under it carry it and the claim in ``agent.policy``.
 * clinical context: the ``entity`` with ``type`` ``urn:paritybed:entity-type|context`` (else the
   Encounter the event references); it is only counted, never kept.
+
+HAPI FHIR's BALP AuditEvents are read too (where they differ: parity/balp.py): the resource type
+from the data or query entity, the client ``<agent>/<replica>`` and its class from
+``who.identifier``, the claim from the user agent; an agent name without a class takes the class
+other events give it, and an access with a claim but no lane takes the lane of the activation
+with that claim.  ``time="request-id"`` times events by the simulated instant in their request id.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import orjson
 import pyarrow as pa
 
 from paritybed.errors import InputError
+from paritybed.parity import balp
 from paritybed.parity.profile import Profile, Stream, _epoch_ns, build_profile, pair_key
 
 REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}
@@ -163,16 +170,18 @@ def _coding(cc: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _row(ev: dict[str, Any]) -> dict[str, Any] | None:
+def _row(ev: dict[str, Any], time: str = "recorded") -> dict[str, Any] | None:
     """The aggregate-relevant fields of one AuditEvent, or None for events we do not profile."""
     typ = ev.get("type") or {}
     code = (typ.get("system"), typ.get("code"))
     subs = [(c.get("system"), c.get("code")) for c in ev.get("subtype", []) or []]
     agents = ev.get("agent") or []
     a0 = next((a for a in agents if not a.get("requestor")), agents[0] if agents else {})
-    name = ((a0.get("who") or {}).get("identifier") or {}).get("value") or (a0.get("who") or {}).get("display") or ""
-    cls = next((c.get("code") for r in a0.get("role", []) or [] for c in _coding(r)
-                if c.get("system") == "urn:paritybed:agent-class"), None) or name
+    client = ((a0.get("who") or {}).get("identifier") or {}).get("value") or (a0.get("who") or {}).get("display") or ""
+    name, replica = balp.split_client(client, a0.get("altId"))
+    explicit = next((c.get("code") for r in a0.get("role", []) or [] for c in _coding(r)
+                     if c.get("system") == "urn:paritybed:agent-class"), None) or balp.agent_class(a0)
+    cls = explicit or name
     lane = ""
     for p in (ev.get("purposeOfEvent", []) or []) + [q for a in agents for q in (a.get("purposeOfUse", []) or [])]:
         for c in _coding(p):
@@ -181,8 +190,10 @@ def _row(ev: dict[str, Any]) -> dict[str, Any] | None:
             elif c.get("code") == "BTG" and not lane:
                 lane = "break_glass"
     claim = next((u.split(":", 3)[-1] for a in agents for u in a.get("policy", []) or []
-                  if u.startswith("urn:paritybed:break-glass-claim:")), "")
-    out = {"t": parse_instant(ev["recorded"]), "cls": cls, "stream": f"{name}#{a0.get('altId', '0')}",
+                  if u.startswith("urn:paritybed:break-glass-claim:")), "") or balp.claim(agents)
+    t = balp.request_time(ev) if time == "request-id" else None
+    out = {"t": parse_instant(ev["recorded"]) if t is None else t, "cls": cls, "name": name,
+           "explicit": explicit is not None, "stream": f"{name}#{replica}",
            "kind": "", "pair": "", "lane": lane, "claim": claim, "dur": 0, "ctx": "", "endpoint": ""}
     entities = ev.get("entity", []) or []
     for e in entities:
@@ -192,12 +203,13 @@ def _row(ev: dict[str, Any]) -> dict[str, Any] | None:
     if not out["ctx"]:
         for e in entities:
             ref = (e.get("what") or {}).get("reference", "")
-            if ref.startswith("Encounter/"):
+            if ref.startswith("Encounter/") or "/Encounter/" in ref:
                 out["ctx"] = ref
     if code == ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest"):
         inter = next((CODE_INTERACTION.get(c) for s, c in subs if c in CODE_INTERACTION), None)
         rtype = next(((e.get("type") or {}).get("code") for e in entities
-                      if (e.get("type") or {}).get("system") == "http://hl7.org/fhir/resource-types"), None)
+                      if (e.get("type") or {}).get("system") == "http://hl7.org/fhir/resource-types"), None) \
+            or balp.resource_type(entities)
         if inter is None or rtype is None:
             return None
         out.update(kind="fhir", pair=pair_key(rtype, inter))
@@ -213,9 +225,35 @@ def _row(ev: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-def read_auditevents(path: str | Path) -> list[dict[str, Any]]:
-    """Parse an AuditEvent NDJSON export into profile rows; errors name the file and line."""
-    p = Path(path)
+def _fill_in(rows: list[dict[str, Any]]) -> None:
+    """Classes and lanes one event lacks but another gives: an agent name's class (break-glass
+    activations name the agent only), a claim's lane (HAPI sees the claim, not the lane)."""
+    classes = {r["name"]: r["cls"] for r in rows if r["explicit"]}
+    lanes = {r["claim"]: r["lane"] for r in rows if r["kind"] == "lane_open" and r["claim"] and r["lane"]}
+    for r in rows:
+        if not r["explicit"] and r["name"] in classes:
+            r["cls"] = classes[r["name"]]
+        if r["claim"] and not r["lane"] and r["claim"] in lanes:
+            r["lane"] = lanes[r["claim"]]
+
+
+def read_auditevents(paths: str | Path | Iterable[str | Path], time: str = "recorded") -> list[dict[str, Any]]:
+    """Parse AuditEvent NDJSON exports (one or several files, e.g. the FHIR server's and the
+    EHR's break-glass log) into profile rows; errors name the file and line."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        rows += _read_one(path, time)
+    if not rows:
+        raise InputError(f"{', '.join(map(str, paths))}: no AuditEvent of a FHIR request, egress connect or "
+                         "break-glass activation found", hint="see docs/parity.md for the fields paritybed reads")
+    _fill_in(rows)
+    return rows
+
+
+def _read_one(p: Path, time: str) -> list[dict[str, Any]]:
     if not p.exists():
         raise InputError(f"{p}: no such AuditEvent export")
     rows = []
@@ -233,14 +271,11 @@ def read_auditevents(path: str | Path) -> list[dict[str, Any]]:
             if "recorded" not in ev:
                 raise InputError(f"{p}:{lineno}: AuditEvent without 'recorded' (required in R4)")
             try:
-                r = _row(ev)
+                r = _row(ev, time)
             except ValueError as e:
                 raise InputError(f"{p}:{lineno}: {e}") from None
             if r is not None:
                 rows.append(r)
-    if not rows:
-        raise InputError(f"{p}: no AuditEvent of a FHIR request, egress connect or break-glass activation found",
-                         hint="see docs/parity.md for the fields paritybed reads")
     return rows
 
 
@@ -249,9 +284,12 @@ def _enc(values: list[str]) -> tuple[np.ndarray, list[str]]:
     return a.indices.to_numpy(zero_copy_only=False).astype(np.int64), a.dictionary.to_pylist()
 
 
-def profile_from_auditevents(path: str | Path, *, arm: str = "production") -> Profile:
-    """The de-identified profile of an AuditEvent NDJSON export (aggregates only)."""
-    rows = read_auditevents(path)
+def profile_from_auditevents(path: str | Path | Iterable[str | Path], *, arm: str = "production",
+                             time: str = "recorded") -> Profile:
+    """The de-identified profile of AuditEvent NDJSON exports (aggregates only); `time`:
+    ``recorded`` (the event's own instant) or ``request-id`` (the simulated instant a paritybed
+    live run put in the request id, parity/balp.py)."""
+    rows = read_auditevents(path, time)
     rows.sort(key=lambda r: r["t"])
     t = np.array([r["t"] for r in rows], dtype=np.int64)
     cls_c, cls_v = _enc([r["cls"] for r in rows])

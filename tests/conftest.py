@@ -2,7 +2,9 @@
 
 Kernel tests carry ``@pytest.mark.bpf``.  Where root or BPF is missing they skip with the
 reason; under ``PARITYBED_REQUIRE_BPF=1`` (what `.ci/run` sets, CI being root with BPF) a
-missing prerequisite or any skipped kernel test fails the run instead.
+missing prerequisite or any skipped kernel test fails the run instead.  Tests against the real
+HAPI FHIR server carry ``@pytest.mark.hapi`` and do the same with Java and the set-up's build
+of fhir/hapi, under ``PARITYBED_REQUIRE_HAPI=1``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_BPF = os.environ.get("PARITYBED_REQUIRE_BPF") == "1"
+REQUIRE_HAPI = os.environ.get("PARITYBED_REQUIRE_HAPI") == "1"
 _skipped_bpf: list[str] = []
 
 
@@ -30,7 +33,29 @@ def bpf_unavailable_reason() -> str | None:
     return None
 
 
+def hapi_unavailable_reason() -> str | None:
+    """Why the HAPI FHIR tests cannot run here (no Java, or no build of fhir/hapi), or None."""
+    import shutil
+
+    from paritybed.errors import EnvironmentProblem
+    from paritybed.fhir.hapi_build import installed_build
+
+    if shutil.which("java") is None:
+        return "needs Java 17 (the HAPI FHIR server)"
+    try:
+        installed_build()
+    except EnvironmentProblem as e:
+        return e.message
+    return None
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("hapi") is not None:
+        reason = hapi_unavailable_reason()
+        if reason is not None:
+            if REQUIRE_HAPI:
+                pytest.fail(f"PARITYBED_REQUIRE_HAPI=1 but the HAPI test cannot run: {reason}", pytrace=False)
+            pytest.skip(reason)
     if item.get_closest_marker("bpf") is None:
         return
     reason = bpf_unavailable_reason()
