@@ -84,3 +84,17 @@ def shared_synthea() -> Path:
     from paritybed.testdata import synthea_r4
 
     return synthea_r4()
+
+
+@pytest.fixture(scope="module")
+def rows(shared_synthea) -> list[dict]:
+    """Both arms of the tiny scenario over the shared patients (12 h, every agent and lane), as
+    trace rows: the agents' requests the FHIR server tests send."""
+    from paritybed.run import simulate_arm, with_duration
+    from paritybed.sim.population import load_population
+    from paritybed.sim.scenario import Population, load_scenario
+
+    sc = load_scenario(REPO / "scenarios" / "tiny.yaml").model_copy(update={"population": Population(folder=str(shared_synthea))})
+    sc = with_duration(sc, hours=12)
+    pop = load_population(shared_synthea)
+    return [r for a in ("production", "staging") for r in simulate_arm(sc, a, pop).to_pylist()]

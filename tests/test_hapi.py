@@ -113,19 +113,6 @@ def loaded(hapi, shared_synthea):
 
 
 @pytest.fixture(scope="module")
-def rows(shared_synthea):
-    """Both arms of the tiny scenario over the shared patients (12 h, every agent and lane)."""
-    from paritybed.run import simulate_arm, with_duration
-    from paritybed.sim.population import load_population
-    from paritybed.sim.scenario import Population, load_scenario
-
-    sc = load_scenario(REPO / "scenarios" / "tiny.yaml").model_copy(update={"population": Population(folder=str(shared_synthea))})
-    sc = with_duration(sc, hours=12)
-    pop = load_population(shared_synthea)
-    return [r for a in ("production", "staging") for r in simulate_arm(sc, a, pop).to_pylist()]
-
-
-@pytest.fixture(scope="module")
 def sent(hapi, loaded, rows):
     """Two rows of every request shape of every agent, sent by the live worker's own code (one
     keep-alive connection, the identity headers and request id): (since, until, [(row, answer)])."""
