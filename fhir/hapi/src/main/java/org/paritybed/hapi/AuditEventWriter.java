@@ -89,19 +89,31 @@ public class AuditEventWriter implements IBalpAuditEventSink {
 		}
 	}
 
+	/** One transaction for the batch; if it fails, each event on its own, so one bad event loses only itself. */
 	private void store(List<AuditEvent> batch) {
-		Bundle tx = new Bundle().setType(Bundle.BundleType.TRANSACTION);
+		try {
+			systemDao.transaction(new SystemRequestDetails(), transaction(batch));
+			written.addAndGet(batch.size());
+			return;
+		} catch (RuntimeException e) {
+			if (batch.size() == 1) {
+				failed.incrementAndGet();
+				lastError = e.toString();
+				LOG.error("could not store a BALP AuditEvent: {}", e.toString());
+				return;
+			}
+		}
 		for (AuditEvent event : batch) {
+			store(List.of(event));
+		}
+	}
+
+	private static Bundle transaction(List<AuditEvent> events) {
+		Bundle tx = new Bundle().setType(Bundle.BundleType.TRANSACTION);
+		for (AuditEvent event : events) {
 			tx.addEntry().setResource(event).getRequest().setMethod(Bundle.HTTPVerb.POST).setUrl("AuditEvent");
 		}
-		try {
-			systemDao.transaction(new SystemRequestDetails(), tx);
-			written.addAndGet(batch.size());
-		} catch (RuntimeException e) {
-			failed.addAndGet(batch.size());
-			lastError = e.toString();
-			LOG.error("could not store {} BALP AuditEvents: {}", batch.size(), e.toString());
-		}
+		return tx;
 	}
 
 	@PreDestroy

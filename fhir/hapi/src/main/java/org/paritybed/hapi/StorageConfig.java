@@ -40,9 +40,7 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 public class StorageConfig {
 
 	@Bean
-	public JpaStorageSettings jpaStorageSettings(
-			@Value("${paritybed.default-page-size:20}") int defaultPageSize,
-			@Value("${paritybed.max-page-size:1000}") int maxPageSize) {
+	public JpaStorageSettings jpaStorageSettings(@Value("${paritybed.max-page-size:1000}") int maxPageSize) {
 		JpaStorageSettings settings = new JpaStorageSettings();
 		settings.setResourceClientIdStrategy(JpaStorageSettings.ClientIdStrategyEnum.ANY);
 		settings.setResourceServerIdStrategy(JpaStorageSettings.IdStrategyEnum.UUID);
