@@ -16,6 +16,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from paritybed.agents.bodies import BUILDERS, body_for
 from paritybed.agents.live import FhirConnection, command_for, request_bytes, start_worker
+from paritybed.fhir.population import load_population
 
 START = "2026-01-05T06:00:00+00:00"
 
