@@ -24,7 +24,7 @@ POLICY_SCHEMA = "paritybed.policy/1"
 #: Families of requests the strict parser cannot classify; a policy may allow a family explicitly.
 SHAPES = ("bundle", "operation", "include", "compartment", "chained", "type-param", "has",
           "graphql", "method-override", "encoded", "malformed", "param", "pipelined", "chunked",
-          "length", "split", "too-large", "unknown-type", "not-fhir")
+          "length", "split", "too-large", "unknown-type", "not-fhir", "special", "paging")
 
 
 class _M(BaseModel):
