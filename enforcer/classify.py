@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from paritybed.core.vocabulary import INTERACTIONS
 from paritybed.enforcer import grammar as G
+from paritybed.enforcer import params as P
 
 #: a hop of a chain through several targets is narrowed to those that have the next parameter
 #: when there are at most this many (docs/enforcement.md)
@@ -73,8 +74,9 @@ class Classification:
 
     ``shape``: ``plain`` or the unclassifiable family.  ``touches``: the (type, interaction)
     pairs the request touches, its primary pair (``resource_type``, ``interaction``) first, then
-    the others by interaction and type; for a non-plain shape, those known before the deviation
-    (``split``, ``too-large`` and ``malformed`` carry none).  ``patients``/``encounters``: the
+    the others by interaction and type; for a non-plain shape its primary pair only (what the
+    shape hides is what a policy allowing it admits; ``split``, ``too-large`` and ``malformed``
+    carry none, and a non-plain request names an unknown patient).  ``patients``/``encounters``: the
     distinct ids it names, in order; ``unknown_patient``: it names a patient without an id (a
     search of Patient by name, a chain through a patient reference, an absolute reference...).
     ``body_left``: body bytes announced by Content-Length that will follow in later writes."""
@@ -126,39 +128,9 @@ def char_classes() -> list[int]:
     return [sum(1 << bit for bit, s in enumerate(sets) if c in s) for c in range(256)]
 
 
-class Deviation(Exception):
-    """The first place the request leaves the grammar: its shape."""
+Deviation = P.Stop  # the first place the request leaves the grammar: its shape
 
-    def __init__(self, shape: str) -> None:
-        super().__init__(shape)
-        self.shape = shape
-
-
-def _decode(raw: bytes, *, plus: bool) -> bytes:
-    """Percent-decode exactly once (docs/enforcement.md): ``%25`` + two hex digits is a double
-    encoding (``encoded``), ``%`` without two hex digits ``malformed``; ``+`` is a space in values."""
-    out = bytearray()
-    i, n = 0, len(raw)
-    while i < n:
-        c = raw[i]
-        if c == 0x25:  # '%'
-            if i + 2 >= n or raw[i + 1] not in HEX or raw[i + 2] not in HEX:
-                raise Deviation("malformed")
-            b = int(raw[i + 1:i + 3], 16)
-            if b == 0x25 and i + 4 < n and raw[i + 3] in HEX and raw[i + 4] in HEX:
-                raise Deviation("encoded")
-            out.append(b)
-            i += 3
-            continue
-        if c == 0x23:  # '#': no fragment in a request target
-            raise Deviation("malformed")
-        out.append(0x20 if (c == 0x2B and plus) else c)
-        i += 1
-    return bytes(out)
-
-
-def _valid_id(b: bytes) -> bool:
-    return 1 <= len(b) <= ID_MAX and all(c in ID_CHARS for c in b) and b not in (b".", b"..")
+_valid_id = P.valid_id
 
 
 @dataclass
@@ -264,14 +236,9 @@ class _Walk:
             raise Deviation("bundle")
         if query is None:
             raise Deviation("type-param")
-        names = []
-        for pair in query.split(b"&"):
-            name, eq, value = pair.partition(b"=")
-            if not eq or not name:
-                raise Deviation("malformed")
-            names.append(_check_name(_decode(name, plus=False)))
-            _decode(value, plus=True)
-        if self.method in ("GET", "HEAD") and "_getpages" in names and all(n in G.PAGING_PARAMS for n in names):
+        found = P.Found()
+        P.Params("", P.SYSTEM, found).read(query)
+        if self.method in ("GET", "HEAD") and found.paging and found.getpages:
             raise Deviation("paging")
         raise Deviation("type-param")
 
@@ -283,207 +250,18 @@ class _Walk:
 
     # ------------------------------------------------------------------ parameters
     def params(self, query: bytes) -> None:
-        """The query (or form body) of a search, or the query a read/history may carry."""
-        allowed = _QUERY_OK.get(self.form or "")
-        for pair in query.split(b"&"):
-            raw_name, eq, raw_value = pair.partition(b"=")
-            if not eq or not raw_name:
-                raise Deviation("malformed")
-            name = _check_name(_decode(raw_name, plus=False))
-            value = _decode(raw_value, plus=True)
-            if allowed is not None:
-                if name not in allowed:
-                    raise Deviation("param")
-                continue
-            self._param(name, value)
-
-    def _param(self, name: str, value: bytes) -> None:
-        if name == "_has" or name.startswith("_has:") or name.startswith("_has."):
-            return self._has(name)
-        hops = _hops(name)  # [(name, modifier or None)], one per hop of a chain
-        first, mod = hops[0]
-        p = G.param(self.rtype, first)
-        if p is None:
-            raise Deviation("param")
-        if p.kind in ("include", "revinclude"):
-            if len(hops) > 1 or mod not in (None, "iterate", "recurse"):
-                raise Deviation("include")
-            return self._include(p.kind, value)
-        if p.kind == "type":
-            raise Deviation("type-param")
-        if p.kind in ("opaque", "contained", "result"):
-            if mod is not None or len(hops) > 1:
-                raise Deviation("param")
-            if p.kind == "opaque" or (p.kind == "contained" and value != b"false"):
-                raise Deviation("special")
-            return
-        if len(hops) > 1:
-            return self._chain(hops)
-        narrowed = self._modifier(p, mod)
-        self._names(first, p, mod or "", narrowed, value)
-
-    def _modifier(self, p: G.Param, mod: str | None) -> tuple[str, ...]:
-        """A modifier of an ordinary parameter (checked); the targets a reference is narrowed to."""
-        if mod is None:
-            return p.targets
-        if mod in TYPE_ID:
-            if p.kind != "reference" or mod not in p.targets:
-                raise Deviation("param")
-            return (mod,)
-        if mod not in G.MODIFIER_ID or mod in ("iterate", "recurse") or not G.modifier_ok(p, mod):
-            raise Deviation("param")
-        if mod in ("in", "not-in"):
-            self.touch("ValueSet", "read")
-        return p.targets
-
-    def _chain(self, hops: list[tuple[str, str | None]]) -> None:
-        """p1[:X1].p2[:X2]...pn[:mod] (docs/enforcement.md): each hop a reference parameter of the
-        current type; its targets (X, or those of the parameter; of up to NARROW of them, those
-        that have the next hop's parameter, as a server searches) are touched (search); one
-        target is the next hop's type; several end the chain at the last hop, else ``chained``."""
-        cur = self.rtype
-        for i, (name, mod) in enumerate(hops[:-1]):
-            p = G.param(cur, name)
-            if p is None or p.kind != "reference":
-                raise Deviation("param")
-            if mod is not None:
-                targets = self._modifier(p, mod)
-                if len(targets) != 1:
-                    raise Deviation("param")  # a modifier on a hop names its type
-            else:
-                targets = p.targets
-            last = i == len(hops) - 2
-            if len(targets) > 1 and len(targets) <= NARROW:
-                nxt = hops[i + 1][0]
-                kinds = _ORDINARY if last else ("reference",)
-                targets = tuple(t for t in targets if (q := G.param(t, nxt)) is not None and q.kind in kinds)
-                if not targets:
-                    raise Deviation("param")
-            for t in targets:
-                self.touch(t, "search")
-            if "Patient" in targets or "Encounter" in targets:
-                self.unknown = True  # patients named by their data, not by id
-            if len(targets) != 1:
-                if not last:
-                    raise Deviation("chained")  # a further hop through several types
-                return  # the last parameter is not resolved across several types
-            cur = targets[0]
-        name, mod = hops[-1]
-        p = G.param(cur, name)
-        if p is None or p.kind not in _ORDINARY:
-            raise Deviation("param")
-        self._modifier(p, mod)
-
-    def _has(self, name: str) -> None:
-        """_has:T1:r1:(_has:T2:r2:)*p[:mod]: each Ti touched (search)."""
-        if "." in name:
-            raise Deviation("has")
-        segs = name.split(":")
-        if any(not x or len(x) > NAME_MAX for x in segs):
-            raise Deviation("malformed")
-        i, cur = 0, self.rtype
-        while i < len(segs) and segs[i] == "_has":
-            if i + 3 >= len(segs):
-                raise Deviation("malformed")  # _has:T:r needs a parameter after it
-            t = segs[i + 1]
-            if t not in TYPE_ID:
-                raise Deviation("has")
-            self.touch(t, "search")
-            rp = G.param(t, segs[i + 2])
-            if rp is None or rp.kind != "reference":
-                raise Deviation("param")
-            cur, i = t, i + 3
-        if len(segs) - i > 2:
-            raise Deviation("malformed")
-        final = G.param(cur, segs[i])
-        if final is None or final.kind not in _ORDINARY:
-            raise Deviation("param")
-        self._modifier(final, segs[i + 1] if i + 1 < len(segs) else None)
-
-    def _include(self, kind: str, value: bytes) -> None:
-        """_include=S:p[:X] -> (X or each target of S.p, read); _revinclude -> (S, search)."""
-        segs = value.split(b":")
-        if len(segs) not in (2, 3) or b"*" in segs:
-            raise Deviation("include")
-        s = segs[0].decode("latin-1")
-        if s not in TYPE_ID:
-            raise Deviation("include")
-        p = G.param(s, segs[1].decode("latin-1"))
-        if p is None or p.kind != "reference":
-            raise Deviation("include")
-        targets = p.targets
-        if len(segs) == 3:
-            x = segs[2].decode("latin-1")
-            if x not in targets:
-                raise Deviation("include")
-            targets = (x,)
-        if kind == "revinclude":
-            self.touch(s, "search")
-        else:
-            for t in targets:
-                self.touch(t, "read")
-
-    def _names(self, name: str, p: G.Param, mod: str, targets: tuple[str, ...], value: bytes) -> None:
-        """Patients and encounters an ordinary parameter names (docs/enforcement.md)."""
-        if name == "_id" and self.rtype in ("Patient", "Encounter"):
-            for item in value.split(b","):
-                if item:
-                    if _valid_id(item):
-                        self._name_target(self.rtype, item)
-                    else:
-                        self.unknown = True
-            return
-        if p.kind != "reference" or not (p.names_patient or p.names_encounter):
-            return
-        if mod == "missing":
-            return
-        if mod in ("identifier", "above", "below"):
-            self.unknown = self.unknown or p.names_patient
-            return
-        if mod and mod not in ("Patient", "Encounter"):
-            return  # narrowed to another type: names neither
-        implied = mod or ("Patient" if p.names_patient else "Encounter")
-        for item in value.split(b","):
-            if not item:
-                continue
-            if b":" in item or item.count(b"/") > 1:
-                self.unknown = True
-                continue
-            kind, slash, rid = item.rpartition(b"/")
-            t = kind.decode("latin-1") if slash else implied
-            if slash and mod and t != mod:
-                self.unknown = True
-                continue
-            if t not in ("Patient", "Encounter"):
-                continue
-            if not _valid_id(rid):
-                self.unknown = True
-            elif t == "Patient":
-                self.name_patient(rid)
-            else:
-                self.name_encounter(rid)
-
-
-_ORDINARY = frozenset(("number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special-type"))
-
-
-def _check_name(b: bytes) -> str:
-    """A decoded parameter name: [A-Za-z0-9_-] segments joined by ':' and '.'."""
-    if not b or any(c not in NAME_CHARS and c not in b":." for c in b):
-        raise Deviation("malformed")
-    return b.decode("latin-1")
-
-
-def _hops(name: str) -> list[tuple[str, str | None]]:
-    """'a:X.b.c:mod' -> [('a', 'X'), ('b', None), ('c', 'mod')]: the hops of a chain, each a
-    parameter name and its modifier (None: no ':'); empty or over-long parts are malformed."""
-    out = []
-    for hop in name.split("."):
-        base, colon, mod = hop.partition(":")
-        if not base or len(base) > NAME_MAX or (colon and (not mod or ":" in mod or len(mod) > NAME_MAX)):
-            raise Deviation("malformed")
-        out.append((base, mod if colon else None))
-    return out
+        """The query (or form body) of a search, or the query a read or a history may carry."""
+        mode = {_ID: P.READ, _VREAD: P.READ, _HIST: P.HISTORY}.get(self.form or "", P.SEARCH)
+        found = P.Found()
+        try:
+            P.Params(self.rtype, mode, found).read(query)
+        finally:  # what was found before a problem is kept (the labels of a non-plain request)
+            self.touched |= found.touched
+            for pid in found.patients:
+                self.name_patient(pid.encode("latin-1"))
+            for eid in found.encounters:
+                self.name_encounter(eid.encode("latin-1"))
+            self.unknown |= found.unknown
 
 
 def _op(name: bytes) -> str:
@@ -589,9 +367,11 @@ def classify(raw: bytes, base: str = "/fhir") -> Classification:
     primary = (rtype, inter) if rtype and inter else None
     plain = shape == "plain"
     body_left = max(cl - rest, 0) if not (method == "POST" and w.form == _SEARCH) else 0
+    if not plain:  # what a non-plain request hides is what a policy that allows its shape admits
+        return Classification(shape, rtype, inter, method, claim, context, body_left,
+                              (primary,) if primary else (), unknown_patient=True)
     return Classification(shape, rtype, inter, method, claim, context, body_left,
-                          _sorted_touches(primary, w.touched),
-                          tuple(w.patients), tuple(w.encounters), w.unknown or not plain)
+                          _sorted_touches(primary, w.touched), tuple(w.patients), tuple(w.encounters), w.unknown)
 
 
 class Stream:
