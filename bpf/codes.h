@@ -129,6 +129,7 @@
 /* a parameter's value in the name table: kind | target set << 5 */
 #define PV_KIND(v) ((v) & 31)
 #define PV_TSET(v) (((v) >> 5) & 127)
+#define PV_ABSENT 31          /* a type's entry for a parameter of every type that it does not have */
 
 /* modifiers (grammar.MODIFIERS + 1) */
 #define MOD_MISSING 1

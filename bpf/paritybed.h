@@ -162,6 +162,7 @@ struct pb_tables {
     __u16 modok[32];              /* parameter kind -> the modifier ids that apply (bit id) */
     __u16 patient, encounter, valueset;  /* their type ids */
     __u16 pad;
+    __u8 debruijn[64];            /* lowest set bit by de Bruijn multiplication (pb_ctz) */
 };
 
 /* per-socket state (sk_storage); every field below `cookie` belongs to the *connection*: reset

@@ -1,0 +1,1549 @@
+/* parser.h: the request parser of sk_msg, as static inline functions over one state in memory.
+ *
+ * The grammar is docs/enforcement.md ("Classification"); enforcer/classify.py walks the target
+ * and enforcer/params.py reads the parameters with the same machine written in Python, and
+ * tests/test_kernel_classify.py holds the two to the same answer on generated requests.  The
+ * parser reads no map itself: the caller hands it the tables (character classes, names, target
+ * sets, compartments), so it can live in a header (BCC rewrites map calls in the main file only).
+ *
+ * A message is read in phases, each a program of its own (tail calls) so that each stays within
+ * the verifier's limits: the request line (method, target, parameters), the header lines, and
+ * the form body of a POST _search (parameters again).  A step is a *run* of bytes of one token
+ * taken at once (pb_run: up to 8, SWAR byte classes, the same state changes as the byte path)
+ * and the byte that ends it, or one byte.  The state lives in the socket's storage, not in
+ * registers, so the verifier sees one state per step (BCC 0.26 cannot relocate bpf_loop
+ * callbacks, and a loop whose state the verifier tracks as constants explodes).
+ */
+#ifndef PARITYBED_PARSER_H
+#define PARITYBED_PARSER_H
+
+#include "codes.h"
+
+struct pb_pstate {
+    __u64 k0, k1, k2, k3, k4;  /* shift register of the current token (classify.pack_words) */
+    __u64 bw0, bw1, bw2;     /* the agent's fhir.base */
+    __u64 tr[3], ts[3];      /* what the request touches to read / to search (type-id bitmaps) */
+    __u64 pat[PB_NPAT];      /* the distinct patients it names (FNV-1a 64) */
+    __u64 enc;               /* the first encounter it names */
+    __u64 claim, ctx;        /* FNV-1a 64 of the claim and launch-context header values */
+    __u64 fnv;               /* FNV-1a 64 of the current id (a path id, a value item's id) */
+    __u64 cgid;              /* the replica the message is judged for (see pb_sk_msg) */
+    __u32 wseq;              /* tcp_sock.write_seq when the message was handed to the program */
+    __u32 pos, size, head_end, w, len, tlen, blen, end, ilen;
+    __u32 cl_val, cl_cur;
+    __u16 type_id;           /* the primary type (the search type of a compartment) */
+    __u16 cur;               /* the type parameter names are resolved on */
+    __u16 pv;                /* the current hop's parameter (name-table value; 0 none) */
+    __u16 ityp;              /* a value item's type prefix; an include's source type */
+    __u16 ipv;               /* an include's parameter */
+    __u16 vtype;             /* the type a bare id in a value names */
+    __u16 cand[PB_NARROW];   /* a chain hop's targets, not yet narrowed */
+    __u16 cpv[PB_NARROW];    /* the next hop's parameter on each of them */
+    __u8 st, fam, form, method, seg, sfl;
+    __u8 qin, qmode, nst, pend, p25, pctv, hop, multi, ncand, anym, refm, masks;
+    __u8 vmode, vexpl, nseg, isl, icol, iok, idot, iskip;
+    __u8 npat, nenc, unknown, paging, getpages;
+    __u8 hkind, sub, n_cl, n_claim, n_ctx, n_ct, ct_form, cl_bad, claim_bad, ctx_bad, te, ovr;
+    __u8 cont, done, desync, body;
+    __u8 pad[5];
+};
+
+/* the tables the parser reads (map values the caller looked up) */
+struct pb_env {
+    struct pb_ctab *ct;
+    struct pb_ntab *nt;
+    struct pb_tables *tb;
+};
+
+/* ---------------------------------------------------------------- states */
+#define ST_METHOD 0
+#define ST_BASE 1
+#define ST_AFTERBASE 2
+#define ST_SEG 3          /* a path segment */
+#define ST_QNAME 4        /* a parameter's name */
+#define ST_QVAL 5         /* a parameter's value */
+#define ST_PCT1 6         /* '%' read: the first hex digit */
+#define ST_PCT2 7         /* the second */
+#define ST_TSKIP 8        /* the target deviated: skip to its end */
+#define ST_VER 9
+#define ST_VERLF 10
+#define ST_HSTART 11
+#define ST_HNAME 12
+#define ST_HVAL 13
+#define ST_HLF 14
+#define ST_HEND 15
+#define ST_JUNK 16
+#define ST_PEND 17        /* parameters read to their end (a body) */
+
+/* forms of a target */
+#define FORM_NONE 0
+#define FORM_TYPE 1
+#define FORM_SEARCH 2     /* /T/_search */
+#define FORM_ID 3
+#define FORM_HIST 4
+#define FORM_VREAD 5
+#define FORM_COMP 6       /* /C/id/T */
+#define FORM_SYSTEM 7     /* the base itself */
+
+/* path segment flags (sfl) */
+#define SF_LETTERS 1      /* only letters so far */
+#define SF_ID 2           /* only id bytes so far */
+#define SF_DOTS 4         /* only '.' so far */
+#define SF_OP 8           /* the segment is an operation ($...) */
+#define SF_OPOK 16        /* ... of operation-name bytes only */
+
+/* what parameters are read for (qmode) */
+#define QM_SEARCH 0
+#define QM_READ 1
+#define QM_HISTORY 2
+#define QM_SYSTEM 3
+
+/* name segment states (nst), as enforcer/params.py */
+#define NS_FIRST 0
+#define NS_HNAME 1
+#define NS_HMOD 2
+#define NS_HAS_T 3
+#define NS_HAS_R 4
+#define NS_HAS_NEXT 5
+#define NS_HAS_MOD 6
+#define NS_HAS_KEY 7      /* (not a state) the segment "_has" where a has-name starts */
+
+/* value modes (vmode) */
+#define VM_SKIP 0
+#define VM_INCLUDE 1
+#define VM_REVINCLUDE 2
+#define VM_CONTAINED 3
+#define VM_REFS 4
+#define VM_IDS 5
+
+#define W_GET 0x474554ULL
+#define W_POST 0x504f5354ULL
+#define W_PUT 0x505554ULL
+#define W_DELETE 0x44454c455445ULL
+#define W_HEAD 0x48454144ULL
+#define W_HTTP11 0x485454502f312e31ULL
+#define W_HISTORY 0x5f686973746f7279ULL /* "_history" */
+#define W_SEARCH 0x5f736561726368ULL    /* "_search" */
+#define W_GRAPHQL 0x6772617068716cULL   /* "graphql" */
+#define W_HAS 0x5f686173ULL             /* "_has" */
+#define W_FALSE 0x66616c7365ULL         /* "false" */
+/* "application/x-www-form-urlencoded" (33 bytes) as classify.pack_words */
+#define W_FORM0 0x6c656e636f646564ULL
+#define W_FORM1 0x2d666f726d2d7572ULL
+#define W_FORM2 0x6f6e2f782d777777ULL
+#define W_FORM3 0x70706c6963617469ULL
+#define W_FORM4 0x61ULL
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+#define SH1(c) do { s->k0 = (s->k0 << 8) | (c); } while (0)
+#define SH2(c) do { s->k1 = (s->k1 << 8) | (s->k0 >> 56); SH1(c); } while (0)
+#define SH3(c) do { s->k2 = (s->k2 << 8) | (s->k1 >> 56); SH2(c); } while (0)
+#define SH5(c) do { s->k4 = (s->k4 << 8) | (s->k3 >> 56); s->k3 = (s->k3 << 8) | (s->k2 >> 56); SH3(c); } while (0)
+#define CLR() do { s->k0 = 0; s->k1 = 0; s->k2 = 0; s->k3 = 0; s->k4 = 0; s->len = 0; } while (0)
+
+/* The first deviation of the target or its parameters: its shape; the rest of the target is
+ * skipped (a body's parameters: to the body's end). */
+#define DEV(_fam) do { if (!s->fam) s->fam = (_fam); s->st = ST_TSKIP; } while (0)
+#define PEND(_fam) do { if (!s->pend) s->pend = (_fam); } while (0)
+
+/* ---------------------------------------------------------------- tables */
+
+/* a name's value in the name table (0: not there); see struct pb_ntab */
+static __always_inline u16 pb_name_find(struct pb_ntab *nt, u8 tab, u16 ctx, u32 len, u64 w0, u64 w1, u64 w2,
+                                        u64 w3, u64 w4)
+{
+    u64 h = w0 ^ (w1 * NT_P1) ^ (w2 * NT_P2) ^ (w3 * NT_P3) ^ (w4 * NT_P4) ^
+            ((((u64)ctx << 16) | ((u64)tab << 8) | len) * NT_P5);
+    u32 slot = (h * nt->mult) >> (64 - PB_NT_BITS);
+#pragma unroll
+    for (int p = 0; p < PB_NT_PROBES; p++) {
+        struct pb_name *e = &nt->e[(slot + p) & (PB_NT_SIZE - 1)];
+        if (e->tab == 0)
+            return 0;
+        if (e->tab == tab && e->ctx == ctx && e->len == len && e->w[0] == w0 && e->w[1] == w1 && e->w[2] == w2 &&
+            e->w[3] == w3 && e->w[4] == w4)
+            return e->val;
+    }
+    return 0;
+}
+
+/* the segment in the shift register as a type name (0: not one) */
+static __always_inline u16 pb_type_of(struct pb_pstate *s, struct pb_env *e)
+{
+    return s->len > PB_TYPE_MAX ? 0 : pb_name_find(e->nt, NT_TYPE, 0, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
+}
+
+/* the segment as a search parameter of type t (its own, then those of every type) */
+static __always_inline u16 pb_param_of(struct pb_pstate *s, struct pb_env *e, u16 t)
+{
+    if (s->len > PB_NAME_MAX)
+        return 0;
+    u16 v = pb_name_find(e->nt, NT_PARAM, t, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
+    if (v == PV_ABSENT)
+        return 0; /* a parameter of every type but this one */
+    if (!v)
+        v = pb_name_find(e->nt, NT_PARAM, 0, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
+    return v;
+}
+
+static __always_inline struct pb_tset *pb_tset_of(struct pb_env *e, u16 pv)
+{
+    return &e->tb->tset[PV_TSET(pv) & (PB_TSETS - 1)];
+}
+
+static __always_inline int pb_bit(u64 *bits, u16 t)
+{
+    u32 w = (t >> 6) & 3;
+    return w < PB_TW && ((bits[w] >> (t & 63)) & 1);
+}
+
+static __always_inline void pb_touch_search(struct pb_pstate *s, u16 t)
+{
+    u32 w = (t >> 6) & 3;
+    if (w < PB_TW)
+        s->ts[w] |= 1ULL << (t & 63);
+}
+
+static __always_inline void pb_touch_read(struct pb_pstate *s, u16 t)
+{
+    u32 w = (t >> 6) & 3;
+    if (w < PB_TW)
+        s->tr[w] |= 1ULL << (t & 63);
+}
+
+/* a hop through the types of a target set: searched; a patient or an encounter among them is
+ * named by its data, not by id */
+static __always_inline void pb_touch_set(struct pb_pstate *s, struct pb_env *e, u64 *bits)
+{
+    s->ts[0] |= bits[0];
+    s->ts[1] |= bits[1];
+    s->ts[2] |= bits[2];
+    if (pb_bit(bits, e->tb->patient) || pb_bit(bits, e->tb->encounter))
+        s->unknown = 1;
+}
+
+static __always_inline int pb_modok(struct pb_env *e, u16 pv, u8 mod)
+{
+    u16 m = e->tb->modok[PV_KIND(pv) & 31];
+    return mod >= 1 && mod <= 15 && ((m >> mod) & 1);
+}
+
+/* ---------------------------------------------------------------- naming */
+
+static __always_inline void pb_name_patient(struct pb_pstate *s, u64 h)
+{
+    u8 n = s->npat;
+#pragma unroll
+    for (int i = 0; i < PB_NPAT; i++)
+        if (i < n && s->pat[i] == h)
+            return;
+    if (n < PB_NPAT)
+        s->pat[n & (PB_NPAT - 1)] = h;
+    s->npat = n < PB_NPAT + 1 ? n + 1 : n; /* PB_NPAT + 1: more than PB_NPAT */
+}
+
+static __always_inline void pb_name_encounter(struct pb_pstate *s, u64 h)
+{
+    if (!s->nenc) {
+        s->enc = h;
+        s->nenc = 1;
+    } else if (s->enc != h) {
+        s->nenc = 2; /* several */
+    }
+}
+
+/* the id just read (s->fnv, s->ilen bytes, s->iok, s->idot) is valid */
+static __always_inline int pb_id_ok(struct pb_pstate *s)
+{
+    return s->ilen >= 1 && s->ilen <= PB_ID_MAX && s->iok && !(s->idot && s->ilen <= 2);
+}
+
+/* ---------------------------------------------------------------- the path */
+
+static __always_inline void pb_seg_start(struct pb_pstate *s)
+{
+    s->st = ST_SEG;
+    CLR();
+    s->sfl = SF_LETTERS | SF_ID | SF_DOTS;
+    s->fnv = FNV_OFFSET;
+    s->ilen = 0;
+    s->iok = 1;
+    s->idot = 1;
+}
+
+/* the query of the current form starts */
+static __always_inline void pb_query_start(struct pb_pstate *s, u8 mode)
+{
+    s->qmode = mode;
+    s->st = ST_QNAME;
+    s->qin = 1;
+    s->nst = NS_FIRST;
+    s->pend = 0;
+    s->p25 = 0;
+    s->hop = 0;
+    s->multi = 0;
+    s->ncand = 0;
+    s->masks = 0;
+    s->pv = 0;
+    s->cur = s->type_id;
+    s->vmode = VM_SKIP;
+    CLR();
+}
+
+/* the target names a patient or an encounter by id: the segment just read */
+static __always_inline void pb_name_target(struct pb_pstate *s, struct pb_env *e, u16 t)
+{
+    if (t == e->tb->patient)
+        pb_name_patient(s, s->fnv);
+    else if (t == e->tb->encounter)
+        pb_name_encounter(s, s->fnv);
+}
+
+/* the (method, form) pair a request may have; a query where the form takes one */
+static __always_inline int pb_form_ok(u8 method, u8 form)
+{
+    if (method == MT_GET || method == MT_HEAD)
+        return form != FORM_NONE && form != FORM_SYSTEM;
+    if (method == MT_POST)
+        return form == FORM_TYPE || form == FORM_SEARCH;
+    return form == FORM_ID; /* PUT, DELETE */
+}
+
+/* '?' after the path: the method/form is checked, then the query's mode */
+static __always_inline void pb_path_query(struct pb_pstate *s)
+{
+    if (!pb_form_ok(s->method, s->form)) {
+        DEV(S_MALFORMED);
+    } else if (s->method == MT_PUT || s->method == MT_DELETE || (s->method == MT_POST && s->form == FORM_TYPE)) {
+        DEV(S_PARAM);
+    } else {
+        u8 f = s->form;
+        pb_query_start(s, (f == FORM_ID || f == FORM_VREAD) ? QM_READ : f == FORM_HIST ? QM_HISTORY : QM_SEARCH);
+    }
+}
+
+/* a path segment ended with term ('/', '?' or ' '): what it was (classify._Walk.target) */
+static __always_inline void pb_seg_end(struct pb_pstate *s, struct pb_env *e, u8 term)
+{
+    u8 fl = s->sfl, seg = s->seg;
+    u32 len = s->len;
+    if (fl & SF_OP) { /* $name: an operation (the rest of the target is not looked at) */
+        DEV(!(fl & SF_OPOK) || len == 0 ? S_MALFORMED : (len == 7 && s->k0 == W_GRAPHQL) ? S_GRAPHQL : S_OPERATION);
+        return;
+    }
+    u8 hist = len == 8 && s->k0 == W_HISTORY, srch = len == 7 && s->k0 == W_SEARCH;
+    u8 letter = len && (fl & SF_LETTERS) != 0; /* first byte a letter: checked below per case */
+    if (seg == 0) {
+        if (len == 0) { /* the base with a trailing slash: the base itself */
+            if (term == '/') {
+                DEV(S_MALFORMED);
+            } else if (s->method == MT_POST) {
+                DEV(S_BUNDLE);
+            } else {
+                s->form = FORM_SYSTEM;
+                if (term == '?')
+                    pb_query_start(s, QM_SYSTEM);
+                else
+                    DEV(S_TYPE_PARAM);
+            }
+            return;
+        }
+        if (hist || srch) {
+            DEV((s->method == MT_POST && srch) ? S_BUNDLE : S_TYPE_PARAM);
+            return;
+        }
+        if (!(s->sub & 1)) { /* the first byte was not a letter */
+            DEV(S_MALFORMED);
+            return;
+        }
+        u16 t = letter ? pb_type_of(s, e) : 0;
+        if (!t) {
+            DEV(S_UNKNOWN_TYPE);
+            return;
+        }
+        s->type_id = t;
+        s->cur = t;
+        s->form = FORM_TYPE;
+    } else if (seg == 1) {
+        if (hist || srch) {
+            s->form = srch ? FORM_SEARCH : FORM_HIST;
+            if (term == '/') {
+                DEV(S_MALFORMED);
+                return;
+            }
+        } else if (pb_id_ok(s)) {
+            s->form = FORM_ID;
+            pb_name_target(s, e, s->type_id);
+        } else {
+            DEV(S_MALFORMED);
+            return;
+        }
+    } else if (seg == 2) {
+        if (hist) {
+            s->form = FORM_HIST;
+        } else if (len == 1 && s->k0 == '*') {
+            DEV(S_COMPARTMENT);
+            return;
+        } else if (len == 0 || !(s->sub & 1)) {
+            DEV(S_MALFORMED);
+            return;
+        } else {
+            u16 m = letter ? pb_type_of(s, e) : 0;
+            u16 owner = s->type_id;
+            if (!m || !pb_bit(e->tb->comp[owner < PB_TYPES ? owner : 0], m) || term == '/') {
+                DEV(S_COMPARTMENT);
+                return;
+            }
+            s->type_id = m; /* a search of the member type, in the owner's compartment */
+            s->cur = m;
+            s->form = FORM_COMP;
+        }
+    } else if (seg == 3 && s->form == FORM_HIST) {
+        if (!pb_id_ok(s) || term == '/') {
+            DEV(S_MALFORMED);
+            return;
+        }
+        s->form = FORM_VREAD;
+    } else {
+        DEV(S_MALFORMED);
+        return;
+    }
+    if (term == '/') {
+        s->seg = seg + 1;
+        pb_seg_start(s);
+        s->sub = 0;
+    } else if (term == '?') {
+        pb_path_query(s);
+    } else if (!pb_form_ok(s->method, s->form)) {
+        DEV(S_MALFORMED);
+    }
+}
+
+/* one byte of a path segment, not '/', '?', ' ' */
+static __always_inline void pb_seg_byte(struct pb_pstate *s, u8 c, u32 f)
+{
+    if (c == '%') {
+        DEV(S_ENCODED);
+        return;
+    }
+    if (s->len == 0 && s->ilen == 0 && !(s->sfl & SF_OP)) {
+        if (c == '$') {
+            s->sfl |= SF_OP | SF_OPOK;
+            return;
+        }
+        s->sub = (f & C_ALPHA) ? 1 : 0; /* whether the first byte is a letter */
+    }
+    if (s->sfl & SF_OP) {
+        if (!(f & C_OP))
+            s->sfl &= ~SF_OPOK;
+        SH1((f & C_UPPER) ? (c | 0x20) : c);
+        s->len++;
+        return;
+    }
+    if (!(f & C_ALPHA))
+        s->sfl &= ~SF_LETTERS;
+    if (!(f & C_ID))
+        s->iok = 0;
+    if (c != '.')
+        s->idot = 0;
+    s->fnv = (s->fnv ^ c) * FNV_PRIME;
+    s->ilen++;
+    SH5(c);
+    s->len++;
+}
+
+/* ---------------------------------------------------------------- parameters (enforcer/params.py) */
+
+/* a hop through reference parameter pv, narrowed to type xt (0: its targets) */
+static __always_inline void pb_chain_from(struct pb_pstate *s, struct pb_env *e, u16 pv, u16 xt)
+{
+    if (!pv || PV_KIND(pv) != P_REFERENCE) {
+        PEND(S_PARAM);
+        return;
+    }
+    struct pb_tset *ts = pb_tset_of(e, pv);
+    if (xt && !pb_bit(ts->bits, xt)) {
+        PEND(S_PARAM);
+        return;
+    }
+    s->hop++;
+    s->pv = 0;
+    if (xt || ts->n == 1) {
+        u16 t = xt ? xt : ts->m[0];
+        pb_touch_search(s, t);
+        if (t == e->tb->patient || t == e->tb->encounter)
+            s->unknown = 1;
+        s->cur = t;
+    } else if (ts->n == 0 || ts->n > PB_NARROW) {
+        pb_touch_set(s, e, ts->bits);
+        s->multi = 1;
+    } else {
+        s->ncand = ts->n;
+#pragma unroll
+        for (int i = 0; i < PB_NARROW; i++)
+            s->cand[i] = ts->m[i];
+    }
+}
+
+/* a modifier of an ordinary parameter at its last hop; mt: the modifier as a type (0: not) */
+static __always_inline void pb_modifier(struct pb_pstate *s, struct pb_env *e, u16 pv, u8 mod, u16 mt)
+{
+    if (mt) {
+        if (PV_KIND(pv) != P_REFERENCE || !pb_bit(pb_tset_of(e, pv)->bits, mt))
+            PEND(S_PARAM);
+        return;
+    }
+    if (!mod || mod == MOD_ITERATE || mod == MOD_RECURSE || !pb_modok(e, pv, mod)) {
+        PEND(S_PARAM);
+        return;
+    }
+    if (mod == MOD_IN || mod == MOD_NOT_IN)
+        pb_touch_read(s, e->tb->valueset);
+}
+
+/* the targets (candidates in mask m) that have the next hop's parameter (as a server searches) */
+static __always_inline void pb_narrowed(struct pb_pstate *s, struct pb_env *e, u8 m, u8 intermediate, u8 hasmod,
+                                        u8 mod, u16 mt)
+{
+    u8 n = 0;
+    u16 one = 0, onepv = 0;
+#pragma unroll
+    for (int i = 0; i < PB_NARROW; i++) {
+        if ((m >> i) & 1) {
+            u16 c = s->cand[i];
+            pb_touch_search(s, c);
+            if (c == e->tb->patient || c == e->tb->encounter)
+                s->unknown = 1;
+            n++;
+            one = c;
+            onepv = s->cpv[i];
+        }
+    }
+    s->ncand = 0;
+    if (n == 0) {
+        PEND(S_PARAM);
+        return;
+    }
+    if (n > 1) {
+        if (intermediate)
+            PEND(S_CHAINED);
+        return;
+    }
+    s->cur = one;
+    if (intermediate)
+        pb_chain_from(s, e, onepv, hasmod ? (mt ? mt : 0xffff) : 0); /* a hop's modifier names its type */
+    else if (hasmod)
+        pb_modifier(s, e, onepv, mod, mt);
+}
+
+/* a bare or typed id in a value names a patient or an encounter */
+static __always_inline void pb_names_mode(struct pb_pstate *s, struct pb_env *e, u16 pv, u8 mod, u16 mt,
+                                          u8 is_id)
+{
+    u16 pt = e->tb->patient, et = e->tb->encounter;
+    if (is_id && (s->type_id == pt || s->type_id == et)) {
+        if (mod || mt) {
+            s->unknown = 1; /* _id:not=... names every other one */
+        } else {
+            s->vmode = VM_IDS;
+            s->vtype = s->type_id;
+        }
+        return;
+    }
+    if (PV_KIND(pv) != P_REFERENCE || mod == MOD_MISSING)
+        return;
+    struct pb_tset *ts = pb_tset_of(e, pv);
+    u8 np = pb_bit(ts->bits, pt), ne = pb_bit(ts->bits, et);
+    if (!np && !ne)
+        return;
+    if (mod == MOD_IDENTIFIER || mod == MOD_ABOVE || mod == MOD_BELOW) {
+        s->unknown = 1;
+        return;
+    }
+    if (mod || (mt && mt != pt && mt != et))
+        return; /* another modifier (rejected already) or narrowed to another type: names neither */
+    s->vmode = VM_REFS;
+    s->vtype = mt ? mt : np ? pt : et;
+    s->vexpl = mt != 0;
+}
+
+/* the segment in the register ended with sep (':', '.', '='): params.Params._segment_end */
+static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *e, u8 sep)
+{
+    u32 len = s->len;
+    if (len == 0) {
+        DEV(S_MALFORMED);
+        return;
+    }
+    u8 st = s->nst, has = len == 4 && s->k0 == W_HAS;
+    if ((st == NS_FIRST || st == NS_HAS_NEXT) && has)
+        st = NS_HAS_KEY; /* "_has" opens a has-name, or a nested one */
+    if (st == NS_HAS_KEY || st == NS_HAS_T || st == NS_HAS_R) { /* structure of a has-name */
+        if (sep == '.') {
+            DEV(S_HAS);
+            return;
+        }
+        if (sep == '=') {
+            DEV(S_MALFORMED);
+            return;
+        }
+    }
+    if (st == NS_HAS_KEY) {
+        s->nst = NS_HAS_T;
+        return;
+    }
+    if (st == NS_HAS_T) {
+        if (!s->pend) {
+            u16 t = pb_type_of(s, e);
+            if (!t) {
+                PEND(S_HAS);
+            } else {
+                pb_touch_search(s, t);
+                s->cur = t;
+            }
+        }
+        s->nst = NS_HAS_R;
+        return;
+    }
+    if (st == NS_HAS_R) {
+        if (!s->pend) {
+            u16 v = pb_param_of(s, e, s->cur);
+            if (PV_KIND(v) != P_REFERENCE)
+                PEND(S_PARAM);
+        }
+        s->nst = NS_HAS_NEXT;
+        return;
+    }
+    if (st == NS_HAS_NEXT) {
+        if (sep == '.') {
+            DEV(S_HAS);
+            return;
+        }
+        if (!s->pend) {
+            u16 v = pb_param_of(s, e, s->cur);
+            s->pv = v;
+            if (!P_ORDINARY(PV_KIND(v)))
+                PEND(S_PARAM);
+        }
+        s->nst = NS_HAS_MOD;
+        s->vmode = VM_SKIP;
+        return;
+    }
+    if (st == NS_HAS_MOD) {
+        if (sep == '.') {
+            DEV(S_HAS);
+            return;
+        }
+        if (sep == ':') {
+            DEV(S_MALFORMED);
+            return;
+        }
+        if (!s->pend) {
+            u8 mod = (u8)(len > PB_NAME_MAX ? 0 : pb_name_find(e->nt, NT_MOD, 0, len, s->k0, s->k1, s->k2, s->k3, s->k4));
+            pb_modifier(s, e, s->pv, mod, mod ? 0 : pb_type_of(s, e));
+        }
+        s->vmode = VM_SKIP;
+        return;
+    }
+    /* a hop-mode name: FIRST, HNAME, HMOD */
+    if (st == NS_HMOD && sep == ':') {
+        DEV(S_MALFORMED); /* a second modifier on one hop */
+        return;
+    }
+    s->nst = sep == ':' ? NS_HMOD : NS_HNAME;
+    u8 qm = s->qmode;
+    if (st == NS_FIRST) {
+        if (qm == QM_SYSTEM) {
+            u16 v = pb_name_find(e->nt, NT_PARAM, 0xffff, len, s->k0, s->k1, s->k2, s->k3, s->k4);
+            if (sep != '=' || !v)
+                s->paging = 0;
+            if (sep == '=' && v == 2)
+                s->getpages = 1;
+            return;
+        }
+        if (qm != QM_SEARCH) {
+            u16 v = pb_name_find(e->nt, NT_PARAM, qm == QM_READ ? 0xfffe : 0xfffd, len, s->k0, s->k1, s->k2, s->k3,
+                                 s->k4);
+            if (sep != '=' || !v)
+                PEND(S_PARAM);
+            return;
+        }
+        u16 v = pb_param_of(s, e, s->type_id);
+        u8 k = PV_KIND(v);
+        s->pv = v;
+        s->sub = len == 3 && s->k0 == 0x5f6964; /* "_id" */
+        if (!v) {
+            PEND(S_PARAM);
+        } else if (k == P_INCLUDE || k == P_REVINCLUDE) {
+            if (sep == '.')
+                PEND(S_INCLUDE);
+            else if (sep == '=')
+                s->vmode = k == P_INCLUDE ? VM_INCLUDE : VM_REVINCLUDE;
+        } else if (k == P_TYPE) {
+            PEND(S_TYPE_PARAM);
+        } else if (k == P_OPAQUE || k == P_CONTAINED || k == P_RESULT) {
+            if (sep != '=')
+                PEND(S_PARAM);
+            else if (k == P_OPAQUE)
+                PEND(S_SPECIAL);
+            else if (k == P_CONTAINED)
+                s->vmode = VM_CONTAINED;
+        } else if (sep == '.') {
+            pb_chain_from(s, e, v, 0);
+        } else if (sep == '=') {
+            pb_names_mode(s, e, v, 0, 0, s->sub);
+        }
+        return;
+    }
+    if (s->pend || qm != QM_SEARCH)
+        return;
+    if (st == NS_HMOD) {
+        u8 mod = (u8)(len > PB_NAME_MAX ? 0 : pb_name_find(e->nt, NT_MOD, 0, len, s->k0, s->k1, s->k2, s->k3, s->k4));
+        u16 mt = mod ? 0 : pb_type_of(s, e);
+        u16 pv = s->pv;
+        if (s->hop == 0) {
+            u8 k = PV_KIND(pv);
+            if (k == P_INCLUDE || k == P_REVINCLUDE) {
+                if (sep == '.' || (mod != MOD_ITERATE && mod != MOD_RECURSE))
+                    PEND(S_INCLUDE);
+                else
+                    s->vmode = k == P_INCLUDE ? VM_INCLUDE : VM_REVINCLUDE;
+                return;
+            }
+            if (!P_ORDINARY(k))
+                return;
+            if (sep == '.') {
+                pb_chain_from(s, e, pv, mt ? mt : 0xffff); /* a hop's modifier names its type */
+            } else {
+                pb_modifier(s, e, pv, mod, mt);
+                pb_names_mode(s, e, pv, mod, mt, s->sub);
+            }
+            return;
+        }
+        if (s->multi) {
+            if (sep == '.')
+                PEND(S_CHAINED);
+            return;
+        }
+        if (s->masks) {
+            s->masks = 0;
+            pb_narrowed(s, e, sep == '.' ? s->refm : s->anym, sep == '.', 1, mod, mt);
+            return;
+        }
+        if (sep == '.')
+            pb_chain_from(s, e, pv, mt ? mt : 0xffff);
+        else if (pv)
+            pb_modifier(s, e, pv, mod, mt);
+        return;
+    }
+    /* NS_HNAME: the name of a hop after the first */
+    if (s->multi) {
+        if (sep == '.')
+            PEND(S_CHAINED);
+        return;
+    }
+    if (s->ncand) {
+        u8 anym = 0, refm = 0;
+#pragma unroll
+        for (int i = 0; i < PB_NARROW; i++) {
+            u16 v = 0;
+            if (i < s->ncand)
+                v = pb_param_of(s, e, s->cand[i]);
+            s->cpv[i] = v;
+            if (P_ORDINARY(PV_KIND(v)))
+                anym |= 1 << i;
+            if (PV_KIND(v) == P_REFERENCE)
+                refm |= 1 << i;
+        }
+        if (sep == ':') { /* intermediate or last: the modifier's end tells */
+            s->anym = anym;
+            s->refm = refm;
+            s->masks = 1;
+            return;
+        }
+        pb_narrowed(s, e, sep == '.' ? refm : anym, sep == '.', 0, 0, 0);
+        return;
+    }
+    u16 v = pb_param_of(s, e, s->cur);
+    s->pv = v;
+    if (sep == '.')
+        pb_chain_from(s, e, v, 0);
+    else if (!P_ORDINARY(PV_KIND(v)))
+        PEND(S_PARAM);
+}
+
+/* ---------------------------------------------------------------- values */
+
+static __always_inline void pb_item_start(struct pb_pstate *s)
+{
+    CLR();
+    s->isl = 0;
+    s->icol = 0;
+    s->iskip = 0; /* bytes in the item */
+    s->ityp = 0;
+    s->fnv = FNV_OFFSET;
+    s->ilen = 0;
+    s->iok = 1;
+    s->idot = 1;
+}
+
+/* a value item (between ',') ended: the patient or encounter it names (params._item_end) */
+static __always_inline void pb_item_end(struct pb_pstate *s, struct pb_env *e)
+{
+    if (!s->iskip)
+        return;
+    u16 pt = e->tb->patient;
+    if (s->vmode == VM_IDS) {
+        if (!pb_id_ok(s))
+            s->unknown = 1;
+        else if (s->vtype == pt)
+            pb_name_patient(s, s->fnv);
+        else
+            pb_name_encounter(s, s->fnv);
+        return;
+    }
+    if (s->icol || s->isl > 1) {
+        s->unknown = 1;
+        return;
+    }
+    u16 t = s->isl ? s->ityp : s->vtype;
+    if (s->isl && s->vexpl && t != s->vtype) {
+        s->unknown = 1;
+        return;
+    }
+    if (t != pt && t != e->tb->encounter)
+        return;
+    if (!pb_id_ok(s))
+        s->unknown = 1;
+    else if (t == pt)
+        pb_name_patient(s, s->fnv);
+    else
+        pb_name_encounter(s, s->fnv);
+}
+
+/* an include's segment ended (':' or the value's end) */
+static __always_inline void pb_inc_seg(struct pb_pstate *s, struct pb_env *e)
+{
+    u8 n = s->nseg;
+    u16 v = 0;
+    if (!s->iok || s->len > PB_NAME_MAX)
+        v = 0;
+    else if (n == 0)
+        v = pb_type_of(s, e);
+    else if (n == 1)
+        v = s->ityp ? pb_param_of(s, e, s->ityp) : 0;
+    else if (n == 2)
+        v = pb_type_of(s, e);
+    if (n == 0)
+        s->ityp = v;
+    else if (n == 1)
+        s->ipv = v;
+    else if (n == 2)
+        s->vtype = v;
+    s->nseg = n < 4 ? n + 1 : n;
+    CLR();
+    s->iok = 1;
+}
+
+/* one decoded byte of a value */
+static __always_inline void pb_value_byte(struct pb_pstate *s, struct pb_env *e, u8 d)
+{
+    u8 vm = s->vmode;
+    if (vm == VM_REFS || vm == VM_IDS) {
+        if (d == ',') {
+            pb_item_end(s, e);
+            pb_item_start(s);
+            return;
+        }
+        s->iskip = 1;
+        if (d == ':') {
+            s->icol = 1;
+        } else if (d == '/' && vm == VM_REFS) {
+            s->isl = s->isl < 2 ? s->isl + 1 : 2;
+            if (s->isl == 1)
+                s->ityp = pb_type_of(s, e);
+            s->fnv = FNV_OFFSET; /* the id is what follows the slash */
+            s->ilen = 0;
+            s->iok = 1;
+            s->idot = 1;
+            CLR();
+            return;
+        }
+        if (!(e->ct->c[d] & C_ID))
+            s->iok = 0;
+        if (d != '.')
+            s->idot = 0;
+        s->fnv = (s->fnv ^ d) * FNV_PRIME;
+        s->ilen++;
+        SH5(d);
+        s->len++;
+    } else if (vm == VM_INCLUDE || vm == VM_REVINCLUDE) {
+        if (d == ':') {
+            pb_inc_seg(s, e);
+            return;
+        }
+        if (!(e->ct->c[d] & C_NAME))
+            s->iok = 0;
+        SH5(d);
+        s->len++;
+    } else if (vm == VM_CONTAINED) {
+        SH1(d);
+        s->len++;
+    }
+}
+
+/* the value ended (params.Params._value_end) */
+static __always_inline void pb_value_end(struct pb_pstate *s, struct pb_env *e)
+{
+    u8 vm = s->vmode;
+    if (vm == VM_REFS || vm == VM_IDS) {
+        pb_item_end(s, e);
+    } else if (vm == VM_INCLUDE || vm == VM_REVINCLUDE) {
+        pb_inc_seg(s, e);
+        if (s->pend)
+            return;
+        u8 n = s->nseg;
+        if ((n != 2 && n != 3) || !s->ityp || PV_KIND(s->ipv) != P_REFERENCE) {
+            PEND(S_INCLUDE);
+            return;
+        }
+        struct pb_tset *ts = pb_tset_of(e, s->ipv);
+        if (n == 3 && (!s->vtype || !pb_bit(ts->bits, s->vtype))) {
+            PEND(S_INCLUDE);
+            return;
+        }
+        if (vm == VM_REVINCLUDE)
+            pb_touch_search(s, s->ityp);
+        else if (n == 3)
+            pb_touch_read(s, s->vtype);
+        else {
+            s->tr[0] |= ts->bits[0];
+            s->tr[1] |= ts->bits[1];
+            s->tr[2] |= ts->bits[2];
+        }
+    } else if (vm == VM_CONTAINED) {
+        if (s->len != 5 || s->k0 != W_FALSE)
+            PEND(S_SPECIAL);
+    }
+}
+
+/* the pair ended ('&', the target's end, the body's end) */
+static __always_inline void pb_pair_end(struct pb_pstate *s, struct pb_env *e)
+{
+    if (s->qin) {
+        DEV(S_MALFORMED); /* a name without '=' */
+        return;
+    }
+    pb_value_end(s, e);
+    if (s->pend) {
+        DEV(s->pend);
+        return;
+    }
+    s->qin = 1;
+    s->st = ST_QNAME;
+    s->nst = NS_FIRST;
+    s->pend = 0;
+    s->p25 = 0;
+    s->hop = 0;
+    s->multi = 0;
+    s->ncand = 0;
+    s->masks = 0;
+    s->pv = 0;
+    s->cur = s->type_id;
+    s->vmode = VM_SKIP;
+    s->vexpl = 0;
+    CLR();
+}
+
+/* a raw byte of the query seen: the double-encoding check (params.Params._raw_seen) */
+static __always_inline int pb_raw_seen(struct pb_pstate *s, struct pb_env *e, u8 c)
+{
+    u8 p = s->p25;
+    if (!p)
+        return 1;
+    u8 hex = (e->ct->c[c] & C_HEX) != 0;
+    if (p == 1) {
+        s->p25 = hex ? 2 : 0;
+    } else {
+        if (hex) {
+            DEV(S_ENCODED);
+            return 0;
+        }
+        s->p25 = 0;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- the request line */
+
+/* the base path read so far: once it has fhir.base's length, it is the base or the target is not FHIR */
+static __always_inline void pb_base_check(struct pb_pstate *s)
+{
+    if (s->len == s->blen) {
+        if (s->k0 == s->bw0 && s->k1 == s->bw1 && s->k2 == s->bw2)
+            s->st = ST_AFTERBASE;
+        else
+            DEV(S_NOT_FHIR);
+    }
+}
+
+/* one byte of the method or the version (the request line outside the target) */
+static __always_inline void pb_reqline_byte(struct pb_pstate *s, u8 c, u32 f)
+{
+    u8 st = s->st;
+    if (st == ST_METHOD) {
+        if (c == ' ') {
+            u64 m = s->k0;
+            u32 l = s->len;
+            u8 method = (m == W_GET && l == 3) ? MT_GET : (m == W_POST && l == 4) ? MT_POST :
+                        (m == W_PUT && l == 3) ? MT_PUT : (m == W_DELETE && l == 6) ? MT_DELETE :
+                        (m == W_HEAD && l == 4) ? MT_HEAD : MT_NONE;
+            s->method = method;
+            if (method == MT_NONE) {
+                s->st = ST_JUNK;
+            } else {
+                s->st = ST_BASE;
+                CLR();
+            }
+        } else if ((f & C_UPPER) && s->len < 7) {
+            SH1(c);
+            s->len++;
+        } else {
+            s->st = ST_JUNK;
+        }
+    } else if (st == ST_VER) {
+        if (c == '\r')
+            s->st = (s->len == 8 && s->k0 == W_HTTP11) ? ST_VERLF : ST_JUNK;
+        else if ((f & C_VCHAR) && s->len < 8) {
+            SH1(c);
+            s->len++;
+        } else
+            s->st = ST_JUNK;
+    } else if (st == ST_VERLF) {
+        s->st = c == '\n' ? ST_HSTART : ST_JUNK;
+    }
+}
+
+/* ---------------------------------------------------------------- header lines */
+
+/* one byte of a header value (kind s->hkind), not CR */
+static __always_inline void pb_hvalue_byte(struct pb_pstate *s, u8 c, u32 f)
+{
+    u8 sub = s->sub, hk = s->hkind;
+    if (hk == H_CONTENT_LENGTH) {
+        if (sub == 0) {
+            if (f & C_DIGIT) {
+                s->sub = 1;
+                s->cl_cur = c - '0';
+                s->len = 1;
+            } else if (!(f & C_OWS)) {
+                s->sub = 3;
+                s->cl_bad = 1;
+            }
+        } else if (sub == 1) {
+            if ((f & C_DIGIT) && s->len < 9) {
+                s->cl_cur = s->cl_cur * 10 + (c - '0');
+                s->len++;
+            } else if (f & C_OWS) {
+                s->sub = 2;
+            } else {
+                s->sub = 3;
+                s->cl_bad = 1;
+            }
+        } else if (sub == 2 && !(f & C_OWS)) {
+            s->sub = 3;
+            s->cl_bad = 1;
+        }
+    } else if (hk == H_CLAIM || hk == H_CONTEXT) {
+        u64 *h = hk == H_CLAIM ? &s->claim : &s->ctx;
+        u8 *bad = hk == H_CLAIM ? &s->claim_bad : &s->ctx_bad;
+        if (sub == 0) {
+            if (f & C_CLAIM) {
+                s->sub = 1;
+                *h = (FNV_OFFSET ^ c) * FNV_PRIME;
+                s->len = 1;
+            } else if (!(f & C_OWS)) {
+                s->sub = 3;
+                *bad = 1;
+            }
+        } else if (sub == 1) {
+            if ((f & C_CLAIM) && s->len < PB_CLAIM_MAX) {
+                *h = (*h ^ c) * FNV_PRIME;
+                s->len++;
+            } else if (f & C_OWS) {
+                s->sub = 2;
+            } else {
+                s->sub = 3;
+                *bad = 1;
+            }
+        } else if (sub == 2 && !(f & C_OWS)) {
+            s->sub = 3;
+            *bad = 1;
+        }
+    } else if (hk == H_CONTENT_TYPE) {
+        /* sub 0: leading OWS; 1: the media type (lower-cased, up to 33 bytes); 2: after it */
+        if (sub == 0 && (f & C_OWS))
+            return;
+        if (sub <= 1) {
+            if (s->len == 33) {
+                s->sub = 2;
+                s->ct_form = (c == ';' || (f & C_OWS)) && s->k0 == W_FORM0 && s->k1 == W_FORM1 &&
+                             s->k2 == W_FORM2 && s->k3 == W_FORM3 && s->k4 == W_FORM4;
+                return;
+            }
+            s->sub = 1;
+            SH5((f & C_UPPER) ? (c | 0x20) : c);
+            s->len++;
+        }
+    }
+}
+
+/* one byte of the header section */
+static __always_inline void pb_header_byte(struct pb_pstate *s, struct pb_env *e, u8 c, u32 f)
+{
+    u8 st = s->st;
+    if (st == ST_HVAL) {
+        if (c == '\r') {
+            u8 hk = s->hkind;
+            if (hk == H_CONTENT_LENGTH) {
+                if (s->sub == 0)
+                    s->cl_bad = 1;
+                else if (s->sub < 3)
+                    s->cl_val = s->cl_cur;
+            } else if (hk == H_CLAIM && s->sub == 0) {
+                s->claim_bad = 1;
+            } else if (hk == H_CONTEXT && s->sub == 0) {
+                s->ctx_bad = 1;
+            } else if (hk == H_CONTENT_TYPE && s->sub == 1) {
+                s->ct_form = s->len == 33 && s->k0 == W_FORM0 && s->k1 == W_FORM1 && s->k2 == W_FORM2 &&
+                             s->k3 == W_FORM3 && s->k4 == W_FORM4;
+            }
+            s->st = ST_HLF;
+        } else if (!(f & C_HVAL)) {
+            s->st = ST_JUNK;
+        } else {
+            pb_hvalue_byte(s, c, f);
+        }
+    } else if (st == ST_HNAME) {
+        if (c == ':') {
+            u8 hk = s->len > PB_HNAME_MAX ? 0 :
+                    (u8)pb_name_find(e->nt, NT_HEADER, 0, s->len, s->k0, s->k1, s->k2, 0, 0);
+            s->hkind = hk;
+            if (hk == H_CONTENT_LENGTH)
+                s->n_cl++;
+            else if (hk == H_TRANSFER_ENCODING)
+                s->te = 1;
+            else if (hk == H_OVERRIDE)
+                s->ovr = 1;
+            else if (hk == H_CLAIM)
+                s->n_claim++;
+            else if (hk == H_CONTEXT)
+                s->n_ctx++;
+            else if (hk == H_CONTENT_TYPE) {
+                s->n_ct++;
+                s->ct_form = 0;
+            }
+            s->sub = 0;
+            s->cl_cur = 0;
+            CLR();
+            s->st = ST_HVAL;
+        } else if (f & C_TCHAR) {
+            SH3((f & C_UPPER) ? (c | 0x20) : c);
+            s->len++;
+        } else {
+            s->st = ST_JUNK;
+        }
+    } else if (st == ST_HSTART) {
+        if (c == '\r') {
+            s->st = ST_HEND;
+        } else if (f & C_TCHAR) {
+            s->st = ST_HNAME;
+            CLR();
+            SH1((f & C_UPPER) ? (c | 0x20) : c);
+            s->len = 1;
+        } else {
+            s->st = ST_JUNK;
+        }
+    } else if (st == ST_HLF) {
+        s->st = c == '\n' ? ST_HSTART : ST_JUNK;
+    } else if (st != ST_JUNK) {
+        s->st = ST_JUNK; /* ST_HEND followed by anything but LF */
+    }
+}
+
+/* ---------------------------------------------------------------- runs */
+
+#define HIGHS 0x8080808080808080ULL
+#define ONES 0x0101010101010101ULL
+
+/* n (1..8) bytes into a shift-register word: v shifted left by n bytes, and v's top n bytes */
+#define SHLN(v, n) (((v) << (8 * (n) - 1)) << 1)
+#define TOPN(v, n) ((v) >> (64 - 8 * (n)))
+#define SH1N(b, n) do { s->k0 = SHLN(s->k0, n) | (b); } while (0)
+#define SH2N(b, n) do { s->k1 = SHLN(s->k1, n) | TOPN(s->k0, n); SH1N(b, n); } while (0)
+#define SH3N(b, n) do { s->k2 = SHLN(s->k2, n) | TOPN(s->k1, n); SH2N(b, n); } while (0)
+#define SH5N(b, n) do { s->k4 = SHLN(s->k4, n) | TOPN(s->k3, n); s->k3 = SHLN(s->k3, n) | TOPN(s->k2, n); \
+                        SH3N(b, n); } while (0)
+
+/* Byte classes of 8 bytes at once (SWAR).  y is x with each byte's top bit cleared, so adding a
+ * constant below 0x80 to y never carries from one byte into the next; IN(y, lo, hi) has 0x80 in
+ * each byte in [lo, hi] (1 <= lo <= hi <= 0x7f). */
+#define GE(y, v) ((y) + (0x80 - (v)) * ONES)
+#define IN(y, lo, hi) (GE(y, lo) & ~GE(y, (hi) + 1) & HIGHS)
+#define ALPHA(y) IN((y) | (0x20 * ONES), 'a', 'z') /* A-Z a-z: | 0x20 maps only letters to a-z */
+#define ALNUM(y) (ALPHA(y) | IN(y, '0', '9'))
+
+/* the index of the first byte with its top bit set in out (out != 0) */
+#define FIRST(out) (((((out) & -(out)) >> 7) * 0x0001020304050607ULL) >> 56)
+
+/* FNV-1a over the run's n bytes (x, first byte lowest) */
+static __always_inline u64 pb_fnv_run(u64 h, u64 x, u32 n)
+{
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        if (i < n)
+            h = (h ^ ((x >> (8 * i)) & 0xff)) * FNV_PRIME;
+    return h;
+}
+
+/* A run: the next bytes of the current token, up to 8 (x, little-endian: first byte lowest) at
+ * once.  Each state's run class holds only bytes its byte path consumes without a transition or
+ * a check, and a limit stops a run where the byte path would start checking a length, so a run
+ * leaves the state the byte path would have left, byte for byte.  A header value or the version
+ * that ends in CR LF within x takes the CR LF too.  Returns the bytes consumed (0: the byte path
+ * takes the next byte). */
+static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
+{
+    u8 st = s->st;
+    u64 y = x & ~HIGHS, in;
+    u32 lim = 8, len = s->len;
+    u64 high = 0; /* bytes >= 0x80 that belong to the class */
+    if (st == ST_HVAL) {
+        if (s->hkind >= H_CONTENT_LENGTH && s->hkind != H_TRANSFER_ENCODING && s->hkind != H_OVERRIDE)
+            return 0;
+        in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
+        high = x & HIGHS;
+    } else if (st == ST_QVAL) {
+        u8 vm = s->vmode;
+        if (s->p25)
+            return 0;
+        if (vm == VM_SKIP) /* not & % # + */
+            in = IN(y, 0x21, 0x22) | IN(y, 0x24, 0x24) | IN(y, 0x27, 0x2a) | IN(y, 0x2c, 0x7e);
+        else if (vm == VM_REFS || vm == VM_IDS)
+            in = ALNUM(y) | IN(y, '-', '.');
+        else if (vm == VM_INCLUDE || vm == VM_REVINCLUDE)
+            in = ALNUM(y) | IN(y, '-', '-') | IN(y, '_', '_');
+        else
+            return 0;
+    } else if (st == ST_QNAME) { /* name bytes */
+        in = ALNUM(y) | IN(y, '-', '-') | IN(y, '_', '_');
+        lim = len < PB_NAME_MAX ? PB_NAME_MAX - len : 0;
+    } else if (st == ST_SEG) {
+        if (s->len == 0 && s->ilen == 0)
+            return 0; /* the first byte of a segment: the byte path */
+        in = (s->sfl & SF_OP) ? (ALNUM(y) | IN(y, '-', '-') | IN(y, '_', '_')) : (ALNUM(y) | IN(y, '-', '-'));
+    } else if (st == ST_HNAME || st == ST_HSTART) { /* the usual name bytes; other tchars: byte path */
+        in = ALNUM(y) | IN(y, '-', '-');
+    } else if (st == ST_BASE || st == ST_TSKIP || st == ST_VER) {
+        in = IN(y, 0x21, 0x7e);
+        if (st == ST_BASE)
+            lim = len < s->blen ? s->blen - len : 0;
+        else if (st == ST_VER)
+            lim = len < 8 ? 8 - len : 0;
+    } else if (st == ST_JUNK) {
+        in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
+        high = x & HIGHS;
+    } else if (st == ST_METHOD) {
+        in = IN(y, 'A', 'Z');
+        lim = len < 7 ? 7 - len : 0;
+    } else {
+        return 0;
+    }
+    u64 out = (x | ~in) & HIGHS & ~high; /* 0x80 in each byte not in the class */
+    u32 n = out ? FIRST(out) : 8;
+    if (n > lim)
+        n = lim;
+    u32 crlf = (st == ST_HVAL || st == ST_VER) && n <= 6 && ((x >> (8 * n)) & 0xffff) == 0x0a0d;
+    if (n == 0 && !crlf)
+        return 0;
+    if (st == ST_HSTART) { /* a header name starts */
+        CLR();
+        len = 0;
+        st = ST_HNAME;
+        s->st = st;
+    }
+    if (st == ST_HNAME) /* header names are compared lower-cased: A-Z | 0x20 */
+        x |= IN(y, 'A', 'Z') >> 2;
+    if (st == ST_SEG && (s->sfl & SF_OP))
+        x |= IN(y, 'A', 'Z') >> 2; /* so are operation names */
+    if (n) {
+        u64 b = TOPN(__builtin_bswap64(x), n); /* the run's bytes, first one most significant */
+        if (st == ST_SEG) {
+            if (s->sfl & SF_OP) {
+                SH1N(b, n);
+            } else {
+                u64 run = (n == 8) ? ~0ULL : ((1ULL << (8 * n)) - 1);
+                if ((ALPHA(y) & HIGHS & run) != (HIGHS & run))
+                    s->sfl &= ~SF_LETTERS;
+                if ((IN(y, '.', '.') & HIGHS & run) != (HIGHS & run))
+                    s->idot = 0;
+                s->fnv = pb_fnv_run(s->fnv, x, n);
+                s->ilen += n;
+                SH5N(b, n);
+            }
+        } else if (st == ST_QNAME || (st == ST_QVAL && s->vmode != VM_SKIP)) {
+            SH5N(b, n);
+            if (st == ST_QVAL && (s->vmode == VM_REFS || s->vmode == VM_IDS)) {
+                u64 run = (n == 8) ? ~0ULL : ((1ULL << (8 * n)) - 1);
+                if ((IN(y, '.', '.') & HIGHS & run) != (HIGHS & run))
+                    s->idot = 0;
+                s->fnv = pb_fnv_run(s->fnv, x, n);
+                s->ilen += n;
+                s->iskip = 1;
+            }
+        } else if (st == ST_HNAME || st == ST_BASE) {
+            SH3N(b, n);
+        } else if (st == ST_METHOD || st == ST_VER) {
+            SH1N(b, n);
+        }
+        if (st != ST_QVAL || s->vmode != VM_SKIP)
+            s->len = len + n;
+        if (st >= ST_BASE && st <= ST_TSKIP)
+            s->tlen += n;
+        if (st == ST_BASE)
+            pb_base_check(s);
+    }
+    if (crlf) {
+        s->st = (st == ST_HVAL || (s->len == 8 && s->k0 == W_HTTP11)) ? ST_HSTART : ST_JUNK;
+        if (st == ST_VER && s->st == ST_HSTART)
+            s->st = ST_HSTART;
+        s->w = 0x0d0a;
+        n += 2;
+    } else {
+        s->w = 0;
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------- scanning */
+
+/* One step of the request-line phase (method, target, version) or of a body's parameters: the
+ * byte c (class f), or the body's end (at_end).  BCC has no calls between BPF functions, so every
+ * function is inlined where it is called: each heavy one is called from one place only, after the
+ * byte has been sorted into what it ends and what it adds. */
+static __always_inline void pb_line_step(struct pb_pstate *s, struct pb_env *e, u8 c, u32 f, u8 at_end)
+{
+    u8 st = s->st;
+    if (!(st >= ST_BASE && st <= ST_TSKIP)) {
+        pb_reqline_byte(s, c, f);
+        return;
+    }
+    u8 term = 0, sep = 0, value = 0, pair_end = 0, target_end = 0, d = 0, have_d = 0, escaped = 0;
+    if (at_end) { /* the form body ended */
+        if (st == ST_PCT1 || st == ST_PCT2)
+            DEV(S_MALFORMED);
+        else if (st == ST_QNAME || st == ST_QVAL)
+            pair_end = 1;
+    } else if (!s->body && c == ' ') {
+        if (s->tlen == 0) {
+            s->st = ST_JUNK;
+            return;
+        }
+        target_end = 1;
+        if (st == ST_BASE)
+            DEV(S_NOT_FHIR);
+        else if (st == ST_AFTERBASE)
+            DEV(s->method == MT_POST ? S_BUNDLE : S_TYPE_PARAM);
+        else if (st == ST_SEG)
+            term = ' ';
+        else if (st == ST_PCT1 || st == ST_PCT2)
+            DEV(S_MALFORMED);
+        else if (st == ST_QNAME || st == ST_QVAL)
+            pair_end = 1;
+    } else if (!s->body && !(f & C_VCHAR)) {
+        s->st = ST_JUNK;
+        return;
+    } else {
+        if (!s->body)
+            s->tlen++;
+        if (st == ST_TSKIP)
+            return;
+        if (st == ST_SEG) {
+            if (c == '/' || c == '?')
+                term = c;
+            else
+                pb_seg_byte(s, c, f);
+        } else if (st == ST_BASE) {
+            SH3(c);
+            s->len++;
+            pb_base_check(s);
+        } else if (st == ST_AFTERBASE) {
+            if (c == '/') {
+                s->seg = 0;
+                s->sub = 0;
+                pb_seg_start(s);
+            } else if (c == '?') {
+                if (s->method == MT_POST) {
+                    DEV(S_BUNDLE);
+                } else {
+                    s->form = FORM_SYSTEM;
+                    pb_query_start(s, QM_SYSTEM);
+                }
+            } else {
+                DEV(S_NOT_FHIR);
+            }
+        } else if (pb_raw_seen(s, e, c)) { /* the query: a raw byte */
+            if (st == ST_PCT1 || st == ST_PCT2) {
+                if (!(f & C_HEX)) {
+                    DEV(S_MALFORMED);
+                } else {
+                    u8 nib = (c <= '9') ? c - '0' : ((c | 0x20) - 'a' + 10);
+                    if (st == ST_PCT1) {
+                        s->pctv = nib;
+                        s->st = ST_PCT2;
+                    } else {
+                        s->st = s->qin ? ST_QNAME : ST_QVAL;
+                        d = (u8)((s->pctv << 4) | nib);
+                        have_d = 1;
+                        escaped = 1;
+                    }
+                }
+            } else if (c == '%') {
+                s->st = ST_PCT1;
+            } else if (c == '#') {
+                DEV(S_MALFORMED);
+            } else if (s->qin) {
+                if (c == '=')
+                    sep = '=';
+                else if (c == '&')
+                    DEV(S_MALFORMED);
+                else {
+                    d = c;
+                    have_d = 1;
+                }
+            } else if (c == '&') {
+                pair_end = 1;
+            } else {
+                d = c == '+' ? ' ' : c;
+                have_d = 1;
+            }
+        }
+        if (have_d) { /* a decoded byte of a name or a value */
+            if (s->qin) {
+                if (d == '%') {
+                    DEV(S_ENCODED); /* a name never holds '%' */
+                } else if (d == ':' || d == '.') {
+                    sep = d;
+                } else if (e->ct->c[d] & C_NAME) {
+                    if (s->len >= PB_NAME_MAX) {
+                        DEV(S_MALFORMED);
+                    } else {
+                        SH5(d);
+                        s->len++;
+                    }
+                } else {
+                    DEV(S_MALFORMED);
+                }
+            } else {
+                if (escaped && d == '%')
+                    s->p25 = 1;
+                value = 1;
+            }
+        }
+    }
+    if (term)
+        pb_seg_end(s, e, term);
+    if (sep) {
+        pb_name_seg_end(s, e, sep);
+        if (sep == '=' && s->st == ST_QNAME) { /* the name ended, the value starts */
+            s->qin = 0;
+            s->st = ST_QVAL;
+            s->nseg = 0;
+            s->iok = 1;
+            pb_item_start(s);
+        }
+    }
+    if (value)
+        pb_value_byte(s, e, d);
+    if (pair_end && (s->st == ST_QNAME || s->st == ST_QVAL)) {
+        pb_pair_end(s, e);
+        if ((target_end || at_end) && (s->st == ST_QNAME || s->st == ST_QVAL) && s->qmode == QM_SYSTEM)
+            /* the base's query: HAPI's page links, or a system search */
+            DEV((s->method == MT_GET || s->method == MT_HEAD) && s->paging && s->getpages ? S_PAGING : S_TYPE_PARAM);
+    }
+    if (target_end) {
+        s->st = ST_VER;
+        CLR();
+    }
+}
+
+/* Scan from s->pos for at most `iters` steps in one phase: the request line (line = 1, until the
+ * header section starts or the line is junk), a body's parameters (line = 1, s->body, until
+ * s->end), or the header section (line = 0, until its end).  Sets s->done when the phase ended or
+ * the data did. */
+static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_env *e, const u32 iters,
+                                    const int line)
+{
+    void *data = (void *)(long)msg->data;
+    void *end = (void *)(long)msg->data_end;
+#pragma clang loop unroll(disable)
+    for (u32 it = 0; it < iters; it++) {
+        asm volatile("" ::: "memory"); /* keep the state in memory (see above) */
+        u32 i = s->pos;
+        u32 stop = line && s->body ? s->end : PB_HDR_MAX;
+        if (line && !s->body && (s->st == ST_HSTART || s->st == ST_JUNK)) {
+            s->done = 1; /* the request line is read: the header phase goes on */
+            break;
+        }
+        if (i >= stop) {
+            if (line && s->body == 1) { /* the body's end: its last pair */
+                pb_line_step(s, e, 0, 0, 1);
+                s->body = 2;
+            }
+            s->done = 1;
+            break;
+        }
+        u8 *p = data + (i & (PB_HDR_MAX + PB_BODY_MAX - 1));
+        if ((void *)(p + 1) > end) {
+            s->done = 1;
+            break;
+        }
+        u8 c;
+        if (i + 8 <= stop && (void *)(p + 8) <= end) {
+            u64 x = *(u64 *)p;
+            u32 n = pb_run(s, x);
+            if (n >= 8 || (line && (s->st == ST_HSTART || s->st == ST_JUNK))) {
+                s->pos = i + n; /* a whole run, or the request line's CR LF taken with the version */
+                continue;
+            }
+            i += n; /* the byte that ended the run: the byte path takes it in the same step */
+            c = (x >> (8 * n)) & 0xff;
+        } else {
+            c = *p;
+        }
+        s->pos = i + 1;
+        u32 f = e->ct->c[c];
+        u32 w = (s->w << 8) | c;
+        s->w = w;
+        if (line) {
+            pb_line_step(s, e, c, f, 0);
+            continue;
+        }
+        if (w == 0x0d0a0d0a) {
+            s->head_end = i + 1;
+            s->done = 1;
+            break;
+        }
+        pb_header_byte(s, e, c, f);
+    }
+    if (!s->done && line && s->body == 1 && s->pos >= s->end) {
+        pb_line_step(s, e, 0, 0, 1);
+        s->body = 2;
+        s->done = 1;
+    }
+    if (!s->done && s->pos >= (line && s->body ? s->end : PB_HDR_MAX))
+        s->done = 1;
+}
+
+#endif
