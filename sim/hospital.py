@@ -82,7 +82,7 @@ class Hospital:
         self.sc, self.arm, self.pop = scenario, arm, population
         self.env = simpy.Environment()
         self.clock = scenario.start.clock(arm.duration_ns)
-        em = Emitter(arm.name, arm_rng(arm, STREAM_GAPS))
+        em = Emitter(arm.name, arm_rng(arm, STREAM_GAPS), scenario.policy.fhir_base)
         self.w = World(scenario, arm, population, em, Requests(em, scenario.policy.fhir_base),
                        Draws(arm_rng(arm, STREAM_MAIN)), self.clock, scenario.start.datetime())
         self.d = self.w.draws
