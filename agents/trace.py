@@ -98,19 +98,17 @@ def facts_columns(c: Classification) -> tuple[tuple[str, ...], tuple[str, ...], 
 
 
 def _row_facts(row: dict[str, Any]) -> None:
-    """Fill a hand-made fhir row's facts: from its path through the classifier, or (no path)
-    its primary pair alone, naming nobody."""
-    if any(k in row for k in FACT_COLUMNS):
-        return
-    if row.get("path"):
+    """Fill a hand-made fhir row's facts: from its path through the classifier, or (no path, or
+    facts given) its primary pair alone, naming nobody unless told."""
+    if row.get("path") and not any(k in row for k in FACT_COLUMNS):
         c = request_facts(row.get("method") or "GET", row["path"])
         row.update(zip(FACT_COLUMNS, facts_columns(c)))
         for k, v in (("resource_type", c.resource_type), ("interaction", c.interaction), ("shape", c.shape)):
             row.setdefault(k, v)
-    else:
-        if row.get("resource_type") and row.get("interaction"):
-            row["touches"] = (f"{row['resource_type']}:{row['interaction']}",)
-        row["unknown_patient"] = row.get("shape", "plain") != "plain"  # as the classifier says of them
+        return
+    if "touches" not in row and row.get("resource_type") and row.get("interaction"):
+        row["touches"] = (f"{row['resource_type']}:{row['interaction']}",)
+    row.setdefault("unknown_patient", row.get("shape", "plain") != "plain")  # as the classifier says of them
 
 
 class TraceBuilder:
