@@ -12,7 +12,8 @@ reads one JSON command per line on stdin and answers one JSON line per command o
 
 FHIR requests go over ONE keep-alive HTTP/1.1 connection, each request (headers and body) written
 with a single ``send``, because the kernel's ``sk_msg`` program classifies one message as one
-request (docs/enforcement.md).  A row with a break-glass claim carries ``X-Break-Glass-Claim``.
+request (docs/enforcement.md).  A row with a break-glass claim carries ``X-Break-Glass-Claim``, a
+row in a launch context ``X-Launch-Context``.
 When the kernel refuses, the worker reports it instead of crashing: ``EACCES`` from ``send`` is
 an ``sk_msg`` drop (no byte left; the worker then reconnects, because the kernel keeps the drop
 verdict on that socket), ``EPERM`` from ``connect`` is the cgroup ``connect4`` hook.  A connection the server closed is reopened and the request retried once.
@@ -43,7 +44,7 @@ from paritybed.core.pipe import PipeWorker
 #: Trace columns a command carries (body_for's inputs plus what the request line needs).
 COMMAND_FIELDS = ("kind", "method", "path", "resource_type", "resource_id", "patient_id", "context_id",
                   "context_kind", "workflow", "agent", "agent_class", "replica", "claim_id", "t_ns", "address",
-                  "egress_calls")
+                  "egress_calls", "launch_context")
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 
@@ -84,6 +85,13 @@ def identity_headers(cmd: Mapping[str, Any]) -> tuple[str, ...]:
         ns = ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000 + int(cmd["t_ns"])
         out.append(f"X-Request-ID: pb-{ns}-{cmd.get('row', 0)}")
     return tuple(out)
+
+
+def context_headers(cmd: Mapping[str, Any]) -> tuple[str, ...]:
+    """The launch context the request presents (docs/enforcement.md, "Clinical context binding"):
+    ``X-Launch-Context: <id>``, or nothing outside a context."""
+    ctx = cmd.get("launch_context")
+    return (f"X-Launch-Context: {ctx}",) if ctx else ()
 
 
 def request_bytes(method: str, path: str, host: str, body: bytes, claim: str | None,
@@ -200,7 +208,8 @@ def handle(conn: FhirConnection, cmd: Mapping[str, Any]) -> dict[str, Any]:
             body = body_for(cmd)
         except (ValueError, KeyError) as e:
             return {"row": row, "ok": False, "status": None, "errno": None, "ns": 0, "error": f"bad command: {e}"}
-        status, err = conn.request(method, str(cmd["path"]), body, cmd.get("claim_id") or None, identity_headers(cmd))
+        status, err = conn.request(method, str(cmd["path"]), body, cmd.get("claim_id") or None,
+                                   identity_headers(cmd) + context_headers(cmd))
         ok = status is not None and 200 <= status < 300
         return {"row": row, "ok": ok, "status": status, "errno": err, "ns": time.perf_counter_ns() - t0}
     if kind == "egress":
@@ -208,7 +217,7 @@ def handle(conn: FhirConnection, cmd: Mapping[str, Any]) -> dict[str, Any]:
         return {"row": row, "ok": err is None, "status": None, "errno": err, "ns": time.perf_counter_ns() - t0,
                 "calls": int(cmd.get("calls", 0))}
     return {"row": row, "ok": False, "status": None, "errno": None, "ns": 0,
-            "error": f"unknown command kind {kind!r} (expected fhir or egress; lanes are opened by the control plane)"}
+            "error": f"unknown command kind {kind!r} (expected fhir or egress; lanes and launch contexts are opened by the control plane)"}
 
 
 def worker_argv(fhir: str) -> list[str]:

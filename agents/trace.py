@@ -98,17 +98,22 @@ def facts_columns(c: Classification) -> tuple[tuple[str, ...], tuple[str, ...], 
 
 
 def _row_facts(row: dict[str, Any]) -> None:
-    """Fill a hand-made fhir row's facts: from its path through the classifier, or (no path, or
-    facts given) its primary pair alone, naming nobody unless told."""
-    if row.get("path") and not any(k in row for k in FACT_COLUMNS):
-        c = request_facts(row.get("method") or "GET", row["path"])
-        row.update(zip(FACT_COLUMNS, facts_columns(c)))
-        for k, v in (("resource_type", c.resource_type), ("interaction", c.interaction), ("shape", c.shape)):
-            row.setdefault(k, v)
+    """Fill a hand-made fhir row's facts: what the classifier reads in its path when the row
+    gives a path that classifies as the row's pair (or no pair: the path's is taken), else the
+    row's primary pair alone, naming nobody unless told."""
+    if any(k in row for k in FACT_COLUMNS):
+        row.setdefault("touches", (f"{row['resource_type']}:{row['interaction']}",) if row.get("resource_type") else ())
         return
-    if "touches" not in row and row.get("resource_type") and row.get("interaction"):
+    if row.get("path"):
+        c = request_facts(row.get("method") or "GET", row["path"])
+        if not row.get("resource_type") or (c.resource_type, c.interaction) == (row["resource_type"], row.get("interaction")):
+            row.update(zip(FACT_COLUMNS, facts_columns(c)))
+            row.update(resource_type=c.resource_type, interaction=c.interaction)
+            row.setdefault("shape", c.shape)
+            return
+    if row.get("resource_type") and row.get("interaction"):
         row["touches"] = (f"{row['resource_type']}:{row['interaction']}",)
-    row.setdefault("unknown_patient", row.get("shape", "plain") != "plain")  # as the classifier says of them
+    row["unknown_patient"] = row.get("shape", "plain") != "plain"  # as the classifier says of them
 
 
 class TraceBuilder:

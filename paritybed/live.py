@@ -9,7 +9,8 @@ decided by the kernel.
   enforcer (enforcer/kernel.py), sending the row's HTTP request over a keep-alive connection or
   connecting to the row's external endpoint; stand-in listeners answer on the 127.0.0.x
   addresses the BAA registry (and the attacks) name;
-* break-glass activations go to the control plane (`open_lane`, the engine's rule);
+* break-glass activations go to the control plane (`open_lane`, the engine's rule), and so do
+  launch contexts (`open_context` / `close_context`: ``context_row``);
 * the kernel's decision and reason for a row are the kernel's own events for it: the driver
   sends one row at a time and reads the ring buffer after each answer (a hook writes its record
   before the send or connect returns), so the records read belong to that row.  No record means
@@ -46,14 +47,14 @@ from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.core.pipe import PipeWorker
 from paritybed.enforcer.decisions import Decisions
 from paritybed.enforcer.engine import decision_events
-from paritybed.enforcer.kernel_abi import (ALERT, ALLOW, DECISIONS, DENY, R_LANE_NOT_IN_ENVELOPE, R_LANE_OPENED, R_OK,
-                                           R_UNENFORCED, REASONS)
+from paritybed.enforcer.kernel_abi import (ALERT, ALLOW, DECISIONS, DENY, R_CONTEXT_NOT_IN_ENVELOPE, R_CONTEXT_OPENED,
+                                           R_LANE_NOT_IN_ENVELOPE, R_LANE_OPENED, R_OK, R_UNENFORCED, REASONS)
 from paritybed.scenarios import Scenario
 
 ClockMode = Literal["virtual", "real"]
 #: Kernel events that decide a row (the rest of the log is the control plane's own).
 DECIDING = ("deny", "alert", "request")
-ROW_EVENTS = DECIDING + ("first-contact", "quarantine", "kill", "lane-open", "lane-refused")
+ROW_EVENTS = DECIDING + ("first-contact", "quarantine", "kill", "lane-open", "lane-refused", "context-refused")
 
 
 # ------------------------------------------------------------------------------------ stand-ins
@@ -173,6 +174,17 @@ class RowDecisions:
             self.decision[i], self.reason[i] = DENY, R_LANE_NOT_IN_ENVELOPE
         self._keep(i, t, events, ("lane-open", "lane-refused"))
 
+    def context(self, i: int, t: int, enforced: bool, kind: str, opened: bool, events: list[dict[str, Any]]) -> None:
+        """A context_open / context_close row: the control plane's decision (AgentPolicy.context_expiry)."""
+        if not enforced:
+            self.reason[i] = R_UNENFORCED
+        elif kind == "context_open":
+            if opened:
+                self.reason[i] = R_CONTEXT_OPENED
+            else:
+                self.decision[i], self.reason[i] = DENY, R_CONTEXT_NOT_IN_ENVELOPE
+        self._keep(i, t, events, ("context-refused",))
+
     def row(self, i: int, t: int, who: tuple[str, int], kind: str, enforced: bool, refused: bool,
             events: list[dict[str, Any]]) -> None:
         """A FHIR request or an egress connect: the kernel's records for it decide."""
@@ -203,6 +215,17 @@ class RowDecisions:
     def result(self, t_ns: list[int]) -> Decisions:
         decision_events(self.events, self.decision, self.reason, t_ns)
         return Decisions(self.decision, self.reason, self.events, decided_by="kernel")
+
+
+def context_row(ke: Any, r: dict[str, Any], t: int) -> bool:
+    """A launch context opened or closed by the EHR side (a context_open / context_close row),
+    through the kernel enforcer's control plane; True when an opening was accepted (a closing
+    always is)."""
+    agent, replica, ctx = r["agent"], int(r["replica"]), r["launch_context"]
+    if r["kind"] == "context_close":
+        ke.close_context(agent, replica, ctx, t)
+        return True
+    return bool(ke.open_context(agent, replica, ctx, r["patient_id"], r["encounter_id"], int(r["duration_ns"]), t))
 
 
 def _refused(kind: str, answer: dict[str, Any] | None) -> bool:
@@ -266,6 +289,10 @@ def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: 
             if r["kind"] == "lane_open":
                 ok = ke.open_lane(r["agent"], who[1], r["claim_id"], r["lane"], int(r["duration_ns"]), t)
                 kernel.lane(i, t, enforced, ok, ke.drain())
+                seen_errno.append(0)
+                seen_status.append(0)
+            elif r["kind"] in ("context_open", "context_close"):
+                kernel.context(i, t, enforced, r["kind"], context_row(ke, r, t), ke.drain())
                 seen_errno.append(0)
                 seen_status.append(0)
             else:

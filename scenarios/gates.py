@@ -14,6 +14,7 @@ class FidelityGate(Strict):
     interarrival_ks_max: float = Field(0.08, ge=0, le=1)  # parity: KS on gaps between new contexts (docs/parity.md)
     burst_ratio_min: float = Field(0.75, ge=0)
     context_ks_max: float = Field(0.30, ge=0, le=1)  # parity: requests per context are small integers (docs/parity.md)
+    context_duration_ks_max: float = Field(0.30, ge=0, le=1)  # launch contexts: opening to closing (docs/parity.md)
 
 
 class CoverageGate(Strict):

@@ -92,7 +92,8 @@ class Hospital:
         self.vf = arm.volume_factor
         self.progress = progress
         kinds = {"ambient_scribe": Scribe, "cds": Cds, "prior_auth": PriorAuth}
-        self.agents: dict[str, AgentRuntime] = {a.name: kinds[a.agent_class](a, self.w) for a in scenario.agents}
+        self.agents: dict[str, AgentRuntime] = {
+            a.name: kinds[a.agent_class](scenario.agent_in(a.name, arm.agent_settings), self.w) for a in scenario.agents}
         self.scribes = [a for a in self.agents.values() if isinstance(a, Scribe)]
         self.cds = [a for a in self.agents.values() if isinstance(a, Cds)]
         self.prior_auth = [a for a in self.agents.values() if isinstance(a, PriorAuth)]
