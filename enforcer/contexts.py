@@ -20,8 +20,8 @@ from paritybed.core.columns import codes
 #: Distinct patients a request's names are kept for (the kernel's PB_NPAT): a request naming more
 #: is over any new-patient budget (and never in one context).
 NPAT_MAX = 4
-#: First-seen patients a replica's set records (per replica, for the new-patient budget).  A full
-#: set records no more: a patient not in it costs one step of the budget every time it is named.
+#: Patients a replica's set records (per replica, for the new-patient budget).  A full set records
+#: no more: a patient not in it costs one step of the budget every time it is named.
 SEEN_MAX = 4096
 
 
@@ -124,3 +124,24 @@ class Book:
         if npat and pat != got[0]:
             return False
         return not nenc or (got[1] >= 0 and enc == got[1])
+
+
+class SeenPatients:
+    """The patients one replica named lately, for the new-patient budget: patient -> when it was
+    last named in an allowed request.  A patient is **new** when it is not in the set or was last
+    named ``window_ns`` or longer ago.  Entries are never removed (a patient named again is
+    updated in place); a set holding ``SEEN_MAX`` entries records no other patient."""
+
+    def __init__(self, window_ns: int) -> None:
+        self.window = window_ns
+        self.last: dict[int, int] = {}
+
+    def new(self, patients: list[int], t: int) -> list[int]:
+        last, w = self.last, self.window
+        return [p for p in patients if p not in last or t - last[p] >= w]
+
+    def named(self, patients: list[int], t: int) -> None:
+        last = self.last
+        for p in patients:
+            if p in last or len(last) < SEEN_MAX:
+                last[p] = t

@@ -36,7 +36,7 @@ The steps of docs/enforcement.md for one row of replica R at time t (integer ns)
               otherwise                        -> violation type-not-in-envelope (first touch outside)
               ok and the agent is bound: in context, or under an open lane (lane), else out-of-context
               ok, not bound, a new-patient budget, not under an open lane:
-                  first-seen patients (+1 for an unknown patient) over the budget -> new-patient-budget
+                  patients not named lately (+1 for an unknown patient) over the budget -> new-patient-budget
               ok and a rate limit: GCRA with T = interval_ns, tau = (burst-1)*T:
                   tat = max(tat[R], t); tat - t > tau -> violation rate-exceeded
                   else tat[R] = tat + T (and the new-patient budget is spent)
@@ -82,7 +82,7 @@ from paritybed.enforcer.kernel_abi import (
     REASONS,
 )
 from paritybed.enforcer.classify import FRAMING
-from paritybed.enforcer.contexts import NPAT_MAX, SEEN_MAX, Book, Naming, naming
+from paritybed.enforcer.contexts import NPAT_MAX, Book, Naming, SeenPatients, naming
 from paritybed.enforcer.policy import AgentPolicy, Policy
 from paritybed.enforcer.registry import Registry
 
@@ -122,6 +122,7 @@ class Tables:
     tau: list[int]  # per slot: GCRA tolerance
     np_interval: list[int]  # per slot: new-patient budget T (0: none)
     np_tau: list[int]
+    np_window: list[int]  # per slot: a patient not named for this long is new again
     hold: list[int]  # per slot: quarantine hold (I64_MAX: until released)
     lane_pairs: dict[tuple[int, str], set[tuple[str, str]]]  # (agent, lane class) -> pairs
     registry_version: int
@@ -200,7 +201,7 @@ def build_tables(trace: pa.Table, policy: Policy, registry: Registry, start: dt.
 
     names = naming(trace, (kind == CONTEXT_OPEN) | (kind == CONTEXT_CLOSE))
     common = (kind == FHIR) & shape_ok & touch_ok if fast_path else np.zeros(n, dtype=bool)
-    mode, interval, tau, np_interval, np_tau, hold = _slot_parameters(policies, max_rep)
+    mode, interval, tau, (np_interval, np_tau, np_window), hold = _slot_parameters(policies, max_rep)
     lane_pairs = {(a, cls): {q.key() for q in lp.allow}
                   for a, p in enumerate(policies) if p is not None for cls, lp in p.lanes.items()}
     bound = [p is not None and p.context is not None and p.context.bound for p in policies]
@@ -209,7 +210,7 @@ def build_tables(trace: pa.Table, policy: Policy, registry: Registry, start: dt.
                   egress_reason=egress_reason.tolist(), address=addr_c.tolist(), has_claim=has_claim.tolist(),
                   claim=claim_c.tolist(), outside=outside, lane=lane, duration=duration, names=names,
                   common=common.tolist(), policies=policies, bound=bound, mode=mode, interval=interval, tau=tau,
-                  np_interval=np_interval, np_tau=np_tau, hold=hold, lane_pairs=lane_pairs,
+                  np_interval=np_interval, np_tau=np_tau, np_window=np_window, hold=hold, lane_pairs=lane_pairs,
                   registry_version=registry.version)
 
 
@@ -240,10 +241,10 @@ def _egress_reasons(policies: list[AgentPolicy | None], registry: Registry, star
 
 
 def _slot_parameters(policies: list[AgentPolicy | None], max_rep: int
-                     ) -> tuple[list[int], list[int], list[int], list[int], list[int], list[int]]:
-    """Per replica slot: response mode, GCRA interval and tolerance, new-patient budget interval
-    and tolerance, quarantine hold."""
-    mode, interval, tau, np_interval, np_tau, hold = [], [], [], [], [], []
+                     ) -> tuple[list[int], list[int], list[int], tuple[list[int], list[int], list[int]], list[int]]:
+    """Per replica slot: response mode, GCRA interval and tolerance, the new-patient budget's
+    interval, tolerance and window, quarantine hold."""
+    mode, interval, tau, np_interval, np_tau, np_window, hold = [], [], [], [], [], [], []
     for p in policies:
         rate = p.rate if p is not None else None
         budget = p.context.new_patient_budget if p is not None and p.context is not None else None
@@ -253,9 +254,10 @@ def _slot_parameters(policies: list[AgentPolicy | None], max_rep: int
             tau.append((rate.burst - 1) * rate.interval_ns if rate is not None else 0)
             np_interval.append(budget.interval_ns if budget is not None else 0)
             np_tau.append((budget.burst - 1) * budget.interval_ns if budget is not None else 0)
+            np_window.append(budget.window_ns if budget is not None else 0)
             held = p is not None and p.quarantine_hold_s is not None
             hold.append(p.quarantine_hold_s * NS_PER_S if held else I64_MAX)  # type: ignore[union-attr]
-    return mode, interval, tau, np_interval, np_tau, hold
+    return mode, interval, tau, (np_interval, np_tau, np_window), hold
 
 
 # ------------------------------------------------------------------------------------ the pass
@@ -274,7 +276,7 @@ class Pass:
         self.lanes: dict[tuple[int, int], tuple[str, int]] = {}  # (slot, claim) -> (class, expiry)
         self.contexts = Book()  # launch contexts per slot
         self.np_tat = [0] * n_slots  # new-patient budget: GCRA theoretical arrival time
-        self.seen: list[set[int]] = [set() for _ in range(n_slots)]  # patients each slot has named
+        self.seen = [SeenPatients(w) for w in tab.np_window]  # patients each slot named lately
         self.seen_contact: set[tuple[int, int]] = set()  # (slot, address) already contacted
 
     def run(self) -> None:
@@ -362,11 +364,8 @@ class Pass:
             self.violation(i, s, t, R_RATE)
             return
         if spend is not None:
-            self.np_tat[s], fresh = spend
-            if len(self.seen[s]) + len(fresh) <= SEEN_MAX:
-                self.seen[s].update(fresh)
-            else:  # a full set records what fits; the rest is charged again when named again
-                self.seen[s].update(fresh[:max(0, SEEN_MAX - len(self.seen[s]))])
+            self.np_tat[s] = spend
+            self.seen[s].named(tab.names.patients(i), t)
         if via_lane:
             self.reason[i] = R_LANE
 
@@ -378,22 +377,21 @@ class Pass:
             return self.tab.unscoped_ok[i]
         return self.contexts.holds(s, nm.ctx[i], t, nm.npat[i], nm.pat[i], nm.nenc[i], nm.enc[i], nm.unknown[i])
 
-    def new_patients(self, i: int, s: int, t: int) -> tuple[int, list[int]] | None:
-        """The new-patient budget: (the budget's next arrival time, the patients to record) if
-        the patients this request names for the first time fit (an unknown patient costs one
-        step too), None if over the budget.  Spent only once the request is allowed."""
+    def new_patients(self, i: int, s: int, t: int) -> int | None:
+        """The new-patient budget: its next arrival time if the patients this request names that
+        the replica has not named lately fit (an unknown patient costs one step too), None if over
+        the budget.  Spent, and the patients recorded as named, only once the request is allowed."""
         nm, tab = self.tab.names, self.tab
         if nm.npat[i] > NPAT_MAX:
             return None
-        fresh = [p for p in nm.patients(i) if p not in self.seen[s]]
-        k = len(fresh) + (1 if nm.unknown[i] else 0)
+        k = len(self.seen[s].new(nm.patients(i), t)) + (1 if nm.unknown[i] else 0)
         if not k:
-            return self.np_tat[s], []
+            return self.np_tat[s]
         T = tab.np_interval[s]
         x = max(self.np_tat[s], t)
         if x + (k - 1) * T - t > tab.np_tau[s]:
             return None
-        return x + k * T, fresh
+        return x + k * T
 
     def lane_verdict(self, i: int, t: int, lane: tuple[str, int] | None) -> int:
         """Touches outside the envelope: R_OK if the open lane of the request's claim holds every

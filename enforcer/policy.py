@@ -71,12 +71,14 @@ class LanePolicy(_M):
 
 
 class NewPatientBudget(_M):
-    """GCRA over the distinct patients a replica names for the first time (docs/enforcement.md,
-    "Clinical context binding"): one first-seen patient costs ``interval_ns``; up to ``burst`` may
-    come back to back.  ``per_5min`` is informational (first-seen patients refilled per 5 min)."""
+    """GCRA over the patients a replica names that it has not named in the last ``window_ns``
+    (docs/enforcement.md, "Clinical context binding"): one such new patient costs
+    ``interval_ns``; up to ``burst`` may come back to back.  ``per_5min`` is informational (new
+    patients refilled per 5 minutes)."""
 
     burst: int = Field(ge=1)
     interval_ns: int = Field(ge=1)
+    window_ns: int = Field(300 * NS_PER_S, ge=1, description="a patient not named for this long is new again")
     per_5min: float = 0.0
 
 

@@ -16,7 +16,7 @@ Margins (the scenario's ``policy:`` section, docs/policy.md):
   naming a patient was in its context; ``max_duration_s`` = ``context_duration_margin`` x the
   longest context held; ``max_open`` = ``context_open_margin`` x the most contexts open at once on
   one replica; ``unscoped`` = the pairs used naming nobody; for an agent that is not bound, a
-  ``new_patient_budget`` learned like the rate limit from the busiest 5 minutes of first-seen
+  ``new_patient_budget`` learned like the rate limit from the busiest 5 minutes of new
   patients on one replica, times ``new_patient_margin``.  An agent that neither had launch contexts
   nor named a patient in staging gets no ``context`` section.
 * ``quarantine_hold_min``: how long a quarantined replica stays quarantined (None: until released).

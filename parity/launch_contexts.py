@@ -9,9 +9,9 @@ context binding"; docs/policy.md, how it compiles):
 * the pairs it used **unscoped** (every touch of a request naming nobody);
 * the **longest context held** (opening to closing) and the **most contexts open at once** on one
   replica;
-* the busiest 5 minutes of **first-seen patients** on one replica (what the new-patient budget of
-  an agent that is not bound is learned from): each patient a replica names for the first time is
-  one event, a request naming an unknown patient one more.
+* the busiest 5 minutes of **new patients** on one replica (what the new-patient budget of an
+  agent that is not bound is learned from), counted as the budget counts them: a patient the
+  replica has not named in the last 5 minutes is one, a request naming an unknown patient one more.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from paritybed.core.columns import codes, ints, mask_eq
 from paritybed.core.units import FIVE_MIN_NS
-from paritybed.enforcer.contexts import SEEN_MAX, Book, naming
+from paritybed.enforcer.contexts import Book, SeenPatients, naming
 from paritybed.parity.windows import sliding_peak
 
 Pair = tuple[str, str]
@@ -41,7 +41,7 @@ class ContextSeen:
     unscoped: dict[Pair, int] = field(default_factory=dict)  # pairs touched by requests naming nobody
     longest_held_ns: int = 0
     max_open: int = 0  # most contexts open at once on one replica
-    new_patient_peak_5min: int = 0  # busiest replica, busiest 5 minutes of first-seen patients
+    new_patient_peak_5min: int = 0  # busiest replica, busiest 5 minutes of new patients
     patients: int = 0  # distinct patients named
 
     @property
@@ -74,8 +74,9 @@ def learn_contexts(trace: pa.Table, learn: np.ndarray) -> dict[str, ContextSeen]
     book = Book()
     opened: dict[tuple[int, int], int] = {}  # (slot, context) -> when it opened
     last_use: dict[tuple[int, int], int] = {}
-    seen: dict[int, set[int]] = {}
-    first_seen: dict[int, list[int]] = {}  # slot -> times a patient was named the first time
+    seen: dict[int, SeenPatients] = {}
+    distinct: dict[int, set[int]] = {}
+    first_seen: dict[int, list[int]] = {}  # slot -> times a new patient was named
     rows = np.nonzero(is_open | is_close | fhir)[0].tolist()
     for i in rows:
         s, c, ti = int(slot[i]), nm.ctx[i], int(t[i])
@@ -94,10 +95,11 @@ def learn_contexts(trace: pa.Table, learn: np.ndarray) -> dict[str, ContextSeen]
             if book.holds(s, c, ti, nm.npat[i], nm.pat[i], nm.nenc[i], nm.enc[i], nm.unknown[i]):
                 cs.in_context += 1
                 last_use[(s, c)] = ti
-            mine = seen.setdefault(s, set())
-            fresh = [p for p in nm.patients(i) if p not in mine]
-            mine.update(fresh[:max(0, SEEN_MAX - len(mine))])
-            k = len(fresh) + (1 if nm.unknown[i] else 0)
+            mine = seen.setdefault(s, SeenPatients(FIVE_MIN_NS))
+            named = nm.patients(i)
+            k = len(mine.new(named, ti)) + (1 if nm.unknown[i] else 0)
+            mine.named(named, ti)
+            distinct.setdefault(s, set()).update(named)
             if k:
                 first_seen.setdefault(s, []).extend([ti] * k)
     for (s, c), t0 in opened.items():  # never closed before the trace ended: held until its last use
@@ -108,7 +110,7 @@ def learn_contexts(trace: pa.Table, learn: np.ndarray) -> dict[str, ContextSeen]
     for s, times in first_seen.items():
         cs = out[agent_v[s // width]]
         cs.new_patient_peak_5min = max(cs.new_patient_peak_5min, sliding_peak(np.asarray(times), FIVE_MIN_NS))
-    for s, mine in seen.items():
+    for s, mine in distinct.items():
         out[agent_v[s // width]].patients += len(mine)
     _unscoped(trace, fhir, nm.named, agent_c, agent_v, out)
     return out

@@ -50,4 +50,4 @@ class PolicySettings(Strict):
     min_pair_count: int = Field(1, ge=1)  # a pair enters the envelope from this many staging requests
     context_duration_margin: float = Field(2.0, ge=1)  # multiplies the longest launch context held in staging
     context_open_margin: float = Field(2.0, ge=1)  # multiplies the most contexts open at once on a replica
-    new_patient_margin: float = Field(2.0, ge=1)  # multiplies the busiest 5 minutes of first-seen patients
+    new_patient_margin: float = Field(2.0, ge=1)  # multiplies the busiest 5 minutes of new patients

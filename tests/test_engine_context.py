@@ -13,7 +13,7 @@ import datetime as dt
 
 from paritybed.agents.trace import TraceBuilder
 from paritybed.core.baa import Endpoint
-from paritybed.enforcer import contexts, engine
+from paritybed.enforcer import contexts
 from paritybed.enforcer.engine import decide
 from paritybed.enforcer.kernel_abi import ALERT, ALLOW, DENY, REASONS
 from paritybed.enforcer.policy import (AgentPolicy, ContextPolicy, FhirPolicy, LanePolicy, NewPatientBudget, Pair,
@@ -283,14 +283,27 @@ def test_budget_does_not_count_under_an_open_lane():
     assert why == ["lane-opened", "", "", "", "", "new-patient-budget"]
 
 
+def test_a_patient_not_named_for_the_window_is_new_again():
+    b = TraceBuilder("production")
+    req(b, 0, "/fhir/Patient/A")
+    req(b, 300 * S - 1, "/fhir/Patient/A")  # named 1 ns within the window: not new, and named again now
+    req(b, 600 * S - 2, "/fhir/Patient/A")  # within the window of the last naming
+    req(b, 600 * S - 1, "/fhir/Patient/B")  # new: A spent the budget until 3000 s
+    req(b, 900 * S - 2, "/fhir/Patient/A")  # exactly the window since A was last named: new, and over
+    dec, why, _ = run(b, pol(bound=False, budget=NewPatientBudget(burst=1, interval_ns=3000 * S, window_ns=300 * S),
+                             unscoped=()))
+    assert why == ["", "", "", "new-patient-budget", "new-patient-budget"]
+
+
 def test_a_full_set_of_seen_patients_charges_the_rest_each_time(monkeypatch):
-    monkeypatch.setattr(engine, "SEEN_MAX", 2)
+    monkeypatch.setattr(contexts, "SEEN_MAX", 2)
     b = TraceBuilder("production")
     for k, p in enumerate("ABCC"):
         req(b, k * 10 * S, f"/fhir/Patient/{p}")
     req(b, 30 * S + 1, "/fhir/Patient/A")  # A was recorded: free
     _, why, _ = run(b, pol(bound=False, budget=budget(burst=1), unscoped=()))
-    # A, B recorded; C is never recorded: at 20 s one step, at 30 s another (tat was 30 s: allowed)
+    # A, B recorded; C is never recorded: at 20 s one step, at 30 s another (tat was 30 s: allowed);
+    # A at 30 s is within its window
     assert why == ["", "", "", "", ""]
     b2 = TraceBuilder("production")
     for k, p in enumerate("ABC"):

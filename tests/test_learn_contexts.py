@@ -127,3 +127,29 @@ def test_the_policy_hash_covers_the_context_section_and_bad_files_name_the_field
         path.write_text(json.dumps(raw))
         with pytest.raises(InputError, match=f"{path}: invalid policy at {where}.*{what}"):
             load_policy(path)
+
+
+def test_observed_events_with_touches_names_and_contexts_learn_the_binding():
+    """paritybed enforce --mode observe: kernel events that carry touches and names, and the
+    control plane's context openings, compile into an exact policy with its context section."""
+    from paritybed.parity.observed import observed_policy, trace_from_events
+
+    ev = [{"event": "context-open", "agent": "cds", "replica": 0, "t_ns": 0, "context": "c1", "patient": "9f1c",
+           "encounter": "", "duration_ns": 60 * S},
+          {"event": "request", "agent": "cds", "replica": 0, "t_ns": S, "kind": "fhir", "method": "GET",
+           "resource_type": "Observation", "interaction": "search", "touches": ["Observation:search", "Patient:read"],
+           "named_patients": ["9f1c"], "context": "c1"},
+          {"event": "request", "agent": "cds", "replica": 0, "t_ns": 2 * S, "kind": "fhir", "method": "POST",
+           "resource_type": "ServiceRequest", "interaction": "create"},
+          {"event": "context-close", "agent": "cds", "replica": 0, "t_ns": 3 * S, "context": "c1"}]
+    tr = trace_from_events(ev, agent_class="cds", fhir_server_addresses={SERVER})
+    pol = observed_policy(tr, fhir_server=SERVER, fhir_base="/fhir", registry=REG, agent="cds")
+    ap = pol.agents["cds"]
+    assert {p.key() for p in ap.fhir.allow} == {("Observation", "search"), ("Patient", "read"), ("ServiceRequest", "create")}
+    assert ap.context is not None and ap.context.bound and ap.context.max_duration_s == 6
+    assert [p.key() for p in ap.context.unscoped] == [("ServiceRequest", "create")]
+    # events without names (a kernel that does not report them): pairs only, no context section
+    bare = [{k: v for k, v in e.items() if k not in ("touches", "named_patients", "context")} for e in ev[1:3]]
+    pol2 = observed_policy(trace_from_events(bare, agent_class="cds", fhir_server_addresses={SERVER}),
+                           fhir_server=SERVER, fhir_base="/fhir", registry=REG, agent="cds")
+    assert pol2.agents["cds"].context is None
