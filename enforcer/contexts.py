@@ -40,6 +40,7 @@ class Naming:
     enc: list[int]
     unknown: list[bool]
     named: list[bool]
+    fast: list[int] = field(default_factory=list)  # see naming()
     pat_flat: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     pat_start: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
 
@@ -73,9 +74,12 @@ def _lists(col: pa.ChunkedArray, ids: _Ids) -> tuple[np.ndarray, np.ndarray, np.
     return lens, first, flat, start
 
 
-def naming(trace: pa.Table, context_rows: np.ndarray) -> Naming:
+def naming(trace: pa.Table, context_rows: np.ndarray, unscoped_ok: np.ndarray | None = None) -> Naming:
     """The names of every row; ``context_rows`` marks context_open/close rows, whose patient and
-    encounter are the context's (``patient_id``, ``encounter_id``)."""
+    encounter are the context's (``patient_id``, ``encounter_id``).  ``fast`` (for the engine's
+    common path): the context a row naming at most one patient and one encounter and no unknown
+    patient presents (its code), -2 for a row naming nobody whose touches are all unscoped
+    (``unscoped_ok``), -1 for any other row (the context check proper decides it)."""
     pids, eids = _Ids(), _Ids()
     npat, pat, pat_flat, start = _lists(trace["named_patients"], pids)
     nenc, enc, _, _ = _lists(trace["named_encounters"], eids)
@@ -85,8 +89,12 @@ def naming(trace: pa.Table, context_rows: np.ndarray) -> Naming:
         enc = np.where(context_rows, eids.encode(trace["encounter_id"]), enc)
     ctx = _Ids().encode(trace["launch_context"])
     named = (npat > 0) | (nenc > 0) | unknown
+    simple = (ctx >= 0) & ~unknown & (npat <= 1) & (nenc <= 1)
+    free = unscoped_ok if unscoped_ok is not None else np.zeros(len(npat), dtype=bool)
+    fast = np.where(named, np.where(simple, ctx, -1), np.where(free, -2, -1))
     return Naming(ctx=ctx.tolist(), npat=npat.tolist(), pat=pat.tolist(), nenc=nenc.tolist(), enc=enc.tolist(),
-                  unknown=unknown.tolist(), named=named.tolist(), pat_flat=pat_flat, pat_start=start)
+                  unknown=unknown.tolist(), named=named.tolist(), fast=fast.tolist(), pat_flat=pat_flat,
+                  pat_start=start)
 
 
 class Book:

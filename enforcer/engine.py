@@ -199,7 +199,7 @@ def build_tables(trace: pa.Table, policy: Policy, registry: Registry, start: dt.
         mine = (tuple(flat_v[k].split(":", 1)) for k in flat_c[tstart[i]:tstart[i + 1]].tolist())
         outside[i] = tuple(q for q in mine if q not in allowed)  # type: ignore[misc]
 
-    names = naming(trace, (kind == CONTEXT_OPEN) | (kind == CONTEXT_CLOSE))
+    names = naming(trace, (kind == CONTEXT_OPEN) | (kind == CONTEXT_CLOSE), unscoped_ok)
     common = (kind == FHIR) & shape_ok & touch_ok if fast_path else np.zeros(n, dtype=bool)
     mode, interval, tau, (np_interval, np_tau, np_window), hold = _slot_parameters(policies, max_rep)
     lane_pairs = {(a, cls): {q.key() for q in lp.allow}
@@ -282,7 +282,8 @@ class Pass:
     def run(self) -> None:
         tab, nm = self.tab, self.tab.names
         D, RS, q_until, tat, interval, tau, mode = self.decision, self.reason, self.q_until, self.tat, tab.interval, tab.tau, tab.mode
-        bound, agent, np_interval, named = tab.bound, tab.agent, tab.np_interval, nm.named
+        bound, agent, np_interval, named, kind = tab.bound, tab.agent, tab.np_interval, nm.named, tab.kind
+        fast, pat, enc, held = nm.fast, nm.pat, nm.enc, self.contexts.open
         for i, c, s, t in zip(range(tab.n), tab.common, tab.slot, tab.t):
             if c and mode[s] >= M_ALERT:
                 # The common row, a plain request inside the envelope of an enforcing agent, in
@@ -293,9 +294,14 @@ class Pass:
                     RS[i] = R_QUARANTINED
                     continue
                 if bound[agent[i]]:
-                    if not self.in_context(i, s, t):
-                        self.general(i, s, t)
-                        continue
+                    f = fast[i]
+                    if f != -2:  # names someone (or an unscoped form staging never used): Book.holds inline
+                        got = held.get(s)
+                        e = got.get(f) if got is not None and f >= 0 else None
+                        if e is None or t >= e[2] or (pat[i] >= 0 and pat[i] != e[0]) or \
+                                (enc[i] >= 0 and (e[1] < 0 or enc[i] != e[1])):
+                            self.general(i, s, t)
+                            continue
                 elif np_interval[s] and named[i]:
                     self.general(i, s, t)
                     continue
@@ -306,6 +312,9 @@ class Pass:
                         self.violation(i, s, t, R_RATE)
                         continue
                     tat[s] = x + T
+                continue
+            if kind[i] >= CONTEXT_OPEN:
+                self.context_row(i, s, t)
                 continue
             self.general(i, s, t)
 

@@ -363,3 +363,13 @@ def test_fast_path_decides_exactly_like_the_general_path_with_contexts(rows, res
     assert fast.decision.tolist() == slow.decision.tolist()
     assert fast.reason.tolist() == slow.reason.tolist()
     assert fast.events == slow.events
+
+
+def test_the_reason_codes_are_one_vocabulary():
+    """The engine's, the kernel ABI's and the shared vocabulary's reasons are the same, in order
+    (the kernel's codes index them)."""
+    from paritybed.core import vocabulary
+    from paritybed.enforcer import kernel_abi
+
+    assert vocabulary.REASONS == kernel_abi.REASONS
+    assert vocabulary.REASONS[13:] == ("out-of-context", "new-patient-budget", "context-opened", "context-not-in-envelope")
