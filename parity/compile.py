@@ -14,11 +14,11 @@ Margins (the scenario's ``policy:`` section, docs/policy.md):
   requested in staging (or, if longer, the longest time an activation was used), times the margin.
 * launch contexts (``context``, docs/policy.md): ``bound`` when every legitimate staging request
   naming a patient was in its context; ``max_duration_s`` = ``context_duration_margin`` x the
-  longest context held; ``max_open`` = ``context_open_margin`` x the most contexts open at once on
-  one replica; ``unscoped`` = the pairs used naming nobody; for an agent that is not bound, a
-  ``new_patient_budget`` learned like the rate limit from the busiest 5 minutes of new
-  patients on one replica, times ``new_patient_margin``.  An agent that neither had launch contexts
-  nor named a patient in staging gets no ``context`` section.
+  longest context held, at least ``CONTEXT_MIN_S``; ``max_open`` = ``context_open_margin`` x the
+  most contexts open at once on one replica; ``unscoped`` = the pairs used naming nobody; for an
+  agent that is not bound, a ``new_patient_budget`` learned like the rate limit from the busiest
+  5 minutes of new patients on one replica, times ``new_patient_margin``.  An agent that neither
+  had launch contexts nor named a patient in staging gets no ``context`` section.
 * ``quarantine_hold_min``: how long a quarantined replica stays quarantined (None: until released).
 """
 
@@ -87,6 +87,12 @@ def rate_policy(peak_5min: int, rate_margin: float) -> RatePolicy | None:
     return RatePolicy(burst=burst, interval_ns=interval, rate_per_s=round(1e9 / interval, 6))
 
 
+#: A launch context lives at least this long (s): a query whose requests take seconds longer than
+#: staging's (a slow server, a retry) must not outlive its context, and a minute more of the one
+#: patient it names is all a longer context admits.
+CONTEXT_MIN_S = 60
+
+
 def _times(margin: float, x: float) -> int:
     return max(1, math.ceil(margin * x - 1e-9))
 
@@ -104,7 +110,8 @@ def context_policy(seen: ContextSeen, margins: Margins) -> ContextPolicy | None:
         budget = NewPatientBudget(burst=r.burst, interval_ns=r.interval_ns, per_5min=float(r.burst))
     return ContextPolicy(
         bound=seen.bound,
-        max_duration_s=_times(margins.context_duration_margin, seen.longest_held_ns / 1e9) if seen.contexts else None,
+        max_duration_s=max(CONTEXT_MIN_S, _times(margins.context_duration_margin, seen.longest_held_ns / 1e9))
+        if seen.contexts else None,
         max_open=_times(margins.context_open_margin, seen.max_open) if seen.contexts else None,
         unscoped=[Pair(type=t, interaction=i) for t, i in unscoped], new_patient_budget=budget)
 

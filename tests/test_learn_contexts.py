@@ -146,7 +146,7 @@ def test_observed_events_with_touches_names_and_contexts_learn_the_binding():
     pol = observed_policy(tr, fhir_server=SERVER, fhir_base="/fhir", registry=REG, agent="cds")
     ap = pol.agents["cds"]
     assert {p.key() for p in ap.fhir.allow} == {("Observation", "search"), ("Patient", "read"), ("ServiceRequest", "create")}
-    assert ap.context is not None and ap.context.bound and ap.context.max_duration_s == 6
+    assert ap.context is not None and ap.context.bound and ap.context.max_duration_s == 60  # the floor
     assert [p.key() for p in ap.context.unscoped] == [("ServiceRequest", "create")]
     # events without names (a kernel that does not report them): pairs only, no context section
     bare = [{k: v for k, v in e.items() if k not in ("touches", "named_patients", "context")} for e in ev[1:3]]
