@@ -606,9 +606,9 @@ int pb_unseen(struct __sk_buff *skb)
 #define JMP_LINE 0
 #define JMP_HEAD 1
 #define JMP_DECIDE 2
-#ifndef PB_CHUNK
-#define PB_CHUNK 64   /* steps per program (the loader retries smaller if too complex) */
-#endif
+/* PB_CHUNK (still passed by the loader) is no longer used: a phase's loop is bounded by may_goto
+ * (pb_may_goto in parser.h), not by a step count, and continues by tail call only if the kernel's
+ * loop budget runs out. */
 
 /* the tables the parser reads */
 static __always_inline int pb_env_get(struct pb_env *e)
@@ -661,7 +661,7 @@ int pb_parse_line(struct sk_msg_md *msg)
         return SK_DROP;
     struct pb_pstate *s = &ss->ps;
     if (!s->done)
-        pb_scan(msg, s, &e, PB_CHUNK, 1);
+        pb_scan(msg, s, &e, 1);
     if (!s->done) {
         jmp.call(msg, JMP_LINE);
         return SK_DROP;
@@ -683,7 +683,7 @@ int pb_parse_head(struct sk_msg_md *msg)
         return SK_DROP;
     struct pb_pstate *s = &ss->ps;
     if (!s->done)
-        pb_scan(msg, s, &e, PB_CHUNK, 0);
+        pb_scan(msg, s, &e, 0);
     if (!s->done) {
         jmp.call(msg, JMP_HEAD);
         return SK_DROP;

@@ -170,7 +170,7 @@ class PState(ct.Structure):
     """The parser's state while a message is parsed (bpf/parser.h; kernel-internal: mirrored for
     its size, which tests/test_kernel_abi.py checks)."""
 
-    _fields_ = [("raw", u64 * 74)]
+    _fields_ = [("raw", u64 * 45)]
 
 
 class Sock(ct.Structure):

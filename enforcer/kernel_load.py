@@ -22,7 +22,8 @@ from paritybed.enforcer import bpfsys, btf, kernel_abi as abi
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "paritybed.c"
-#: steps the parser takes per program (a step is a run of token bytes and the byte that ends it, or
+#: (WIP, issue 11: the parser's loops are now bounded by may_goto and ignore PB_CHUNK; this retry
+#: goes when pb_parse_line loads.)  Steps the parser takes per program (a step is a run of token bytes and the byte that ends it, or
 #: one byte): (entry program, each tail call of pb_parse).  The verifier follows every step (~5-6k
 #: instructions each on 6.18: ~680k and ~750k of its 1M at 128); the loader retries smaller if
 #: another kernel finds them too complex.  Even 64 steps per program cover the worst case, a
