@@ -19,6 +19,15 @@
 
 #include "codes.h"
 
+/* name-table lookup slots (pb_look_step): what a name segment is looked up as */
+#define LQ_T 0            /* a type */
+#define LQ_M 1            /* a modifier */
+#define LQ_P 2            /* a parameter of the current type (PV_ABSENT: of every type but it) */
+#define LQ_PG 3           /* a parameter of every type */
+#define LQ_X 4            /* a page-link, read or history parameter */
+#define LQ_C 5            /* 5..8: a parameter of each chain candidate (s->cand) */
+#define LQ_SLOTS 16
+
 struct pb_pstate {
     __u64 k0, k1, k2, k3, k4;  /* shift register of the current token (classify.pack_words) */
     __u64 bw0, bw1, bw2;     /* the agent's fhir.base */
@@ -48,15 +57,23 @@ struct pb_pstate {
     __u8 cont, done, desync, body;
     /* what one step of the request line found, for the actions that follow it (in memory, not
      * registers: the verifier then sees one state after the step's first half, not one per byte) */
-    __u16 act;               /* A_*: the steps still to run before the next byte (pb_line_act) */
+    __u32 act;               /* A_*: the steps still to run before the next byte (pb_line_act) */
     __u8 a_term, a_sep, a_pair, a_d;
     /* arguments of the deferred steps of a name segment's end (X_* below) */
     __u16 x_cpv, x_xt, x_mpv, x_mt, x_npv, x_nmt, x_rmt;
     __u8 x_mm, x_nm, x_nid, x_m, x_inter, x_hasmod, x_rm;
-    __u16 lk_t, lk_p, lk_x;  /* a name segment as a type, a parameter, a page-link/read/history one */
-    __u8 lk_m;               /* ... as a modifier */
+    /* name-table lookups queued by a step for the steps after it (pb_look_step): the name they
+     * read (a copy of the shift register when queued), the slots queued (LQ_*), and per slot the
+     * table, the context and the value found (0: none) */
+    __u64 q0, q1, q2, q3, q4;
+    __u32 qlen;
+    __u16 lq;
+    __u16 lq_ctx[LQ_SLOTS];
+    __u16 lq_v[LQ_SLOTS];
+    __u8 lq_tab[LQ_SLOTS];
+    __u8 x_pl;               /* a pair's end waits for its include segment's lookups (pb_line_act) */
     __u8 x_st;               /* the state a name segment ended in */
-    __u8 x_hist, x_srch, x_letter; /* a path segment is _history, _search, starts with a letter */
+    __u8 x_hist, x_srch;     /* a path segment is _history, _search */
 };
 
 /* the tables the parser reads (map values the caller looked up) */
@@ -174,9 +191,14 @@ struct pb_env {
 #define A_NAMEID 512      /* the id of a read names a patient or an encounter (s->x_idh) */
 #define A_QUERY 1024      /* '?' ended the path: the query starts (pb_path_query) */
 #define A_QSYS 2048       /* '?' after the base: its query starts */
+#define A_LOOK 4096       /* a queued name-table lookup (pb_look_step) */
+#define A_TERM0 8192      /* a path segment ended: its lookups first (pb_seg_look) */
+#define A_SEP0 16384      /* a name segment ended: its lookups first (pb_name_seg_look) */
+#define A_INC 32768       /* an include's segment ended, its lookups done (pb_inc_seg) */
+#define A_ITYP 65536      /* a reference's type ended, its lookup done */
 
-#define ACT_TERM(c) do { s->act |= A_TERM; s->a_term = (c); } while (0)
-#define ACT_SEP(c) do { s->act |= A_SEP; s->a_sep = (c); } while (0)
+#define ACT_TERM(c) do { s->act |= A_TERM0; s->a_term = (c); } while (0)
+#define ACT_SEP(c) do { s->act |= A_SEP0; s->a_sep = (c); } while (0)
 #define ACT_PAIR(n) do { s->act |= A_PAIR; s->a_pair = (n); } while (0)
 
 /* Deferred steps of a name segment's end: pb_name_seg_end records them (bits of s->act with their
@@ -223,23 +245,70 @@ static __always_inline u16 pb_name_find(struct pb_ntab *nt, u8 tab, u16 ctx, u32
     return (u16)val;
 }
 
-/* the segment in the shift register as a type name (0: not one) */
-static __always_inline u16 pb_type_of(struct pb_pstate *s, struct pb_env *e)
+/* The name in the shift register is looked up as what the grammar may need it as, before the
+ * grammar reads it: the step that ends a segment queues its lookups (pb_look), the next loop
+ * iterations run them one each (pb_look_step, the program's one lookup site), and the step after
+ * them reads the values (s->lq_v).  One site, entered from the loop's head, keeps the verifier's
+ * cost of a lookup independent of how many places in the grammar need one. */
+static __always_inline void pb_look_name(struct pb_pstate *s)
 {
-    return s->len > PB_TYPE_MAX ? 0 : pb_name_find(e->nt, NT_TYPE, 0, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
+    s->q0 = s->k0;
+    s->q1 = s->k1;
+    s->q2 = s->k2;
+    s->q3 = s->k3;
+    s->q4 = s->k4;
+    s->qlen = s->len;
+    s->lq = 0;
+#pragma unroll
+    for (int i = 0; i < LQ_SLOTS; i++)
+        s->lq_v[i] = 0;
 }
 
-/* the segment as a search parameter of type t (its own, then those of every type) */
-static __always_inline u16 pb_param_of(struct pb_pstate *s, struct pb_env *e, u16 t)
+static __always_inline void pb_look(struct pb_pstate *s, u32 slot, u8 tab, u16 ctx)
 {
-    if (s->len > PB_NAME_MAX)
-        return 0;
-    u16 v = pb_name_find(e->nt, NT_PARAM, t, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
+    slot &= LQ_SLOTS - 1;
+    s->lq |= 1 << slot;
+    s->lq_tab[slot] = tab;
+    s->lq_ctx[slot] = ctx;
+    s->act |= A_LOOK;
+}
+
+/* the lowest queued lookup */
+static __always_inline void pb_look_step(struct pb_pstate *s, struct pb_env *e)
+{
+    u32 q = RD(s->lq) & 0xffff;
+    if (!q) {
+        s->act &= ~A_LOOK;
+        return;
+    }
+    u32 below = (q & (0 - q)) - 1; /* the bits under the lowest queued slot: their count is its index */
+    below = below - ((below >> 1) & 0x5555);
+    below = (below & 0x3333) + ((below >> 2) & 0x3333);
+    below = (below + (below >> 4)) & 0x0f0f;
+    u32 i = (below + (below >> 8)) & (LQ_SLOTS - 1);
+    u32 len = RD(s->qlen);
+    u16 v = len > PB_NAME_MAX ? 0 : pb_name_find(e->nt, s->lq_tab[i], s->lq_ctx[i], len, s->q0, s->q1, s->q2, s->q3, s->q4);
+    s->lq_v[i] = v;
+    q &= q - 1;
+    s->lq = q;
+    if (!q)
+        s->act &= ~A_LOOK;
+}
+
+/* a parameter looked up in slot `slot` for a type, with the every-type lookup (LQ_PG) behind it */
+static __always_inline u16 pb_look_param(struct pb_pstate *s, u32 slot)
+{
+    u16 v = s->lq_v[slot & (LQ_SLOTS - 1)];
     if (v == PV_ABSENT)
         return 0; /* a parameter of every type but this one */
-    if (!v)
-        v = pb_name_find(e->nt, NT_PARAM, 0, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
-    return v;
+    return v ? v : s->lq_v[LQ_PG];
+}
+
+/* the name's lookups as a parameter of type t */
+static __always_inline void pb_look_params(struct pb_pstate *s, u32 slot, u16 t)
+{
+    pb_look(s, slot, NT_PARAM, t);
+    pb_look(s, LQ_PG, NT_PARAM, 0);
 }
 
 static __always_inline struct pb_tset *pb_tset_of(struct pb_env *e, u16 pv)
@@ -379,15 +448,18 @@ static __always_inline void pb_path_query(struct pb_pstate *s)
 }
 
 /* a path segment ended with term ('/', '?' or ' '): what it was (classify._Walk.target) */
+static __always_inline void pb_seg_look(struct pb_pstate *s)
+{
+    pb_look_name(s);
+    if (s->len && (s->sfl & SF_LETTERS) && (s->seg == 0 || s->seg == 2))
+        pb_look(s, LQ_T, NT_TYPE, 0); /* the segment as a type (its first byte is checked per case) */
+    s->act |= A_TERM;
+}
+
 static __always_inline void pb_seg_end(struct pb_pstate *s, struct pb_env *e, u8 term)
 {
     s->x_hist = s->len == 8 && s->k0 == W_HISTORY;
     s->x_srch = s->len == 7 && s->k0 == W_SEARCH;
-    s->x_letter = s->len && (s->sfl & SF_LETTERS) != 0; /* first byte a letter: checked below per case */
-    s->lk_t = 0;
-    asm volatile("" ::: "memory");
-    if (RD(s->x_letter) && (RD(s->seg) == 0 || RD(s->seg) == 2))
-        s->lk_t = pb_type_of(s, e); /* the segment as a type: looked up at one place */
     asm volatile("" ::: "memory");
     if (RD(s->sfl) & SF_OP) { /* $name: an operation (the rest of the target is not looked at) */
         DEV(!(RD(s->sfl) & SF_OPOK) || RD(s->len) == 0 ? S_MALFORMED : (RD(s->len) == 7 && s->k0 == W_GRAPHQL) ? S_GRAPHQL : S_OPERATION);
@@ -416,7 +488,7 @@ static __always_inline void pb_seg_end(struct pb_pstate *s, struct pb_env *e, u8
             DEV(S_MALFORMED);
             return;
         }
-        u16 t = RD(s->lk_t);
+        u16 t = RD(s->lq_v[LQ_T]);
         if (!t) {
             DEV(S_UNKNOWN_TYPE);
             return;
@@ -449,7 +521,7 @@ static __always_inline void pb_seg_end(struct pb_pstate *s, struct pb_env *e, u8
             DEV(S_MALFORMED);
             return;
         } else {
-            u16 m = RD(s->lk_t);
+            u16 m = RD(s->lq_v[LQ_T]);
             u16 owner = s->type_id;
             if (!m || !pb_bit(e->tb->comp[owner < PB_TYPES ? owner : 0], m) || RD(s->a_term) == '/') {
                 DEV(S_COMPARTMENT);
@@ -630,29 +702,6 @@ static __always_inline void pb_names_mode(struct pb_pstate *s, struct pb_env *e,
     s->vexpl = mt != 0;
 }
 
-/* The names a segment that ended in state st may be, looked up once each (into s->lk_*), before
- * the grammar reads them: one lookup site per table in the program. */
-static __always_inline void pb_name_lookups(struct pb_pstate *s, struct pb_env *e)
-{
-    s->lk_t = 0;
-    s->lk_m = 0;
-    s->lk_p = 0;
-    s->lk_x = 0;
-    asm volatile("" ::: "memory");
-    if (RD(s->x_st) == NS_HAS_T || RD(s->x_st) == NS_HAS_MOD || RD(s->x_st) == NS_HMOD) {
-        s->lk_t = pb_type_of(s, e);
-        s->lk_m = (u8)(RD(s->len) > PB_NAME_MAX ? 0 : pb_name_find(e->nt, NT_MOD, 0, RD(s->len), s->k0, s->k1, s->k2, s->k3, s->k4));
-    }
-    asm volatile("" ::: "memory");
-    if (RD(s->x_st) == NS_HAS_R || RD(s->x_st) == NS_HAS_NEXT || RD(s->x_st) == NS_HNAME || (RD(s->x_st) == NS_FIRST && RD(s->qmode) == QM_SEARCH))
-        s->lk_p = pb_param_of(s, e, RD(s->x_st) == NS_FIRST ? s->type_id : s->cur);
-    asm volatile("" ::: "memory");
-    if (RD(s->x_st) == NS_FIRST && RD(s->qmode) != QM_SEARCH) /* the base's page links, a read's or a history's parameters */
-        s->lk_x = pb_name_find(e->nt, NT_PARAM, RD(s->qmode) == QM_SYSTEM ? 0xffff : RD(s->qmode) == QM_READ ? 0xfffe : 0xfffd, RD(s->len),
-                               s->k0, s->k1, s->k2, s->k3, s->k4);
-    asm volatile("" ::: "memory");
-}
-
 /* the next hop's parameter on each candidate target of a chain (s->cpv) and which of them have it
  * as an ordinary (s->anym) or a reference (s->refm) parameter */
 static __always_inline void pb_cand_params(struct pb_pstate *s, struct pb_env *e)
@@ -662,7 +711,7 @@ static __always_inline void pb_cand_params(struct pb_pstate *s, struct pb_env *e
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < PB_NARROW; i++) {
         asm volatile("" ::: "memory");
-        u16 v = i < s->ncand ? pb_param_of(s, e, s->cand[i & (PB_NARROW - 1)]) : 0;
+        u16 v = i < s->ncand ? pb_look_param(s, LQ_C + i) : 0;
         u8 k = PV_KIND(v);
         s->cpv[i & (PB_NARROW - 1)] = v;
         s->anym |= (u8)(P_ORDINARY(k) << i);
@@ -670,19 +719,44 @@ static __always_inline void pb_cand_params(struct pb_pstate *s, struct pb_env *e
     }
 }
 
-/* the segment in the register ended with sep (':', '.', '='): params.Params._segment_end */
-static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *e, u8 sep)
+/* a name segment ended: the state it ended in, and the names it may be, looked up first */
+static __always_inline void pb_name_seg_look(struct pb_pstate *s)
 {
     u32 len = s->len;
     if (len == 0) {
         DEV(S_MALFORMED);
         return;
     }
-    u8 st = s->nst, qm = s->qmode, has = len == 4 && s->k0 == W_HAS;
+    u8 st = s->nst, has = len == 4 && s->k0 == W_HAS;
     if ((st == NS_FIRST || st == NS_HAS_NEXT) && has)
         st = NS_HAS_KEY; /* "_has" opens a has-name, or a nested one */
     s->x_st = st;
-    pb_name_lookups(s, e);
+    pb_look_name(s);
+    asm volatile("" ::: "memory");
+    if (RD(s->x_st) == NS_HAS_T || RD(s->x_st) == NS_HAS_MOD || RD(s->x_st) == NS_HMOD) {
+        pb_look(s, LQ_T, NT_TYPE, 0);
+        pb_look(s, LQ_M, NT_MOD, 0);
+    }
+    asm volatile("" ::: "memory");
+    if (RD(s->x_st) == NS_HAS_R || RD(s->x_st) == NS_HAS_NEXT || RD(s->x_st) == NS_HNAME || (RD(s->x_st) == NS_FIRST && RD(s->qmode) == QM_SEARCH))
+        pb_look_params(s, LQ_P, RD(s->x_st) == NS_FIRST ? s->type_id : s->cur);
+    asm volatile("" ::: "memory");
+    if (RD(s->x_st) == NS_FIRST && RD(s->qmode) != QM_SEARCH) /* the base's page links, a read's or a history's parameters */
+        pb_look(s, LQ_X, NT_PARAM, RD(s->qmode) == QM_SYSTEM ? 0xffff : RD(s->qmode) == QM_READ ? 0xfffe : 0xfffd);
+    asm volatile("" ::: "memory");
+    if (RD(s->x_st) == NS_HNAME) { /* a chain's next hop on each candidate target */
+#pragma unroll
+        for (int i = 0; i < PB_NARROW; i++)
+            if (i < RD(s->ncand))
+                pb_look_params(s, LQ_C + i, s->cand[i]);
+    }
+    s->act |= A_SEP;
+}
+
+/* the segment in the register ended with sep (':', '.', '='): params.Params._segment_end */
+static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *e, u8 sep)
+{
+    u32 len = s->len;
     if (RD(s->x_st) == NS_HAS_KEY || RD(s->x_st) == NS_HAS_T || RD(s->x_st) == NS_HAS_R) { /* structure of a has-name */
         if (RD(s->a_sep) == '.') {
             DEV(S_HAS);
@@ -699,7 +773,7 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
     }
     if (RD(s->x_st) == NS_HAS_T) {
         if (!s->pend) {
-            u16 t = s->lk_t;
+            u16 t = s->lq_v[LQ_T];
             if (!t) {
                 PEND(S_HAS);
             } else {
@@ -711,7 +785,7 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
         return;
     }
     if (RD(s->x_st) == NS_HAS_R) {
-        if (!s->pend && PV_KIND(s->lk_p) != P_REFERENCE)
+        if (!s->pend && PV_KIND(pb_look_param(s, LQ_P)) != P_REFERENCE)
             PEND(S_PARAM);
         s->nst = NS_HAS_NEXT;
         return;
@@ -722,7 +796,7 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
             return;
         }
         if (!s->pend) {
-            u16 v = s->lk_p;
+            u16 v = pb_look_param(s, LQ_P);
             s->pv = v;
             if (!P_ORDINARY(PV_KIND(v)))
                 PEND(S_PARAM);
@@ -741,8 +815,8 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
             return;
         }
         if (!s->pend) {
-            u8 mod = s->lk_m;
-            X_MOD(s->pv, mod, mod ? 0 : s->lk_t);
+            u8 mod = (u8)s->lq_v[LQ_M];
+            X_MOD(s->pv, mod, mod ? 0 : s->lq_v[LQ_T]);
         }
         s->vmode = VM_SKIP;
         return;
@@ -755,7 +829,7 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
     s->nst = RD(s->a_sep) == ':' ? NS_HMOD : NS_HNAME;
     if (RD(s->x_st) == NS_FIRST) {
         if (RD(s->qmode) == QM_SYSTEM) {
-            u16 v = s->lk_x;
+            u16 v = s->lq_v[LQ_X];
             if (RD(s->a_sep) != '=' || !v)
                 s->paging = 0;
             if (RD(s->a_sep) == '=' && v == 2)
@@ -763,11 +837,11 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
             return;
         }
         if (RD(s->qmode) != QM_SEARCH) {
-            if (RD(s->a_sep) != '=' || !s->lk_x)
+            if (RD(s->a_sep) != '=' || !s->lq_v[LQ_X])
                 PEND(S_PARAM);
             return;
         }
-        u16 v = s->lk_p;
+        u16 v = pb_look_param(s, LQ_P);
         u8 k = PV_KIND(v);
         s->pv = v;
         s->sub = len == 3 && s->k0 == 0x5f6964; /* "_id" */
@@ -797,8 +871,8 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
     if (s->pend || RD(s->qmode) != QM_SEARCH)
         return;
     if (RD(s->x_st) == NS_HMOD) {
-        u8 mod = s->lk_m;
-        u16 mt = mod ? 0 : s->lk_t;
+        u8 mod = (u8)s->lq_v[LQ_M];
+        u16 mt = mod ? 0 : s->lq_v[LQ_T];
         u16 pv = s->pv;
         if (s->hop == 0) {
             u8 k = PV_KIND(pv);
@@ -851,7 +925,7 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
         X_NARROW(RD(s->a_sep) == '.' ? s->refm : s->anym, RD(s->a_sep) == '.', 0, 0, 0);
         return;
     }
-    u16 v = s->lk_p;
+    u16 v = pb_look_param(s, LQ_P);
     s->pv = v;
     if (RD(s->a_sep) == '.')
         X_CHAIN(v, 0);
@@ -908,19 +982,29 @@ static __always_inline void pb_item_end(struct pb_pstate *s, struct pb_env *e)
         pb_name_encounter(s, s->fnv);
 }
 
-/* an include's segment ended (':' or the value's end) */
+/* an include's segment ended (':' or the value's end): its lookups first */
+static __always_inline void pb_inc_look(struct pb_pstate *s)
+{
+    u8 n = s->nseg;
+    pb_look_name(s);
+    if (n == 0 || n == 2)
+        pb_look(s, LQ_T, NT_TYPE, 0);
+    else if (n == 1 && s->ityp)
+        pb_look_params(s, LQ_P, s->ityp);
+    s->act |= A_INC;
+}
+
+/* ... then what it was (a deferred step, A_INC) */
 static __always_inline void pb_inc_seg(struct pb_pstate *s, struct pb_env *e)
 {
     u8 n = s->nseg;
     u16 v = 0;
     if (!s->iok || s->len > PB_NAME_MAX)
         v = 0;
-    else if (n == 0)
-        v = pb_type_of(s, e);
+    else if (n == 0 || n == 2)
+        v = s->lq_v[LQ_T];
     else if (n == 1)
-        v = s->ityp ? pb_param_of(s, e, s->ityp) : 0;
-    else if (n == 2)
-        v = pb_type_of(s, e);
+        v = s->ityp ? pb_look_param(s, LQ_P) : 0;
     if (n == 0)
         s->ityp = v;
     else if (n == 1)
@@ -947,8 +1031,11 @@ static __always_inline void pb_value_byte(struct pb_pstate *s, struct pb_env *e,
             s->icol = 1;
         } else if (d == '/' && vm == VM_REFS) {
             s->isl = s->isl < 2 ? s->isl + 1 : 2;
-            if (s->isl == 1)
-                s->ityp = pb_type_of(s, e);
+            if (s->isl == 1) { /* the reference's type: looked up, then read (A_ITYP) */
+                pb_look_name(s);
+                pb_look(s, LQ_T, NT_TYPE, 0);
+                s->act |= A_ITYP;
+            }
             s->fnv = FNV_OFFSET; /* the id is what follows the slash */
             s->ilen = 0;
             s->iok = 1;
@@ -966,7 +1053,7 @@ static __always_inline void pb_value_byte(struct pb_pstate *s, struct pb_env *e,
         s->len++;
     } else if (vm == VM_INCLUDE || vm == VM_REVINCLUDE) {
         if (d == ':') {
-            pb_inc_seg(s, e);
+            pb_inc_look(s);
             return;
         }
         if (!(e->ct->c[d] & C_NAME))
@@ -986,7 +1073,7 @@ static __always_inline void pb_value_end(struct pb_pstate *s, struct pb_env *e)
     if (vm == VM_REFS || vm == VM_IDS) {
         pb_item_end(s, e);
     } else if (vm == VM_INCLUDE || vm == VM_REVINCLUDE) {
-        pb_inc_seg(s, e);
+        /* its last segment was read by A_INC (pb_line_act's pair step) */
         if (s->pend)
             return;
         u8 n = s->nseg;
@@ -1565,8 +1652,13 @@ static __always_inline void pb_line_step(struct pb_pstate *s, struct pb_env *e, 
  * follows each step on its own rather than every combination of them in one iteration. */
 static __always_inline void pb_line_act(struct pb_pstate *s, struct pb_env *e)
 {
-    u16 a = s->act;
-    if (a & A_TERM) {
+    u32 a = s->act;
+    if (a & A_LOOK) {
+        pb_look_step(s, e);
+    } else if (a & A_TERM0) {
+        s->act = a & ~A_TERM0;
+        pb_seg_look(s);
+    } else if (a & A_TERM) {
         s->act = a & ~A_TERM;
         pb_seg_end(s, e, s->a_term);
     } else if (a & A_QUERY) {
@@ -1575,6 +1667,9 @@ static __always_inline void pb_line_act(struct pb_pstate *s, struct pb_env *e)
     } else if (a & A_QSYS) {
         s->act = a & ~A_QSYS;
         pb_query_start(s, QM_SYSTEM);
+    } else if (a & A_SEP0) {
+        s->act = a & ~A_SEP0;
+        pb_name_seg_look(s);
     } else if (a & A_SEP) {
         u8 sep = s->a_sep;
         s->act = a & ~A_SEP;
@@ -1602,10 +1697,23 @@ static __always_inline void pb_line_act(struct pb_pstate *s, struct pb_env *e)
     } else if (a & A_NAMEID) {
         s->act = a & ~A_NAMEID;
         pb_name_target(s, e, s->type_id, s->x_idh);
+    } else if (a & A_ITYP) {
+        s->act = a & ~A_ITYP;
+        s->ityp = s->lq_v[LQ_T];
+    } else if (a & A_INC) {
+        s->act = a & ~A_INC;
+        pb_inc_seg(s, e);
     } else if (a & A_VALUE) {
         s->act = a & ~A_VALUE;
         pb_value_byte(s, e, s->a_d);
     } else if (a & A_PAIR) {
+        if ((s->st == ST_QNAME || s->st == ST_QVAL) && !s->qin && !s->x_pl &&
+            (s->vmode == VM_INCLUDE || s->vmode == VM_REVINCLUDE)) {
+            s->x_pl = 1; /* the include's last segment first (A_LOOK, A_INC), then the pair's end */
+            pb_inc_look(s);
+            return;
+        }
+        s->x_pl = 0;
         s->act = a & ~A_PAIR;
         if (s->st == ST_QNAME || s->st == ST_QVAL) {
             pb_pair_end(s, e);
