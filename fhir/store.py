@@ -242,6 +242,15 @@ class Store:
         with self.lock:
             return self.conn.execute(sql, args).fetchall()
 
+    def rows_by_rid(self, rids: list[int]) -> list[tuple[int, str, str, bytes]]:
+        """(rid, type, id, body) of live resources, in the order of ``rids`` (a search page)."""
+        if not rids:
+            return []
+        with self.lock:
+            found = {r[0]: r for r in self.conn.execute(
+                f"SELECT rid, type, id, body FROM resources WHERE rid IN ({','.join('?' * len(rids))})", rids)}
+        return [found[rid] for rid in rids if rid in found]
+
     def counts(self) -> dict[str, int]:
         """Number of live resources per type."""
         rows = self.query("SELECT type, count(*) FROM resources WHERE deleted=0 GROUP BY type ORDER BY type", ())
