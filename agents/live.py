@@ -331,7 +331,7 @@ class Worker:
                             quitting = True
                         elif line.strip():
                             self.run_row(int(line))
-                else:
+                elif r.sock is not None:  # (a row run above may have read and closed it already)
                     self.answers(r.read())
             self.flush()
         for c in self.conns:
