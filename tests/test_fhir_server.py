@@ -350,10 +350,17 @@ def test_server_processes_share_one_database_and_stop_on_exit() -> None:
             created = c.post("/Observation", json={"resourceType": "Observation", "status": "final",
                                                    "code": {"text": "x"}, "subject": {"reference": "Patient/shared-1"}})
             assert created.status_code == 201
-        for _ in range(12):  # fresh connections, spread over the processes by whichever accepts
-            with httpx.Client(base_url=url, headers=FHIR, timeout=30) as c:
-                assert c.get("/Patient/shared-1").json()["active"] is True
-                assert c.get("/Observation", params={"subject": "Patient/shared-1"}).json()["total"] == 1
+        def searches(total: int) -> None:
+            for _ in range(12):  # fresh connections, spread over the processes by whichever accepts
+                with httpx.Client(base_url=url, headers=FHIR, timeout=30) as c:
+                    assert c.get("/Patient/shared-1").json()["active"] is True
+                    assert c.get("/Observation", params={"subject": "Patient/shared-1"}).json()["total"] == total
+
+        searches(1)  # now remembered by the processes that answered
+        with httpx.Client(base_url=url, headers=FHIR, timeout=30) as c:  # a write through one of them ...
+            assert c.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "y"},
+                                                "subject": {"reference": "Patient/shared-1"}}).status_code == 201
+        searches(2)  # ... is seen by every process's next search
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", port))  # no process listens there any more
