@@ -1,24 +1,40 @@
 """The live replica worker: one agent replica as a real process, for live (kernel) mode.
 
-    python -P -m paritybed.agents.live --fhir 127.0.0.1:8080 --rows ROWS.jsonl
+    python -P -m paritybed.agents.live --fhir 127.0.0.1:8080 --rows ROWS.jsonl [--start K]
+        [--clock-fd FD --clock-key KEY | --origin-ns NS --compression X]
 
-``ROWS.jsonl`` holds the replica's rows, one command per line (``command_for``: the trace columns
-a request needs), written by the live driver before the worker starts.  The driver then says
-which row to run next and the worker tells it when the kernel has decided, on two pipes:
+``ROWS.jsonl`` holds the replica's rows in time order, one command per line (``command_for``:
+the trace columns a row needs), written by the live driver before the worker starts.  The worker
+runs them itself, from line K, one after the other:
 
-    stdin   K            run row K (0-based line of ROWS.jsonl)       quit   finish and exit
-    stdout  s K ERRNO    row K's request was sent, or its connect made: the kernel has decided
-                         (ERRNO 0, or what send/connect got: EACCES from sk_msg, EPERM from connect4)
-            r K STATUS NS    row K's answer came: HTTP status, ns from the send to its last byte
-            x K MESSAGE      row K could not be run (a bad command): the driver stops
+* on the **virtual** clock it first sets its own clock in the kernel to the row's simulated time
+  (`enforcer.bpfsys.ReplicaClock`: an fd of the kernel's ``vclock`` map that the control plane
+  passed, and the replica's key in it), then sends the request or makes the connect, so the
+  kernel decides the row at that time;
+* on the **real** clock it waits until the row's time (``NS + t / X``, CLOCK_MONOTONIC) instead.
+
+It tells the driver, on stdout:
+
+    s K ERRNO LO HI   row K was sent, or its connect made: the kernel has decided.  ERRNO 0, or what
+                      send/connect got (EACCES from sk_msg, EPERM from connect4); LO, HI:
+                      CLOCK_MONOTONIC ns around the send/connect (the real clock's records fall inside)
+    r K STATUS NS     row K's answer came: HTTP status (0: none will come), ns from the send
+    l K               row K is a break-glass activation: the control plane opens the lane
+    w K               row K is at the same simulated time as the row before it
+    x K MESSAGE       row K could not be run (a bad command): the driver stops
+
+and after ``l K`` or ``w K`` waits for the driver to write ``K`` on stdin (the driver opens the
+lane, or first takes the kernel's records of the row before, which carry the same time).  Each
+``s`` line is written at once, so a worker the enforcer kills has said "sent" for every row it
+sent before the one that got it killed; the driver starts a fresh worker at the first row it
+did not hear about.
 
 Why this shape: the kernel decides a request inside ``send`` (sk_msg) and an egress row inside
-``connect`` (connect4), so the driver, which sets the replica's virtual clock before each row,
-needs to hear only that the send returned, not the answer.  The worker does not wait for the
-answer either: it sends the next row on another keep-alive connection of its pool (at most
-``POOL`` open, each carrying one request at a time, as HTTP/1.1 clients do) and reads answers
-as they come.  The schedule, not the answers, decides what is sent (the simulation already did),
-and no per-row JSON crosses the pipes.
+``connect`` (connect4), at the clock value of the replica; nothing else needs the driver.  The
+worker does not wait for the answer either: it sends the next row on another keep-alive
+connection of its pool (at most ``POOL`` open, each carrying one request at a time, as HTTP/1.1
+clients do) and reads answers as they come.  The schedule, not the answers, decides what is sent
+(the simulation already did), and no per-row message goes from the driver to the worker.
 
 Each request (headers and body) is written with a single ``send``, because the kernel's
 ``sk_msg`` program classifies one message as one request (docs/enforcement.md).  A row with a
@@ -54,6 +70,7 @@ import httptools
 import orjson
 
 from paritybed.agents.bodies import body_for
+from paritybed.enforcer.bpfsys import ReplicaClock
 
 #: Trace columns a command carries (body_for's inputs plus what the request line needs).
 COMMAND_FIELDS = ("kind", "method", "path", "resource_type", "resource_id", "patient_id", "context_id",
@@ -253,32 +270,60 @@ def handle(conn: FhirConnection, cmd: Mapping[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ the worker
 class Worker:
-    """The command loop of one replica (module doc): rows by index, a pool of connections."""
+    """One replica's rows, run in order (module doc): its own virtual clock set before each row
+    (or each row paced to its wall-clock time), a pool of connections, answers read as they come."""
 
-    def __init__(self, hostport: str, commands: list[dict[str, Any]], out_fd: int, pool: int = POOL) -> None:
-        self.hostport, self.commands, self.out_fd = hostport, commands, out_fd
+    def __init__(self, hostport: str, commands: list[dict[str, Any]], in_fd: int, out_fd: int, *,
+                 clock: ReplicaClock | None = None, pace: tuple[int, float] | None = None, pool: int = POOL) -> None:
+        self.hostport, self.commands, self.in_fd, self.out_fd = hostport, commands, in_fd, out_fd
+        self.clock, self.pace = clock, pace  # pace: (CLOCK_MONOTONIC ns at simulated t=0, compression)
         self.conns = [FhirConnection(hostport) for _ in range(pool)]
         self.out: list[bytes] = []
+        self._in = b""
 
-    def run_row(self, k: int) -> None:
-        cmd = self.commands[k]
+    def run(self, start: int = 0) -> int:
+        for k in range(start, len(self.commands)):
+            cmd = self.commands[k]
+            sync = cmd.get("sync")
+            if sync:  # the driver's turn first: a lane to open, or a row at the same time as the last
+                self.say(b"%s %d\n" % (b"l" if sync == "lane" else b"w", k))
+                if not self.reply(k):
+                    return 1  # the driver is gone
+                if sync == "lane":
+                    continue
+            t = int(cmd["t_ns"])
+            if self.clock is not None:
+                self.clock.set(t)
+            elif self.pace is not None:
+                self.pause_until(self.pace[0] + t / self.pace[1])
+            lo = time.monotonic_ns()
+            err = self.run_row(k, cmd)
+            if err is not None:
+                self.say(b"s %d %d %d %d\n" % (k, err, lo, time.monotonic_ns()))
+            self.wait_answers(until=0)
+        while any(c.pending for c in self.conns):
+            self.wait_answers(until=time.monotonic_ns() + READ_TIMEOUT_S * 1e9, give_up=True)
+        self.flush()
+        return 0
+
+    def run_row(self, k: int, cmd: Mapping[str, Any]) -> int | None:
+        """Send the row's request or make its connect: the errno the caller saw (0), or None for a
+        command that is not the worker's (an ``x`` line)."""
         kind = cmd.get("kind")
         if kind == "egress":
-            err = egress(str(cmd["address"]))
-        elif kind == "fhir":
-            try:
-                data = request_for(cmd, self.hostport)
-            except (ValueError, KeyError) as e:
-                self.out.append(f"x {k} bad command: {e}\n".encode())
-                return
-            err = self.free().send(data, k)
-            if err is not None:
-                self.out.append(b"r %d 0 0\n" % k)  # no answer will come
-        else:
+            return egress(str(cmd["address"])) or 0
+        if kind != "fhir":
             self.out.append(f"x {k} unknown command kind {kind!r} (lanes are opened by the control plane)\n".encode())
-            return
-        self.out.append(b"s %d %d\n" % (k, err or 0))
-        self.flush()  # the driver waits for this line to move the clock
+            return None
+        try:
+            data = request_for(cmd, self.hostport)
+        except (ValueError, KeyError) as e:
+            self.out.append(f"x {k} bad command: {e}\n".encode())
+            return None
+        err = self.free().send(data, k)
+        if err is not None:
+            self.out.append(b"r %d 0 0\n" % k)  # no answer will come
+        return err or 0
 
     def free(self) -> FhirConnection:
         """An idle connection (a closed slot opens at the send), waiting for an answer if all are busy."""
@@ -289,55 +334,67 @@ class Worker:
             for c in self.conns:
                 if c.sock is None:
                     return c
-            self.wait_answers(READ_TIMEOUT_S)
+            self.wait_answers(until=time.monotonic_ns() + READ_TIMEOUT_S * 1e9, give_up=True, one=True)
 
-    def wait_answers(self, timeout: float) -> None:
-        busy = [c for c in self.conns if c.pending]
-        if not busy:
-            return
-        ready, _, _ = select.select(busy, [], [], timeout)
-        for c in ready:
-            self.answers(c.read())
-        if not ready:  # nothing for READ_TIMEOUT_S: give up on the oldest connection's answers
-            self.answers(min(busy, key=lambda c: c.pending[0][1]).close())
+    def pause_until(self, when_ns: float) -> None:
+        """Real clock: wait for the row's time, reading answers meanwhile."""
+        while (left := when_ns - time.monotonic_ns()) > 0:
+            if any(c.pending for c in self.conns):
+                self.wait_answers(until=when_ns, one=True)
+            else:
+                time.sleep(left / 1e9)
+
+    def wait_answers(self, until: float, give_up: bool = False, one: bool = False) -> None:
+        """Read answers until none is outstanding or the monotonic time `until` (0: only what is
+        there now); with `one`, return after the first read; with `give_up`, drop the oldest
+        connection's answers when nothing came by then."""
+        while True:
+            busy = [c for c in self.conns if c.pending]
+            left = max(0.0, (until - time.monotonic_ns()) / 1e9)
+            if not busy:
+                return
+            ready, _, _ = select.select(busy, [], [], left)
+            for c in ready:
+                if c.sock is not None:
+                    self.answers(c.read())
+            if not ready:
+                if give_up:
+                    self.answers(min(busy, key=lambda c: c.pending[0][1]).close())
+                return
+            if one or until == 0:
+                return
+
+    def reply(self, k: int) -> bool:
+        """Wait for the driver to say ``k`` (reading answers meanwhile); False at end of input."""
+        while True:
+            while b"\n" in self._in:  # replies come in the order the worker asked
+                line, self._in = self._in.split(b"\n", 1)
+                if line.strip() == b"%d" % k:
+                    return True
+            busy = [c for c in self.conns if c.pending]
+            ready, _, _ = select.select([self.in_fd, *busy], [], [], READ_TIMEOUT_S)
+            for r in ready:
+                if r == self.in_fd:
+                    data = os.read(self.in_fd, 4096)
+                    if not data:
+                        return False
+                    self._in += data
+                elif r.sock is not None:
+                    self.answers(r.read())
+            self.flush()
 
     def answers(self, done: Iterable[tuple[Any, int, int]]) -> None:
         self.out.extend(b"r %d %d %d\n" % (k, status, ns) for k, status, ns in done)
+
+    def say(self, line: bytes) -> None:
+        self.out.append(line)
+        self.flush()
 
     def flush(self) -> None:
         if self.out:
             data, self.out = b"".join(self.out), []
             while data:
                 data = data[os.write(self.out_fd, data):]
-
-    def loop(self, in_fd: int) -> int:
-        buf, quitting = b"", False
-        while not quitting or any(c.pending for c in self.conns):
-            fds = [in_fd] if not quitting else []
-            busy = [c for c in self.conns if c.pending]
-            ready, _, _ = select.select(fds + busy, [], [], READ_TIMEOUT_S)
-            if not ready and busy:
-                self.wait_answers(0)
-            for r in ready:
-                if r == in_fd:
-                    data = os.read(in_fd, 65536)
-                    if not data:
-                        quitting = True
-                        continue
-                    buf += data
-                    *lines, buf = buf.split(b"\n")
-                    for line in lines:
-                        if line.strip() in (b"quit", b"exit"):
-                            quitting = True
-                        elif line.strip():
-                            self.run_row(int(line))
-                elif r.sock is not None:  # (a row run above may have read and closed it already)
-                    self.answers(r.read())
-            self.flush()
-        for c in self.conns:
-            self.answers(c.close())
-        self.flush()
-        return 0
 
 
 def read_commands(path: Path) -> list[dict[str, Any]]:
@@ -350,13 +407,22 @@ def write_commands(path: Path, commands: Iterable[Mapping[str, Any]]) -> None:
         f.writelines(orjson.dumps(c) + b"\n" for c in commands)
 
 
-def worker_argv(fhir: str, rows: Path) -> list[str]:
-    """The command line of a replica worker talking to the FHIR server at ``fhir`` (host:port)."""
-    return [sys.executable, "-P", "-m", "paritybed.agents.live", "--fhir", fhir, "--rows", str(rows)]
+def worker_argv(fhir: str, rows: Path, start: int = 0, *, clock: tuple[int, int] | None = None,
+                pace: tuple[int, float] | None = None) -> list[str]:
+    """The command line of a replica worker talking to the FHIR server at ``fhir`` (host:port),
+    running ``rows`` from line ``start``; ``clock`` = (fd, key) of its virtual clock (pass the fd
+    to the child), or ``pace`` = (CLOCK_MONOTONIC ns at simulated t=0, compression)."""
+    argv = [sys.executable, "-P", "-m", "paritybed.agents.live", "--fhir", fhir, "--rows", str(rows), "--start", str(start)]
+    if clock is not None:
+        argv += ["--clock-fd", str(clock[0]), "--clock-key", str(clock[1])]
+    if pace is not None:
+        argv += ["--origin-ns", str(pace[0]), "--compression", repr(pace[1])]
+    return argv
 
 
 def start_worker(fhir: str, rows: Path, **popen: Any) -> subprocess.Popen:
-    """A worker subprocess outside any cgroup (tests; the live driver spawns them in cgroups)."""
+    """A worker subprocess outside any cgroup and without a clock (tests; the live driver spawns
+    them in cgroups)."""
     return subprocess.Popen(worker_argv(fhir, rows), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, **popen)
 
 
@@ -365,8 +431,16 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fhir", required=True, help="host:port of the FHIR server (paths in the commands carry the base)")
     ap.add_argument("--rows", required=True, type=Path, help="the replica's commands, one JSON object per line")
+    ap.add_argument("--start", type=int, default=0, help="first line to run (a worker started again after a kill)")
+    ap.add_argument("--clock-fd", type=int, help="virtual clock: an inherited fd of the kernel's vclock map")
+    ap.add_argument("--clock-key", type=int, help="virtual clock: the replica's key (cgroup id) in that map")
+    ap.add_argument("--origin-ns", type=int, help="real clock: CLOCK_MONOTONIC ns at simulated t=0 (rows are paced)")
+    ap.add_argument("--compression", type=float, default=1.0, help="real clock: simulated seconds per wall second")
     args = ap.parse_args(argv)
-    return Worker(args.fhir, read_commands(args.rows), sys.stdout.fileno()).loop(sys.stdin.fileno())
+    clock = ReplicaClock(args.clock_fd, args.clock_key) if args.clock_fd is not None else None
+    pace = (args.origin_ns, args.compression) if args.origin_ns is not None else None
+    return Worker(args.fhir, read_commands(args.rows), sys.stdin.fileno(), sys.stdout.fileno(), clock=clock,
+                  pace=pace).run(args.start)
 
 
 if __name__ == "__main__":

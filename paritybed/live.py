@@ -141,52 +141,52 @@ class StandIns:
 
 
 # ------------------------------------------------------------------------------------ replicas
-class Replica:
-    """One agent replica: its rows (trace positions, in time order), its worker process inside its
-    cgroup (respawned after a kill), and the row it has in flight."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, enforcer: Any, who: tuple[str, int], fhir_hostport: str, rows: list[int],
-                 worker_rows: list[int], commands: Path) -> None:
-        self.enforcer, self.who, self.fhir, self.commands = enforcer, who, fhir_hostport, commands
-        self.rows = rows  # every row of the replica (lane activations included)
-        self.local = {i: k for k, i in enumerate(worker_rows)}  # trace row -> line of the worker's commands
-        self.worker_rows = worker_rows
-        self.pos = 0  # next position in self.rows
-        self.inflight: int | None = None  # trace row told to go, "sent" not yet read
-        self.tries = 0  # workers the in-flight row has been given to
-        self.events: list[dict[str, Any]] = []  # kernel records of this replica not yet given to a row
+
+class Replica:
+    """One agent replica: its rows (trace positions, in time order), the worker process that runs
+    them inside its cgroup (started again after a kill, at the first row it did not report), and
+    the kernel's records of it not yet given to a row."""
+
+    def __init__(self, enforcer: Any, who: tuple[str, int], fhir_hostport: str, rows: list[int], commands: Path,
+                 clock: ClockMode, origin_ns: int, compression: float) -> None:
+        self.enforcer, self.who, self.fhir, self.rows, self.commands = enforcer, who, fhir_hostport, rows, commands
+        self.clock, self.origin_ns, self.compression = clock, origin_ns, compression
+        self.pos = 0  # rows decided so far (the worker reports them in order)
+        self.records: dict[int, list[dict[str, Any]]] = {}  # virtual clock: by the replica's time at the decision
+        self.timed: list[dict[str, Any]] = []  # real clock: in the order the kernel wrote them (ktime)
+        self.deaths: dict[int, int] = {}  # row position -> workers that died before reporting it
         self.kills = 0
+        self.cpu = 0.0  # CPU seconds of its workers (user + system)
         self.proc: subprocess.Popen | None = None
         self._buf = b""
 
     def spawn(self) -> None:
         from paritybed.agents.live import worker_argv
 
-        self.proc = self.enforcer.spawn(self.who[0], self.who[1], worker_argv(self.fhir, self.commands),
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        os.set_blocking(self.proc.stdout.fileno(), False)
+        if self.clock == "virtual":
+            fd, key = self.enforcer.replica_clock(*self.who)
+            argv = worker_argv(self.fhir, self.commands, self.pos, clock=(fd, key))
+            fds: tuple[int, ...] = (fd,)
+        else:
+            argv, fds = worker_argv(self.fhir, self.commands, self.pos, pace=(self.origin_ns, self.compression)), ()
+        self.proc = self.enforcer.spawn(self.who[0], self.who[1], argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        bufsize=0, pass_fds=fds)
+        os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
         self._buf = b""
 
     def fileno(self) -> int:
         assert self.proc is not None and self.proc.stdout is not None
         return self.proc.stdout.fileno()
 
-    def go(self, i: int) -> bool:
-        """Tell the worker to run trace row i (spawning one if there is none); False if it died."""
-        if self.proc is None:
-            self.spawn()
-        assert self.proc is not None and self.proc.stdin is not None
-        self.inflight = i
-        try:
-            self.proc.stdin.write(b"%d\n" % self.local[i])
-        except (BrokenPipeError, ValueError):
-            return False
-        return True
-
     def lines(self) -> list[bytes] | None:
-        """Complete lines the worker wrote since the last call; None at end of stream (it died or quit)."""
+        """Complete lines the worker wrote since the last call; None at end of stream (it died or ended)."""
         try:
-            data = os.read(self.fileno(), 1 << 16)
+            data = os.read(self.fileno(), 1 << 18)
         except BlockingIOError:
             return []
         if not data:
@@ -194,37 +194,44 @@ class Replica:
         *out, self._buf = (self._buf + data).split(b"\n")
         return out
 
-    def reap(self) -> None:
-        """The worker is gone: it must have been killed by the enforcer (kill response)."""
-        assert self.proc is not None
-        code = self.proc.wait(timeout=10)
-        self.proc.stdin.close()  # type: ignore[union-attr]
-        self.proc.stdout.close()  # type: ignore[union-attr]
-        self.proc = None
-        if code != -signal.SIGKILL:
-            raise EnvironmentProblem(f"the live worker of {self.who[0]}-{self.who[1]} exited with code {code} "
-                                     "(not killed by the enforcer)")
-        self.kills += 1
+    def tell(self, k: int) -> None:
+        """Let the worker go on after an ``l``/``w`` line (a dead worker is noticed at end of stream)."""
+        try:
+            self.proc.stdin.write(b"%d\n" % k)  # type: ignore[union-attr]
+        except (BrokenPipeError, ValueError):
+            pass
 
-    def quit(self) -> None:
-        if self.proc is not None and self.proc.stdin is not None:
-            try:
-                self.proc.stdin.write(b"quit\n")
-                self.proc.stdin.close()
-            except (BrokenPipeError, ValueError):
-                pass
+    def take(self, t: int, lo: int, hi: int) -> list[dict[str, Any]]:
+        """The kernel's records of the row decided at simulated time t (virtual clock), or between
+        the monotonic times lo and hi (real clock); the number of older records no row took is
+        counted by the caller."""
+        if self.clock == "virtual":
+            return self.records.pop(t, [])
+        out: list[dict[str, Any]] = []
+        while self.timed and self.timed[0].get("ktime_ns", 0) <= hi:
+            e = self.timed.pop(0)
+            if e.get("ktime_ns", 0) >= lo:
+                out.append(e)
+        return out
+
+    def reap(self) -> int:
+        """The worker is gone; its exit code (-SIGKILL when the enforcer killed it).  Its CPU time
+        is read from /proc while it is a zombie, before it is reaped."""
+        assert self.proc is not None
+        os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+        self.cpu += _cpu_seconds(self.proc.pid)
+        code = self.proc.wait(timeout=10)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+        self.proc = None
+        return code
 
     def close(self) -> None:
         if self.proc is None:
             return
-        self.quit()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()  # type: ignore[union-attr]
-        self.proc = None
+        self.proc.kill()
+        self.reap()
 
 
 # ------------------------------------------------------------------------------------ the kernel's decisions
@@ -298,8 +305,12 @@ class LiveResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+LANE_EVENTS = ("lane-open", "lane-refused")
+
+
 class Driver:
-    """The loop of ``drive``: every replica's rows through its worker, replicas side by side."""
+    """The loop of ``drive``: every replica's worker runs its rows; the driver opens lanes, gives
+    the kernel's records to the rows the workers report, and restarts killed workers."""
 
     def __init__(self, ke: Any, policy: Any, production: pa.Table, start_iso: str, fhir_hostport: str, tmp: Path,
                  clock: ClockMode, compression: float, progress: Callable[[int, int], None] | None) -> None:
@@ -309,151 +320,167 @@ class Driver:
         n = production.num_rows
         self.n = n
         col = {c: production[c].to_pylist() for c in ("kind", "agent", "replica", "t_ns", "claim_id", "lane", "duration_ns")}
-        self.kind, self.t = col["kind"], col["t_ns"]
-        self.col = col
+        self.kind, self.t, self.col = col["kind"], col["t_ns"], col
         self.kernel = RowDecisions(n)
-        self.errno = np.zeros(n, dtype=np.int32)  # what the caller saw: 0 or the errno of the refused send/connect
-        self.status = np.zeros(n, dtype=np.int16)  # HTTP status of a FHIR request that went through (0 otherwise)
+        self.errno = [0] * n  # what the caller saw: 0 or the errno of the refused send/connect (-1: killed twice)
+        self.status = [0] * n  # HTTP status of a FHIR request that went through (0 otherwise)
         self.latency: list[int] = []
         self.done = 0
-        self.behind = 0
+        self.late = 0
+        self.t_wall0 = time.monotonic()
+        origin_ns = time.monotonic_ns() + 500_000_000  # real clock: simulated t=0, once the workers are up
         by: dict[tuple[str, int], list[int]] = {}
         for i, (a, r) in enumerate(zip(col["agent"], col["replica"])):
             by.setdefault((a, int(r)), []).append(i)
         fields = production.select([c for c in COMMAND_FIELDS if c in production.column_names])
         self.replicas: dict[tuple[str, int], Replica] = {}
         for who, rows in sorted(by.items()):
-            worker_rows = [i for i in rows if self.kind[i] != "lane_open"]
             path = tmp / f"{who[0]}-{who[1]}.jsonl"
-            cmds = fields.take(pa.array(worker_rows, pa.int64())).to_pylist()
-            write_commands(path, (command_for(c, i, start_iso) for c, i in zip(cmds, worker_rows)))
+            write_commands(path, self._commands(rows, fields.take(pa.array(rows, pa.int64())).to_pylist(), start_iso,
+                                                command_for))
             ke.add_replica(*who)
-            self.replicas[who] = Replica(ke, who, fhir_hostport, rows, worker_rows, path)
-        self.t_wall0 = time.monotonic()
+            self.replicas[who] = Replica(ke, who, fhir_hostport, rows, path, clock, origin_ns, compression)
+        self.origin_ns = origin_ns
+
+    def _commands(self, rows: list[int], cols: list[dict[str, Any]], start_iso: str,
+                  command_for: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+        """The worker's commands: lane activations and rows at the time of the row before them
+        wait for the driver (``sync``)."""
+        out, last = [], None
+        for i, c in zip(rows, cols):
+            cmd = command_for(c, i, start_iso)
+            if self.kind[i] == "lane_open":
+                cmd["sync"] = "lane"
+            elif self.t[i] == last:
+                cmd["sync"] = "wait"
+            last = self.t[i]
+            out.append(cmd)
+        return out
 
     # ---------------------------------------------------------------- kernel records
     def route(self, events: list[dict[str, Any]]) -> None:
-        """Hand the kernel's records to the replica they are about (row events of no replica of
-        this run are counted: none are expected)."""
+        """Give each kernel record to its replica, to be taken by the row reported next with its
+        time (row events of no replica of this run are counted: none are expected)."""
         for e in events:
             rep = self.replicas.get((e.get("agent"), e.get("replica")))  # type: ignore[arg-type]
-            if rep is not None:
-                rep.events.append(e)
-            elif e.get("event") in ROW_EVENTS:
-                self.kernel.unattributed += 1
+            if rep is None or e.get("event") in LANE_EVENTS or "t_ns" not in e:
+                if e.get("event") in ROW_EVENTS and e.get("event") not in LANE_EVENTS:
+                    self.kernel.unattributed += 1
+            elif self.clock == "virtual":
+                rep.records.setdefault(e["t_ns"], []).append(e)
+            else:
+                rep.timed.append(e)
 
-    def _row_done(self, i: int) -> None:
+    def _done(self) -> None:
         self.done += 1
-        if self.progress is not None and (self.done % 256 == 0 or self.done == self.n):
+        if self.progress is not None and (self.done % 512 == 0 or self.done == self.n):
             self.progress(self.done, self.n)
 
-    # ---------------------------------------------------------------- one replica
-    def advance(self, rep: Replica) -> float | None:
-        """Start the replica's next row (lane activations are the control plane's, done here);
-        on the real clock a row not due yet is left for later: its due time (monotonic) is returned."""
-        while rep.pos < len(rep.rows):
-            i = rep.rows[rep.pos]
-            t = int(self.t[i])
-            if self.clock == "real":
-                due = self.t_wall0 + t / 1e9 / self.compression
-                wait = due - time.monotonic()
-                if wait > 0:
-                    return due
-                if wait < -0.05:
-                    self.behind += 1
-            else:
-                self.ke.set_clock(t, replica=rep.who)
-            if self.kind[i] == "lane_open":
-                ok = self.ke.open_lane(rep.who[0], rep.who[1], self.col["claim_id"][i], self.col["lane"][i],
-                                       int(self.col["duration_ns"][i]), t)
-                self.route(self.ke.drain())
-                self.kernel.lane(i, t, rep.who[0] in self.policy.agents, ok, rep.events)
-                rep.events = []
-                rep.pos += 1
-                self._row_done(i)
-                continue
-            rep.tries = 1
-            while not rep.go(i):  # the worker was killed after its last row: a fresh one takes this one
-                rep.reap()
-            return None
-        rep.quit()
-        return None
-
-    def sent(self, rep: Replica, i: int, err: int | None) -> None:
-        """The kernel has decided row i (the worker's send or connect returned, or it died twice)."""
-        self.route(self.ke.drain())
+    # ---------------------------------------------------------------- what a worker says
+    def sent(self, rep: Replica, k: int, err: int | None, lo: int = 0, hi: int = 0) -> None:
+        """The kernel has decided row k of the replica (its send or connect returned; err None: the
+        worker was killed twice before it could say)."""
+        if k != rep.pos:
+            raise EnvironmentProblem(f"the live worker of {rep.who[0]}-{rep.who[1]} reported row {k} out of order "
+                                     f"(expected {rep.pos})")
+        i = rep.rows[k]
+        t = int(self.t[i])
         kind = self.kind[i]
-        self.kernel.row(i, int(self.t[i]), rep.who, kind, rep.who[0] in self.policy.agents, _refused(kind, err),
-                        rep.events)
-        rep.events = []
+        self.kernel.row(i, t, rep.who, kind, rep.who[0] in self.policy.agents, _refused(kind, err), rep.take(t, lo, hi))
         self.errno[i] = err if err is not None else -1
-        rep.inflight = None
+        if self.clock == "real" and lo - (self.origin_ns + t / self.compression) > 50e6:
+            self.late += 1
         rep.pos += 1
-        self._row_done(i)
+        self._done()
 
-    def _died(self, rep: Replica) -> float | None:
-        """The worker is gone (the enforcer's kill).  A row it had not said "sent" for goes once
-        more to a fresh worker in the same cgroup, and the kernel decides it (a killed replica stays
-        quarantined); if that one is killed too, the row counts as refused and the replica moves on."""
-        rep.reap()
-        i = rep.inflight
-        if i is None:
-            return None
-        if rep.tries >= 2:
-            self.sent(rep, i, None)
-            return self.advance(rep)
-        rep.tries += 1
-        while not rep.go(i):
-            rep.reap()
-        return None
+    def lane(self, rep: Replica, k: int) -> None:
+        """Row k is a break-glass activation: the control plane's decision (the engine's rule)."""
+        i = rep.rows[k]
+        t = int(self.t[i])
+        ok = self.ke.open_lane(rep.who[0], rep.who[1], self.col["claim_id"][i], self.col["lane"][i],
+                               int(self.col["duration_ns"][i]), t)
+        events = self.ke.drain()
+        self.route(events)
+        self.kernel.lane(i, t, rep.who[0] in self.policy.agents, ok,
+                         [e for e in events if e.get("event") in LANE_EVENTS and (e.get("agent"), e.get("replica")) == rep.who])
+        rep.pos += 1
+        self._done()
 
-    def read(self, rep: Replica) -> float | None:
-        """What the worker wrote: rows sent (the next row goes at once), answers, or its end."""
+    def read(self, rep: Replica) -> None:
         lines = rep.lines()
         if lines is None:
-            if rep.pos >= len(rep.rows):  # it quit after its last row and its last answers
-                rep.close()
-                return None
-            return self._died(rep)
-        due = None
+            self.ended(rep)
+            return
+        self.route(self.ke.drain())  # after the lines: every record of the rows they report is in
         for line in lines:
-            what, k, *rest = line.split(b" ", 2)
-            i = rep.worker_rows[int(k)]
+            what, k_, *rest = line.split(b" ", 2)
+            k = int(k_)
             if what == b"s":
-                self.sent(rep, i, int(rest[0]))
-                due = self.advance(rep)
+                err, lo, hi = rest[0].split()
+                self.sent(rep, k, int(err), int(lo), int(hi))
             elif what == b"r":
                 status, ns = rest[0].split()
-                self.status[i] = int(status)
+                self.status[rep.rows[k]] = int(status)
                 if int(status):
                     self.latency.append(int(ns))
+            elif what == b"l":
+                self.lane(rep, k)
+                rep.tell(k)
+            elif what == b"w":
+                rep.tell(k)
             else:
-                raise EnvironmentProblem(f"the live worker of {rep.who[0]}-{rep.who[1]} could not run row {i}: "
+                raise EnvironmentProblem(f"the live worker of {rep.who[0]}-{rep.who[1]} could not run row {rep.rows[k]}: "
                                          f"{b' '.join(rest).decode(errors='replace')}")
-        return due
+
+    def ended(self, rep: Replica) -> None:
+        """The worker's output ended: after its last row, or killed by the enforcer (kill
+        response).  A row it had not reported goes to a fresh worker in the same cgroup, and the
+        kernel decides it (a killed replica stays quarantined); if that one is killed too before it
+        reports the row, the row counts as refused and the next worker starts after it."""
+        code = rep.reap()
+        if rep.pos >= len(rep.rows):
+            return
+        if code != -signal.SIGKILL:
+            raise EnvironmentProblem(f"the live worker of {rep.who[0]}-{rep.who[1]} exited with code {code} "
+                                     "(not killed by the enforcer)")
+        rep.kills += 1
+        rep.deaths[rep.pos] = rep.deaths.get(rep.pos, 0) + 1
+        if rep.deaths[rep.pos] >= 2:
+            self.route(self.ke.drain())
+            i = rep.rows[rep.pos]
+            if self.kind[i] == "lane_open":
+                self.lane(rep, rep.pos)
+            else:
+                self.sent(rep, rep.pos, None, 0, time.monotonic_ns())
+        if rep.pos < len(rep.rows):
+            rep.spawn()
+
+    def left_over(self) -> None:
+        """Records no reported row took (none are expected) are counted."""
+        for rep in self.replicas.values():
+            left = [e for es in rep.records.values() for e in es] + rep.timed
+            self.kernel.unattributed += sum(1 for e in left if e.get("event") in ROW_EVENTS)
+            rep.records, rep.timed = {}, []
 
     # ---------------------------------------------------------------- all replicas
     def run(self) -> None:
-        waiting: dict[tuple[str, int], float] = {}  # replicas whose next row is not due yet (real clock)
-        for who, rep in self.replicas.items():
-            due = self.advance(rep)
-            if due is not None:
-                waiting[who] = due
-        open_ = {who for who, rep in self.replicas.items() if rep.proc is not None}
-        while open_ or waiting:
-            timeout = max(0.0, min(waiting.values()) - time.monotonic()) if waiting else 1.0
-            ready, _, _ = select.select([self.replicas[w] for w in open_], [], [], timeout)
-            for rep in ready:
-                due = self.read(rep)
-                if due is not None:
-                    waiting[rep.who] = due
-            now = time.monotonic()
-            for who in [w for w, d in waiting.items() if d <= now]:
-                del waiting[who]
-                due = self.advance(self.replicas[who])
-                if due is not None:
-                    waiting[who] = due
-            open_ = {who for who, rep in self.replicas.items() if rep.proc is not None}
+        for rep in self.replicas.values():
+            rep.spawn()
+        poller = select.poll()
+        watched: dict[int, Replica] = {}
+        while True:
+            live = {rep.fileno(): rep for rep in self.replicas.values() if rep.proc is not None}
+            if not live:
+                break
+            for fd in set(watched) - set(live):
+                poller.unregister(fd)
+            for fd in set(live) - set(watched):
+                poller.register(fd, select.POLLIN)
+            watched = live
+            for fd, _ in poller.poll(1000):
+                rep = watched[fd]
+                if rep.proc is not None and rep.fileno() == fd:
+                    self.read(rep)
 
 
 def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: Path, out: Path, fhir_hostport: str,
@@ -475,9 +502,12 @@ def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: 
             driver = Driver(ke, policy, production, start.isoformat(), fhir_hostport, Path(tmp), clock, compression,
                             progress)
             ke.drain()  # the control plane's start: not a row's
+            cpu0 = time.process_time()
             driver.run()
+            driver_cpu = time.process_time() - cpu0
         time.sleep(0.2)  # let the last events reach the ring buffer consumer
         driver.route(ke.drain())
+        driver.left_over()
         lost = ke.lost_events()
         counters = ke.counters()
     finally:
@@ -490,6 +520,8 @@ def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: 
     wall = time.monotonic() - driver.t_wall0
     decisions = driver.kernel.result(production["t_ns"].to_pylist())
     lat = np.asarray(driver.latency or [0], dtype=np.int64)
+    status, errno_seen = np.asarray(driver.status, dtype=np.int16), np.asarray(driver.errno, dtype=np.int32)
+    fhir = np.asarray(kinds) == "fhir"
     summary = {
         "clock": clock, "compression": compression if clock == "real" else None,
         "rows": production.num_rows, "wall_seconds": round(wall, 2),
@@ -499,18 +531,19 @@ def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: 
         "kernel_alerted": int((decisions.decision == ALERT).sum()),
         "caller_saw_otherwise": driver.kernel.caller_mismatch, "unattributed_events": driver.kernel.unattributed,
         "worker_kills": sum(r.kills for r in driver.replicas.values()),
-        "rows_dispatched_late": driver.behind if clock == "real" else None,
-        "fhir_answers": {"2xx": int(((driver.status >= 200) & (driver.status < 300)).sum()),
-                         "other": int(((driver.status > 0) & ((driver.status < 200) | (driver.status >= 300))).sum()),
-                         "none": int(((driver.status == 0) & (np.asarray(kinds) == "fhir") & (driver.errno == 0)).sum())},
+        "rows_dispatched_late": driver.late if clock == "real" else None,
+        "fhir_answers": {"2xx": int(((status >= 200) & (status < 300)).sum()),
+                         "other": int(((status > 0) & ((status < 200) | (status >= 300))).sum()),
+                         "none": int(((status == 0) & fhir & (errno_seen == 0)).sum())},
+        "cpu_seconds": {"driver": round(driver_cpu, 1), "workers": round(sum(r.cpu for r in driver.replicas.values()), 1)},
         "request_latency_us": {"p50": round(float(np.percentile(lat, 50)) / 1e3, 1),
                                "p99": round(float(np.percentile(lat, 99)) / 1e3, 1)},
         "lost_events": lost, "kernel_counters": counters, "stand_in_connections": stand_ins.accepted,
     }
     seen = production.append_column("decision", decisions.decision_strings()) \
         .append_column("reason", decisions.reason_strings()) \
-        .append_column("errno", pa.array(driver.errno, pa.int32())) \
-        .append_column("http_status", pa.array(driver.status, pa.int16()))
+        .append_column("errno", pa.array(errno_seen, pa.int32())) \
+        .append_column("http_status", pa.array(status, pa.int16()))
     pa.parquet.write_table(seen, out / "live.parquet", compression="zstd")
     return LiveResult(decisions, lost, summary)
 

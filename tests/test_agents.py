@@ -114,17 +114,18 @@ def test_search_results_match_the_population_counts_the_pages_were_built_from(ro
     assert pop.count(lab["patient_id"], "Observation", "laboratory") > 50
 
 
-def _run_worker(hostport_: str, commands: list[dict], tmp_path: Path) -> dict[str, dict[int, list[int | str]]]:
-    """Give a worker its commands, tell it to run them all, and read what it said, by line kind."""
+def _run_worker(hostport_: str, commands: list[dict], tmp_path: Path, replies: bytes = b"") -> dict[str, dict[int, list[int | str]]]:
+    """Give a worker its commands (and the driver's replies to its sync lines, in advance), let it
+    run them all, and read what it said, by line kind."""
     path = tmp_path / "rows.jsonl"
     write_commands(path, commands)
     w = start_worker(hostport_, path)
-    out, _ = w.communicate(b"".join(b"%d\n" % k for k in range(len(commands))) + b"quit\n", timeout=120)
+    out, _ = w.communicate(replies, timeout=120)
     assert w.returncode == 0
     said: dict[str, dict[int, list[int | str]]] = defaultdict(dict)
     for line in out.decode().splitlines():
-        what, k, rest = line.split(" ", 2)
-        said[what][int(k)] = rest if what == "x" else [int(v) for v in rest.split()]
+        what, k, *rest = line.split(" ", 2)
+        said[what][int(k)] = rest[0] if what == "x" else [int(v) for v in rest[0].split()] if rest else []
     return said
 
 
@@ -143,19 +144,24 @@ def test_live_worker_replays_rows_and_says_when_each_was_sent_and_answered(rows,
     egress = next(r for r in rows if r["kind"] == "egress")
     commands = [command_for(r, i, START) for i, r in enumerate(sample)]
     n = len(commands)
+    lane = next(r for r in rows if r["kind"] == "lane_open")
     commands += [command_for(egress, n) | {"address": f"127.0.0.1:{listener.getsockname()[1]}"},
-                 {"row": n + 1, "kind": "egress", "address": f"127.0.0.1:{closed_port}", "calls": 3},
-                 {"row": n + 2, "kind": "lane_open"},
-                 command_for(sample[0], n + 3, START)]
+                 {"row": n + 1, "kind": "egress", "address": f"127.0.0.1:{closed_port}", "calls": 3, "t_ns": 0},
+                 command_for(lane, n + 2) | {"sync": "lane"},  # the driver opens the lane, then says n+2
+                 command_for(sample[0], n + 3, START) | {"sync": "wait"},  # same time as the row before
+                 command_for(lane, n + 4)]  # a lane activation without the driver: not the worker's
     try:
-        said = _run_worker(hostport(server), commands, tmp_path)
+        said = _run_worker(hostport(server), commands, tmp_path, replies=b"%d\n%d\n" % (n + 2, n + 3))
     finally:
         listener.close()
-    for k, r in enumerate(sample):  # sent (the kernel would have decided here), then answered 2xx
-        assert said["s"][k] == [0] and 200 <= said["r"][k][0] < 300 and said["r"][k][1] > 0, (r["path"], said["r"].get(k))
-    assert said["s"][n] == [0] and said["s"][n + 1] == [errno.ECONNREFUSED]  # egress: the connect's outcome
-    assert "control plane" in said["x"][n + 2]  # a lane activation is not the worker's
-    assert said["s"][n + 3] == [0] and 200 <= said["r"][n + 3][0] < 300  # still serving
+    for k, r in enumerate(sample):  # sent (the kernel decided here), then answered 2xx
+        assert said["s"][k][0] == 0 and 200 <= said["r"][k][0] < 300 and said["r"][k][1] > 0, (r["path"], said["r"].get(k))
+        lo, hi = said["s"][k][1:]
+        assert 0 < lo <= hi  # CLOCK_MONOTONIC around the send: where the real clock's records fall
+    assert said["s"][n][0] == 0 and said["s"][n + 1][0] == errno.ECONNREFUSED  # egress: the connect's outcome
+    assert n + 2 in said["l"] and n + 2 not in said["s"]  # the lane is the control plane's
+    assert n + 3 in said["w"] and said["s"][n + 3][0] == 0 and 200 <= said["r"][n + 3][0] < 300
+    assert "control plane" in said["x"][n + 4]
 
 
 def test_worker_sends_the_next_row_before_the_answer_on_a_pool_of_connections(tmp_path):
@@ -184,12 +190,13 @@ def test_worker_sends_the_next_row_before_the_answer_on_a_pool_of_connections(tm
 
     th = threading.Thread(target=serve, daemon=True)
     th.start()
-    commands = [{"row": k, "kind": "fhir", "method": "GET", "path": f"/fhir/Observation/o{k}"} for k in range(POOL + 1)]
+    commands = [{"row": k, "kind": "fhir", "method": "GET", "path": f"/fhir/Observation/o{k}", "t_ns": k}
+                for k in range(POOL + 1)]
     said = _run_worker(hp, commands, tmp_path)
     th.join(10)
     srv.close()
     assert received == [request_bytes("GET", f"/fhir/Observation/o{k}", hp, b"", None) for k in range(POOL + 1)]
-    assert all(said["s"][k] == [0] for k in range(POOL + 1))
+    assert all(said["s"][k][0] == 0 for k in range(POOL + 1))
     assert said["r"][0][0] == 0  # no answer came: the send (and the kernel's decision there) stands
     assert [said["r"][k][0] for k in range(1, POOL + 1)] == [200] * POOL
 
