@@ -98,6 +98,39 @@ def command_for(row: Mapping[str, Any], i: int, start: str | None = None) -> dic
     return cmd
 
 
+#: What a write's body is built from (agents/bodies.py), beyond the columns every FHIR row carries.
+BODY_FIELDS = ("resource_type", "resource_id", "patient_id", "context_id", "context_kind", "workflow", "agent")
+
+
+def commands(trace: Any, start: str) -> list[dict[str, Any]]:
+    """``command_for`` of every row of a trace table (pyarrow), column by column and with only what
+    each row needs (a read or search: its method, path, claim and time; a write: its body's inputs
+    too; an egress connect: its address), so a week's 650 k rows take seconds, not a minute."""
+    import pyarrow as pa
+
+    n = trace.num_rows
+    kind, t_ns = trace["kind"].to_pylist(), trace["t_ns"].to_pylist()
+    method, path = trace["method"].to_pylist(), trace["path"].to_pylist()
+    claim, address = trace["claim_id"].to_pylist(), trace["address"].to_pylist()
+    calls = trace["egress_calls"].to_pylist() if "egress_calls" in trace.column_names else [0] * n
+    writes = [i for i in range(n) if method[i] in ("POST", "PUT")]
+    bodies = dict(zip(writes, trace.select([c for c in BODY_FIELDS if c in trace.column_names])
+                      .take(pa.array(writes, pa.int64())).to_pylist()))
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        cmd: dict[str, Any] = {"row": i, "kind": kind[i], "t_ns": t_ns[i]}
+        if kind[i] == "fhir":
+            cmd["method"], cmd["path"] = method[i], path[i]
+            if claim[i]:
+                cmd["claim_id"] = claim[i]
+            if i in bodies:
+                cmd.update(bodies[i], start=start)
+        elif kind[i] == "egress":
+            cmd["address"], cmd["calls"] = address[i], int(calls[i] or 0)
+        out.append(cmd)
+    return out
+
+
 def _split(hostport: str) -> tuple[str, int]:
     host, _, port = hostport.rpartition(":")
     return host.strip("[]"), int(port)

@@ -157,7 +157,8 @@ def running_server_processes(
     startup_timeout: float = 60.0,
 ) -> Iterator[str]:
     """Serve the FHIR app from ``processes`` processes (0: one per core) sharing one listening
-    socket and one SQLite file (WAL), loaded first with the `load` folders; yields the base URL.
+    socket and one SQLite file (WAL), loaded first with the `load` folders (a copy of the cached
+    load when there is one: `loader.cached_db`); yields the base URL.
 
     Live mode uses it: the server's searches are what bounds live mode's rate, and one process
     (one interpreter) uses one core.  Each process is ``python -m paritybed.fhir.server``, an
@@ -169,17 +170,13 @@ def running_server_processes(
     import sys
     import tempfile
 
-    from paritybed.fhir.loader import load_into_store
+    from paritybed.fhir.loader import build_db, cached_db
 
     processes = processes or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="paritybed-fhir-") as tmp:
         db = Path(tmp) / "fhir.sqlite"
-        store = Store(db)
-        try:
-            for folder in load:
-                load_into_store(store, folder)
-        finally:
-            store.close()
+        folders = list(load)
+        (cached_db if folders else build_db)(folders, db)
         sock = bind(host, port)
         procs: list[subprocess.Popen] = []
         try:

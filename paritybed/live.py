@@ -314,12 +314,15 @@ class Driver:
 
     def __init__(self, ke: Any, policy: Any, production: pa.Table, start_iso: str, fhir_hostport: str, tmp: Path,
                  clock: ClockMode, compression: float, progress: Callable[[int, int], None] | None) -> None:
-        from paritybed.agents.live import COMMAND_FIELDS, command_for, write_commands
+        from paritybed.agents.live import commands, write_commands
 
         self.ke, self.policy, self.clock, self.compression, self.progress = ke, policy, clock, compression, progress
         n = production.num_rows
         self.n = n
-        col = {c: production[c].to_pylist() for c in ("kind", "agent", "replica", "t_ns", "claim_id", "lane", "duration_ns")}
+        col = {c: production[c].to_pylist() for c in ("kind", "agent", "replica", "t_ns")}
+        lanes = [i for i, k in enumerate(col["kind"]) if k == "lane_open"]  # what open_lane needs, for those rows
+        col.update({c: dict(zip(lanes, production[c].take(pa.array(lanes, pa.int64())).to_pylist()))
+                    for c in ("claim_id", "lane", "duration_ns")})
         self.kind, self.t, self.col = col["kind"], col["t_ns"], col
         self.kernel = RowDecisions(n)
         self.errno = [0] * n  # what the caller saw: 0 or the errno of the refused send/connect (-1: killed twice)
@@ -332,30 +335,27 @@ class Driver:
         by: dict[tuple[str, int], list[int]] = {}
         for i, (a, r) in enumerate(zip(col["agent"], col["replica"])):
             by.setdefault((a, int(r)), []).append(i)
-        fields = production.select([c for c in COMMAND_FIELDS if c in production.column_names])
+        every = commands(production, start_iso)
         self.replicas: dict[tuple[str, int], Replica] = {}
         for who, rows in sorted(by.items()):
             path = tmp / f"{who[0]}-{who[1]}.jsonl"
-            write_commands(path, self._commands(rows, fields.take(pa.array(rows, pa.int64())).to_pylist(), start_iso,
-                                                command_for))
+            write_commands(path, self._synced([every[i] for i in rows]))
             ke.add_replica(*who)
             self.replicas[who] = Replica(ke, who, fhir_hostport, rows, path, clock, origin_ns, compression)
         self.origin_ns = origin_ns
 
-    def _commands(self, rows: list[int], cols: list[dict[str, Any]], start_iso: str,
-                  command_for: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
-        """The worker's commands: lane activations and rows at the time of the row before them
-        wait for the driver (``sync``)."""
-        out, last = [], None
-        for i, c in zip(rows, cols):
-            cmd = command_for(c, i, start_iso)
-            if self.kind[i] == "lane_open":
+    @staticmethod
+    def _synced(cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A replica's commands, where lane activations and rows at the time of the row before
+        them wait for the driver (``sync``)."""
+        last = None
+        for cmd in cmds:
+            if cmd["kind"] == "lane_open":
                 cmd["sync"] = "lane"
-            elif self.t[i] == last:
+            elif cmd["t_ns"] == last:
                 cmd["sync"] = "wait"
-            last = self.t[i]
-            out.append(cmd)
-        return out
+            last = cmd["t_ns"]
+        return cmds
 
     # ---------------------------------------------------------------- kernel records
     def route(self, events: list[dict[str, Any]]) -> None:
@@ -549,9 +549,34 @@ def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: 
 
 
 # ------------------------------------------------------------------------------------ in the pipeline
-def require_root() -> None:
-    import os
+def unavailable_reason() -> str | None:
+    """Why live mode cannot run here (what `paritybed demo` says when it falls back to model
+    mode), or None when it can: root, a cgroup v2 hierarchy, BTF of the running kernel, BCC's
+    Python module and the kernel headers it compiles against."""
+    import platform
 
+    from paritybed.enforcer.btf import VMLINUX
+    from paritybed.enforcer.cgroups import cgroup2_mount
+
+    if os.geteuid() != 0:
+        return "not root (eBPF programs and cgroups need root)"
+    try:
+        cgroup2_mount()
+    except EnvironmentProblem:
+        return "no cgroup v2 hierarchy is mounted"
+    if not VMLINUX.exists():
+        return f"the kernel has no BTF ({VMLINUX})"
+    try:
+        import bcc  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means the same: no BCC here
+        return f"BCC's Python module is not available ({e})"
+    headers = Path("/lib/modules") / platform.release() / "build"
+    if not headers.exists():
+        return f"no kernel headers at {headers} (BCC compiles against them; `make setup` links them as root)"
+    return None
+
+
+def require_root() -> None:
     if os.geteuid() != 0:
         raise EnvironmentProblem("live mode needs root (eBPF programs and cgroups)",
                                  hint="run as root, or use the default model mode (same decisions, reference engine)")
