@@ -49,7 +49,9 @@ def register(app: typer.Typer) -> None:
         help=(
             "Run the default scenario end to end (one week of a 300-bed community hospital, all three agent "
             "classes), then load its patients into an embedded FHIR server database (OUT/fhir.db); ends with the "
-            "verdict and the report's path.  This is what `make demo` runs.\n\n"
+            "verdict and the report's path.  Production is decided by the kernel (live mode) as root on a kernel "
+            "with BPF, else by the reference engine (model mode); the first line says which and why.  This is what "
+            "`make demo` runs.\n\n"
             "Example: paritybed demo --out runs/demo"
         ),
     )(demo_command)
@@ -85,22 +87,49 @@ def run_command(
         print_live(result.live)
     if result.verdict is not None:
         print_verdict(result.verdict)
-        agree = result.live["agreement"] if result.live is not None else None
-        if agree is not None and clock == "virtual" and agree["disagreements"]:
-            err.print(f"[bold red]the kernel and the reference engine disagree on {agree['disagreements']} of "
-                      f"{agree['rows']} requests[/] (first: {agree['first_disagreements'][:3]}); see live.json",
-                      highlight=False, soft_wrap=True)
-            raise typer.Exit(1)
+        require_agreement(result.live)
         raise typer.Exit(result.verdict.exit_code)
+
+
+def require_agreement(live: dict[str, Any] | None) -> None:
+    """README exit codes: on the virtual clock a disagreement between the kernel and the reference
+    engine is exit 1, whatever the verdict."""
+    agree = live["agreement"] if live is not None else None
+    if agree is not None and live["clock"] == "virtual" and agree["disagreements"]:  # type: ignore[index]
+        err.print(f"[bold red]the kernel and the reference engine disagree on {agree['disagreements']} of "
+                  f"{agree['rows']} requests[/] (first: {agree['first_disagreements'][:3]}); see live.json",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def demo_command(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run folder to write"),
+    mode: str = typer.Option("auto", "--mode", help="auto: the kernel decides (live mode) where it can, else the "
+                             "reference engine (model mode); live or model to choose"),
 ) -> None:
     """The default scenario end to end, then its production patients loaded into an embedded
     FHIR server database (OUT/fhir.db, serve it with `paritybed fhir serve --db OUT/fhir.db`)."""
-    result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True)
+    from paritybed.live import unavailable_reason
+    from paritybed.run import LiveOptions
+
+    if mode not in ("auto", "live", "model"):
+        from paritybed.core.errors import InputError
+
+        raise InputError(f"--mode must be auto, live or model (got {mode!r})")
+    why = unavailable_reason() if mode != "model" else "--mode model"
+    live = mode == "live" or (mode == "auto" and why is None)
+    if live:
+        err.print("[bold]the kernel decides production[/] (live mode: real processes, HTTP and connects under the eBPF "
+                  "enforcer, on the virtual clock)" + (": root with BPF here" if mode == "auto" else ""),
+                  highlight=False, soft_wrap=True)
+    else:
+        err.print(f"[bold]the reference engine decides production[/] (model mode): {why}", highlight=False,
+                  soft_wrap=True)
+    result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True,
+                               live=LiveOptions() if live else None)
     print_run(result.summary, result.traces)
+    if result.live is not None:
+        print_live(result.live)
     from paritybed.fhir.loader import build_db
 
     db = Path(out_dir) / "fhir.db"
@@ -123,6 +152,7 @@ def demo_command(
     out.print(t)
     out.print(f"serve it: paritybed fhir serve --db {db}   (http://127.0.0.1:8080/fhir)", highlight=False)
     print_verdict(result.verdict)
+    require_agreement(result.live)
 
 
 def validate_command(

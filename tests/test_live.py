@@ -168,3 +168,24 @@ def test_the_kernels_records_decide_each_row():
     assert q == [{"row": 3, "t_ns": 4, "event": "quarantine", "reason": "type-not-in-envelope", "until_ns": 99, "hook": "sk_msg"}]
     assert {(e["row"], e["event"]) for e in d.events} >= {(1, "alert"), (3, "deny"), (4, "first-contact"), (5, "lane-refused")}
     assert k.caller_mismatch == 0 and k.unattributed == 0
+
+
+@pytest.mark.bpf
+def test_demo_runs_live_where_the_kernel_can(tmp_path, shared_synthea):
+    """`paritybed demo` as root on a kernel with BPF: the kernel decides production, and the
+    first line says so (a three-hour live-smoke stands in for the default week)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from paritybed import cmd_run\n"
+        f"cmd_run.DEFAULT_SCENARIO = Path({str(_scenario_on(shared_synthea, tmp_path))!r})\n"
+        "from paritybed.cli import main\n"
+        f"sys.argv = ['paritybed', 'demo', '--out', {str(tmp_path / 'demo')!r}]\n"
+        "main()\n"
+    )
+    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    assert "the kernel decides production (live mode" in " ".join(r.stderr.split())
+    parity = json.loads((tmp_path / "demo" / "parity.json").read_text())
+    assert parity["mode"] == "live" and parity["replay"]["decided_by"] == "kernel"
+    assert json.loads((tmp_path / "demo" / "live.json").read_text())["agreement"]["disagreements"] == 0

@@ -199,15 +199,18 @@ def test_run_exit_3_when_synthea_is_not_resolved(tmp_path):
 def test_demo_runs_end_to_end_and_loads_the_patients_into_an_embedded_fhir_database(tmp_path, shared_synthea,
                                                                                       monkeypatch, paritybed_cli):
     """`paritybed demo` (what `make demo` runs) on a small scenario: the run, then fhir.db with the
-    patients, ending with the verdict and the report's path."""
-    from paritybed import cmd_run
+    patients, ending with the verdict and the report's path.  Where live mode cannot run it says
+    so in one line and the reference engine decides (tests/test_live.py runs it under the kernel)."""
+    from paritybed import cmd_run, live
     from paritybed.fhir.store import Store
 
     monkeypatch.setattr(cmd_run, "DEFAULT_SCENARIO", derived(REPO / "scenarios" / "tiny.yaml", tmp_path / "tiny.yaml",
                                                              shared_synthea, hours=3))
+    monkeypatch.setattr(live, "unavailable_reason", lambda: "not root (eBPF programs and cgroups need root)")
     code, text = paritybed_cli("demo", "--out", str(tmp_path / "demo"))
     text = " ".join(text.split())  # as printed, without the console's line wrapping
     assert code == 0
+    assert "the reference engine decides production (model mode): not root (eBPF programs and cgroups need root)" in text
     out = tmp_path / "demo"
     assert (out / "parity.json").exists() and (out / "report.html").exists()
     store = Store(out / "fhir.db")
