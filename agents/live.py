@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import errno as errno_mod
+import functools
 import os
 import select
 import socket
@@ -144,6 +145,14 @@ def _split(hostport: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+@functools.lru_cache(maxsize=8)
+def _epoch_ns(start: str) -> int:
+    """The ISO instant of simulated t=0 in ns since the epoch (computed once per run, not per row)."""
+    origin = dt.datetime.fromisoformat(start)
+    delta = origin - dt.datetime(1970, 1, 1, tzinfo=origin.tzinfo or dt.timezone.utc)
+    return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
+
+
 def identity_headers(cmd: Mapping[str, Any]) -> tuple[str, ...]:
     """Who sends the request and when it happens in the simulation, for the server's audit trail
     (docs/fhir.md, "Client identity"): ``X-Paritybed-Agent: <agent>/<replica>``,
@@ -156,9 +165,7 @@ def identity_headers(cmd: Mapping[str, Any]) -> tuple[str, ...]:
     if cmd.get("agent_class"):
         out.append(f"X-Paritybed-Agent-Class: {cmd['agent_class']}")
     if cmd.get("start") and cmd.get("t_ns") is not None:
-        origin = dt.datetime.fromisoformat(str(cmd["start"]))
-        delta = origin - dt.datetime(1970, 1, 1, tzinfo=origin.tzinfo or dt.timezone.utc)
-        ns = ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000 + int(cmd["t_ns"])
+        ns = _epoch_ns(str(cmd["start"])) + int(cmd["t_ns"])
         out.append(f"X-Request-ID: pb-{ns}-{cmd.get('row', 0)}")
     return tuple(out)
 
