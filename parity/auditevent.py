@@ -285,6 +285,7 @@ def read_auditevents(paths: str | Path | Iterable[str | Path], *, agent_classes:
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     rows: list[dict[str, Any]] = []
     unclassified = 0
+    requests: set[tuple[str, str]] = set()  # (request id, pair) already counted
     for p in paths:
         if not p.exists():
             raise InputError(f"{p}: no such AuditEvent export")
@@ -308,6 +309,11 @@ def read_auditevents(paths: str | Path | Iterable[str | Path], *, agent_classes:
                 if r is not None and r.get("unclassified"):
                     unclassified += 1
                 elif r is not None:
+                    rid = balp.request_id(ev) if r["kind"] == "fhir" else None
+                    if rid is not None:
+                        if (rid, r["pair"]) in requests:
+                            continue  # another patient's event of the same request
+                        requests.add((rid, r["pair"]))
                     rows.append(r)
     names = ", ".join(map(str, paths))
     if not rows:
