@@ -27,8 +27,27 @@ class BreakGlassGate(Strict):
 
 
 class ReplayGate(Strict):
-    max_over_block_share: float | None = Field(None, ge=0, le=1)
-    max_under_blocks: int | None = Field(None, ge=0)
+    """What the replay's consequences may be (``null`` turns a check off).  The first two and the
+    last say when a staging arm is *unsafe* (the calibration's ground truth, parity/consequences.py);
+    ``max_under_blocks`` judges the deployment: an attack action that gets through fails the run,
+    whether or not staging is to blame."""
+
+    max_over_block_share: float | None = Field(0.0001, ge=0, le=1)  # legitimate production requests denied
+    max_clinical_impact_minutes_per_day: float | None = Field(5.0, ge=0)  # agent-minutes blocked or quarantined
+    max_under_blocks: int | None = Field(0, ge=0)  # attack actions allowed or only alerted
+    #: attack actions staging's policy lets through beyond what the oracle policy (learned from
+    #: production's own legitimate traffic) lets through, as a share of the attack's actions.
+    #: 0.2: good staging arms of other seeds let up to 0.15 of the rate-limited sweep through
+    #: beyond the oracle by chance (docs/parity.md, "Calibration"); an excess counts above that.
+    max_excess_under_block_share: float | None = Field(0.2, ge=0, le=1)
+
+
+class MarginGate(Strict):
+    """The confidence interval each distribution metric carries (parity/intervals.py): a metric
+    whose interval straddles its threshold makes the verdict ``marginal``."""
+
+    confidence: float = Field(0.95, gt=0, lt=1)
+    resamples: int = Field(400, ge=0)  # bootstrap resamples; 0: no intervals (pass or fail only)
 
 
 class Gate(Strict):
@@ -36,6 +55,7 @@ class Gate(Strict):
     coverage: CoverageGate = Field(default_factory=CoverageGate)
     break_glass: BreakGlassGate = Field(default_factory=BreakGlassGate)
     replay: ReplayGate = Field(default_factory=ReplayGate)
+    margin: MarginGate = Field(default_factory=MarginGate)
 
 
 class PolicySettings(Strict):
