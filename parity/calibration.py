@@ -67,6 +67,7 @@ CALIBRATED = (
     Threshold("interarrival_ks", "<=", "fidelity", "interarrival_ks_max"),
     Threshold("context_ks", "<=", "fidelity", "context_ks_max"),
     Threshold("burst_ratio", ">=", "fidelity", "burst_ratio_min"),
+    Threshold("rate_headroom", ">=", "fidelity", "rate_headroom_min"),
 )
 CALIBRATED_METRICS = {t.metric for t in CALIBRATED}
 CONSEQUENCES = ("over_block_share", "clinical_impact_minutes_per_day", "excess_under_block_share")

@@ -11,7 +11,8 @@ two-sample Kolmogorov-Smirnov statistic D (the largest gap between the two cumul
 distributions; the p-value is meaningless at these sample sizes, so D is gated, against the
 configured maximum or the 1-in-1000 critical value for small samples, whichever is larger;
 inter-arrival is measured between new clinical contexts, i.e. on the arrival of work); burst height as
-staging's typical daily peak 5-minute count per replica over production's.
+staging's typical daily peak 5-minute count per replica over production's; and, given the
+staging-built policy, the rate limit's headroom over production's busiest 5 minutes.
 Coverage: every production (type, interaction) above the support threshold must appear in staging.
 Break-glass: every class seen or declared for production is exercised in staging, its lane is in
 the policy, its pairs are covered, and an access after expiry was exercised.
@@ -203,7 +204,28 @@ def bootstrap_of(gate: Gate) -> Bootstrap:
     return Bootstrap(resamples=gate.margin.resamples, confidence=gate.margin.confidence)
 
 
-def fidelity(staging: Profile, production: Profile, gate: Gate) -> Criterion:
+def rate_headroom(cls: str, policy: Policy, p: ClassProfile, gate: Gate) -> Metric | None:
+    """The staging-built rate limit of the class's agents (its burst: what a replica may send at
+    once, refilled over 5 minutes) over production's busiest 5 minutes of one replica.  No
+    interval: production's busiest 5 minutes is one extreme value, not an average to resample."""
+    bursts = [ap.rate.burst for ap in policy.agents.values() if ap.agent_class == cls and ap.rate is not None]
+    peak = max((v for days in p.peak5.values() for v in days.values()), default=0)
+    if not bursts or peak <= 0:
+        return None
+    burst = min(bursts)
+    v = burst / peak
+    thr = gate.fidelity.rate_headroom_min
+    return _fid(cls, "rate_headroom", v, thr, ">=", v >= thr,
+                f"The rate limit learned in staging ({burst} requests at once) is {v:.2f} times production's busiest "
+                f"5 minutes of one replica ({peak} requests): production's bursts fit under it.",
+                f"The rate limit learned in staging ({burst} requests at once) is only {v:.2f} times production's "
+                f"busiest 5 minutes of one replica ({peak} requests): production's busiest bursts will be rate-limited.",
+                {"rate_limit_burst": burst, "production_peak_5min": peak})
+
+
+def fidelity(staging: Profile, production: Profile, gate: Gate, policy: Policy | None = None) -> Criterion:
+    """``policy`` (the staging-built one) adds ``rate_headroom``: its rate limit against
+    production's busiest 5 minutes."""
     g = gate.fidelity
     boot = bootstrap_of(gate)
     out: list[Metric] = []
@@ -277,6 +299,9 @@ def fidelity(staging: Profile, production: Profile, gate: Gate) -> Criterion:
                              "production_median": _median(p.requests_per_context)},
                             ks_interval(s.requests_per_context, s.contexts, p.requests_per_context, p.contexts, v, boot,
                                         f"{cls}/context_ks")))
+        head = rate_headroom(cls, policy, p, gate) if policy is not None else None
+        if head is not None:
+            out.append(head)
     return Criterion("fidelity", out)
 
 
@@ -381,5 +406,5 @@ def criteria(staging: Profile, production: Profile, gate: Gate | None = None, *,
              declared: dict[str, list[str]] | None = None) -> Criteria:
     """All three criteria.  ``policy`` (the staging-built one) lets break-glass check lane existence."""
     gate = gate or Gate()
-    return Criteria(fidelity=fidelity(staging, production, gate), coverage=coverage(staging, production, gate),
+    return Criteria(fidelity=fidelity(staging, production, gate, policy), coverage=coverage(staging, production, gate),
                     break_glass=break_glass(staging, production, gate, policy=policy, declared=declared))

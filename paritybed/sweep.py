@@ -129,10 +129,11 @@ def noise_row(scenario_path: Path) -> dict[str, Any]:
     production = simulate_arm(scenario, arms["production"], pops["production"].index)
     a = simulate_arm(scenario, first, pops["staging"].index)
     b = simulate_arm(scenario, second, pops["production"].index)
-    crit = criteria(profile_from_trace(b, start, arm="staging"), profile_from_trace(a, start, arm="staging"), scenario.gate)
     registry = registry_of(scenario)
-    ref = replay_under(learned_policy(scenario, a, registry, "staging"), production, registry, start)
     pol_b = learned_policy(scenario, b, registry, "staging (second seed)")
+    crit = criteria(profile_from_trace(b, start, arm="staging"), profile_from_trace(a, start, arm="staging"), scenario.gate,
+                    policy=pol_b)
+    ref = replay_under(learned_policy(scenario, a, registry, "staging"), production, registry, start)
     cons = consequences(replay_under(pol_b, production, registry, start).summary, ref.summary,
                         arms["production"].duration_ns / DAY_NS, pol_b.hash)
     return {"criteria_verdict": crit.status, **flatten_criteria(crit.to_dict()), **consequence_columns(cons)}

@@ -14,6 +14,7 @@ class FidelityGate(Strict):
     interarrival_ks_max: float = Field(0.08, ge=0, le=1)  # parity: KS on gaps between new contexts (docs/parity.md)
     burst_ratio_min: float = Field(0.75, ge=0)
     context_ks_max: float = Field(0.30, ge=0, le=1)  # parity: requests per context are small integers (docs/parity.md)
+    rate_headroom_min: float = Field(1.0, ge=0)  # staging-built rate limit (burst) over production's busiest 5 minutes
 
 
 class CoverageGate(Strict):

@@ -109,7 +109,7 @@ class Cell:
     scenario: str  # the base scenario's name
     overrides: tuple[tuple[str, Any], ...]  # (dotted path, value), spec overrides then the variant's
     seed: int
-    origin: tuple[str, ...] = field(default=(), compare=False)  # spec positions of the overrides
+    origin: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # (spec file:line:col, path) per override
     shared: int = 0  # how many of the overrides come from the spec's ``overrides`` (every cell has them)
 
     @property
@@ -191,17 +191,17 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ScenarioError("invalid sweep spec\n  " + "\n  ".join(lines), problems=lines) from None
     spec_path = Path(path)
     groups: list[list[tuple[tuple[str, Any], ...]]] = [[()]]  # the base scenario first
-    origins: dict[str, tuple[str, ...]] = {"[]": ()}  # JSON of a combination -> spec positions
+    origins: dict[str, tuple[tuple[str, str], ...]] = {"[]": ()}  # JSON of a combination -> (position, path)
     for g, group in enumerate(spec.variants):
         axes = list(group.items())
         combos = []
         for values in itertools.product(*(vals for _, vals in axes)):
             combo = tuple((p, v) for (p, _), v in zip(axes, values))
             combos.append(combo)
-            origins.setdefault(json.dumps(combo), tuple(f"{_position(src, ('variants', g, p))} ({p})" for p, _ in axes))
+            origins.setdefault(json.dumps(combo), tuple((_position(src, ("variants", g, p)), p) for p, _ in axes))
         groups.append(combos)
     fixed = tuple(spec.overrides.items())
-    fixed_origin = tuple(f"{_position(src, ('overrides', p))} ({p})" for p, _ in fixed)
+    fixed_origin = tuple((_position(src, ("overrides", p)), p) for p, _ in fixed)
     cells: list[Cell] = []
     seen: set[tuple[Any, ...]] = set()
     for i, ref in enumerate(spec.scenarios):
@@ -213,7 +213,7 @@ def load_sweep(path: str | Path) -> Sweep:
             paths = [p for p, _ in fixed if p not in dict(combo)] + [p for p, _ in combo]
             clash = _conflicts(paths)
             if clash:
-                raise InputError(f"{(origins[json.dumps(combo)] + fixed_origin)[0]}: {clash[0]} and {clash[1]} both "
+                raise InputError(f"{(origins[json.dumps(combo)] + fixed_origin)[0][0]}: {clash[0]} and {clash[1]} both "
                                  "set in one cell: expected paths of which neither contains the other")
             shared = tuple((p, v) for p, v in fixed if p not in dict(combo))
             merged = shared + combo
@@ -254,9 +254,9 @@ def validate(sweep: Sweep, folder: Path) -> dict[str, Scenario]:
             try:
                 loaded[key] = load_scenario(path)
             except ScenarioError as e:
-                involved = [o for o in cell.origin if any(f": {o.rsplit('(', 1)[1].rstrip(')')}" in p
-                                                            for p in e.problems)] or list(cell.origin)
-                where = "; ".join(involved) or str(sweep.path)
+                # the overrides whose path the scenario's problems name, else all of them
+                named = [o for o in cell.origin if any(f": {o[1]}" in p for p in e.problems)] or list(cell.origin)
+                where = "; ".join(f"{pos} ({path})" for pos, path in named) or str(sweep.path)
                 raise InputError(f"{where}: {cell.label} makes an invalid {cell.scenario} scenario:\n  "
                                  + "\n  ".join(e.problems)) from None
         out[cell.id] = loaded[key].model_copy(update={"seed": cell.seed})

@@ -93,3 +93,13 @@ def test_marginal_runs_are_counted_apart(tmp_path):
     assert c["point"]["safe"] == {"pass": 1, "fail": 0}
     assert c["with_intervals"]["safe"] == {"pass": 0, "marginal": 1, "fail": 0}  # 0.05 .. 0.15 straddles 0.12
     assert c["false_fail_rate"] == 0 and c["false_fail_rate_marginal_as_fail"] == 1.0
+
+
+def test_the_shipped_defaults_are_the_shipped_calibrations():
+    """scenarios/gates.py's fidelity defaults are what sweeps/calibration.json (written by `make
+    calibrate`) set.  After a re-run changes them, copy them into gates.py and the docs."""
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).resolve().parent.parent / "sweeps" / "calibration.json").read_text())
+    assert doc["gate"] == current_thresholds(), "update scenarios/gates.py (and docs/scenarios.md) from sweeps/calibration.json"
+    assert doc["holdout"]["calibrated"]["runs"] > 0

@@ -1,6 +1,6 @@
 """The README's promises, each held by a test that fails if it breaks: "A run", "Output files",
 the default scenario's stories, `paritybed demo` end to end, and `paritybed run`'s exit codes
-0/1/2/3 in model mode.
+0/1/2/3/4 in model mode.
 
 The default scenario's attacks happen on days 3, 4 and 5 of its week; the run here is the same
 scenario cut to two days on the shared Synthea patients, with every attack scheduled after the
@@ -58,16 +58,23 @@ def doc(out: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------ A run
-def test_a_run_exits_0_on_a_pass_and_ends_with_the_verdict_and_the_report(week):
+def test_a_run_ends_with_the_verdict_and_the_report_and_exits_with_its_code(week):
+    """README library table: the default scenario FAILS today.  Its three criteria pass and nothing
+    legitimate is blocked, but part of the scribe's Patient sweep gets through the rate limit, and
+    an attack whose actions get through fails the gate (issue 9).  Issue 8 catches the sweep at its
+    first out-of-context request: then this run exits 0 with "parity verdict: PASS"."""
     r, out = week
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "parity verdict: PASS" in r.stdout and f"Report: {out / 'report.html'}" in r.stdout
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "parity verdict: FAIL" in r.stdout and f"Report: {out / 'report.html'}" in r.stdout
+    assert "under_blocks" in r.stdout  # the failing replay check is named
     assert "Traceback" not in r.stderr
     d = doc(out)
-    assert d["verdict"] == "pass" and d["mode"] == "model"
-    for c in ("fidelity", "coverage", "break_glass"):  # each metric: value, threshold, pass/fail, a reading
+    assert d["verdict"] == "fail" and d["mode"] == "model"
+    assert [g["name"] for g in d["replay"]["gates"] if not g["pass"]] == ["under_blocks"]
+    for c in ("fidelity", "coverage", "break_glass"):  # each metric: value, threshold, result, a reading
+        assert d["criteria"][c]["status"] != "fail"
         for m in d["criteria"][c]["metrics"]:
-            assert {"value", "threshold", "op", "pass", "reading"} <= set(m) and m["reading"].endswith(".")
+            assert {"value", "threshold", "op", "pass", "status", "reading"} <= set(m) and m["reading"].endswith(".")
 
 
 def test_the_policy_is_content_hashed_with_pairs_gcra_egress_lanes_and_response(week):
