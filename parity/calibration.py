@@ -17,8 +17,9 @@ The thresholds are set together, for the gate as a whole (a run fails when any m
 uncalibrated check fails):
 
 1. each threshold starts at the loosest place that still passes every safe run: half-way between
-   the largest safe critical value and the next unsafe one (or, when no unsafe run lies beyond,
-   the safe maximum plus half its distance from the noise mean);
+   the largest safe critical value and the next unsafe one that no uncalibrated check (coverage,
+   break-glass) fails already (or, when no such run lies beyond, the safe maximum plus half its
+   distance from the noise mean);
 2. while the gate's miss rate is above its target, the one threshold move that catches the most
    unsafe runs per safe run it gives up is made (candidate moves: to half-way between any two
    consecutive safe critical values stricter than the threshold), as long as the false-fail rate
@@ -313,7 +314,8 @@ def fit_thresholds(runs: list[Run], noise: list[Run], current: dict[str, float],
     for t in CALIBRATED:
         nm = [x for x in (noise_value(r, t) for r in noise) if math.isfinite(x)]
         safe = [c for c, r in zip(crit[t.key], runs) if r.safe]
-        unsafe = [c for c, r in zip(crit[t.key], runs) if not r.safe]
+        # the unsafe runs a threshold is needed for: those no uncalibrated check fails already
+        unsafe = [c for c, r in zip(crit[t.key], runs) if not r.safe and not fixed_fails(r)]
         th[t.key] = initial_threshold(t, safe, unsafe, float(np.mean(nm)) if nm else None, current[t.key])
         log.append(f"{t.key}: {th[t.key]:g} (passes every safe run)")
     ff, miss = _point_counts(runs, crit, th)
@@ -348,12 +350,14 @@ def current_thresholds(gate: Gate | None = None) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------ the report
 def calibrate(table: pa.Table, *, holdout: pa.Table | None = None, targets: dict[str, float] = TARGETS,
-              sweep: dict[str, Any] | None = None, holdout_sweep: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The calibration document (``calibration.json``, docs/parity.md "Calibration")."""
+              sweep: dict[str, Any] | None = None, holdout_sweep: dict[str, Any] | None = None,
+              before: dict[str, float] | None = None) -> dict[str, Any]:
+    """The calibration document (``calibration.json``, docs/parity.md "Calibration").  ``before``:
+    the thresholds the calibration starts from and is compared with (default: the shipped gate's)."""
     runs = runs_of(table, "run")
     noise = runs_of(table, "noise")
     errors = sum(1 for r in table.to_pylist() if r.get("error"))
-    now = current_thresholds()
+    now = dict(before) if before is not None else current_thresholds()
     th, log = fit_thresholds(runs, noise, now, targets)
     metrics = {}
     for t in CALIBRATED:
@@ -372,12 +376,6 @@ def calibrate(table: pa.Table, *, holdout: pa.Table | None = None, targets: dict
     for r in runs:
         for x in r.unsafe_because:
             reasons[x] = reasons.get(x, 0) + 1
-    by_label: dict[str, dict[str, int]] = {}
-    for r in runs:
-        b = by_label.setdefault(r.label, {"runs": 0, "unsafe": 0, "gate_fails": 0})
-        b["runs"] += 1
-        b["unsafe"] += 0 if r.safe else 1
-        b["gate_fails"] += int(point_fails(r, th))
     doc: dict[str, Any] = {
         "schema": CALIBRATION_SCHEMA,
         "sweep": {**(sweep or {}), "runs": len(runs), "noise_rows": len(noise), "errors": errors},
@@ -388,23 +386,28 @@ def calibrate(table: pa.Table, *, holdout: pa.Table | None = None, targets: dict
         "gate": {t.key: th[t.key] for t in CALIBRATED},
         "steps": log,
         "metrics": metrics,
-        "by_variant": by_label,
+        "by_variant": by_variant(runs, th),
         "calibration_set": {"with_defaults_before": confusion(runs, now), "calibrated": confusion(runs, th),
                             "as_run": recorded_confusion(runs)},
     }
     if holdout is not None:
         hruns = runs_of(holdout, "run")
-        hb: dict[str, dict[str, int]] = {}
-        for r in hruns:
-            b = hb.setdefault(r.label, {"runs": 0, "unsafe": 0, "gate_fails": 0})
-            b["runs"] += 1
-            b["unsafe"] += 0 if r.safe else 1
-            b["gate_fails"] += int(point_fails(r, th))
         doc["holdout"] = {"sweep": {**(holdout_sweep or {}), "runs": len(hruns)},
                           "calibrated": confusion(hruns, th), "as_run": recorded_confusion(hruns),
-                          "by_variant": hb,
+                          "by_variant": by_variant(hruns, th),
                           "targets_met": _met(confusion(hruns, th), targets)}
     return doc
+
+
+def by_variant(runs: list[Run], thresholds: dict[str, float]) -> dict[str, dict[str, int]]:
+    """Per variant (label): runs, how many are unsafe, how many the gate fails (point verdicts)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in runs:
+        b = out.setdefault(r.label, {"runs": 0, "unsafe": 0, "gate_fails": 0})
+        b["runs"] += 1
+        b["unsafe"] += 0 if r.safe else 1
+        b["gate_fails"] += int(point_fails(r, thresholds))
+    return out
 
 
 def consequence_noise(runs: list[Run], noise: list[Run]) -> dict[str, Any]:

@@ -12,6 +12,9 @@ import pytest
 from paritybed.parity.calibration import CALIBRATED, calibrate, confusion, critical, current_thresholds, runs_of
 from paritybed.sweep import write_table
 
+#: the pre-calibration defaults (round numbers): what these tables are calibrated from
+HAND = {"fidelity.resource_mix_jsd_max": 0.10, "fidelity.hour_profile_jsd_max": 0.15, "fidelity.interarrival_ks_max": 0.08,
+        "fidelity.burst_ratio_min": 0.75, "fidelity.context_ks_max": 0.30, "fidelity.rate_headroom_min": 1.0}
 KS = next(t for t in CALIBRATED if t.metric == "interarrival_ks")
 BURST = next(t for t in CALIBRATED if t.metric == "burst_ratio")
 
@@ -54,7 +57,7 @@ def test_thresholds_separate_safe_from_unsafe_and_a_holdout_is_scored_with_them(
     unsafe = [row(20 + i, False, {"cds": 0.25 + 0.02 * i}) for i in range(5)]  # 0.25 .. 0.33
     unsafe.append(row(30, False, {"cds": 0.07}, coverage="fail"))            # caught by coverage whatever KS says
     noise = [row(40 + i, None, {"cds": 0.02 + 0.005 * i}, kind="noise") for i in range(4)]
-    doc = calibrate(table(safe + unsafe + noise, tmp_path))
+    doc = calibrate(table(safe + unsafe + noise, tmp_path), before=HAND)
     ks = doc["metrics"]["fidelity.interarrival_ks_max"]
     assert ks["threshold"] == pytest.approx((0.15 + 0.25) / 2)  # half-way between the safe max and the next unsafe
     assert ks["default_before"] == 0.08
@@ -65,7 +68,7 @@ def test_thresholds_separate_safe_from_unsafe_and_a_holdout_is_scored_with_them(
     assert cal["with_defaults_before"]["false_fail_rate"] == pytest.approx(0.7)  # 0.09 .. 0.15 fail at 0.08
     assert doc["ground_truth"] == {"safe": 10, "unsafe": 6, "unsafe_because": {"over_block_share": 6}}
     held = [row(50, True, {"cds": 0.18}), row(51, False, {"cds": 0.19}), row(52, False, {"cds": 0.4})]
-    doc = calibrate(table(safe + unsafe + noise, tmp_path), holdout=table(held, tmp_path, "h"))
+    doc = calibrate(table(safe + unsafe + noise, tmp_path), holdout=table(held, tmp_path, "h"), before=HAND)
     h = doc["holdout"]["calibrated"]
     assert h["point"] == {"safe": {"pass": 1, "fail": 0}, "unsafe": {"pass": 1, "fail": 1}}
     assert h["miss_rate"] == 0.5 and doc["holdout"]["targets_met"] == {"false_fail": True, "miss": False}
@@ -78,7 +81,7 @@ def test_overlapping_distributions_trade_false_fails_for_misses_within_the_targe
     failing more than 5 % of the safe runs, and the search stops there, saying so."""
     safe = [row(i, True, {"cds": 0.05 + 0.00375 * i}) for i in range(40)]
     unsafe = [row(100 + i, False, {"cds": 0.12 + 0.01 * i}) for i in range(20)]
-    doc = calibrate(table(safe + unsafe, tmp_path))
+    doc = calibrate(table(safe + unsafe, tmp_path), before=HAND)
     c = doc["calibration_set"]["calibrated"]
     assert c["false_fail_rate"] <= 0.05
     assert c["miss_rate"] > 0.01 and "stays above its target" in doc["steps"][-1]

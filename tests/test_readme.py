@@ -24,11 +24,15 @@ REPO = Path(__file__).resolve().parent.parent
 DAYS = 2
 
 
-def derived(src: Path, dst: Path, shared: Path, *, days: float | None = None, hours: float | None = None) -> Path:
-    """``src`` on the shared Synthea folder, cut to ``days``/``hours``, every attack after the cut on day 1."""
+def derived(src: Path, dst: Path, shared: Path, *, days: float | None = None, hours: float | None = None,
+            gate: dict | None = None) -> Path:
+    """``src`` on the shared Synthea folder, cut to ``days``/``hours``, every attack after the cut on
+    day 1; ``gate`` replaces the scenario's gate section."""
     yaml = YAML()
     doc = yaml.load(src.read_text())
     doc["population"] = {"folder": str(shared)}
+    if gate is not None:
+        doc["gate"] = gate
     if days or hours:
         doc["duration"] = {"days": days} if days else {"hours": hours}
     for a in doc.get("attacks") or []:
@@ -178,6 +182,29 @@ def test_run_exit_1_on_a_parity_fail(tmp_path, shared_synthea):
     r = paritybed("run", str(sc), "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert r.returncode == 1, r.stderr[-3000:]
     assert "parity verdict: FAIL" in r.stdout and doc(tmp_path / "run")["verdict"] == "fail"
+
+
+def test_run_exit_0_on_a_pass_and_4_on_a_marginal_verdict(tmp_path, shared_synthea):
+    """The default scenario with the sweep's under-blocks accepted (`gate.replay.max_under_blocks:
+    null`) passes: exit 0.  The same run judged with a CDS hour-profile maximum inside that metric's
+    interval is marginal: exit 4, and what --marginal-as says."""
+    week = REPO / "scenarios" / "community-hospital-week.yaml"
+    sc = derived(week, tmp_path / "ok.yaml", shared_synthea, days=1, gate={"replay": {"max_under_blocks": None}})
+    r = paritybed("run", str(sc), "--out", str(tmp_path / "ok"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "parity verdict: PASS" in r.stdout
+    m = next(m for m in doc(tmp_path / "ok")["criteria"]["fidelity"]["metrics"]
+             if (m["agent_class"], m["name"]) == ("cds", "hour_profile_jsd"))
+    near = round((m["value"] + m["interval"][1]) / 2, 6)  # above the value, under the interval's top
+    assert m["detail"]["sampling_noise_p99"] < near
+    sc = derived(week, tmp_path / "near.yaml", shared_synthea, days=1,
+                 gate={"replay": {"max_under_blocks": None}, "fidelity": {"hour_profile_jsd_max": near}})
+    r = paritybed("run", str(sc), "--out", str(tmp_path / "near"), cwd=tmp_path)
+    assert r.returncode == 4, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "parity verdict: MARGINAL" in r.stdout and "cds: hour_profile_jsd?" in r.stdout
+    assert doc(tmp_path / "near")["verdict"] == "marginal"
+    r = paritybed("run", str(sc), "--out", str(tmp_path / "near"), "--marginal-as", "pass", cwd=tmp_path)
+    assert r.returncode == 0 and "exit code 0" in r.stdout
 
 
 def test_run_exit_2_on_bad_input_naming_file_line_and_field(tmp_path, shared_synthea):

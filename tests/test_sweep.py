@@ -112,6 +112,25 @@ def test_same_spec_same_table_with_one_worker_and_a_rerun_resumes(spec, local, t
     assert code == 0 and "(0 run now, 6 found done, 0 failed)" in text
 
 
+def test_calibrate_reads_a_sweep_and_writes_thresholds_plots_and_the_holdout_score(local, tmp_path, paritybed_cli):
+    import json
+
+    from paritybed.parity.calibration import CALIBRATED
+
+    out, _ = local
+    code, text = paritybed_cli("calibrate", str(out), "--holdout", str(out), "--out", str(tmp_path / "c.json"),
+                               "--plots", str(tmp_path / "plots"))
+    assert code == 0, text
+    assert "calibrated thresholds" in text and "held-out set" in text
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert set(doc["gate"]) == {t.key for t in CALIBRATED}
+    assert doc["sweep"]["runs"] == 4 and doc["sweep"]["noise_rows"] == 2 and doc["sweep"]["name"] == "tiny"
+    assert doc["holdout"]["calibrated"]["runs"] == 4
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{t.field}.png" for t in CALIBRATED)
+    code, text = paritybed_cli("calibrate", str(tmp_path), "--out", str(tmp_path / "x.json"))
+    assert code == 2 and "not a `paritybed sweep` output folder" in text
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
