@@ -84,12 +84,15 @@ def test_community_hospital_fails_only_on_the_sweep_the_rate_limit_lets_through(
     assert r["staging"] == {"safe": True, "unsafe_because": []}
 
 
-def test_uniform_staging_fails_burst_and_interarrival_with_over_blocks_in_the_morning(runs):
+def test_uniform_staging_fails_rate_headroom_burst_and_hours_with_over_blocks_in_the_morning(runs):
+    """With the calibrated thresholds (five seeds of this flaw in the calibration sweep): prior auth's
+    rate limit learned from flat traffic is under half of production's busiest 5 minutes, its daily
+    burst under a third, and the scribe's and prior auth's hour profiles are far from production's."""
     doc, _ = runs("uniform-staging")
     assert doc["verdict"] == "fail"
     bad = failing(doc, "fidelity")
-    assert {name for _, name in bad} >= {"burst_ratio", "interarrival_ks"}
-    assert all((cls, "burst_ratio") in bad for cls in ("ambient_scribe", "cds", "prior_auth"))
+    assert {("prior_auth", "rate_headroom"), ("prior_auth", "burst_ratio"), ("prior_auth", "hour_profile_jsd"),
+            ("ambient_scribe", "hour_profile_jsd")} <= bad
     ob = doc["replay"]["over_blocks"]
     assert ob["total"] > 0
     hours = ob["by_hour"]

@@ -185,20 +185,24 @@ def test_run_exit_1_on_a_parity_fail(tmp_path, shared_synthea):
 
 
 def test_run_exit_0_on_a_pass_and_4_on_a_marginal_verdict(tmp_path, shared_synthea):
-    """The default scenario with the sweep's under-blocks accepted (`gate.replay.max_under_blocks:
-    null`) passes: exit 0.  The same run judged with a CDS hour-profile maximum inside that metric's
-    interval is marginal: exit 4, and what --marginal-as says."""
+    """The default scenario, cut to one day, with the sweep's under-blocks accepted
+    (`gate.replay.max_under_blocks: null`) and no burst minimum (one day is one replica-day per
+    replica: the scribe's burst-ratio interval spans about 0.02-0.8, marginal against 0.32) passes:
+    exit 0.  The same run judged with a CDS hour-profile maximum inside that metric's interval is
+    marginal: exit 4, and what --marginal-as says."""
     week = REPO / "scenarios" / "community-hospital-week.yaml"
-    sc = derived(week, tmp_path / "ok.yaml", shared_synthea, days=1, gate={"replay": {"max_under_blocks": None}})
+    lenient = {"replay": {"max_under_blocks": None}, "fidelity": {"burst_ratio_min": 0.0}}
+    sc = derived(week, tmp_path / "ok.yaml", shared_synthea, days=1, gate=lenient)
     r = paritybed("run", str(sc), "--out", str(tmp_path / "ok"), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "parity verdict: PASS" in r.stdout
     m = next(m for m in doc(tmp_path / "ok")["criteria"]["fidelity"]["metrics"]
              if (m["agent_class"], m["name"]) == ("cds", "hour_profile_jsd"))
     near = round((m["value"] + m["interval"][1]) / 2, 6)  # above the value, under the interval's top
-    assert m["detail"]["sampling_noise_p99"] < near
+    # the effective threshold is max(near, the sampling-noise floor): still above the value and under the top
+    assert m["detail"]["sampling_noise_p99"] < m["interval"][1]
     sc = derived(week, tmp_path / "near.yaml", shared_synthea, days=1,
-                 gate={"replay": {"max_under_blocks": None}, "fidelity": {"hour_profile_jsd_max": near}})
+                 gate={**lenient, "fidelity": {"burst_ratio_min": 0.0, "hour_profile_jsd_max": near}})
     r = paritybed("run", str(sc), "--out", str(tmp_path / "near"), cwd=tmp_path)
     assert r.returncode == 4, r.stdout[-3000:] + r.stderr[-3000:]
     assert "parity verdict: MARGINAL" in r.stdout and "cds: hour_profile_jsd?" in r.stdout
