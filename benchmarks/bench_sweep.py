@@ -11,7 +11,6 @@ two seeds x (base, staging at 60 % volume, uniform staging) = 6 runs, plus 2 noi
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ def _spec(folder: Path) -> Path:
 
 def run() -> list[dict]:
     from paritybed.scenarios.sweep import cell_file, load_sweep, validate
-    from paritybed.sweep import code_fingerprint, run_cell, run_sweep
+    from paritybed.sweep import code_fingerprint, peak_rss_mb, run_cell, run_sweep
 
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
@@ -54,7 +53,7 @@ def run() -> list[dict]:
         t0 = time.perf_counter()
         seq_rows = [run_cell(c, cell_file(folder / "seq" / "cells", c).read_text(), None, code) for c in sweep.cells]
         t_seq = time.perf_counter() - t0
-        rss_seq = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_seq = peak_rss_mb()
         t0 = time.perf_counter()
         res = run_sweep(spec, folder / "cluster")
         t_cluster = time.perf_counter() - t0
