@@ -86,11 +86,11 @@ def test_live_disagreement_on_the_virtual_clock_exits_1(tmp_path, monkeypatch, p
         live = {"clock": clock, "rows": 10, "wall_seconds": 1.0, "kernel_allowed": 9, "kernel_denied": 1,
                 "worker_kills": 0, "lost_events": 0,
                 "agreement": {"rows": 10, "disagreements": 2, "first_disagreements": [{"row": 3}]}}
-        doc = {"verdict": "pass", "criteria": {c: {"pass": True, "metrics": []} for c in ("fidelity", "coverage", "break_glass")},
-               "replay": {"over_blocks": {"total": 0}, "under_blocks": {"total": 0}, "attacks_caught": 0,
+        doc = {"verdict": "pass", "criteria": {c: {"pass": True, "status": "pass", "metrics": []} for c in ("fidelity", "coverage", "break_glass")},
+               "replay": {"over_blocks": {"total": 0}, "under_blocks": {"total": 0}, "attacks_caught": 0, "gates": [],
                           "attacks_injected": 0, "clinical_impact_minutes": 0}}
         return lambda *a, **kw: RunOutput(out=tmp_path, traces={}, summary={}, live=live,
-                                          verdict=Verdict(passed=True, parity=doc, out_dir=tmp_path))
+                                          verdict=Verdict(verdict="pass", parity=doc, out_dir=tmp_path))
 
     for clock, expected in (("virtual", 1), ("real", 0)):
         monkeypatch.setattr(cmd_run, "run_with_progress", fake_live(clock))
