@@ -72,6 +72,7 @@ import httptools
 import orjson
 
 from paritybed.agents.bodies import body_for
+from paritybed.core.units import epoch_ns
 from paritybed.enforcer.bpfsys import ReplicaClock
 
 #: Trace columns a command carries (body_for's inputs plus what the request line needs).
@@ -146,11 +147,9 @@ def _split(hostport: str) -> tuple[str, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _epoch_ns(start: str) -> int:
+def _origin_ns(start: str) -> int:
     """The ISO instant of simulated t=0 in ns since the epoch (computed once per run, not per row)."""
-    origin = dt.datetime.fromisoformat(start)
-    delta = origin - dt.datetime(1970, 1, 1, tzinfo=origin.tzinfo or dt.timezone.utc)
-    return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
+    return epoch_ns(dt.datetime.fromisoformat(start))
 
 
 def identity_headers(cmd: Mapping[str, Any]) -> tuple[str, ...]:
@@ -165,7 +164,7 @@ def identity_headers(cmd: Mapping[str, Any]) -> tuple[str, ...]:
     if cmd.get("agent_class"):
         out.append(f"X-Paritybed-Agent-Class: {cmd['agent_class']}")
     if cmd.get("start") and cmd.get("t_ns") is not None:
-        ns = _epoch_ns(str(cmd["start"])) + int(cmd["t_ns"])
+        ns = _origin_ns(str(cmd["start"])) + int(cmd["t_ns"])
         out.append(f"X-Request-ID: pb-{ns}-{cmd.get('row', 0)}")
     return tuple(out)
 

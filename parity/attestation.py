@@ -25,12 +25,12 @@ import pyarrow.compute as pc
 
 from paritybed.core.baa import covered
 from paritybed.core.hashlog import HashLog
+from paritybed.core.units import epoch_ns
 from paritybed.enforcer.kernel_abi import REASONS
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
 from paritybed.parity.auditevent import AGENT_CLASS, BTG, OVERRIDE_STARTED, SECURITY_ALERT, SOURCE, instant
 from paritybed.parity.auditlog import chain_auditevents
-from paritybed.parity.profile import _epoch_ns
 from paritybed.parity.replay import Replay
 from paritybed.scenarios import Scenario
 
@@ -108,7 +108,7 @@ def _pairs(pairs: Any) -> list[dict[str, str]]:
 def ai_bom(scenario: Scenario, policy: Policy, registry: Registry, production: pa.Table, rep: Replay,
            start: dt.datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The AI-BOM and its first-contact log records (time order)."""
-    origin = _epoch_ns(start)
+    origin = epoch_ns(start)
     fc_rows = [e for e in rep.decisions.events if e["event"] == "first-contact"]
     idx = [e["row"] for e in fc_rows]
     sub = production.take(pa.array(idx, type=pa.int64())).select(
@@ -157,7 +157,7 @@ def ai_bom(scenario: Scenario, policy: Policy, registry: Registry, production: p
 def break_glass_records(production: pa.Table, rep: Replay, start: dt.datetime) -> list[dict[str, Any]]:
     """One record per activation in production: who, which class, when, until when, and every
     record accessed under its claim with the decision."""
-    origin = _epoch_ns(start)
+    origin = epoch_ns(start)
     opens = [e for e in rep.decisions.events if e["event"] in ("lane-open", "lane-refused")]
     if not opens:
         return []

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from paritybed.core.columns import codes, ints, mask_eq
 from paritybed.core.errors import InputError
-from paritybed.core.units import DAY_NS, FIVE_MIN_NS, HOUR_NS
+from paritybed.core.units import DAY_NS, FIVE_MIN_NS, HOUR_NS, epoch_ns
 from paritybed.parity.windows import sliding_counts
 
 PROFILE_SCHEMA = "paritybed.profile/1"
@@ -124,7 +124,7 @@ class Stream:
 
 def stream_from_trace(trace: pa.Table, start: dt.datetime) -> Stream:
     """The trace's rows as a Stream (t_ns offset by the scenario's start instant)."""
-    origin = _epoch_ns(start)
+    origin = epoch_ns(start)
     t = ints(trace["t_ns"]) + origin
     cls_c, cls_v = codes(trace["agent_class"])
     agent_c, agent_v = codes(trace["agent"])
@@ -149,12 +149,6 @@ def stream_from_trace(trace: pa.Table, start: dt.datetime) -> Stream:
                   context_c=ctx_c, context_v=ctx_v, claim_c=claim_c, claim_v=claim_v,
                   duration_ns=ints(trace["duration_ns"]), endpoint_c=ep_c, endpoint_v=ep_v)
 
-
-def _epoch_ns(d: dt.datetime) -> int:
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
-    delta = d - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-    return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
 
 
 def profile_from_trace(trace: pa.Table, scenario_start: dt.datetime, *, arm: str | None = None,
