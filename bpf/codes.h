@@ -174,7 +174,10 @@
 #define HOOK_UNSEEN 5     /* cgroup_skb egress: bytes to a FHIR server that sk_msg never approved */
 #define HOOK_SOCKET 6     /* cgroup/sock_create: a socket kind the agent has no business with */
 #define HOOK_SOCKOPT 7    /* cgroup/setsockopt: an option that would hide bytes from the parser */
-#define HOOK_INBOUND 8    /* cgroup_skb egress: a SYN-ACK, i.e. a connection accepted by the replica */
+#define HOOK_INBOUND 8    /* a connection from outside: a SYN-ACK leaving a replica (cgroup_skb egress)
+                           * or a packet arriving at a replica's listener (cgroup_skb ingress) */
+#define HOOK_PACKET 9     /* cgroup_skb egress: a replica's packet with IPv4 options or IPv6 extension
+                           * headers (a routing header sends it elsewhere than the hooks saw) */
 
 /* what a request names (pb_event.named) */
 #define NM_PATIENT (1u << 0)

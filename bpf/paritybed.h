@@ -181,7 +181,8 @@ struct pb_sock {
     __u32 approved_end;      /* the backstop: no byte at or after it leaves */
     __u8 conn;               /* 1: a replica's connection to its FHIR server, seen from its SYN */
     __u8 reported;           /* unapproved bytes already reported on this connection (one event) */
-    __u8 pad[6];
+    __u8 refused;            /* a refused packet of this socket already reported (one event) */
+    __u8 pad[5];
     struct pb_pstate ps;
 };
 
@@ -215,6 +216,17 @@ struct pb_event {
     __u16 sock_family;       /* HOOK_SOCKET: the refused socket's family, type, protocol; */
     __u16 sock_type;         /* HOOK_SOCKOPT: level in sock_type, option name in sock_protocol */
     __u32 sock_protocol;
+};
+
+/* lost_by: events the ring buffers had no room for, by what they would have said (the total is
+ * lost[0]); an attacker flooding one ring cannot make a decision vanish without a trace */
+struct pb_lost_key {
+    __u64 cgid;
+    __u8 kind;
+    __u8 decision;
+    __u8 reason;
+    __u8 hook;
+    __u32 pad;
 };
 
 /* counters: per-CPU array indexed kind * 16 + reason (decisions) ; lost: array[1] */

@@ -19,6 +19,15 @@
 
 #include "codes.h"
 
+/* name-table lookup slots (pb_look_step): what a name segment is looked up as */
+#define LQ_T 0            /* a type */
+#define LQ_M 1            /* a modifier */
+#define LQ_P 2            /* a parameter of the current type (PV_ABSENT: of every type but it) */
+#define LQ_PG 3           /* a parameter of every type */
+#define LQ_X 4            /* a page-link, read or history parameter */
+#define LQ_C 5            /* 5..8: a parameter of each chain candidate (s->cand) */
+#define LQ_SLOTS 16
+
 struct pb_pstate {
     __u64 k0, k1, k2, k3, k4;  /* shift register of the current token (classify.pack_words) */
     __u64 bw0, bw1, bw2;     /* the agent's fhir.base */
@@ -28,6 +37,7 @@ struct pb_pstate {
     __u64 claim, ctx;        /* FNV-1a 64 of the claim and launch-context header values */
     __u64 fnv;               /* FNV-1a 64 of the current id (a path id, a value item's id) */
     __u64 cgid;              /* the replica the message is judged for (see pb_sk_msg) */
+    __u64 x_idh;             /* a read's id (FNV-1a 64) for the step that names it (A_NAMEID) */
     __u32 wseq;              /* tcp_sock.write_seq when the message was handed to the program */
     __u32 pos, size, head_end, w, len, tlen, blen, end, ilen;
     __u32 cl_val, cl_cur;
@@ -45,7 +55,25 @@ struct pb_pstate {
     __u8 npat, nenc, unknown, paging, getpages;
     __u8 hkind, sub, n_cl, n_claim, n_ctx, n_ct, ct_form, cl_bad, claim_bad, ctx_bad, te, ovr;
     __u8 cont, done, desync, body;
-    __u8 pad[5];
+    /* what one step of the request line found, for the actions that follow it (in memory, not
+     * registers: the verifier then sees one state after the step's first half, not one per byte) */
+    __u32 act;               /* A_*: the steps still to run before the next byte (pb_line_act) */
+    __u8 a_term, a_sep, a_pair, a_d;
+    /* arguments of the deferred steps of a name segment's end (X_* below) */
+    __u16 x_cpv, x_xt, x_mpv, x_mt, x_npv, x_nmt, x_rmt;
+    __u8 x_mm, x_nm, x_nid, x_m, x_inter, x_hasmod, x_rm;
+    /* name-table lookups queued by a step for the steps after it (pb_look_step): the name they
+     * read (a copy of the shift register when queued), the slots queued (LQ_*), and per slot the
+     * table, the context and the value found (0: none) */
+    __u64 q0, q1, q2, q3, q4;
+    __u32 qlen;
+    __u16 lq;
+    __u16 lq_ctx[LQ_SLOTS];
+    __u16 lq_v[LQ_SLOTS];
+    __u8 lq_tab[LQ_SLOTS];
+    __u8 x_pl;               /* a pair's end waits for its include segment's lookups (pb_line_act) */
+    __u8 x_st;               /* the state a name segment ended in */
+    __u8 x_hist, x_srch;     /* a path segment is _history, _search */
 };
 
 /* the tables the parser reads (map values the caller looked up) */
@@ -145,46 +173,142 @@ struct pb_env {
 /* The first deviation of the target or its parameters: its shape; the rest of the target is
  * skipped (a body's parameters: to the body's end). */
 #define DEV(_fam) do { if (!s->fam) s->fam = (_fam); s->st = ST_TSKIP; } while (0)
+/* a field read from memory at this point: the verifier then knows nothing of its value from earlier
+ * branches, so paths that differ only in what they learned of it are one state (pruned) */
+#define RD(x) (*(volatile typeof(x) *)&(x))
 #define PEND(_fam) do { if (!s->pend) s->pend = (_fam); } while (0)
+
+/* steps of the request line and the parameters run after the byte that calls for them (s->act) */
+#define A_TERM 1          /* a path segment ended (s->a_term: '/', '?', ' ') */
+#define A_SEP 2           /* a name segment ended (s->a_sep: ':', '.', '=') */
+#define A_NARROW 4
+#define A_CHAIN 8
+#define A_MOD 16
+#define A_NAMES 32
+#define A_VALUE 64        /* a decoded value byte (s->a_d) */
+#define A_PAIR 128        /* a pair ended (s->a_pair: 1 '&', 2 with the target or the body) */
+#define A_TEND 256        /* the target ended */
+#define A_NAMEID 512      /* the id of a read names a patient or an encounter (s->x_idh) */
+#define A_QUERY 1024      /* '?' ended the path: the query starts (pb_path_query) */
+#define A_QSYS 2048       /* '?' after the base: its query starts */
+#define A_LOOK 4096       /* a queued name-table lookup (pb_look_step) */
+#define A_TERM0 8192      /* a path segment ended: its lookups first (pb_seg_look) */
+#define A_SEP0 16384      /* a name segment ended: its lookups first (pb_name_seg_look) */
+#define A_INC 32768       /* an include's segment ended, its lookups done (pb_inc_seg) */
+#define A_ITYP 65536      /* a reference's type ended, its lookup done */
+
+#define ACT_TERM(c) do { s->act |= A_TERM0; s->a_term = (c); } while (0)
+#define ACT_SEP(c) do { s->act |= A_SEP0; s->a_sep = (c); } while (0)
+#define ACT_PAIR(n) do { s->act |= A_PAIR; s->a_pair = (n); } while (0)
+
+/* Deferred steps of a name segment's end: pb_name_seg_end records them (bits of s->act with their
+ * arguments in the state) and pb_line_act runs them one per loop iteration, before the next byte,
+ * in the order params.py calls them (narrowed, then chain or modifier, then names).  So the
+ * verifier follows each of them on its own, not every combination of them within one step. */
+#define X_CHAIN(_pv, _xt) do { s->act |= A_CHAIN; s->x_cpv = (_pv); s->x_xt = (_xt); } while (0)
+#define X_MOD(_pv, _mod, _mt) do { s->act |= A_MOD; s->x_mpv = (_pv); s->x_mm = (_mod); s->x_mt = (_mt); } while (0)
+#define X_NAMES(_pv, _mod, _mt, _id) \
+    do { s->act |= A_NAMES; s->x_npv = (_pv); s->x_nm = (_mod); s->x_nmt = (_mt); s->x_nid = (_id); } while (0)
+#define X_NARROW(_m, _inter, _hasmod, _mod, _mt) \
+    do { s->act |= A_NARROW; s->x_m = (_m); s->x_inter = (_inter); s->x_hasmod = (_hasmod); s->x_rm = (_mod); \
+         s->x_rmt = (_mt); } while (0)
 
 /* ---------------------------------------------------------------- tables */
 
-/* a name's value in the name table (0: not there); see struct pb_ntab */
+/* 1 when x is 0, else 0, computed without a branch: the verifier follows one path through it,
+ * where a comparison would give it one path per outcome (and the outcomes multiply along a step).
+ * The asm hides the idiom from the compiler, which would turn it back into a comparison. */
+static __always_inline u64 pb_is0(u64 x)
+{
+    u64 t = x | (0 - x);
+    asm volatile("" : "+r"(t));
+    return (t >> 63) ^ 1;
+}
+
+/* a name's value in the name table (0: not there); see struct pb_ntab.  Every probe is read and
+ * compared in full, without an early exit: a name is in at most one slot, and branch-free
+ * matching keeps the verifier's cost per lookup constant. */
 static __always_inline u16 pb_name_find(struct pb_ntab *nt, u8 tab, u16 ctx, u32 len, u64 w0, u64 w1, u64 w2,
                                         u64 w3, u64 w4)
 {
-    u64 h = w0 ^ (w1 * NT_P1) ^ (w2 * NT_P2) ^ (w3 * NT_P3) ^ (w4 * NT_P4) ^
-            ((((u64)ctx << 16) | ((u64)tab << 8) | len) * NT_P5);
+    u64 key = ((u64)ctx << 16) | ((u64)tab << 8) | len;
+    u64 h = w0 ^ (w1 * NT_P1) ^ (w2 * NT_P2) ^ (w3 * NT_P3) ^ (w4 * NT_P4) ^ (key * NT_P5);
     u32 slot = (h * nt->mult) >> (64 - PB_NT_BITS);
+    u64 val = 0;
 #pragma unroll
     for (int p = 0; p < PB_NT_PROBES; p++) {
         struct pb_name *e = &nt->e[(slot + p) & (PB_NT_SIZE - 1)];
-        if (e->tab == 0)
-            return 0;
-        if (e->tab == tab && e->ctx == ctx && e->len == len && e->w[0] == w0 && e->w[1] == w1 && e->w[2] == w2 &&
-            e->w[3] == w3 && e->w[4] == w4)
-            return e->val;
+        u64 ek = ((u64)e->ctx << 16) | ((u64)e->tab << 8) | e->len;
+        u64 diff = (e->w[0] ^ w0) | (e->w[1] ^ w1) | (e->w[2] ^ w2) | (e->w[3] ^ w3) | (e->w[4] ^ w4) | (ek ^ key);
+        val |= (u64)e->val & (0 - pb_is0(diff));
     }
-    return 0;
+    return (u16)val;
 }
 
-/* the segment in the shift register as a type name (0: not one) */
-static __always_inline u16 pb_type_of(struct pb_pstate *s, struct pb_env *e)
+/* The name in the shift register is looked up as what the grammar may need it as, before the
+ * grammar reads it: the step that ends a segment queues its lookups (pb_look), the next loop
+ * iterations run them one each (pb_look_step, the program's one lookup site), and the step after
+ * them reads the values (s->lq_v).  One site, entered from the loop's head, keeps the verifier's
+ * cost of a lookup independent of how many places in the grammar need one. */
+static __always_inline void pb_look_name(struct pb_pstate *s)
 {
-    return s->len > PB_TYPE_MAX ? 0 : pb_name_find(e->nt, NT_TYPE, 0, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
+    s->q0 = s->k0;
+    s->q1 = s->k1;
+    s->q2 = s->k2;
+    s->q3 = s->k3;
+    s->q4 = s->k4;
+    s->qlen = s->len;
+    s->lq = 0;
+#pragma unroll
+    for (int i = 0; i < LQ_SLOTS; i++)
+        s->lq_v[i] = 0;
 }
 
-/* the segment as a search parameter of type t (its own, then those of every type) */
-static __always_inline u16 pb_param_of(struct pb_pstate *s, struct pb_env *e, u16 t)
+static __always_inline void pb_look(struct pb_pstate *s, u32 slot, u8 tab, u16 ctx)
 {
-    if (s->len > PB_NAME_MAX)
-        return 0;
-    u16 v = pb_name_find(e->nt, NT_PARAM, t, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
+    slot &= LQ_SLOTS - 1;
+    s->lq |= 1 << slot;
+    s->lq_tab[slot] = tab;
+    s->lq_ctx[slot] = ctx;
+    s->act |= A_LOOK;
+}
+
+/* the lowest queued lookup */
+static __always_inline void pb_look_step(struct pb_pstate *s, struct pb_env *e)
+{
+    u32 q = RD(s->lq) & 0xffff;
+    if (!q) {
+        s->act &= ~A_LOOK;
+        return;
+    }
+    u32 below = (q & (0 - q)) - 1; /* the bits under the lowest queued slot: their count is its index */
+    below = below - ((below >> 1) & 0x5555);
+    below = (below & 0x3333) + ((below >> 2) & 0x3333);
+    below = (below + (below >> 4)) & 0x0f0f;
+    u32 i = (below + (below >> 8)) & (LQ_SLOTS - 1);
+    u32 len = RD(s->qlen);
+    u16 v = len > PB_NAME_MAX ? 0 : pb_name_find(e->nt, s->lq_tab[i], s->lq_ctx[i], len, s->q0, s->q1, s->q2, s->q3, s->q4);
+    s->lq_v[i] = v;
+    q &= q - 1;
+    s->lq = q;
+    if (!q)
+        s->act &= ~A_LOOK;
+}
+
+/* a parameter looked up in slot `slot` for a type, with the every-type lookup (LQ_PG) behind it */
+static __always_inline u16 pb_look_param(struct pb_pstate *s, u32 slot)
+{
+    u16 v = s->lq_v[slot & (LQ_SLOTS - 1)];
     if (v == PV_ABSENT)
         return 0; /* a parameter of every type but this one */
-    if (!v)
-        v = pb_name_find(e->nt, NT_PARAM, 0, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
-    return v;
+    return v ? v : s->lq_v[LQ_PG];
+}
+
+/* the name's lookups as a parameter of type t */
+static __always_inline void pb_look_params(struct pb_pstate *s, u32 slot, u16 t)
+{
+    pb_look(s, slot, NT_PARAM, t);
+    pb_look(s, LQ_PG, NT_PARAM, 0);
 }
 
 static __always_inline struct pb_tset *pb_tset_of(struct pb_env *e, u16 pv)
@@ -292,12 +416,12 @@ static __always_inline void pb_query_start(struct pb_pstate *s, u8 mode)
 }
 
 /* the target names a patient or an encounter by id: the segment just read */
-static __always_inline void pb_name_target(struct pb_pstate *s, struct pb_env *e, u16 t)
+static __always_inline void pb_name_target(struct pb_pstate *s, struct pb_env *e, u16 t, u64 h)
 {
     if (t == e->tb->patient)
-        pb_name_patient(s, s->fnv);
+        pb_name_patient(s, h);
     else if (t == e->tb->encounter)
-        pb_name_encounter(s, s->fnv);
+        pb_name_encounter(s, h);
 }
 
 /* the (method, form) pair a request may have; a query where the form takes one */
@@ -313,51 +437,58 @@ static __always_inline int pb_form_ok(u8 method, u8 form)
 /* '?' after the path: the method/form is checked, then the query's mode */
 static __always_inline void pb_path_query(struct pb_pstate *s)
 {
-    if (!pb_form_ok(s->method, s->form)) {
+    if (!pb_form_ok(RD(s->method), RD(s->form))) {
         DEV(S_MALFORMED);
-    } else if (s->method == MT_PUT || s->method == MT_DELETE || (s->method == MT_POST && s->form == FORM_TYPE)) {
+    } else if (RD(s->method) == MT_PUT || RD(s->method) == MT_DELETE || (RD(s->method) == MT_POST && RD(s->form) == FORM_TYPE)) {
         DEV(S_PARAM);
     } else {
-        u8 f = s->form;
+        u8 f = RD(s->form);
         pb_query_start(s, (f == FORM_ID || f == FORM_VREAD) ? QM_READ : f == FORM_HIST ? QM_HISTORY : QM_SEARCH);
     }
 }
 
 /* a path segment ended with term ('/', '?' or ' '): what it was (classify._Walk.target) */
+static __always_inline void pb_seg_look(struct pb_pstate *s)
+{
+    pb_look_name(s);
+    if (s->len && (s->sfl & SF_LETTERS) && (s->seg == 0 || s->seg == 2))
+        pb_look(s, LQ_T, NT_TYPE, 0); /* the segment as a type (its first byte is checked per case) */
+    s->act |= A_TERM;
+}
+
 static __always_inline void pb_seg_end(struct pb_pstate *s, struct pb_env *e, u8 term)
 {
-    u8 fl = s->sfl, seg = s->seg;
-    u32 len = s->len;
-    if (fl & SF_OP) { /* $name: an operation (the rest of the target is not looked at) */
-        DEV(!(fl & SF_OPOK) || len == 0 ? S_MALFORMED : (len == 7 && s->k0 == W_GRAPHQL) ? S_GRAPHQL : S_OPERATION);
+    s->x_hist = s->len == 8 && s->k0 == W_HISTORY;
+    s->x_srch = s->len == 7 && s->k0 == W_SEARCH;
+    asm volatile("" ::: "memory");
+    if (RD(s->sfl) & SF_OP) { /* $name: an operation (the rest of the target is not looked at) */
+        DEV(!(RD(s->sfl) & SF_OPOK) || RD(s->len) == 0 ? S_MALFORMED : (RD(s->len) == 7 && s->k0 == W_GRAPHQL) ? S_GRAPHQL : S_OPERATION);
         return;
     }
-    u8 hist = len == 8 && s->k0 == W_HISTORY, srch = len == 7 && s->k0 == W_SEARCH;
-    u8 letter = len && (fl & SF_LETTERS) != 0; /* first byte a letter: checked below per case */
-    if (seg == 0) {
-        if (len == 0) { /* the base with a trailing slash: the base itself */
-            if (term == '/') {
+    if (RD(s->seg) == 0) {
+        if (RD(s->len) == 0) { /* the base with a trailing slash: the base itself */
+            if (RD(s->a_term) == '/') {
                 DEV(S_MALFORMED);
             } else if (s->method == MT_POST) {
                 DEV(S_BUNDLE);
             } else {
                 s->form = FORM_SYSTEM;
-                if (term == '?')
-                    pb_query_start(s, QM_SYSTEM);
+                if (RD(s->a_term) == '?')
+                    s->act |= A_QSYS; /* the base's query starts: the next step */
                 else
                     DEV(S_TYPE_PARAM);
             }
             return;
         }
-        if (hist || srch) {
-            DEV((s->method == MT_POST && srch) ? S_BUNDLE : S_TYPE_PARAM);
+        if (RD(s->x_hist) || RD(s->x_srch)) {
+            DEV((s->method == MT_POST && RD(s->x_srch)) ? S_BUNDLE : S_TYPE_PARAM);
             return;
         }
         if (!(s->sub & 1)) { /* the first byte was not a letter */
             DEV(S_MALFORMED);
             return;
         }
-        u16 t = letter ? pb_type_of(s, e) : 0;
+        u16 t = RD(s->lq_v[LQ_T]);
         if (!t) {
             DEV(S_UNKNOWN_TYPE);
             return;
@@ -365,33 +496,34 @@ static __always_inline void pb_seg_end(struct pb_pstate *s, struct pb_env *e, u8
         s->type_id = t;
         s->cur = t;
         s->form = FORM_TYPE;
-    } else if (seg == 1) {
-        if (hist || srch) {
-            s->form = srch ? FORM_SEARCH : FORM_HIST;
-            if (term == '/') {
+    } else if (RD(s->seg) == 1) {
+        if (RD(s->x_hist) || RD(s->x_srch)) {
+            s->form = RD(s->x_srch) ? FORM_SEARCH : FORM_HIST;
+            if (RD(s->a_term) == '/') {
                 DEV(S_MALFORMED);
                 return;
             }
         } else if (pb_id_ok(s)) {
             s->form = FORM_ID;
-            pb_name_target(s, e, s->type_id);
+            s->x_idh = s->fnv; /* the patient or encounter it names: the next step */
+            s->act |= A_NAMEID;
         } else {
             DEV(S_MALFORMED);
             return;
         }
-    } else if (seg == 2) {
-        if (hist) {
+    } else if (RD(s->seg) == 2) {
+        if (RD(s->x_hist)) {
             s->form = FORM_HIST;
-        } else if (len == 1 && s->k0 == '*') {
+        } else if (RD(s->len) == 1 && s->k0 == '*') {
             DEV(S_COMPARTMENT);
             return;
-        } else if (len == 0 || !(s->sub & 1)) {
+        } else if (RD(s->len) == 0 || !(s->sub & 1)) {
             DEV(S_MALFORMED);
             return;
         } else {
-            u16 m = letter ? pb_type_of(s, e) : 0;
+            u16 m = RD(s->lq_v[LQ_T]);
             u16 owner = s->type_id;
-            if (!m || !pb_bit(e->tb->comp[owner < PB_TYPES ? owner : 0], m) || term == '/') {
+            if (!m || !pb_bit(e->tb->comp[owner < PB_TYPES ? owner : 0], m) || RD(s->a_term) == '/') {
                 DEV(S_COMPARTMENT);
                 return;
             }
@@ -399,8 +531,8 @@ static __always_inline void pb_seg_end(struct pb_pstate *s, struct pb_env *e, u8
             s->cur = m;
             s->form = FORM_COMP;
         }
-    } else if (seg == 3 && s->form == FORM_HIST) {
-        if (!pb_id_ok(s) || term == '/') {
+    } else if (RD(s->seg) == 3 && s->form == FORM_HIST) {
+        if (!pb_id_ok(s) || RD(s->a_term) == '/') {
             DEV(S_MALFORMED);
             return;
         }
@@ -409,13 +541,13 @@ static __always_inline void pb_seg_end(struct pb_pstate *s, struct pb_env *e, u8
         DEV(S_MALFORMED);
         return;
     }
-    if (term == '/') {
-        s->seg = seg + 1;
+    if (RD(s->a_term) == '/') {
+        s->seg = RD(s->seg) + 1;
         pb_seg_start(s);
         s->sub = 0;
-    } else if (term == '?') {
-        pb_path_query(s);
-    } else if (!pb_form_ok(s->method, s->form)) {
+    } else if (RD(s->a_term) == '?') {
+        s->act |= A_QUERY; /* the query starts: the next step */
+    } else if (!pb_form_ok(RD(s->method), RD(s->form))) {
         DEV(S_MALFORMED);
     }
 }
@@ -502,10 +634,11 @@ static __always_inline void pb_modifier(struct pb_pstate *s, struct pb_env *e, u
         pb_touch_read(s, e->tb->valueset);
 }
 
-/* the targets (candidates in mask m) that have the next hop's parameter (as a server searches) */
-static __always_inline void pb_narrowed(struct pb_pstate *s, struct pb_env *e, u8 m, u8 intermediate, u8 hasmod,
-                                        u8 mod, u16 mt)
+/* the targets (candidates in mask s->x_m) that have the next hop's parameter (as a server
+ * searches); a deferred step (A_NARROW) */
+static __always_inline void pb_narrowed(struct pb_pstate *s, struct pb_env *e)
 {
+    u8 m = s->x_m, intermediate = s->x_inter, hasmod = s->x_hasmod;
     u8 n = 0;
     u16 one = 0, onepv = 0;
 #pragma unroll
@@ -531,10 +664,11 @@ static __always_inline void pb_narrowed(struct pb_pstate *s, struct pb_env *e, u
         return;
     }
     s->cur = one;
+    u16 mt = s->x_rmt;
     if (intermediate)
-        pb_chain_from(s, e, onepv, hasmod ? (mt ? mt : 0xffff) : 0); /* a hop's modifier names its type */
+        X_CHAIN(onepv, hasmod ? (mt ? mt : 0xffff) : 0); /* a hop's modifier names its type */
     else if (hasmod)
-        pb_modifier(s, e, onepv, mod, mt);
+        X_MOD(onepv, s->x_rm, mt);
 }
 
 /* a bare or typed id in a value names a patient or an encounter */
@@ -568,8 +702,25 @@ static __always_inline void pb_names_mode(struct pb_pstate *s, struct pb_env *e,
     s->vexpl = mt != 0;
 }
 
-/* the segment in the register ended with sep (':', '.', '='): params.Params._segment_end */
-static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *e, u8 sep)
+/* the next hop's parameter on each candidate target of a chain (s->cpv) and which of them have it
+ * as an ordinary (s->anym) or a reference (s->refm) parameter */
+static __always_inline void pb_cand_params(struct pb_pstate *s, struct pb_env *e)
+{
+    s->anym = 0;
+    s->refm = 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < PB_NARROW; i++) {
+        asm volatile("" ::: "memory");
+        u16 v = i < s->ncand ? pb_look_param(s, LQ_C + i) : 0;
+        u8 k = PV_KIND(v);
+        s->cpv[i & (PB_NARROW - 1)] = v;
+        s->anym |= (u8)(P_ORDINARY(k) << i);
+        s->refm |= (u8)((k == P_REFERENCE) << i);
+    }
+}
+
+/* a name segment ended: the state it ended in, and the names it may be, looked up first */
+static __always_inline void pb_name_seg_look(struct pb_pstate *s)
 {
     u32 len = s->len;
     if (len == 0) {
@@ -579,23 +730,50 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
     u8 st = s->nst, has = len == 4 && s->k0 == W_HAS;
     if ((st == NS_FIRST || st == NS_HAS_NEXT) && has)
         st = NS_HAS_KEY; /* "_has" opens a has-name, or a nested one */
-    if (st == NS_HAS_KEY || st == NS_HAS_T || st == NS_HAS_R) { /* structure of a has-name */
-        if (sep == '.') {
+    s->x_st = st;
+    pb_look_name(s);
+    asm volatile("" ::: "memory");
+    if (RD(s->x_st) == NS_HAS_T || RD(s->x_st) == NS_HAS_MOD || RD(s->x_st) == NS_HMOD) {
+        pb_look(s, LQ_T, NT_TYPE, 0);
+        pb_look(s, LQ_M, NT_MOD, 0);
+    }
+    asm volatile("" ::: "memory");
+    if (RD(s->x_st) == NS_HAS_R || RD(s->x_st) == NS_HAS_NEXT || RD(s->x_st) == NS_HNAME || (RD(s->x_st) == NS_FIRST && RD(s->qmode) == QM_SEARCH))
+        pb_look_params(s, LQ_P, RD(s->x_st) == NS_FIRST ? s->type_id : s->cur);
+    asm volatile("" ::: "memory");
+    if (RD(s->x_st) == NS_FIRST && RD(s->qmode) != QM_SEARCH) /* the base's page links, a read's or a history's parameters */
+        pb_look(s, LQ_X, NT_PARAM, RD(s->qmode) == QM_SYSTEM ? 0xffff : RD(s->qmode) == QM_READ ? 0xfffe : 0xfffd);
+    asm volatile("" ::: "memory");
+    if (RD(s->x_st) == NS_HNAME) { /* a chain's next hop on each candidate target */
+#pragma unroll
+        for (int i = 0; i < PB_NARROW; i++)
+            if (i < RD(s->ncand))
+                pb_look_params(s, LQ_C + i, s->cand[i]);
+    }
+    s->act |= A_SEP;
+}
+
+/* the segment in the register ended with sep (':', '.', '='): params.Params._segment_end */
+static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *e, u8 sep)
+{
+    u32 len = s->len;
+    if (RD(s->x_st) == NS_HAS_KEY || RD(s->x_st) == NS_HAS_T || RD(s->x_st) == NS_HAS_R) { /* structure of a has-name */
+        if (RD(s->a_sep) == '.') {
             DEV(S_HAS);
             return;
         }
-        if (sep == '=') {
+        if (RD(s->a_sep) == '=') {
             DEV(S_MALFORMED);
             return;
         }
     }
-    if (st == NS_HAS_KEY) {
+    if (RD(s->x_st) == NS_HAS_KEY) {
         s->nst = NS_HAS_T;
         return;
     }
-    if (st == NS_HAS_T) {
+    if (RD(s->x_st) == NS_HAS_T) {
         if (!s->pend) {
-            u16 t = pb_type_of(s, e);
+            u16 t = s->lq_v[LQ_T];
             if (!t) {
                 PEND(S_HAS);
             } else {
@@ -606,22 +784,19 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
         s->nst = NS_HAS_R;
         return;
     }
-    if (st == NS_HAS_R) {
-        if (!s->pend) {
-            u16 v = pb_param_of(s, e, s->cur);
-            if (PV_KIND(v) != P_REFERENCE)
-                PEND(S_PARAM);
-        }
+    if (RD(s->x_st) == NS_HAS_R) {
+        if (!s->pend && PV_KIND(pb_look_param(s, LQ_P)) != P_REFERENCE)
+            PEND(S_PARAM);
         s->nst = NS_HAS_NEXT;
         return;
     }
-    if (st == NS_HAS_NEXT) {
-        if (sep == '.') {
+    if (RD(s->x_st) == NS_HAS_NEXT) {
+        if (RD(s->a_sep) == '.') {
             DEV(S_HAS);
             return;
         }
         if (!s->pend) {
-            u16 v = pb_param_of(s, e, s->cur);
+            u16 v = pb_look_param(s, LQ_P);
             s->pv = v;
             if (!P_ORDINARY(PV_KIND(v)))
                 PEND(S_PARAM);
@@ -630,82 +805,79 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
         s->vmode = VM_SKIP;
         return;
     }
-    if (st == NS_HAS_MOD) {
-        if (sep == '.') {
+    if (RD(s->x_st) == NS_HAS_MOD) {
+        if (RD(s->a_sep) == '.') {
             DEV(S_HAS);
             return;
         }
-        if (sep == ':') {
+        if (RD(s->a_sep) == ':') {
             DEV(S_MALFORMED);
             return;
         }
         if (!s->pend) {
-            u8 mod = (u8)(len > PB_NAME_MAX ? 0 : pb_name_find(e->nt, NT_MOD, 0, len, s->k0, s->k1, s->k2, s->k3, s->k4));
-            pb_modifier(s, e, s->pv, mod, mod ? 0 : pb_type_of(s, e));
+            u8 mod = (u8)s->lq_v[LQ_M];
+            X_MOD(s->pv, mod, mod ? 0 : s->lq_v[LQ_T]);
         }
         s->vmode = VM_SKIP;
         return;
     }
     /* a hop-mode name: FIRST, HNAME, HMOD */
-    if (st == NS_HMOD && sep == ':') {
+    if (RD(s->x_st) == NS_HMOD && RD(s->a_sep) == ':') {
         DEV(S_MALFORMED); /* a second modifier on one hop */
         return;
     }
-    s->nst = sep == ':' ? NS_HMOD : NS_HNAME;
-    u8 qm = s->qmode;
-    if (st == NS_FIRST) {
-        if (qm == QM_SYSTEM) {
-            u16 v = pb_name_find(e->nt, NT_PARAM, 0xffff, len, s->k0, s->k1, s->k2, s->k3, s->k4);
-            if (sep != '=' || !v)
+    s->nst = RD(s->a_sep) == ':' ? NS_HMOD : NS_HNAME;
+    if (RD(s->x_st) == NS_FIRST) {
+        if (RD(s->qmode) == QM_SYSTEM) {
+            u16 v = s->lq_v[LQ_X];
+            if (RD(s->a_sep) != '=' || !v)
                 s->paging = 0;
-            if (sep == '=' && v == 2)
+            if (RD(s->a_sep) == '=' && v == 2)
                 s->getpages = 1;
             return;
         }
-        if (qm != QM_SEARCH) {
-            u16 v = pb_name_find(e->nt, NT_PARAM, qm == QM_READ ? 0xfffe : 0xfffd, len, s->k0, s->k1, s->k2, s->k3,
-                                 s->k4);
-            if (sep != '=' || !v)
+        if (RD(s->qmode) != QM_SEARCH) {
+            if (RD(s->a_sep) != '=' || !s->lq_v[LQ_X])
                 PEND(S_PARAM);
             return;
         }
-        u16 v = pb_param_of(s, e, s->type_id);
+        u16 v = pb_look_param(s, LQ_P);
         u8 k = PV_KIND(v);
         s->pv = v;
         s->sub = len == 3 && s->k0 == 0x5f6964; /* "_id" */
         if (!v) {
             PEND(S_PARAM);
         } else if (k == P_INCLUDE || k == P_REVINCLUDE) {
-            if (sep == '.')
+            if (RD(s->a_sep) == '.')
                 PEND(S_INCLUDE);
-            else if (sep == '=')
+            else if (RD(s->a_sep) == '=')
                 s->vmode = k == P_INCLUDE ? VM_INCLUDE : VM_REVINCLUDE;
         } else if (k == P_TYPE) {
             PEND(S_TYPE_PARAM);
         } else if (k == P_OPAQUE || k == P_CONTAINED || k == P_RESULT) {
-            if (sep != '=')
+            if (RD(s->a_sep) != '=')
                 PEND(S_PARAM);
             else if (k == P_OPAQUE)
                 PEND(S_SPECIAL);
             else if (k == P_CONTAINED)
                 s->vmode = VM_CONTAINED;
-        } else if (sep == '.') {
-            pb_chain_from(s, e, v, 0);
-        } else if (sep == '=') {
-            pb_names_mode(s, e, v, 0, 0, s->sub);
+        } else if (RD(s->a_sep) == '.') {
+            X_CHAIN(v, 0);
+        } else if (RD(s->a_sep) == '=') {
+            X_NAMES(v, 0, 0, s->sub);
         }
         return;
     }
-    if (s->pend || qm != QM_SEARCH)
+    if (s->pend || RD(s->qmode) != QM_SEARCH)
         return;
-    if (st == NS_HMOD) {
-        u8 mod = (u8)(len > PB_NAME_MAX ? 0 : pb_name_find(e->nt, NT_MOD, 0, len, s->k0, s->k1, s->k2, s->k3, s->k4));
-        u16 mt = mod ? 0 : pb_type_of(s, e);
+    if (RD(s->x_st) == NS_HMOD) {
+        u8 mod = (u8)s->lq_v[LQ_M];
+        u16 mt = mod ? 0 : s->lq_v[LQ_T];
         u16 pv = s->pv;
         if (s->hop == 0) {
             u8 k = PV_KIND(pv);
             if (k == P_INCLUDE || k == P_REVINCLUDE) {
-                if (sep == '.' || (mod != MOD_ITERATE && mod != MOD_RECURSE))
+                if (RD(s->a_sep) == '.' || (mod != MOD_ITERATE && mod != MOD_RECURSE))
                     PEND(S_INCLUDE);
                 else
                     s->vmode = k == P_INCLUDE ? VM_INCLUDE : VM_REVINCLUDE;
@@ -713,62 +885,50 @@ static __always_inline void pb_name_seg_end(struct pb_pstate *s, struct pb_env *
             }
             if (!P_ORDINARY(k))
                 return;
-            if (sep == '.') {
-                pb_chain_from(s, e, pv, mt ? mt : 0xffff); /* a hop's modifier names its type */
+            if (RD(s->a_sep) == '.') {
+                X_CHAIN(pv, mt ? mt : 0xffff); /* a hop's modifier names its type */
             } else {
-                pb_modifier(s, e, pv, mod, mt);
-                pb_names_mode(s, e, pv, mod, mt, s->sub);
+                X_MOD(pv, mod, mt);
+                X_NAMES(pv, mod, mt, s->sub);
             }
             return;
         }
         if (s->multi) {
-            if (sep == '.')
+            if (RD(s->a_sep) == '.')
                 PEND(S_CHAINED);
             return;
         }
         if (s->masks) {
             s->masks = 0;
-            pb_narrowed(s, e, sep == '.' ? s->refm : s->anym, sep == '.', 1, mod, mt);
+            X_NARROW(RD(s->a_sep) == '.' ? s->refm : s->anym, RD(s->a_sep) == '.', 1, mod, mt);
             return;
         }
-        if (sep == '.')
-            pb_chain_from(s, e, pv, mt ? mt : 0xffff);
+        if (RD(s->a_sep) == '.')
+            X_CHAIN(pv, mt ? mt : 0xffff);
         else if (pv)
-            pb_modifier(s, e, pv, mod, mt);
+            X_MOD(pv, mod, mt);
         return;
     }
     /* NS_HNAME: the name of a hop after the first */
     if (s->multi) {
-        if (sep == '.')
+        if (RD(s->a_sep) == '.')
             PEND(S_CHAINED);
         return;
     }
     if (s->ncand) {
-        u8 anym = 0, refm = 0;
-#pragma unroll
-        for (int i = 0; i < PB_NARROW; i++) {
-            u16 v = 0;
-            if (i < s->ncand)
-                v = pb_param_of(s, e, s->cand[i]);
-            s->cpv[i] = v;
-            if (P_ORDINARY(PV_KIND(v)))
-                anym |= 1 << i;
-            if (PV_KIND(v) == P_REFERENCE)
-                refm |= 1 << i;
-        }
-        if (sep == ':') { /* intermediate or last: the modifier's end tells */
-            s->anym = anym;
-            s->refm = refm;
+        pb_cand_params(s, e);
+        asm volatile("" ::: "memory");
+        if (RD(s->a_sep) == ':') { /* intermediate or last: the modifier's end tells */
             s->masks = 1;
             return;
         }
-        pb_narrowed(s, e, sep == '.' ? refm : anym, sep == '.', 0, 0, 0);
+        X_NARROW(RD(s->a_sep) == '.' ? s->refm : s->anym, RD(s->a_sep) == '.', 0, 0, 0);
         return;
     }
-    u16 v = pb_param_of(s, e, s->cur);
+    u16 v = pb_look_param(s, LQ_P);
     s->pv = v;
-    if (sep == '.')
-        pb_chain_from(s, e, v, 0);
+    if (RD(s->a_sep) == '.')
+        X_CHAIN(v, 0);
     else if (!P_ORDINARY(PV_KIND(v)))
         PEND(S_PARAM);
 }
@@ -822,19 +982,29 @@ static __always_inline void pb_item_end(struct pb_pstate *s, struct pb_env *e)
         pb_name_encounter(s, s->fnv);
 }
 
-/* an include's segment ended (':' or the value's end) */
+/* an include's segment ended (':' or the value's end): its lookups first */
+static __always_inline void pb_inc_look(struct pb_pstate *s)
+{
+    u8 n = s->nseg;
+    pb_look_name(s);
+    if (n == 0 || n == 2)
+        pb_look(s, LQ_T, NT_TYPE, 0);
+    else if (n == 1 && s->ityp)
+        pb_look_params(s, LQ_P, s->ityp);
+    s->act |= A_INC;
+}
+
+/* ... then what it was (a deferred step, A_INC) */
 static __always_inline void pb_inc_seg(struct pb_pstate *s, struct pb_env *e)
 {
     u8 n = s->nseg;
     u16 v = 0;
     if (!s->iok || s->len > PB_NAME_MAX)
         v = 0;
-    else if (n == 0)
-        v = pb_type_of(s, e);
+    else if (n == 0 || n == 2)
+        v = s->lq_v[LQ_T];
     else if (n == 1)
-        v = s->ityp ? pb_param_of(s, e, s->ityp) : 0;
-    else if (n == 2)
-        v = pb_type_of(s, e);
+        v = s->ityp ? pb_look_param(s, LQ_P) : 0;
     if (n == 0)
         s->ityp = v;
     else if (n == 1)
@@ -861,8 +1031,11 @@ static __always_inline void pb_value_byte(struct pb_pstate *s, struct pb_env *e,
             s->icol = 1;
         } else if (d == '/' && vm == VM_REFS) {
             s->isl = s->isl < 2 ? s->isl + 1 : 2;
-            if (s->isl == 1)
-                s->ityp = pb_type_of(s, e);
+            if (s->isl == 1) { /* the reference's type: looked up, then read (A_ITYP) */
+                pb_look_name(s);
+                pb_look(s, LQ_T, NT_TYPE, 0);
+                s->act |= A_ITYP;
+            }
             s->fnv = FNV_OFFSET; /* the id is what follows the slash */
             s->ilen = 0;
             s->iok = 1;
@@ -880,7 +1053,7 @@ static __always_inline void pb_value_byte(struct pb_pstate *s, struct pb_env *e,
         s->len++;
     } else if (vm == VM_INCLUDE || vm == VM_REVINCLUDE) {
         if (d == ':') {
-            pb_inc_seg(s, e);
+            pb_inc_look(s);
             return;
         }
         if (!(e->ct->c[d] & C_NAME))
@@ -900,7 +1073,7 @@ static __always_inline void pb_value_end(struct pb_pstate *s, struct pb_env *e)
     if (vm == VM_REFS || vm == VM_IDS) {
         pb_item_end(s, e);
     } else if (vm == VM_INCLUDE || vm == VM_REVINCLUDE) {
-        pb_inc_seg(s, e);
+        /* its last segment was read by A_INC (pb_line_act's pair step) */
         if (s->pend)
             return;
         u8 n = s->nseg;
@@ -1332,6 +1505,139 @@ static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
  * byte c (class f), or the body's end (at_end).  BCC has no calls between BPF functions, so every
  * function is inlined where it is called: each heavy one is called from one place only, after the
  * byte has been sorted into what it ends and what it adds. */
+/* The first half of a request-line step: what the byte means here.  Results go to s->a_*
+ * (a_pair: 1 a pair ended, 2 it ended with the target or the body). */
+static __always_inline void pb_line_classify(struct pb_pstate *s, struct pb_env *e, u8 st, u8 c, u32 f, u8 at_end)
+{
+    if (at_end) { /* the form body ended */
+        if (st == ST_PCT1 || st == ST_PCT2)
+            DEV(S_MALFORMED);
+        else if (st == ST_QNAME || st == ST_QVAL)
+            ACT_PAIR(2);
+        return;
+    }
+    if (!s->body && c == ' ') {
+        if (s->tlen == 0) {
+            s->st = ST_JUNK;
+            return;
+        }
+        s->act |= A_TEND;
+        if (st == ST_BASE)
+            DEV(S_NOT_FHIR);
+        else if (st == ST_AFTERBASE)
+            DEV(s->method == MT_POST ? S_BUNDLE : S_TYPE_PARAM);
+        else if (st == ST_SEG)
+            ACT_TERM(' ');
+        else if (st == ST_PCT1 || st == ST_PCT2)
+            DEV(S_MALFORMED);
+        else if (st == ST_QNAME || st == ST_QVAL)
+            ACT_PAIR(2);
+        return;
+    }
+    if (!s->body && !(f & C_VCHAR)) {
+        s->st = ST_JUNK;
+        return;
+    }
+    if (!s->body)
+        s->tlen++;
+    if (st == ST_TSKIP)
+        return;
+    if (st == ST_SEG) {
+        if (c == '/' || c == '?')
+            ACT_TERM(c);
+        else
+            pb_seg_byte(s, c, f);
+        return;
+    }
+    if (st == ST_BASE) {
+        SH3(c);
+        s->len++;
+        pb_base_check(s);
+        return;
+    }
+    if (st == ST_AFTERBASE) {
+        if (c == '/') {
+            s->seg = 0;
+            s->sub = 0;
+            pb_seg_start(s);
+        } else if (c == '?') {
+            if (s->method == MT_POST) {
+                DEV(S_BUNDLE);
+            } else {
+                s->form = FORM_SYSTEM;
+                pb_query_start(s, QM_SYSTEM);
+            }
+        } else {
+            DEV(S_NOT_FHIR);
+        }
+        return;
+    }
+    if (!pb_raw_seen(s, e, c)) /* the query: a raw byte */
+        return;
+    u8 d;
+    u8 escaped = 0;
+    if (st == ST_PCT1 || st == ST_PCT2) {
+        if (!(f & C_HEX)) {
+            DEV(S_MALFORMED);
+            return;
+        }
+        u8 nib = (c <= '9') ? c - '0' : ((c | 0x20) - 'a' + 10);
+        if (st == ST_PCT1) {
+            s->pctv = nib;
+            s->st = ST_PCT2;
+            return;
+        }
+        s->st = s->qin ? ST_QNAME : ST_QVAL;
+        d = (u8)((s->pctv << 4) | nib);
+        escaped = 1;
+    } else if (c == '%') {
+        s->st = ST_PCT1;
+        return;
+    } else if (c == '#') {
+        DEV(S_MALFORMED);
+        return;
+    } else if (s->qin) {
+        if (c == '=') {
+            ACT_SEP('=');
+            return;
+        }
+        if (c == '&') {
+            DEV(S_MALFORMED);
+            return;
+        }
+        d = c;
+    } else if (c == '&') {
+        ACT_PAIR(1);
+        return;
+    } else {
+        d = c == '+' ? ' ' : c;
+    }
+    /* a decoded byte of a name or a value */
+    if (s->qin) {
+        if (d == '%') {
+            DEV(S_ENCODED); /* a name never holds '%' */
+        } else if (d == ':' || d == '.') {
+            ACT_SEP(d);
+        } else if (e->ct->c[d] & C_NAME) {
+            if (s->len >= PB_NAME_MAX) {
+                DEV(S_MALFORMED);
+            } else {
+                SH5(d);
+                s->len++;
+            }
+        } else {
+            DEV(S_MALFORMED);
+        }
+    } else {
+        if (escaped && d == '%')
+            s->p25 = 1;
+        s->act |= A_VALUE;
+        s->a_d = d;
+    }
+}
+
+/* One byte of the request line or of a body's parameters (c, class f), or the body's end
+ * (at_end): what it means here; the steps it calls for run in the next loop iterations. */
 static __always_inline void pb_line_step(struct pb_pstate *s, struct pb_env *e, u8 c, u32 f, u8 at_end)
 {
     u8 st = s->st;
@@ -1339,123 +1645,36 @@ static __always_inline void pb_line_step(struct pb_pstate *s, struct pb_env *e, 
         pb_reqline_byte(s, c, f);
         return;
     }
-    u8 term = 0, sep = 0, value = 0, pair_end = 0, target_end = 0, d = 0, have_d = 0, escaped = 0;
-    if (at_end) { /* the form body ended */
-        if (st == ST_PCT1 || st == ST_PCT2)
-            DEV(S_MALFORMED);
-        else if (st == ST_QNAME || st == ST_QVAL)
-            pair_end = 1;
-    } else if (!s->body && c == ' ') {
-        if (s->tlen == 0) {
-            s->st = ST_JUNK;
-            return;
-        }
-        target_end = 1;
-        if (st == ST_BASE)
-            DEV(S_NOT_FHIR);
-        else if (st == ST_AFTERBASE)
-            DEV(s->method == MT_POST ? S_BUNDLE : S_TYPE_PARAM);
-        else if (st == ST_SEG)
-            term = ' ';
-        else if (st == ST_PCT1 || st == ST_PCT2)
-            DEV(S_MALFORMED);
-        else if (st == ST_QNAME || st == ST_QVAL)
-            pair_end = 1;
-    } else if (!s->body && !(f & C_VCHAR)) {
-        s->st = ST_JUNK;
-        return;
-    } else {
-        if (!s->body)
-            s->tlen++;
-        if (st == ST_TSKIP)
-            return;
-        if (st == ST_SEG) {
-            if (c == '/' || c == '?')
-                term = c;
-            else
-                pb_seg_byte(s, c, f);
-        } else if (st == ST_BASE) {
-            SH3(c);
-            s->len++;
-            pb_base_check(s);
-        } else if (st == ST_AFTERBASE) {
-            if (c == '/') {
-                s->seg = 0;
-                s->sub = 0;
-                pb_seg_start(s);
-            } else if (c == '?') {
-                if (s->method == MT_POST) {
-                    DEV(S_BUNDLE);
-                } else {
-                    s->form = FORM_SYSTEM;
-                    pb_query_start(s, QM_SYSTEM);
-                }
-            } else {
-                DEV(S_NOT_FHIR);
-            }
-        } else if (pb_raw_seen(s, e, c)) { /* the query: a raw byte */
-            if (st == ST_PCT1 || st == ST_PCT2) {
-                if (!(f & C_HEX)) {
-                    DEV(S_MALFORMED);
-                } else {
-                    u8 nib = (c <= '9') ? c - '0' : ((c | 0x20) - 'a' + 10);
-                    if (st == ST_PCT1) {
-                        s->pctv = nib;
-                        s->st = ST_PCT2;
-                    } else {
-                        s->st = s->qin ? ST_QNAME : ST_QVAL;
-                        d = (u8)((s->pctv << 4) | nib);
-                        have_d = 1;
-                        escaped = 1;
-                    }
-                }
-            } else if (c == '%') {
-                s->st = ST_PCT1;
-            } else if (c == '#') {
-                DEV(S_MALFORMED);
-            } else if (s->qin) {
-                if (c == '=')
-                    sep = '=';
-                else if (c == '&')
-                    DEV(S_MALFORMED);
-                else {
-                    d = c;
-                    have_d = 1;
-                }
-            } else if (c == '&') {
-                pair_end = 1;
-            } else {
-                d = c == '+' ? ' ' : c;
-                have_d = 1;
-            }
-        }
-        if (have_d) { /* a decoded byte of a name or a value */
-            if (s->qin) {
-                if (d == '%') {
-                    DEV(S_ENCODED); /* a name never holds '%' */
-                } else if (d == ':' || d == '.') {
-                    sep = d;
-                } else if (e->ct->c[d] & C_NAME) {
-                    if (s->len >= PB_NAME_MAX) {
-                        DEV(S_MALFORMED);
-                    } else {
-                        SH5(d);
-                        s->len++;
-                    }
-                } else {
-                    DEV(S_MALFORMED);
-                }
-            } else {
-                if (escaped && d == '%')
-                    s->p25 = 1;
-                value = 1;
-            }
-        }
-    }
-    if (term)
-        pb_seg_end(s, e, term);
-    if (sep) {
+    pb_line_classify(s, e, st, c, f, at_end);
+}
+
+/* Run one pending step (the lowest bit of s->act): one per loop iteration, so the verifier
+ * follows each step on its own rather than every combination of them in one iteration. */
+static __always_inline void pb_line_act(struct pb_pstate *s, struct pb_env *e)
+{
+    u32 a = s->act;
+    if (a & A_LOOK) {
+        pb_look_step(s, e);
+    } else if (a & A_TERM0) {
+        s->act = a & ~A_TERM0;
+        pb_seg_look(s);
+    } else if (a & A_TERM) {
+        s->act = a & ~A_TERM;
+        pb_seg_end(s, e, s->a_term);
+    } else if (a & A_QUERY) {
+        s->act = a & ~A_QUERY;
+        pb_path_query(s);
+    } else if (a & A_QSYS) {
+        s->act = a & ~A_QSYS;
+        pb_query_start(s, QM_SYSTEM);
+    } else if (a & A_SEP0) {
+        s->act = a & ~A_SEP0;
+        pb_name_seg_look(s);
+    } else if (a & A_SEP) {
+        u8 sep = s->a_sep;
+        s->act = a & ~A_SEP;
         pb_name_seg_end(s, e, sep);
+        asm volatile("" ::: "memory");
         if (sep == '=' && s->st == ST_QNAME) { /* the name ended, the value starts */
             s->qin = 0;
             s->st = ST_QVAL;
@@ -1463,33 +1682,88 @@ static __always_inline void pb_line_step(struct pb_pstate *s, struct pb_env *e, 
             s->iok = 1;
             pb_item_start(s);
         }
+    } else if (a & A_NARROW) {
+        s->act = a & ~A_NARROW;
+        pb_narrowed(s, e);
+    } else if (a & A_CHAIN) {
+        s->act = a & ~A_CHAIN;
+        pb_chain_from(s, e, s->x_cpv, s->x_xt);
+    } else if (a & A_MOD) {
+        s->act = a & ~A_MOD;
+        pb_modifier(s, e, s->x_mpv, s->x_mm, s->x_mt);
+    } else if (a & A_NAMES) {
+        s->act = a & ~A_NAMES;
+        pb_names_mode(s, e, s->x_npv, s->x_nm, s->x_nmt, s->x_nid);
+    } else if (a & A_NAMEID) {
+        s->act = a & ~A_NAMEID;
+        pb_name_target(s, e, s->type_id, s->x_idh);
+    } else if (a & A_ITYP) {
+        s->act = a & ~A_ITYP;
+        s->ityp = s->lq_v[LQ_T];
+    } else if (a & A_INC) {
+        s->act = a & ~A_INC;
+        pb_inc_seg(s, e);
+    } else if (a & A_VALUE) {
+        s->act = a & ~A_VALUE;
+        pb_value_byte(s, e, s->a_d);
+    } else if (a & A_PAIR) {
+        if ((s->st == ST_QNAME || s->st == ST_QVAL) && !s->qin && !s->x_pl &&
+            (s->vmode == VM_INCLUDE || s->vmode == VM_REVINCLUDE)) {
+            s->x_pl = 1; /* the include's last segment first (A_LOOK, A_INC), then the pair's end */
+            pb_inc_look(s);
+            return;
+        }
+        s->x_pl = 0;
+        s->act = a & ~A_PAIR;
+        if (s->st == ST_QNAME || s->st == ST_QVAL) {
+            pb_pair_end(s, e);
+            asm volatile("" ::: "memory");
+            if (s->a_pair == 2 && (s->st == ST_QNAME || s->st == ST_QVAL) && s->qmode == QM_SYSTEM)
+                /* the base's query: HAPI's page links, or a system search */
+                DEV((s->method == MT_GET || s->method == MT_HEAD) && s->paging && s->getpages ? S_PAGING :
+                                                                                             S_TYPE_PARAM);
+        }
+    } else {
+        s->act = 0;
+        if (a & A_TEND) {
+            s->st = ST_VER;
+            CLR();
+        }
     }
-    if (value)
-        pb_value_byte(s, e, d);
-    if (pair_end && (s->st == ST_QNAME || s->st == ST_QVAL)) {
-        pb_pair_end(s, e);
-        if ((target_end || at_end) && (s->st == ST_QNAME || s->st == ST_QVAL) && s->qmode == QM_SYSTEM)
-            /* the base's query: HAPI's page links, or a system search */
-            DEV((s->method == MT_GET || s->method == MT_HEAD) && s->paging && s->getpages ? S_PAGING : S_TYPE_PARAM);
-    }
-    if (target_end) {
-        s->st = ST_VER;
-        CLR();
-    }
+}
+
+/* 1, or 0 when the kernel's loop budget is spent: the may_goto instruction (kernel 6.9+), written
+ * as its bytes because LLVM 14 does not know the mnemonic (code BPF_JMP | BPF_JCOND, src
+ * BPF_MAY_GOTO, off +1: it jumps over "r = 1" when the budget is spent).  The verifier prunes a
+ * loop at a may_goto whose state it has seen already, so a loop whose state lives in memory is
+ * verified in a few passes over its body however many steps it takes at run time. */
+static __always_inline int pb_may_goto(void)
+{
+    u64 r;
+    asm volatile("%0 = 0\n\t.quad 0x00000000000100e5\n\t%0 = 1" : "=r"(r));
+    return r;
 }
 
 /* Scan from s->pos for at most `iters` steps in one phase: the request line (line = 1, until the
  * header section starts or the line is junk), a body's parameters (line = 1, s->body, until
  * s->end), or the header section (line = 0, until its end).  Sets s->done when the phase ended or
  * the data did. */
-static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_env *e, const u32 iters,
-                                    const int line)
+static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_env *e, const int line)
 {
     void *data = (void *)(long)msg->data;
     void *end = (void *)(long)msg->data_end;
 #pragma clang loop unroll(disable)
-    for (u32 it = 0; it < iters; it++) {
+    for (;;) {
+        if (!pb_may_goto())
+            break; /* the kernel's loop budget (8M steps) is spent: the caller continues by tail call */
         asm volatile("" ::: "memory"); /* keep the state in memory (see above) */
+        /* nothing derived from s or e outlives an iteration (no hoisted addresses spilled to the
+         * stack, which would differ between paths and keep the verifier from pruning the loop) */
+        asm volatile("" : "+r"(s), "+r"(e));
+        if (line && s->act) { /* the steps the last byte called for */
+            pb_line_act(s, e);
+            continue;
+        }
         u32 i = s->pos;
         u32 stop = line && s->body ? s->end : PB_HDR_MAX;
         if (line && !s->body && (s->st == ST_HSTART || s->st == ST_JUNK)) {
@@ -1497,9 +1771,10 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
             break;
         }
         if (i >= stop) {
-            if (line && s->body == 1) { /* the body's end: its last pair */
+            if (line && s->body == 1) { /* the body's end: its last pair (its steps first) */
                 pb_line_step(s, e, 0, 0, 1);
                 s->body = 2;
+                continue;
             }
             s->done = 1;
             break;
@@ -1537,13 +1812,6 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
         }
         pb_header_byte(s, e, c, f);
     }
-    if (!s->done && line && s->body == 1 && s->pos >= s->end) {
-        pb_line_step(s, e, 0, 0, 1);
-        s->body = 2;
-        s->done = 1;
-    }
-    if (!s->done && s->pos >= (line && s->body ? s->end : PB_HDR_MAX))
-        s->done = 1;
 }
 
 #endif

@@ -39,7 +39,11 @@ TYPE_ID = G.TYPE_ID  # 0 = no type
 
 CLAIM_HEADER = "x-break-glass-claim"
 CONTEXT_HEADER = "x-launch-context"
-OVERRIDE_HEADERS = ("x-http-method-override", "x-method-override", "x-http-method")
+#: headers that change what the request does, whatever its request line says: a method override;
+#: If-None-Exist (a conditional create: its value is a search the server runs, so a create-only
+#: envelope would answer searches, 200 for one match and 201 for none); X-Cascade (HAPI: a delete
+#: that deletes whatever references its target).  Framing shape `method-override`, never allowed.
+OVERRIDE_HEADERS = ("x-http-method-override", "x-method-override", "x-http-method", "if-none-exist", "x-cascade")
 FORM = b"application/x-www-form-urlencoded"
 #: Shapes of framing: never allowed by a policy (docs/enforcement.md, decision step 5).
 FRAMING = frozenset(("malformed", "split", "too-large", "pipelined", "chunked", "length", "method-override"))
