@@ -71,7 +71,7 @@ PB_MAP("hash", u64, struct pb_replica, replicas, 4096);
 PB_MAP("hash", struct pb_class_key, struct pb_pairs, lanebits, 4096);
 PB_MAP("hash", struct pb_lane_key, struct pb_lane, lanes, 16384);
 PB_MAP("hash", struct pb_ctx_key, struct pb_ctx, contexts, 65536);
-PB_MAP("hash", struct pb_pat_key, u8, seenpat, 262144);
+PB_MAP("hash", struct pb_pat_key, s64, seenpat, 262144);
 PB_MAP("hash", struct pb_addr_key, struct pb_endpoint, registry, 4096);
 PB_MAP("hash", struct pb_envelope_key, u8, envelope, 4096);
 PB_MAP("lru_hash", struct pb_seen_key, u8, seen, 65536);
@@ -1023,12 +1023,13 @@ static __always_inline int pb_lane_holds(struct pb_agent *a, struct pb_pairs *lp
 }
 
 /* The request is in its launch context (docs/enforcement.md, "The context check"). */
-static __always_inline int pb_in_context(u64 cgid, struct pb_agent *a, struct pb_pstate *s, struct pb_parsed *c,
-                                         s64 now)
+static __always_inline int pb_in_context(struct pb_env *e, u64 cgid, struct pb_agent *a, struct pb_pstate *s,
+                                         struct pb_parsed *c, s64 now)
 {
-    if (!c->named) { /* names no patient: the unscoped form of a pair staging used unscoped */
-        u32 t = c->type_id, i = c->interaction & 7, w = (t >> 6) & 3;
-        return t && w < PB_TW && ((a->unscoped.b[i][w] >> (t & 63)) & 1);
+    if (!c->named) { /* names no patient: every touch a pair staging used unscoped */
+        u16 ot = 0;
+        u8 oi = 0;
+        return pb_hold(e, &a->unscoped, s, c, c->shape == S_PLAIN, &ot, &oi);
     }
     if (!s->n_ctx || (c->named & NM_UNKNOWN) || s->npat > 1 || s->nenc > 1)
         return 0;
@@ -1059,7 +1060,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
     u8 decision = PB_ALLOW, reason = R_OK, out_inter = 0;
     u16 out_type = 0;
     s64 until = 0, np_next = 0;
-    u8 np_new = 0;
+    u8 np_new = 0, np_path = 0;
     if (c.has_claim)
         flags |= F_CLAIM;
     if (s->n_ctx)
@@ -1100,14 +1101,16 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
                 }
             }
         }
-        if (!v && a->bound && !pb_in_context(cgid, a, s, &c, now)) {
+        if (!v && a->bound && !pb_in_context(e, cgid, a, s, &c, now)) {
             if (ln && now < ln->expiry)
                 via_lane = 1; /* break-glass: outside every context, under an open lane */
             else
                 v = R_OUT_OF_CONTEXT;
         }
-        if (!v && !a->bound && a->np_interval && (c.named & NM_PATIENT)) {
-            /* the new-patient budget: GCRA over the patients this replica names for the first time */
+        if (!v && !a->bound && a->np_interval && (c.named & (NM_PATIENT | NM_UNKNOWN)) && !(ln && now < ln->expiry)) {
+            /* the new-patient budget: GCRA over the patients this replica has not named lately (an
+             * unknown patient costs one step), spent only if the request is allowed */
+            np_path = 1;
             if (s->npat > PB_NPAT) {
                 v = R_NEW_PATIENT;
             } else {
@@ -1117,10 +1120,14 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
                         struct pb_pat_key pk = {};
                         pk.cgid = cgid;
                         pk.patient = s->pat[i];
-                        if (!seenpat.lookup(&pk))
+                        s64 *last = seenpat.lookup(&pk);
+                        if (!last || now - *last >= a->np_window)
                             np_new++;
                     }
                 }
+                if (c.named & NM_UNKNOWN)
+                    np_new++;
+                np_next = r->np_tat;
                 if (np_new) {
                     s64 x = r->np_tat > now ? r->np_tat : now;
                     if (x + (s64)(np_new - 1) * a->np_interval - now > a->np_tau)
@@ -1144,7 +1151,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
             if (!done)
                 v = R_RATE;
         }
-        if (!v && np_new) { /* allowed: the budget is spent and the patients are seen */
+        if (!v && np_path) { /* allowed: the budget is spent and the patients are named now */
             r->np_tat = np_next;
 #pragma unroll
             for (int i = 0; i < PB_NPAT; i++) {
@@ -1152,8 +1159,13 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
                     struct pb_pat_key pk = {};
                     pk.cgid = cgid;
                     pk.patient = s->pat[i];
-                    u8 one = 1;
-                    seenpat.update(&pk, &one);
+                    s64 *last = seenpat.lookup(&pk);
+                    if (last) {
+                        *last = now;
+                    } else if (r->seen_n < PB_SEEN_MAX) {
+                        if (seenpat.update(&pk, &now) == 0)
+                            __sync_fetch_and_add(&r->seen_n, 1);
+                    }
                 }
             }
         }

@@ -45,6 +45,7 @@ struct pb_agent {
     __s64 hold;              /* quarantine hold in clock ns; PB_I64_MAX: until released */
     __s64 np_interval;       /* new-patient budget: GCRA T (0: none) */
     __s64 np_tau;
+    __s64 np_window;         /* a patient not named for this long is new again */
     struct pb_pairs allow;   /* fhir.allow */
     struct pb_pairs unscoped; /* context.unscoped: pairs the agent may use naming no patient */
 };
@@ -57,7 +58,7 @@ struct pb_replica {
     __s64 q_until;           /* quarantined while now < q_until */
     __s64 np_tat;            /* the new-patient budget's GCRA */
     __u32 replica;
-    __u32 pad;
+    __u32 seen_n;            /* entries of this replica in seenpat (at most PB_SEEN_MAX) */
 };
 
 /* lanebits: hash, (agent, lane class) -> the class's pairs */
@@ -88,7 +89,10 @@ struct pb_ctx {
     __s64 expiry;            /* open while now < expiry */
 };
 
-/* seenpat: hash, (cgid, patient hash) -> 1: the patients a replica has named (new-patient budget) */
+/* seenpat: hash, (cgid, patient hash) -> when the replica last named the patient in an allowed
+ * request (clock ns; new-patient budget).  At most PB_SEEN_MAX entries per replica: a full set
+ * records no other patient (enforcer/contexts.SeenPatients) */
+#define PB_SEEN_MAX 4096
 struct pb_pat_key {
     __u64 cgid;
     __u64 patient;

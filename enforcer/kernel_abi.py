@@ -85,12 +85,12 @@ class Pairs(ct.Structure):
 class Agent(ct.Structure):
     _fields_ = [("server_addr", Addr), ("server_port", u16), ("mode", u8), ("base_len", u8),
                 ("allow_shapes", u32), ("bound", u8), ("pad", u8 * 3), ("base_w", u64 * 3), ("interval", s64),
-                ("tau", s64), ("hold", s64), ("np_interval", s64), ("np_tau", s64), ("allow", Pairs),
+                ("tau", s64), ("hold", s64), ("np_interval", s64), ("np_tau", s64), ("np_window", s64), ("allow", Pairs),
                 ("unscoped", Pairs)]
 
 
 class Replica(ct.Structure):
-    _fields_ = [("agent", u64), ("tat", s64), ("q_until", s64), ("np_tat", s64), ("replica", u32), ("pad", u32)]
+    _fields_ = [("agent", u64), ("tat", s64), ("q_until", s64), ("np_tat", s64), ("replica", u32), ("seen_n", u32)]
 
 
 class ClassKey(ct.Structure):
@@ -371,6 +371,27 @@ def _refused(raw: Event, hook: str) -> str:
     return "fast-open" if hook in ("connect4", "connect6") else "not-connected"
 
 
+def touches_of(raw: Event) -> list[str]:
+    """Every (type, interaction) a FHIR record's request touches, as ``Type:interaction``: its
+    primary pair first, then the other reads and searches of a plain request (the bitmaps), in
+    the classifier's order (interaction code, then type id: classify._sorted_touches)."""
+    if not raw.type_id:
+        return []
+    primary = f"{TYPE_NAMES[raw.type_id]}:{INTERACTION_NAMES[raw.interaction]}"
+    out = [primary]
+    for code, bits in ((INTERACTION_NAMES.index("read"), raw.tr), (INTERACTION_NAMES.index("search"), raw.ts)):
+        for w in range(TW):
+            x = bits[w]
+            while x:
+                low = x & -x
+                t = w * 64 + low.bit_length() - 1
+                x ^= low
+                pair = f"{TYPE_NAMES[t]}:{INTERACTION_NAMES[code]}"
+                if pair != primary:
+                    out.append(pair)
+    return out
+
+
 def decode_event(raw: Event) -> dict:
     """A ring-buffer record -> the fields the control plane turns into event-log entries."""
     fhir = raw.kind == K_FHIR
@@ -382,6 +403,15 @@ def decode_event(raw: Event) -> dict:
                  interaction=INTERACTION_NAMES[raw.interaction], shape=SHAPE_NAMES[raw.shape], size=raw.size)
         if raw.flags & F_CLAIM:
             d["claim_hash"] = f"{raw.claim:016x}"
+        d["touches"] = touches_of(raw)
+        if raw.named & NM_PATIENT:  # the first patient it names, by hash (the kernel keeps no ids)
+            d["named_patients"] = [f"{raw.patient:016x}"]
+        if raw.named & NM_UNKNOWN:
+            d["unknown_patient"] = True
+        if raw.flags & F_CONTEXT:
+            d["context"] = f"{raw.ctx:016x}"
+        if raw.reason == R_TYPE and raw.out_type:
+            d["touch"] = f"{TYPE_NAMES[raw.out_type]}:{INTERACTION_NAMES[raw.out_inter]}"
     elif hook not in ("socket", "sockopt", "packet"):
         d.update(address=format_address(bytes(raw.addr), raw.port), registry_version=raw.registry_version,
                  endpoint_hash=raw.endpoint)

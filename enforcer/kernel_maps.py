@@ -117,6 +117,15 @@ def agent_entry(p: AgentPolicy, clock: Clock, where: str) -> abi.Agent:
         a.tau = (p.rate.burst - 1) * a.interval
     a.hold = I64_MAX if p.quarantine_hold_s is None else clock.duration(p.quarantine_hold_s * NS_PER_S)
     a.allow = pairs_bits(p.fhir.allow)
+    c = p.context
+    if c is not None:  # clinical-context binding (docs/enforcement.md): the kernel's share of it
+        a.bound = int(c.bound)
+        a.unscoped = pairs_bits(c.unscoped)
+        b = c.new_patient_budget
+        if b is not None:
+            a.np_interval = clock.duration(b.interval_ns)
+            a.np_tau = (b.burst - 1) * a.np_interval
+            a.np_window = clock.duration(b.window_ns)
     return a
 
 
