@@ -975,7 +975,7 @@ static __always_inline int pb_hold(struct pb_env *e, struct pb_pairs *have, stru
                                    u8 plain, u16 *out_type, u8 *out_inter)
 {
     u32 t = c->type_id, i = c->interaction & 7, w = (t >> 6) & 3;
-    if (t && (w >= PB_TW || !((have->b[i][w] >> (t & 63)) & 1))) {
+    if (t && (w >= PB_TW || !((have->b[(i) * PB_TW + (w)] >> (t & 63)) & 1))) {
         *out_type = t;
         *out_inter = i;
         return 0;
@@ -984,7 +984,7 @@ static __always_inline int pb_hold(struct pb_env *e, struct pb_pairs *have, stru
         return 1;
 #pragma unroll
     for (int k = 0; k < PB_TW; k++) {
-        u64 x = s->tr[k] & ~have->b[I_READ][k];
+        u64 x = s->tr[k] & ~have->b[(I_READ) * PB_TW + (k)];
         if (x) {
             *out_type = k * 64 + pb_ctz(e, x);
             *out_inter = I_READ;
@@ -993,7 +993,7 @@ static __always_inline int pb_hold(struct pb_env *e, struct pb_pairs *have, stru
     }
 #pragma unroll
     for (int k = 0; k < PB_TW; k++) {
-        u64 x = s->ts[k] & ~have->b[I_SEARCH][k];
+        u64 x = s->ts[k] & ~have->b[(I_SEARCH) * PB_TW + (k)];
         if (x) {
             *out_type = k * 64 + pb_ctz(e, x);
             *out_inter = I_SEARCH;
@@ -1008,15 +1008,15 @@ static __always_inline int pb_lane_holds(struct pb_agent *a, struct pb_pairs *lp
                                          struct pb_parsed *c, u8 plain)
 {
     u32 t = c->type_id, i = c->interaction & 7, w = (t >> 6) & 3;
-    if (t && w < PB_TW && !((a->allow.b[i][w] >> (t & 63)) & 1) && !((lp->b[i][w] >> (t & 63)) & 1))
+    if (t && w < PB_TW && !((a->allow.b[(i) * PB_TW + (w)] >> (t & 63)) & 1) && !((lp->b[(i) * PB_TW + (w)] >> (t & 63)) & 1))
         return 0;
     if (!plain)
         return 1;
 #pragma unroll
     for (int k = 0; k < PB_TW; k++) {
-        if (s->tr[k] & ~a->allow.b[I_READ][k] & ~lp->b[I_READ][k])
+        if (s->tr[k] & ~a->allow.b[(I_READ) * PB_TW + (k)] & ~lp->b[(I_READ) * PB_TW + (k)])
             return 0;
-        if (s->ts[k] & ~a->allow.b[I_SEARCH][k] & ~lp->b[I_SEARCH][k])
+        if (s->ts[k] & ~a->allow.b[(I_SEARCH) * PB_TW + (k)] & ~lp->b[(I_SEARCH) * PB_TW + (k)])
             return 0;
     }
     return 1;

@@ -27,7 +27,8 @@ struct pb_ctab {
 
 /* A set of (type, interaction) pairs: per interaction code, a bitmap of type ids. */
 struct pb_pairs {
-    __u64 b[PB_INTER][PB_TW];
+    __u64 b[PB_INTER * PB_TW]; /* interaction i, word w: b[i * PB_TW + w] (one dimension: BCC's table
+                                * types flatten nested arrays wrongly) */
 };
 
 /* agents: hash, key = FNV-1a 64 of the agent name */
@@ -38,7 +39,7 @@ struct pb_agent {
     __u8 base_len;           /* length of fhir.base */
     __u32 allow_shapes;      /* bit S_* set: that shape is allowed */
     __u8 bound;              /* bound to launch contexts (policy context.bound) */
-    __u8 pad[3];
+    __u8 pad[7];
     __u64 base_w[3];         /* fhir.base packed like a shift register (see classify.pack_words) */
     __s64 interval;          /* GCRA T in clock ns (0: no rate limit) */
     __s64 tau;               /* GCRA tolerance (burst-1)*T */
@@ -158,11 +159,11 @@ struct pb_tset {              /* the targets of reference parameters */
     __u64 bits[PB_TW];       /* type ids */
     __u16 n;                 /* how many */
     __u16 m[PB_NARROW];      /* the type ids when n <= PB_NARROW */
-    __u16 pad;
+    __u16 pad[3];
 };
 struct pb_tables {
     struct pb_tset tset[PB_TSETS];
-    __u64 comp[PB_TYPES][PB_TW];  /* compartment owner type id -> its member types */
+    __u64 comp[PB_TYPES * PB_TW];  /* compartment owner type id t -> its member types: comp + t * PB_TW */
     __u16 modok[32];              /* parameter kind -> the modifier ids that apply (bit id) */
     __u16 patient, encounter, valueset;  /* their type ids */
     __u16 pad;
@@ -220,6 +221,7 @@ struct pb_event {
     __u16 sock_family;       /* HOOK_SOCKET: the refused socket's family, type, protocol; */
     __u16 sock_type;         /* HOOK_SOCKOPT: level in sock_type, option name in sock_protocol */
     __u32 sock_protocol;
+    __u32 pad;
 };
 
 /* lost_by: events the ring buffers had no room for, by what they would have said (the total is

@@ -400,6 +400,8 @@ static __always_inline void pb_seg_start(struct pb_pstate *s)
 static __always_inline void pb_query_start(struct pb_pstate *s, u8 mode)
 {
     s->qmode = mode;
+    s->paging = 1; /* the base's query: every name a page-link parameter so far */
+    s->getpages = 0;
     s->st = ST_QNAME;
     s->qin = 1;
     s->nst = NS_FIRST;
@@ -523,7 +525,7 @@ static __always_inline void pb_seg_end(struct pb_pstate *s, struct pb_env *e, u8
         } else {
             u16 m = RD(s->lq_v[LQ_T]);
             u16 owner = s->type_id;
-            if (!m || !pb_bit(e->tb->comp[owner < PB_TYPES ? owner : 0], m) || RD(s->a_term) == '/') {
+            if (!m || !pb_bit(e->tb->comp + (owner < PB_TYPES ? owner : 0) * PB_TW, m) || RD(s->a_term) == '/') {
                 DEV(S_COMPARTMENT);
                 return;
             }
@@ -1681,6 +1683,8 @@ static __always_inline void pb_line_act(struct pb_pstate *s, struct pb_env *e)
             s->nseg = 0;
             s->iok = 1;
             pb_item_start(s);
+        } else if (s->st == ST_QNAME) { /* the next segment of the name starts */
+            CLR();
         }
     } else if (a & A_NARROW) {
         s->act = a & ~A_NARROW;

@@ -84,7 +84,7 @@ class Pairs(ct.Structure):
 
 class Agent(ct.Structure):
     _fields_ = [("server_addr", Addr), ("server_port", u16), ("mode", u8), ("base_len", u8),
-                ("allow_shapes", u32), ("bound", u8), ("pad", u8 * 3), ("base_w", u64 * 3), ("interval", s64),
+                ("allow_shapes", u32), ("bound", u8), ("pad", u8 * 7), ("base_w", u64 * 3), ("interval", s64),
                 ("tau", s64), ("hold", s64), ("np_interval", s64), ("np_tau", s64), ("np_window", s64), ("allow", Pairs),
                 ("unscoped", Pairs)]
 
@@ -150,7 +150,7 @@ NARROW = 4  # PB_NARROW
 
 
 class TSet(ct.Structure):
-    _fields_ = [("bits", u64 * TW), ("n", u16), ("m", u16 * NARROW), ("pad", u16)]
+    _fields_ = [("bits", u64 * TW), ("n", u16), ("m", u16 * NARROW), ("pad", u16 * 3)]
 
 
 class Tables(ct.Structure):
@@ -164,7 +164,7 @@ class Event(ct.Structure):
                 ("addr", Addr), ("size", u32), ("port", u16), ("type_id", u16),
                 ("kind", u8), ("hook", u8), ("decision", u8), ("reason", u8), ("shape", u8),
                 ("interaction", u8), ("method", u8), ("flags", u8), ("out_type", u16), ("out_inter", u8),
-                ("named", u8), ("sock_family", u16), ("sock_type", u16), ("sock_protocol", u32)]
+                ("named", u8), ("sock_family", u16), ("sock_type", u16), ("sock_protocol", u32), ("pad", u32)]
 
 
 class PState(ct.Structure):

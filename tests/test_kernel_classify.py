@@ -40,7 +40,8 @@ class Kernel:
                        wait=False)
         assert r["ok"], r
         evs = [e for e in self.ke.drain() if e.get("kind") == "fhir"]
-        return [(e["shape"], e["resource_type"], e["interaction"], e.get("claim_hash")) for e in evs]
+        return [(e["shape"], e["resource_type"], e["interaction"], e.get("claim_hash"), tuple(e.get("touches", ())),
+                 tuple(e.get("named_patients", ())), bool(e.get("unknown_patient")), e.get("context")) for e in evs]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,10 @@ def python_view(writes: list[bytes]) -> list[tuple | None]:
         s.commit(True)
         if c is not None:
             claim = f"{C.fnv1a64(c.claim):016x}" if c.claim is not None else None
-            out.append((c.shape, c.resource_type, c.interaction, claim))
+            ctx = f"{C.fnv1a64(c.context):016x}" if c.context is not None else None
+            first = (f"{C.fnv1a64(c.patients[0]):016x}",) if c.patients else ()
+            touches = tuple(f"{t}:{i}" for t, i in c.touches)
+            out.append((c.shape, c.resource_type, c.interaction, claim, touches, first, c.unknown_patient, ctx))
     return out
 
 
