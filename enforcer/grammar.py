@@ -74,6 +74,11 @@ def _params(rtype: str) -> dict[str, Param]:
     out: dict[str, Param] = {}
     for code, sp in r4spec.search_params(rtype).items():
         kind = "special-type" if sp.type == "special" else sp.type
+        if kind == "reference" and not sp.targets:
+            # a reference to a canonical URL with no declared target (R4: RequestGroup's
+            # instantiates-canonical): searched by its value like a uri; an include or a chain
+            # through it would reach types the request does not name (include / param)
+            kind = "uri"
         out[code] = Param(kind, tuple(sorted(sp.targets)))
     for code in RESULT:
         out[code] = Param("result")

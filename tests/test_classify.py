@@ -195,6 +195,10 @@ EVASIONS: list[tuple[str, str]] = [
     (f"GET /fhir/Observation?_revinclude=* {H}", "include"),
     (f"GET /fhir/Observation?_include:recurse=Observation:has-member {H}", "plain"),
     (f"GET /fhir/Observation/_search?_include=Observation:patient {H}", "plain"),
+    # a reference parameter without declared targets (a canonical): what it reaches is unknown
+    (f"GET /fhir/RequestGroup?_include=RequestGroup:instantiates-canonical {H}", "include"),
+    (f"GET /fhir/RequestGroup?instantiates-canonical.name=x {H}", "param"),
+    (f"GET /fhir/RequestGroup?_revinclude=RequestGroup:instantiates-canonical {H}", "include"),
 ]
 
 

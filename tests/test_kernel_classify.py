@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from paritybed.enforcer import classify as C, grammar as G
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, Policy
 from paritybed.enforcer.registry import Registry, save_registry
-from test_classify import FAMILY_EXAMPLES
+from test_classify import EVASIONS, FAMILY_EXAMPLES, NAME_EXAMPLES, TOUCH_EXAMPLES
 
 #: ordinary parameters of Observation (and every type's), the result parameters: names the generator
 #: starts from (the grammar's tables, enforcer/grammar.py, are the whole list)
@@ -83,6 +83,14 @@ def python_view(writes: list[bytes]) -> list[tuple | None]:
 def test_family_examples_in_the_kernel(kernel: Kernel, raw: str, shape: str, rtype: str, inter: str) -> None:
     [k] = kernel.classify([raw.encode("latin-1")])
     assert k[:3] == (shape, rtype, inter)
+
+
+@pytest.mark.parametrize("raw", [e[0] for e in EVASIONS + TOUCH_EXAMPLES + NAME_EXAMPLES])
+def test_touches_names_and_evasions_in_the_kernel(kernel: Kernel, raw: str) -> None:
+    """The examples of what a request touches and names, and the evasions of those forms (an
+    include through an encoded colon, a double-encoded chain, a compartment with a dot
+    segment, ...): the kernel reads each as classify.py does, touches and names included."""
+    assert kernel.classify([raw.encode("latin-1")]) == python_view([raw.encode("latin-1")])
 
 
 def test_every_name_the_kernel_looks_up(kernel: Kernel) -> None:
