@@ -192,7 +192,7 @@ def counters(m: Maps) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {"fhir": {}, "egress": {}}
     arr = (ct.c_uint64 * _possible_cpus())()
     for kind, label in ((abi.K_FHIR, "fhir"), (abi.K_EGRESS, "egress")):
-        for r, reason in enumerate(abi.REASONS):
+        for r, reason in enumerate(abi.REASONS[:16]):  # 16 slots per kind; codes 15+ are the control plane's
             if m._lib.bpf_lookup_elem(m.fds["counters"], ct.byref(ct.c_uint32(kind * 16 + r)), ct.byref(arr)) == 0:
                 n = sum(arr)
                 if n:
