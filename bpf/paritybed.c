@@ -768,19 +768,29 @@ static __always_inline void pb_after_head(struct sk_msg_md *msg, struct pb_pstat
     jmp.call(msg, JMP_DECIDE);
 }
 
-int pb_parse_line(struct sk_msg_md *msg)
+/* A phase's program: scan on from where the state stands, and the same phase again by tail call
+ * if the loop budget ran out first; the state when the phase is read, else 0 (the caller drops). */
+static __always_inline struct pb_pstate *pb_phase(struct sk_msg_md *msg, const int line)
 {
     struct pb_env e;
     struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
     if (!ss || !pb_env_get(&e))
-        return SK_DROP;
+        return 0;
     struct pb_pstate *s = &ss->ps;
     if (!s->done)
-        pb_scan(msg, s, &e, 1);
+        pb_scan(msg, s, &e, line);
     if (!s->done) {
-        jmp.call(msg, JMP_LINE);
-        return SK_DROP;
+        jmp.call(msg, line ? JMP_LINE : JMP_HEAD);
+        return 0;
     }
+    return s;
+}
+
+int pb_parse_line(struct sk_msg_md *msg)
+{
+    struct pb_pstate *s = pb_phase(msg, 1);
+    if (!s)
+        return SK_DROP;
     if (s->body) { /* the form body is read */
         s->st = ST_HEND;
         jmp.call(msg, JMP_DECIDE);
@@ -792,17 +802,9 @@ int pb_parse_line(struct sk_msg_md *msg)
 
 int pb_parse_head(struct sk_msg_md *msg)
 {
-    struct pb_env e;
-    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
-    if (!ss || !pb_env_get(&e))
+    struct pb_pstate *s = pb_phase(msg, 0);
+    if (!s)
         return SK_DROP;
-    struct pb_pstate *s = &ss->ps;
-    if (!s->done)
-        pb_scan(msg, s, &e, 0);
-    if (!s->done) {
-        jmp.call(msg, JMP_HEAD);
-        return SK_DROP;
-    }
     pb_after_head(msg, s);
     return SK_DROP;
 }

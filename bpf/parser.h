@@ -397,11 +397,9 @@ static __always_inline void pb_seg_start(struct pb_pstate *s)
 }
 
 /* the query of the current form starts */
-static __always_inline void pb_query_start(struct pb_pstate *s, u8 mode)
+/* a parameter starts (the query's first, or the next after '&'): its name's first hop */
+static __always_inline void pb_param_start(struct pb_pstate *s)
 {
-    s->qmode = mode;
-    s->paging = 1; /* the base's query: every name a page-link parameter so far */
-    s->getpages = 0;
     s->st = ST_QNAME;
     s->qin = 1;
     s->nst = NS_FIRST;
@@ -414,7 +412,16 @@ static __always_inline void pb_query_start(struct pb_pstate *s, u8 mode)
     s->pv = 0;
     s->cur = s->type_id;
     s->vmode = VM_SKIP;
+    s->vexpl = 0;
     CLR();
+}
+
+static __always_inline void pb_query_start(struct pb_pstate *s, u8 mode)
+{
+    s->qmode = mode;
+    s->paging = 1; /* the base's query: every name a page-link parameter so far */
+    s->getpages = 0;
+    pb_param_start(s);
 }
 
 /* the target names a patient or an encounter by id: the segment just read */
@@ -1115,20 +1122,7 @@ static __always_inline void pb_pair_end(struct pb_pstate *s, struct pb_env *e)
         DEV(s->pend);
         return;
     }
-    s->qin = 1;
-    s->st = ST_QNAME;
-    s->nst = NS_FIRST;
-    s->pend = 0;
-    s->p25 = 0;
-    s->hop = 0;
-    s->multi = 0;
-    s->ncand = 0;
-    s->masks = 0;
-    s->pv = 0;
-    s->cur = s->type_id;
-    s->vmode = VM_SKIP;
-    s->vexpl = 0;
-    CLR();
+    pb_param_start(s);
 }
 
 /* a raw byte of the query seen: the double-encoding check (params.Params._raw_seen) */

@@ -177,10 +177,7 @@ class _Walk:
             raise Deviation("not-fhir")
         segs = path[1:].split(b"/")
         s0 = segs[0]
-        if s0[:1] == b"$":
-            raise Deviation(_op(s0[1:]))
-        if b"%" in s0:
-            raise Deviation("encoded")
+        _segment(s0)
         if s0 in (b"_history", b"_search"):
             raise Deviation("bundle" if self.method == "POST" and s0 == b"_search" else "type-param")
         if not s0 or s0[0] not in LETTERS:
@@ -192,10 +189,7 @@ class _Walk:
         if len(segs) == 1:
             return query
         s1 = segs[1]
-        if s1[:1] == b"$":
-            raise Deviation(_op(s1[1:]))
-        if b"%" in s1:
-            raise Deviation("encoded")
+        _segment(s1)
         if s1 in (b"_search", b"_history"):
             self.form = _SEARCH if s1 == b"_search" else _HIST
             if len(segs) > 2:
@@ -208,10 +202,7 @@ class _Walk:
         if len(segs) == 2:
             return query
         s2 = segs[2]
-        if s2[:1] == b"$":
-            raise Deviation(_op(s2[1:]))
-        if b"%" in s2:
-            raise Deviation("encoded")
+        _segment(s2)
         if s2 == b"_history":
             self.form = _HIST
             if len(segs) == 3:
@@ -266,6 +257,15 @@ class _Walk:
             for eid in found.encounters:
                 self.name_encounter(eid.encode("latin-1"))
             self.unknown |= found.unknown
+
+
+def _segment(seg: bytes) -> None:
+    """A path segment is an operation (the rest of the target is not looked at) or, encoded, not
+    read at all (docs/enforcement.md: `%` in the path is `encoded`)."""
+    if seg[:1] == b"$":
+        raise Deviation(_op(seg[1:]))
+    if b"%" in seg:
+        raise Deviation("encoded")
 
 
 def _op(name: bytes) -> str:
