@@ -1024,6 +1024,15 @@ static __always_inline int pb_lane_holds(struct pb_agent *a, struct pb_pairs *lp
     return 1;
 }
 
+/* seenpat's key: a patient (hash) named by a replica */
+static __always_inline struct pb_pat_key pb_pat(u64 cgid, u64 patient)
+{
+    struct pb_pat_key pk = {};
+    pk.cgid = cgid;
+    pk.patient = patient;
+    return pk;
+}
+
 /* The request is in its launch context (docs/enforcement.md, "The context check"). */
 static __always_inline int pb_in_context(struct pb_env *e, u64 cgid, struct pb_agent *a, struct pb_pstate *s,
                                          struct pb_parsed *c, s64 now)
@@ -1119,9 +1128,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
 #pragma unroll
                 for (int i = 0; i < PB_NPAT; i++) {
                     if (i < s->npat) {
-                        struct pb_pat_key pk = {};
-                        pk.cgid = cgid;
-                        pk.patient = s->pat[i];
+                        struct pb_pat_key pk = pb_pat(cgid, s->pat[i]);
                         s64 *last = seenpat.lookup(&pk);
                         if (!last || now - *last >= a->np_window)
                             np_new++;
@@ -1158,9 +1165,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
 #pragma unroll
             for (int i = 0; i < PB_NPAT; i++) {
                 if (i < s->npat) {
-                    struct pb_pat_key pk = {};
-                    pk.cgid = cgid;
-                    pk.patient = s->pat[i];
+                    struct pb_pat_key pk = pb_pat(cgid, s->pat[i]);
                     s64 *last = seenpat.lookup(&pk);
                     if (last) {
                         *last = now;
