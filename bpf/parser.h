@@ -23,9 +23,11 @@
 #define LQ_T 0            /* a type */
 #define LQ_M 1            /* a modifier */
 #define LQ_P 2            /* a parameter of the current type (PV_ABSENT: of every type but it) */
-#define LQ_PG 3           /* a parameter of every type */
-#define LQ_X 4            /* a page-link, read or history parameter */
-#define LQ_C 5            /* 5..8: a parameter of each chain candidate (s->cand) */
+#define LQ_X 3            /* a page-link, read or history parameter */
+#define LQ_C 4            /* 4..7: a parameter of each chain candidate (s->cand) */
+#define LQ_PG 15          /* a parameter of every type: last, and looked up only if a lookup as a
+                           * parameter of a type found nothing (s->lq_miss) */
+#define LQ_TYPED ((1u << LQ_P) | (15u << LQ_C)) /* the slots of lookups as a parameter of a type */
 #define LQ_SLOTS 16
 
 struct pb_pstate {
@@ -71,6 +73,7 @@ struct pb_pstate {
     __u16 lq_ctx[LQ_SLOTS];
     __u16 lq_v[LQ_SLOTS];
     __u8 lq_tab[LQ_SLOTS];
+    __u8 lq_miss;            /* a lookup as a parameter of a type found nothing: LQ_PG is needed */
     __u8 x_pl;               /* a pair's end waits for its include segment's lookups (pb_line_act) */
     __u8 x_st;               /* the state a name segment ended in */
     __u8 x_hist, x_srch;     /* a path segment is _history, _search */
@@ -259,6 +262,7 @@ static __always_inline void pb_look_name(struct pb_pstate *s)
     s->q4 = s->k4;
     s->qlen = s->len;
     s->lq = 0;
+    s->lq_miss = 0;
 #pragma unroll
     for (int i = 0; i < LQ_SLOTS; i++)
         s->lq_v[i] = 0;
@@ -287,8 +291,11 @@ static __always_inline void pb_look_step(struct pb_pstate *s, struct pb_env *e)
     below = (below + (below >> 4)) & 0x0f0f;
     u32 i = (below + (below >> 8)) & (LQ_SLOTS - 1);
     u32 len = RD(s->qlen);
-    u16 v = len > PB_NAME_MAX ? 0 : pb_name_find(e->nt, s->lq_tab[i], s->lq_ctx[i], len, s->q0, s->q1, s->q2, s->q3, s->q4);
+    u16 v = 0;
+    if (len <= PB_NAME_MAX && (i != LQ_PG || RD(s->lq_miss)))
+        v = pb_name_find(e->nt, s->lq_tab[i], s->lq_ctx[i], len, s->q0, s->q1, s->q2, s->q3, s->q4);
     s->lq_v[i] = v;
+    s->lq_miss |= (u8)(pb_is0(v) & (LQ_TYPED >> i) & 1);
     q &= q - 1;
     s->lq = q;
     if (!q)

@@ -1,6 +1,6 @@
 """`paritybed enforce` on a plain Python script against the embedded FHIR server: allowed and
 forbidden requests, an egress connect, the summary, the hash-chained log, observe mode's policy,
---lane, --cleanup, and clear input errors.
+--lane, --context, --cleanup, and clear input errors.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Iterator
 
 import pytest
 
-from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, load_policy, save_policy
+from paritybed.enforcer.policy import (AgentPolicy, ContextPolicy, FhirPolicy, LanePolicy, Pair, Policy, load_policy,
+                                       save_policy)
 
 AGENT = r'''
 """A plain agent: two requests in its envelope's reach, two beyond it, one external connect."""
@@ -98,6 +99,47 @@ def test_enforce_a_plain_script(files: dict[str, Path], fhir: str) -> None:
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "lane-open" and e["claim"] == "cb-7" for e in events)
     assert not Path("/sys/fs/cgroup/unified/pbt-cli").exists()  # everything removed at the end
+
+
+SCRIBE = r'''
+"""A bound agent: it presents the run's launch context; its own patient, then another one."""
+import http.client, json, os, sys
+host, port = sys.argv[1].rsplit(":", 1)
+ctx = os.environ["PARITYBED_LAUNCH_CONTEXT"]
+res = {}
+for pid in ("p1", "p2"):
+    c = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        c.request("GET", f"/fhir/Patient/{pid}", headers={"X-Launch-Context": ctx})
+        res[pid] = c.getresponse().status
+    except OSError as e:
+        res[pid] = e.errno
+    finally:
+        c.close()
+print(json.dumps(res))
+'''
+
+
+@pytest.mark.bpf
+def test_context_binds_the_run_to_its_patient(files: dict[str, Path], fhir: str) -> None:
+    (files["scripts"] / "scribe.py").write_text(SCRIBE)
+    (files["scripts"] / "scribe.py").chmod(0o644)
+    save_policy(Policy(agents={"scribe": AgentPolicy(
+        agent_class="ambient_scribe", context=ContextPolicy(bound=True, max_duration_s=600, max_open=1),
+        fhir=FhirPolicy(server=fhir, allow=[Pair(type="Patient", interaction="read")]))}), files["dir"] / "bound.json")
+    out = files["dir"] / "out-ctx"
+    r = paritybed("enforce", "--policy", str(files["dir"] / "bound.json"), "--agent", "scribe", "--out", str(out),
+                  "--name", "pbt-cli", "--context", "p1:e1", "--user", AGENT_UID, "--", PYTHON,
+                  str(files["scripts"] / "scribe.py"), fhir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[0]) == {"p1": 404, "p2": 13}  # its patient (none stored: 404), not another
+    assert "launch context 'paritybed-run' open for patient 'p1'" in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    counts = {(d["kind"], d["event"], d["reason"]): d["count"] for d in summary["decisions"]}
+    assert counts == {("fhir", "deny", "out-of-context"): 1}
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    opened = [e for e in events if e["event"] == "context-open"]
+    assert len(opened) == 1 and "p1" not in json.dumps(opened)  # the log names the patient by hash only
 
 
 @pytest.mark.bpf
@@ -227,6 +269,7 @@ def test_a_second_control_plane_under_a_name_in_use_says_who_holds_it(files: dic
     (["--policy", "{policy}", "--agent", "cds"], "no command to run"),
     (["--policy", "{policy}", "--agent", "cds", "--mode", "watch", "--", "true"], "--mode must be"),
     (["--policy", "{policy}", "--agent", "cds", "--lane", "code_blue", "--", "true"], "expected CLASS:CLAIM"),
+    (["--policy", "{policy}", "--agent", "cds", "--context", "p1:e1:x", "--", "true"], "expected PATIENT or PATIENT:ENCOUNTER"),
     (["--policy", "{dir}/missing.json", "--agent", "cds", "--", "true"], "no such policy file"),
 ])
 def test_input_errors(files: dict[str, Path], args: list[str], message: str) -> None:

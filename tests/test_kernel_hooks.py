@@ -319,8 +319,12 @@ def test_body_in_later_writes_and_smuggling_after_it(env: dict[str, Any]) -> Non
         before = len(sink.data())
         r = p(op="http", addr=sink.address, writes=[head + '{"a"', ':1,"b":2}' + PATIENT], fresh=True)
         assert r["errno"] == errno.EACCES
-        time.sleep(0.05)
-        assert sink.data()[before:] == (head + '{"a"').encode()  # the head went; the smuggling write did not
+        went = (head + '{"a"').encode()
+        deadline = time.monotonic() + 5  # the sink reads on its own thread: wait for the head (a loaded machine)
+        while len(sink.data()) - before < len(went) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # and nothing after it
+        assert sink.data()[before:] == went  # the head went; the smuggling write did not
         assert [e["shape"] for e in events(env, "deny-a") if e["event"] == "deny"] == ["pipelined"]
     finally:
         p.close()
