@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from paritybed.core.errors import EnvironmentProblem, InputError
-from paritybed.fhir.bundles import prepare_for_load, read_bundle, synthea_files
+from paritybed.fhir.bundles import is_infrastructure, prepare_for_load, read_bundle, synthea_files
 from paritybed.fhir.outcome import FhirError
 from paritybed.fhir.store import Store
 
@@ -170,28 +170,50 @@ def load_into_store(
     validate: bool = False,
     progress: bool = False,
     console: Console | None = None,
+    prebuilt_db: bool = True,
 ) -> dict[str, int]:
     """In-process load (``serve --load``, tests): same bundles, same transaction semantics.
 
     Skips HTTP and JSON re-encoding but runs every bundle through the same batch/transaction
-    code the HTTP route uses, so what is stored is what an HTTP load would store.
+    code the HTTP route uses, so what is stored is what an HTTP load would store.  A derived
+    population (fhir/derive.py) loads in bulk from its base instead (same result, fhir/bulk.py),
+    and into an empty store from its prebuilt database (`prebuilt_db`, built on first use).
     """
+    from paritybed.fhir.bulk import derived_loader, prebuilt
     from paritybed.fhir.transaction import process
 
     files = synthea_files(Path(folder))
+    if prebuilt_db and not (server_ids or validate) and store.is_empty():
+        db = prebuilt(files[0].parent)
+        if db is not None:
+            store.restore(db)
+            return store.counts()
     counts: Counter[str] = Counter()
     failures: list[str] = []
+
+    def one(path: Path) -> dict[str, int]:
+        sent = prepared(path, server_ids=server_ids)
+        try:
+            answer = process(store, sent, "", validate_resources=validate)
+        except FhirError as e:
+            raise InputError(f"{path}: {e.diagnostics}") from None
+        got: Counter[str] = Counter()
+        _tally(path, sent, answer, got, failures)
+        return got
+
+    # A derived population (fhir/derive.py) loads from its base in bulk: same result, ~20x faster.
+    bulk = None if (server_ids or validate) else derived_loader(store, files[0].parent)
     with _progress(progress, console) as bar:
         task = bar.add_task("loading bundles", total=len(files), current="")
         for path in files:
+            if bulk is not None and not is_infrastructure(path):
+                continue
             bar.update(task, current=path.name)
-            sent = prepared(path, server_ids=server_ids)
-            try:
-                answer = process(store, sent, "", validate_resources=validate)
-            except FhirError as e:
-                raise InputError(f"{path}: {e.diagnostics}") from None
-            _tally(path, sent, answer, counts, failures)
+            counts.update(one(path))
             bar.advance(task)
+        if bulk is not None:
+            bar.update(task, current="derived patients (in bulk from their base)")
+            counts.update(bulk.load(progress=lambda n: bar.update(task, advance=n)))
     store.analyze()
     _raise_failures(failures, counts)
     return dict(sorted(counts.items()))

@@ -242,6 +242,24 @@ class Store:
         with self.lock:
             return self.conn.execute(sql, args).fetchall()
 
+    def is_empty(self) -> bool:
+        """No resource was ever written (a new database)."""
+        return not self.query("SELECT 1 FROM resources LIMIT 1", ())
+
+    def restore(self, path: str | Path) -> None:
+        """Replace this (empty) database by a copy of the database file `path` (SQLite's online
+        backup: pages, not rows; a prebuilt population loads in seconds, fhir/bulk.py)."""
+        with self.lock:
+            if not self.is_empty():
+                raise ValueError("restore needs an empty store")
+            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                src.backup(self.conn)
+            finally:
+                src.close()
+            row = self.conn.execute("SELECT max(lu) FROM resources").fetchone()
+            self._last_lu = max(self._last_lu, row[0] or 0.0)
+
     def counts(self) -> dict[str, int]:
         """Number of live resources per type."""
         rows = self.query("SELECT type, count(*) FROM resources WHERE deleted=0 GROUP BY type ORDER BY type", ())

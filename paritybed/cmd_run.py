@@ -98,21 +98,22 @@ def demo_command(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run folder to write"),
 ) -> None:
     """The default scenario end to end, then its production patients loaded into an embedded
-    FHIR server database (OUT/fhir.db, serve it with `paritybed fhir serve --db OUT/fhir.db`)."""
-    result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True)
-    print_run(result.summary, result.traces)
+    FHIR server database (OUT/fhir.db, serve it with `paritybed fhir serve --db OUT/fhir.db`).
+
+    The production arm's derived population is built into its prebuilt database (fhir/bulk.py)
+    by a background process alongside the simulation, then restored into OUT/fhir.db."""
     from paritybed.fhir.loader import build_db
 
+    builder = PrebuiltInBackground()
+    result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True,
+                               populations_ready=lambda pops: builder.start(pops["production"].folder))
+    print_run(result.summary, result.traces)
     db = Path(out_dir) / "fhir.db"
-    if db.exists():
-        db.unlink()
-    folders = []
-    for name in ("production", "staging"):
-        f = result.populations[name].folder
-        if f not in folders:
-            folders.append(f)
-    with err.status(f"loading the patients of both arms into the embedded FHIR server ({db})"):
-        counts = build_db(folders, db)
+    for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        stale.unlink(missing_ok=True)
+    with err.status(f"loading the production patients into the embedded FHIR server ({db})"):
+        builder.join()
+        counts = build_db([result.populations["production"].folder], db)
     from rich.table import Table
 
     t = Table(title=f"embedded FHIR server database {db}", title_justify="left")
@@ -123,6 +124,39 @@ def demo_command(
     out.print(t)
     out.print(f"serve it: paritybed fhir serve --db {db}   (http://127.0.0.1:8080/fhir)", highlight=False)
     print_verdict(result.verdict)
+
+
+class PrebuiltInBackground:
+    """Builds a derived population's prebuilt database in a forked process (CPU-bound: it runs
+    beside the simulation instead of after it); `join` waits for it.  Anything it cannot do is
+    done again, with its error, by the load that follows."""
+
+    def __init__(self) -> None:
+        self.proc: Any = None
+
+    def start(self, folder: Path) -> None:
+        import multiprocessing as mp
+
+        if "fork" not in mp.get_all_start_methods():
+            return
+        from paritybed.fhir.bulk import prebuilt
+
+        self.proc = mp.get_context("fork").Process(target=_quiet(prebuilt), args=(Path(folder),), daemon=True)
+        self.proc.start()
+
+    def join(self) -> None:
+        if self.proc is not None:
+            self.proc.join()
+
+
+def _quiet(fn: Any) -> Any:
+    """`fn` for a background process: failures are left to the foreground load to report."""
+    def run(*args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException:  # noqa: BLE001 - the foreground load repeats the work and reports
+            pass
+    return run
 
 
 def validate_command(
@@ -155,7 +189,8 @@ def run_with_progress(scenario: Path, out_dir: Path, **kw: Any):
 
     from paritybed.run import run_scenario
 
-    labels = {"synthea": "Synthea patients", "index": "index population", "simulate": "simulate",
+    labels = {"synthea": "Synthea patients", "derive": "derive distinct patients", "index": "index population",
+              "simulate": "simulate",
               "live": "live: requests through the kernel"}
     live = kw.get("live") is not None
     with Progress(TextColumn("{task.description:<44}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
