@@ -49,6 +49,7 @@ class LoadedPopulation:
     folder: Path
     index: PopulationIndex
     generated: bool = False  # True if Synthea ran for it in this call (not cached)
+    base: Path | None = None  # a derived population's base folder (Synthea's or the scenario's)
 
 
 @dataclass
@@ -199,6 +200,7 @@ def prepare_populations(scenario: Scenario, arms: dict[str, ResolvedArm],
         bases = {key: f.result() for key, f in futures.items()}
     folders: dict[str, Path] = {}
     generated: dict[str, bool] = {}
+    bases_of: dict[str, Path] = {}
     jobs: dict[str, tuple[Path, Any]] = {}
     for name in ARM_NAMES:
         pop = arms[name].population
@@ -208,6 +210,7 @@ def prepare_populations(scenario: Scenario, arms: dict[str, ResolvedArm],
             from paritybed.sim.demand import derive_options
 
             jobs[name] = (folder, derive_options(scenario, arms[name]))
+            bases_of[name] = folder
     if jobs:
         first: dict[tuple[str, Any], str] = {}  # arms with the same base and options derive once
         for name, (folder, opts) in jobs.items():
@@ -223,7 +226,7 @@ def prepare_populations(scenario: Scenario, arms: dict[str, ResolvedArm],
         if key not in loaded:
             cb = (lambda done, total, n=name: progress(n, "index", done, total)) if progress else None
             loaded[key] = LoadedPopulation(folder=folders[name], index=load_population(folders[name], progress=cb),
-                                           generated=generated[name])
+                                           generated=generated[name], base=bases_of.get(name))
         out[name] = loaded[key]
     return out
 
@@ -394,7 +397,38 @@ def arm_summary(res: ArmResult, clock_start_minute: int) -> dict[str, Any]:
         "lanes_opened": _counts(t["lane"], pc.equal(t["kind"].cast(pa.string()), "lane_open")),
         "expected_deny": _counts(t["label"], deny),
         "hospital": res.stats,
+        "patients": patient_counts(t, clock_start_minute),
         "simulate_seconds": round(res.seconds, 3),
+    }
+
+
+def patient_counts(t: pa.Table, clock_start_minute: int) -> dict[str, Any]:
+    """How often patients come back: distinct patients with clinical work in the arm and per
+    calendar day, and per patient the clinical contexts and the days they were seen on
+    (break-glass accesses and attacks left out: they are not the patient's care)."""
+    care = pc.and_(pc.not_equal(t["patient_id"], ""),
+                   pc.invert(pc.is_in(t["workflow"].cast(pa.string()), pa.array(["break_glass", "attack"]))))
+    rows = t.filter(care).select(["t_ns", "patient_id", "context_id"])
+    if rows.num_rows == 0:
+        return {"distinct": 0, "per_day": [], "contexts_per_patient": {}, "days_per_patient": {}}
+    day = pc.divide(pc.add(rows["t_ns"], clock_start_minute * NS_PER_MIN), 24 * HOUR_NS)
+    rows = rows.append_column("day", day)
+    by_day = rows.group_by(["day", "patient_id"]).aggregate([]).group_by("day").aggregate([("patient_id", "count")])
+    by_day = by_day.sort_by("day")
+    per_patient = rows.group_by("patient_id").aggregate([("context_id", "count_distinct"), ("day", "count_distinct")])
+    ctx = per_patient["context_id_count_distinct"].to_numpy()
+    days = per_patient["day_count_distinct"].to_numpy()
+
+    def dist(x: np.ndarray) -> dict[str, float]:
+        return {"mean": round(float(x.mean()), 2), "median": float(np.median(x)), "p90": float(np.percentile(x, 90)),
+                "max": int(x.max())}
+
+    return {
+        "distinct": per_patient.num_rows,
+        "per_day": by_day["patient_id_count"].to_pylist(),
+        "contexts_per_patient": dist(ctx),
+        "days_per_patient": dist(days),
+        "seen_on_one_day": round(float((days == 1).mean()), 3),
     }
 
 
@@ -411,16 +445,25 @@ def summarize(scenario: Scenario, arms: dict[str, ArmResult], populations: dict[
         "arms": {
             name: {
                 **arm_summary(res, start_minute),
-                "population": {
-                    "folder": str(populations[name].folder),
-                    "fingerprint": populations[name].index.fingerprint,
-                    "patients": len(populations[name].index.patients),
-                    "encounters": len(populations[name].index.encounters),
-                },
+                "population": population_summary(populations[name]),
             }
             for name, res in arms.items()
         },
     }
+
+
+def population_summary(pop: LoadedPopulation) -> dict[str, Any]:
+    """An arm's population in summary.json: the folder, its size, and for derived patients the
+    base they were derived from."""
+    out: dict[str, Any] = {
+        "folder": str(pop.folder),
+        "fingerprint": pop.index.fingerprint,
+        "patients": len(pop.index.patients),
+        "encounters": len(pop.index.encounters),
+    }
+    if pop.base is not None:
+        out["derived_from"] = str(pop.base)
+    return out
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> Path:
