@@ -177,3 +177,50 @@ def test_a_new_store_restores_the_prebuilt_database(derived: Path, cache: Path, 
     assert store.read("Patient", "extra") is not None
     store.close()
     assert dump(tmp_path / "demo.db")[0].keys() - dump(db)[0].keys() == {("Patient", "extra")}
+
+
+def week_on(folder: Path, derive_settings: object | None, days: float) -> tuple:
+    """The default scenario on `folder` (derived with `derive_settings`, else plain) for `days`."""
+    from paritybed.run import prepare_populations, with_duration
+    from paritybed.scenarios import PopulationSettings, load_scenario, resolve_arms
+
+    sc = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "community-hospital-week.yaml")
+    sc = with_duration(sc.model_copy(update={"population": PopulationSettings(folder=str(folder), derive=derive_settings)}),
+                       days=days)
+    arms = resolve_arms(sc)
+    return sc, arms, prepare_populations(sc, arms)
+
+
+def test_each_visit_is_a_patient_not_seen_before_and_inpatients_come_back_daily(shared_synthea: Path, cache: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from paritybed.run import _simulate
+    from paritybed.scenarios.population import DeriveSettings
+
+    monkeypatch.setenv("PARITYBED_CACHE", str(cache))
+    sc, arms, pops = week_on(shared_synthea, DeriveSettings(), days=2)
+    assert pops["production"].folder != pops["staging"].folder, "staging derives other patients (seed + 1000)"
+    res = _simulate(sc, arms["production"], pops["production"].index)
+    h = res.stats
+    visits = h["ed_visits"] + h["admissions"] + h["initial_census"] + h["outpatient_visits"]
+    assert h["reused_patients"] == 0 and h["patients_seen"] == visits > 1_500
+    assert len(pops["production"].index.patients) >= visits
+    rows = res.table.select(["t_ns", "patient_id", "workflow"]).to_pylist()
+    days: dict[str, set[int]] = {}
+    flows: dict[str, set[str]] = {}
+    for r in rows:
+        if r["patient_id"] and r["workflow"] not in ("break_glass", "attack"):
+            days.setdefault(r["patient_id"], set()).add(r["t_ns"] // (24 * 3_600 * 10**9))
+            flows.setdefault(r["patient_id"], set()).add(r["workflow"])
+    rounds = {p for p, f in flows.items() if "rounds" in f}
+    assert sum(1 for p in rounds if days[p] == {0, 1}) > 100, "inpatients are seen on each day of their stay"
+    clinic_only = [p for p, f in flows.items() if f <= {"outpatient", "order", "lab_result"} and "outpatient" in f]
+    assert clinic_only and all(len(days[p]) == 1 for p in clinic_only), "a clinic patient does not come back"
+
+
+def test_a_plain_population_is_reused_only_once_every_patient_was_seen(shared_synthea: Path) -> None:
+    from paritybed.run import _simulate
+
+    sc, arms, pops = week_on(shared_synthea, None, days=1)
+    h = _simulate(sc, arms["production"], pops["production"].index).stats
+    assert h["patients_seen"] <= 37 and h["reused_patients"] > 0
+    assert h["patients_seen"] + h["reused_patients"] == h["ed_visits"] + h["admissions"] + h["initial_census"] + h["outpatient_visits"]
