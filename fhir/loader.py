@@ -15,6 +15,7 @@ sends the bundles unchanged (POST; HAPI assigns every id; the embedded server us
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -219,14 +220,33 @@ def load_into_store(
     return dict(sorted(counts.items()))
 
 
+def prebuilt_first(folders: Iterable[str | Path]) -> tuple[Path | None, list[Path]]:
+    """(the prebuilt database of the first folder if it is a derived population, else None; the
+    folders still to load on top of it).  A database file of `folders` starts as a copy of that
+    database (fhir/bulk.py: built once per population, a file copy instead of a load)."""
+    from paritybed.fhir.bulk import prebuilt
+
+    folders = [Path(f) for f in folders]
+    if not folders:
+        return None, folders
+    ready = prebuilt(synthea_files(folders[0])[0].parent)
+    return (ready, folders[1:]) if ready is not None else (None, folders)
+
+
 def build_db(folders: Iterable[str | Path], db: str | Path, *, progress: bool = False) -> dict[str, int]:
-    """Load folders into a new SQLite file (benchmarks and tests reuse one such file)."""
+    """Load folders into a new SQLite file (benchmarks and tests reuse one such file).  A derived
+    population first in line is its prebuilt database, copied (`prebuilt_first`)."""
     db = Path(db)
     if db.exists():
         raise InputError(f"{db} already exists")
-    store = Store(db)
+    ready, folders = prebuilt_first(folders)
     counts: Counter[str] = Counter()
+    if ready is not None:
+        shutil.copyfile(ready, db)  # a file copy: no page-by-page write through the journal
+    store = Store(db)
     try:
+        if not store.is_empty():
+            counts.update(store.counts())
         for folder in folders:
             counts.update(load_into_store(store, folder, progress=progress))
     finally:

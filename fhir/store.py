@@ -257,6 +257,7 @@ class Store:
                 src.backup(self.conn)
             finally:
                 src.close()
+            self.conn.executescript(SCHEMA)  # tables added to the schema since `path` was made
             row = self.conn.execute("SELECT max(lu) FROM resources").fetchone()
             self._last_lu = max(self._last_lu, row[0] or 0.0)
 
