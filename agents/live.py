@@ -26,6 +26,7 @@ sending bytes would only put non-FHIR traffic through the replica's ``sk_msg`` p
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import errno as errno_mod
 import http.client
 import select
@@ -33,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from paritybed.agents.bodies import body_for
 from paritybed.core import pipe
@@ -41,7 +42,8 @@ from paritybed.core.pipe import PipeWorker
 
 #: Trace columns a command carries (body_for's inputs plus what the request line needs).
 COMMAND_FIELDS = ("kind", "method", "path", "resource_type", "resource_id", "patient_id", "context_id",
-                  "context_kind", "workflow", "agent", "claim_id", "t_ns", "address", "egress_calls")
+                  "context_kind", "workflow", "agent", "agent_class", "replica", "claim_id", "t_ns", "address",
+                  "egress_calls")
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 
@@ -65,9 +67,30 @@ def _split(hostport: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def request_bytes(method: str, path: str, host: str, body: bytes, claim: str | None) -> bytes:
+def identity_headers(cmd: Mapping[str, Any]) -> tuple[str, ...]:
+    """Who sends the request and when it happens in the simulation, for the server's audit trail
+    (docs/fhir.md, "Client identity"): ``X-Paritybed-Agent: <agent>/<replica>``,
+    ``X-Paritybed-Agent-Class``, and ``X-Request-ID: pb-<simulated instant, epoch ns>-<row>`` (HAPI
+    copies the request id into each BALP AuditEvent, so a profile can be timed on the virtual
+    clock).  Empty for a command without an agent."""
+    if not cmd.get("agent"):
+        return ()
+    out = [f"X-Paritybed-Agent: {cmd['agent']}/{int(cmd.get('replica') or 0)}"]
+    if cmd.get("agent_class"):
+        out.append(f"X-Paritybed-Agent-Class: {cmd['agent_class']}")
+    if cmd.get("start") and cmd.get("t_ns") is not None:
+        origin = dt.datetime.fromisoformat(str(cmd["start"]))
+        delta = origin - dt.datetime(1970, 1, 1, tzinfo=origin.tzinfo or dt.timezone.utc)
+        ns = ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000 + int(cmd["t_ns"])
+        out.append(f"X-Request-ID: pb-{ns}-{cmd.get('row', 0)}")
+    return tuple(out)
+
+
+def request_bytes(method: str, path: str, host: str, body: bytes, claim: str | None,
+                  headers: Sequence[str] = ()) -> bytes:
     """One complete HTTP/1.1 request: request line, headers and body in one buffer."""
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Accept: application/fhir+json", "User-Agent: paritybed-agent"]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Accept: application/fhir+json", "User-Agent: paritybed-agent",
+             *headers]
     if claim:
         lines.append(f"X-Break-Glass-Claim: {claim}")
     if method in ("POST", "PUT"):
@@ -110,9 +133,10 @@ class FhirConnection:
         while sent < len(data):  # a short write (rare on loopback): the rest follows
             sent += self.sock.send(data[sent:])
 
-    def request(self, method: str, path: str, body: bytes = b"", claim: str | None = None) -> tuple[int | None, int | None]:
+    def request(self, method: str, path: str, body: bytes = b"", claim: str | None = None,
+                headers: Sequence[str] = ()) -> tuple[int | None, int | None]:
         """(HTTP status, None) or (None, errno) for one request."""
-        data = request_bytes(method, path, self.hostport, body, claim)
+        data = request_bytes(method, path, self.hostport, body, claim, headers)
         for attempt in (0, 1):
             try:
                 if self.sock is None or self._peer_closed():
@@ -176,7 +200,7 @@ def handle(conn: FhirConnection, cmd: Mapping[str, Any]) -> dict[str, Any]:
             body = body_for(cmd)
         except (ValueError, KeyError) as e:
             return {"row": row, "ok": False, "status": None, "errno": None, "ns": 0, "error": f"bad command: {e}"}
-        status, err = conn.request(method, str(cmd["path"]), body, cmd.get("claim_id") or None)
+        status, err = conn.request(method, str(cmd["path"]), body, cmd.get("claim_id") or None, identity_headers(cmd))
         ok = status is not None and 200 <= status < 300
         return {"row": row, "ok": ok, "status": status, "errno": err, "ns": time.perf_counter_ns() - t0}
     if kind == "egress":

@@ -10,7 +10,9 @@
  *   pb_sk_msg                   sk_msg on fhir_socks: parses each HTTP request and decides it
  *   pb_unseen                   cgroup_skb/egress: no byte to a FHIR server leaves unless sk_msg
  *                               approved exactly that byte of that connection (the backstop), no
- *                               connection is accepted by a replica
+ *                               connection is accepted by a replica, no packet carries IP options
+ *                               or IPv6 extension headers
+ *   pb_ingress                  cgroup_skb/ingress: nothing reaches a listener inside a replica
  * The decision is docs/enforcement.md, the same as enforcer/engine.py; the request parser is
  * the grammar of enforcer/classify.py.  Every map is pinned under PB_PIN_DIR so enforcement
  * outlives the control plane and a new control plane adopts the state.
@@ -72,19 +74,29 @@ PB_MAP("hash", struct pb_addr_key, struct pb_endpoint, registry, 4096);
 PB_MAP("hash", struct pb_envelope_key, u8, envelope, 4096);
 PB_MAP("lru_hash", struct pb_seen_key, u8, seen, 65536);
 PB_MAP("hash", struct pb_addr_key, u8, servers, 256);
+PB_MAP("hash", u64, s64, vclock, 4096);  /* virtual clock of one replica (cgroup id), over knobs.vnow */
 PB_MAP("array", u32, struct pb_ntab, ntab, 1);
 PB_MAP("percpu_array", u32, u64, counters, PB_COUNTERS);
 PB_MAP("array", u32, u64, lost, 1);
+PB_MAP("hash", struct pb_lost_key, u64, lost_by, 4096);
 PB_SOCKHASH(fhir_socks, u64, 65536);
 PB_SK_STORAGE(sockstate, struct pb_sock);
-PB_RINGBUF(events, PB_RB_PAGES);
+PB_RINGBUF(events, PB_RB_PAGES);          /* FHIR decisions (sk_msg, the backstop) */
+PB_RINGBUF(egress_events, PB_RB_PAGES);   /* egress, refusals, inbound: a flood of these cannot
+                                           * push a FHIR decision out */
 PB_MAP("prog", u32, u32, jmp, 4);  /* tail calls: JMP_PARSE, JMP_DECIDE */
 
 /* ---------------------------------------------------------------- common */
 
-static __always_inline s64 pb_now(struct pb_knobs *k)
+/* The clock a decision for replica cgid uses: the real clock, or on the virtual clock the
+ * replica's own time if the driver set one (replicas then run in parallel, each at its own
+ * simulated time), else the shared knobs.vnow. */
+static __always_inline s64 pb_now(struct pb_knobs *k, u64 cgid)
 {
-    return k->real_clock ? (s64)bpf_ktime_get_ns() : k->vnow;
+    if (k->real_clock)
+        return (s64)bpf_ktime_get_ns();
+    s64 *v = vclock.lookup(&cgid);
+    return v ? *v : k->vnow;
 }
 
 #ifndef PB_OFF_WRITE_SEQ
@@ -116,16 +128,41 @@ static __always_inline void pb_count(u32 kind, u32 reason)
         *c += 1;
 }
 
-static __always_inline struct pb_event *pb_reserve(void)
+/* A record for the ring of its kind; when that ring is full the loss is counted by what the
+ * record would have said (replica, kind, decision, reason, hook), never silent. */
+static __always_inline struct pb_event *pb_reserve(u64 cgid, u8 kind, u8 decision, u8 reason, u8 hook)
 {
-    struct pb_event *e = events.ringbuf_reserve(sizeof(struct pb_event));
+    struct pb_event *e = kind == K_FHIR ? events.ringbuf_reserve(sizeof(struct pb_event))
+                                        : egress_events.ringbuf_reserve(sizeof(struct pb_event));
     if (!e) {
         u32 z = 0;
         u64 *l = lost.lookup(&z);
         if (l)
             __sync_fetch_and_add(l, 1);
+        struct pb_lost_key lk = {};
+        lk.cgid = cgid;
+        lk.kind = kind;
+        lk.decision = decision;
+        lk.reason = reason;
+        lk.hook = hook;
+        u64 *n = lost_by.lookup(&lk);
+        if (n) {
+            __sync_fetch_and_add(n, 1);
+        } else {
+            u64 one = 1;
+            lost_by.update(&lk, &one);
+        }
     }
     return e;
+}
+
+/* submit a record to the ring it was reserved from */
+static __always_inline void pb_submit(struct pb_event *e)
+{
+    if (e->kind == K_FHIR)
+        events.ringbuf_submit(e, 0);
+    else
+        egress_events.ringbuf_submit(e, 0);
 }
 
 /* A violation becomes a decision by the agent's response mode (docs/enforcement.md, step 6). */
@@ -160,7 +197,7 @@ static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook, u8 tcp, u8
     struct pb_knobs *k = knobs.lookup(&z);
     if (!a || !k)
         return 0; /* a registered replica without its policy: fail closed */
-    s64 now = pb_now(k);
+    s64 now = pb_now(k, cgid);
     u8 decision = PB_ALLOW, reason = R_OK, flags = 0;
     s64 until = 0;
     struct pb_endpoint *ep = registry.lookup(ak);
@@ -206,7 +243,7 @@ static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook, u8 tcp, u8
     }
     pb_count(K_EGRESS, reason);
     if (k->record_all || decision != PB_ALLOW || flags || a->mode == M_OBSERVE) {
-        struct pb_event *e = pb_reserve();
+        struct pb_event *e = pb_reserve(cgid, K_EGRESS, decision, reason, hook);
         if (e) {
             __builtin_memset(e, 0, sizeof(*e));
             e->t = now;
@@ -224,7 +261,7 @@ static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook, u8 tcp, u8
             e->decision = decision;
             e->reason = reason;
             e->flags = flags;
-            events.ringbuf_submit(e, 0);
+            pb_submit(e);
         }
     }
     return decision == PB_DENY ? 0 : 1;
@@ -290,25 +327,36 @@ int pb_sendmsg6(struct bpf_sock_addr *ctx)
     return pb_egress(&ak, HOOK_SENDMSG6, 0, 0);
 }
 
-/* ---------------------------------------------------------------- refusals: sockets and options
+/* ---------------------------------------------------------------- refusals: sockets, options, packets
  *
  * An agent replica needs TCP streams and UDP datagrams over IPv4/IPv6 (and local sockets, which
  * this hook does not see).  Every other inet socket kind is refused at socket(): raw sockets,
  * ICMP "ping" datagram sockets (unprivileged where net.ipv4.ping_group_range allows, and no
  * sendmsg hook covers them), MPTCP (its subflows would carry FHIR bytes past sk_msg), SCTP,
- * UDP-Lite.  Options that would hide bytes from the parser are refused at setsockopt():
- * TCP_FASTOPEN_CONNECT (data in the SYN), TCP_REPAIR (rewrites the stream; needs CAP_NET_ADMIN
- * anyway), TCP_ULP (a protocol layer replacing the stream the parser judges).  Refusals are not
- * violations: the caller gets EPERM, the event says what was refused.
+ * UDP-Lite.  Options that would hide bytes from the parser or send packets elsewhere than the
+ * hooks saw are refused at setsockopt(): TCP_FASTOPEN_CONNECT (data in the SYN), TCP_REPAIR
+ * (rewrites the stream; needs CAP_NET_ADMIN anyway), TCP_ULP (a protocol layer replacing the
+ * stream the parser judges), IP_OPTIONS (source routes) and the IPv6 sticky extension headers
+ * (a routing header, e.g. a segment routing header, delivers the packet to the hosts it lists:
+ * the connect hook saw only the first).  The same headers given per message (ancillary data of
+ * sendmsg) are caught by pb_unseen at packet level: a replica's packet with IPv4 options or an
+ * IPv6 extension header other than a fragment header is dropped.  Refusals are not violations:
+ * the caller gets EPERM, one event says what was refused.
  */
+#define PB_SOL_IP 0
+#define PB_SOL_TCP 6
+#define PB_SOL_IPV6 41
+#define PB_IP_OPTIONS 4
+#define PB_IP_RETOPTS 7
 #define PB_TCP_REPAIR 19
 #define PB_TCP_FASTOPEN_CONNECT 30
 #define PB_TCP_ULP 31
-#define PB_SOL_TCP 6
+/* IPV6_2292HOPOPTS 3, _2292DSTOPTS 4, _2292RTHDR 5, _2292PKTOPTIONS 6, IPV6_HOPOPTS 54,
+ * IPV6_RTHDRDSTOPTS 55, IPV6_RTHDR 57, IPV6_DSTOPTS 59 */
+#define PB_IPV6_EXT_OPT(n) (((n) >= 3 && (n) <= 6) || (n) == 54 || (n) == 55 || (n) == 57 || (n) == 59)
 
-static __always_inline int pb_refuse(u8 hook, u16 family, u16 type, u32 protocol)
+static __always_inline int pb_refuse(u64 cgid, u8 hook, u16 family, u16 type, u32 protocol)
 {
-    u64 cgid = bpf_get_current_cgroup_id();
     struct pb_replica *r = replicas.lookup(&cgid);
     if (!r)
         return 1;
@@ -318,21 +366,22 @@ static __always_inline int pb_refuse(u8 hook, u16 family, u16 type, u32 protocol
     if (!a || !k)
         return 0;
     u8 observe = a->mode == M_OBSERVE;
-    pb_count(K_EGRESS, observe ? R_OBSERVE : R_UNCLASSIFIABLE);
-    struct pb_event *e = pb_reserve();
+    u8 decision = observe ? PB_ALLOW : PB_DENY, reason = observe ? R_OBSERVE : R_UNCLASSIFIABLE;
+    pb_count(K_EGRESS, reason);
+    struct pb_event *e = pb_reserve(cgid, K_EGRESS, decision, reason, hook);
     if (e) {
         __builtin_memset(e, 0, sizeof(*e));
-        e->t = pb_now(k);
+        e->t = pb_now(k, cgid);
         e->cgid = cgid;
         e->kind = K_EGRESS;
         e->hook = hook;
-        e->decision = observe ? PB_ALLOW : PB_DENY;
-        e->reason = observe ? R_OBSERVE : R_UNCLASSIFIABLE;
+        e->decision = decision;
+        e->reason = reason;
         e->flags = F_REFUSED;
         e->sock_family = family;
         e->sock_type = type;
         e->sock_protocol = protocol;
-        events.ringbuf_submit(e, 0);
+        pb_submit(e);
     }
     return observe;
 }
@@ -343,15 +392,37 @@ int pb_sock_create(struct bpf_sock *sk)
     if ((family == AF_INET || family == AF_INET6) &&
         ((type == SOCK_STREAM && protocol == IPPROTO_TCP) || (type == SOCK_DGRAM && protocol == IPPROTO_UDP)))
         return 1;
-    return pb_refuse(HOOK_SOCKET, family, type, protocol);
+    return pb_refuse(bpf_get_current_cgroup_id(), HOOK_SOCKET, family, type, protocol);
 }
 
 int pb_setsockopt(struct bpf_sockopt *ctx)
 {
     int level = ctx->level, name = ctx->optname;
-    if (level != PB_SOL_TCP || (name != PB_TCP_FASTOPEN_CONNECT && name != PB_TCP_REPAIR && name != PB_TCP_ULP))
+    if (!((level == PB_SOL_TCP && (name == PB_TCP_FASTOPEN_CONNECT || name == PB_TCP_REPAIR || name == PB_TCP_ULP)) ||
+          (level == PB_SOL_IP && (name == PB_IP_OPTIONS || name == PB_IP_RETOPTS)) ||
+          (level == PB_SOL_IPV6 && PB_IPV6_EXT_OPT(name))))
         return 1;
-    return pb_refuse(HOOK_SOCKOPT, 0, (u16)level, (u32)name);
+    return pb_refuse(bpf_get_current_cgroup_id(), HOOK_SOCKOPT, 0, (u16)level, (u32)name);
+}
+
+/* A replica's packet the hooks did not see as it is (IPv4 options, IPv6 extension headers):
+ * dropped, one event per socket.  what: the IPv6 next header, or 0x100 + the first option byte. */
+static __always_inline int pb_refuse_packet(struct __sk_buff *skb, struct bpf_sock *sk, u16 family, u32 what)
+{
+    u64 cgid = bpf_skb_cgroup_id(skb);
+    if (!replicas.lookup(&cgid))
+        return 1;
+    struct bpf_sock *fs = bpf_sk_fullsock(sk);
+    struct pb_sock *ss = fs ? sockstate.sk_storage_get(fs, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
+    if (ss) {
+        if (ss->refused) { /* reported once per socket: the packet is retransmitted while dropped */
+            struct pb_replica *r = replicas.lookup(&cgid);
+            struct pb_agent *a = r ? agents.lookup(&r->agent) : 0;
+            return a && a->mode == M_OBSERVE;
+        }
+        ss->refused = 1;
+    }
+    return pb_refuse(cgid, HOOK_PACKET, family, 0, what);
 }
 
 /* ---------------------------------------------------------------- sockops */
@@ -441,7 +512,7 @@ static __always_inline int pb_inbound(struct __sk_buff *skb, struct pb_addr_key 
     struct pb_knobs *k = knobs.lookup(&z);
     if (!a || !k)
         return 0;
-    s64 now = pb_now(k), until = 0;
+    s64 now = pb_now(k, cgid), until = 0;
     u8 decision = PB_ALLOW, reason = R_OBSERVE, flags = 0;
     struct pb_seen_key sk = {};
     sk.cgid = cgid;
@@ -463,7 +534,7 @@ static __always_inline int pb_inbound(struct __sk_buff *skb, struct pb_addr_key 
     }
     if (first) { /* the SYN-ACK is retransmitted while it is dropped: one event per peer */
         pb_count(K_EGRESS, reason);
-        struct pb_event *e = pb_reserve();
+        struct pb_event *e = pb_reserve(cgid, K_EGRESS, decision, reason, HOOK_INBOUND);
         if (e) {
             __builtin_memset(e, 0, sizeof(*e));
             e->t = now;
@@ -480,7 +551,7 @@ static __always_inline int pb_inbound(struct __sk_buff *skb, struct pb_addr_key 
             e->decision = decision;
             e->reason = reason;
             e->flags = flags;
-            events.ringbuf_submit(e, 0);
+            pb_submit(e);
         }
     }
     return decision == PB_DENY ? 0 : 1;
@@ -497,15 +568,33 @@ int pb_unseen(struct __sk_buff *skb)
     u32 off;
     if (skb->protocol == bpf_htons(ETH_P_IP)) {
         struct iphdr *ip = data;
-        if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
+        if ((void *)(ip + 1) > end)
             return 1;
-        off = (ip->ihl & 0xf) * 4;
+        if ((ip->ihl & 0xf) != 5) { /* IPv4 options (a source route among them) */
+            u8 *opt = (void *)(ip + 1);
+            return pb_refuse_packet(skb, sk, AF_INET, 0x100 | ((void *)(opt + 1) <= end ? *opt : 0));
+        }
+        if (ip->protocol != IPPROTO_TCP)
+            return 1;
+        off = sizeof(*ip);
         pb_addr4(&ak, ip->daddr, 0);
     } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = data;
-        if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
+        if ((void *)(ip6 + 1) > end)
             return 1;
+        u8 nh = ip6->nexthdr;
         off = sizeof(*ip6);
+        if (nh == 0) { /* hop-by-hop: only BIG TCP's jumbo payload option (the kernel's own) passes */
+            u8 *h = (void *)(ip6 + 1);
+            if ((void *)(h + 8) > end || h[1] != 0 || h[2] != 0xc2 || h[3] != 4)
+                return pb_refuse_packet(skb, sk, AF_INET6, 0);
+            nh = h[0];
+            off += 8;
+        }
+        if (nh == IPPROTO_UDP)
+            return 1;
+        if (nh != IPPROTO_TCP) /* routing, destination options, fragment... */
+            return pb_refuse_packet(skb, sk, AF_INET6, nh);
         __builtin_memcpy(ak.addr, &ip6->daddr, 16);
     } else {
         return 1;
@@ -563,7 +652,7 @@ int pb_unseen(struct __sk_buff *skb)
     if (!a || !kn)
         return 0;
     u8 decision = PB_ALLOW, reason = R_OBSERVE, flags = 0;
-    s64 now = pb_now(kn), until = 0;
+    s64 now = pb_now(kn, cgid), until = 0;
     if (a->mode == M_OBSERVE) {
         reason = R_OBSERVE;
     } else if (r->q_until > now) {
@@ -576,7 +665,7 @@ int pb_unseen(struct __sk_buff *skb)
     if (!ss->reported) { /* one event per connection: the segment is retransmitted while it is dropped */
         ss->reported = 1;
         pb_count(K_FHIR, reason);
-        struct pb_event *e = pb_reserve();
+        struct pb_event *e = pb_reserve(cgid, K_FHIR, decision, reason, HOOK_UNSEEN);
         if (e) {
             __builtin_memset(e, 0, sizeof(*e));
             e->t = now;
@@ -589,10 +678,47 @@ int pb_unseen(struct __sk_buff *skb)
             e->reason = reason;
             e->shape = S_MALFORMED;
             e->flags = flags;
-            events.ringbuf_submit(e, 0);
+            pb_submit(e);
         }
     }
     return decision == PB_DENY ? 0 : 1;
+}
+
+/* cgroup_skb/ingress: a packet arriving at a listener inside a replica is a connection from
+ * outside (a SYN, or the ACK that completes a SYN-cookie handshake, whose SYN-ACK leaves without
+ * an owning socket and so never meets pb_unseen).  Replicas are clients: it is dropped, the first
+ * time per peer as an egress violation (hook inbound), like the SYN-ACK above. */
+int pb_ingress(struct __sk_buff *skb)
+{
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return 1;
+    sk = bpf_sk_fullsock(sk);
+    if (!sk || sk->state != BPF_TCP_LISTEN)
+        return 1; /* the common case: a packet for a connection the replica opened */
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct pb_addr_key ak = {};
+    u32 off;
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = data;
+        if ((void *)(ip + 1) > end)
+            return 0;
+        off = (ip->ihl & 0xf) * 4;
+        pb_addr4(&ak, ip->saddr, 0);
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = data;
+        if ((void *)(ip6 + 1) > end)
+            return 0;
+        off = sizeof(*ip6);
+        __builtin_memcpy(ak.addr, &ip6->saddr, 16);
+    } else {
+        return 0;
+    }
+    struct tcphdr *th = data + (off & 0x3f);
+    if ((void *)(th + 1) <= end)
+        ak.port = th->source;
+    return pb_inbound(skb, &ak); /* observe mode records it and lets it in */
 }
 
 /* ---------------------------------------------------------------- the request parser
@@ -1368,7 +1494,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_replica *r
     u64 cgid = s->cgid;
     u32 size = s->size, w = s->wseq;
     u8 flags = s->cont ? F_CONTINUATION : 0;
-    s64 now = pb_now(k);
+    s64 now = pb_now(k, cgid);
     u8 decision = PB_ALLOW, reason = R_OK;
     s64 until = 0;
     if (c.has_claim)
@@ -1444,7 +1570,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_replica *r
     pb_count(K_FHIR, reason);
     if (k->record_all || decision != PB_ALLOW || a->mode == M_OBSERVE || reason == R_LANE ||
         (flags & (F_QUARANTINE | F_KILL))) {
-        struct pb_event *e = pb_reserve();
+        struct pb_event *e = pb_reserve(cgid, K_FHIR, decision, reason, HOOK_SK_MSG);
         if (e) {
             __builtin_memset(e, 0, sizeof(*e));
             e->t = now;
@@ -1461,7 +1587,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_replica *r
             e->interaction = c.interaction;
             e->method = c.method;
             e->flags = flags;
-            events.ringbuf_submit(e, 0);
+            pb_submit(e);
         }
     }
     return decision == PB_DENY ? SK_DROP : pb_allow(msg, ss);

@@ -132,7 +132,10 @@
 #define HOOK_UNSEEN 5     /* cgroup_skb egress: bytes to a FHIR server that sk_msg never approved */
 #define HOOK_SOCKET 6     /* cgroup/sock_create: a socket kind the agent has no business with */
 #define HOOK_SOCKOPT 7    /* cgroup/setsockopt: an option that would hide bytes from the parser */
-#define HOOK_INBOUND 8    /* cgroup_skb egress: a SYN-ACK, i.e. a connection accepted by the replica */
+#define HOOK_INBOUND 8    /* a connection from outside: a SYN-ACK leaving a replica (cgroup_skb egress)
+                           * or a packet arriving at a replica's listener (cgroup_skb ingress) */
+#define HOOK_PACKET 9     /* cgroup_skb egress: a replica's packet with IPv4 options or IPv6 extension
+                           * headers (a routing header sends it elsewhere than the hooks saw) */
 
 #define PB_I64_MAX 0x7fffffffffffffffLL
 #define PB_NOT_CONNECTED 0xff  /* pb_pstate.desync: not a shape, a refusal */
@@ -282,7 +285,8 @@ struct pb_sock {
     __u32 approved_end;      /* the backstop: no byte at or after it leaves */
     __u8 conn;               /* 1: a replica's connection to its FHIR server, seen from its SYN */
     __u8 reported;           /* unapproved bytes already reported on this connection (one event) */
-    __u8 pad[6];
+    __u8 refused;            /* a refused packet of this socket already reported (one event) */
+    __u8 pad[5];
     struct pb_pstate ps;
 };
 
@@ -309,6 +313,17 @@ struct pb_event {
     __u16 sock_family;         /* HOOK_SOCKET: the refused socket's family, type, protocol; */
     __u16 sock_type;           /* HOOK_SOCKOPT: level in sock_type, option name in sock_protocol */
     __u32 sock_protocol;
+};
+
+/* lost_by: events the ring buffers had no room for, by what they would have said (the total is
+ * lost[0]); an attacker flooding one ring cannot make a decision vanish without a trace */
+struct pb_lost_key {
+    __u64 cgid;
+    __u8 kind;
+    __u8 decision;
+    __u8 reason;
+    __u8 hook;
+    __u32 pad;
 };
 
 /* counters: per-CPU array indexed kind * 16 + reason (decisions) ; lost: array[1] */

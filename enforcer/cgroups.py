@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from paritybed.core.errors import EnvironmentProblem, InputError
+from paritybed.enforcer import seccomp
 
 
 def cgroup2_mount() -> Path:
@@ -134,7 +135,7 @@ def processes_of(uid: int) -> list[tuple[int, str, str]]:
     return found
 
 
-def spawn_in(cgroup: Path, argv: list[str], **popen_kw: Any) -> subprocess.Popen:
+def spawn_in(cgroup: Path, argv: list[str], *, confine: bool = True, **popen_kw: Any) -> subprocess.Popen:
     """Start a process inside a cgroup: it moves itself there between fork and exec, so every
     socket it (or a child) ever opens belongs to the cgroup.
 
@@ -142,8 +143,10 @@ def spawn_in(cgroup: Path, argv: list[str], **popen_kw: Any) -> subprocess.Popen
     ``preexec_fn``, and an unprivileged process may not write ``cgroup.procs``); supplementary
     groups are cleared then, so the agent keeps none of root's.  Every agent process runs with
     ``no_new_privs``: a set-user-ID or file-capability binary (``ping`` with CAP_NET_RAW, ``sudo``)
-    gives it nothing."""
+    gives it nothing, and (``confine``, the default) under the seccomp filter of
+    enforcer/seccomp.py: no socket family the kernel programs cannot see, no io_uring."""
     procs = str(cgroup / "cgroup.procs")
+    filt = seccomp.program() if confine else None
     user_fn: Callable[[], Any] | None = popen_kw.pop("preexec_fn", None)
     user, group = popen_kw.pop("user", None), popen_kw.pop("group", None)
     uid = user if user is None or isinstance(user, int) else pwd.getpwnam(user).pw_uid
@@ -163,6 +166,8 @@ def spawn_in(cgroup: Path, argv: list[str], **popen_kw: Any) -> subprocess.Popen
             os.setresuid(uid, uid, uid)
         if _libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if filt is not None:
+            seccomp.install(filt)
         if user_fn is not None:
             user_fn()
 

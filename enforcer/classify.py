@@ -66,7 +66,11 @@ SAFE_PARAMS = ("_id", "_count", "_sort", "_offset", "patient", "subject", "encou
 #: parameter names (before any ':' modifier) that select a family of their own
 SPECIAL_PARAMS = {"_include": "include", "_revinclude": "include", "_type": "type-param", "_has": "has"}
 CLAIM_HEADER = "x-break-glass-claim"
-OVERRIDE_HEADERS = ("x-http-method-override", "x-method-override", "x-http-method")
+#: headers that change what the request does, whatever its request line says: a method override;
+#: If-None-Exist (a conditional create: its value is a search the server runs, so a create-only
+#: envelope would answer searches, 200 for one match and 201 for none); X-Cascade (HAPI: a delete
+#: that deletes whatever references its target).  Framing shape `method-override`, never allowed.
+OVERRIDE_HEADERS = ("x-http-method-override", "x-method-override", "x-http-method", "if-none-exist", "x-cascade")
 
 _ALNUM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")

@@ -16,21 +16,22 @@ from paritybed.enforcer import kernel_abi as abi
 
 
 class RingReader:
-    """Consumes the pinned ring buffer by fd; the callback gets each record as an abi.Event.
+    """Consumes the pinned ring buffers by fd (FHIR decisions, egress and refusals: two rings, so
+    a flood of one kind cannot push the other out); the callback gets each record as an abi.Event.
 
-    The consumer position lives in the map, so a new control plane continues exactly where a
-    dead one stopped: records written in between are read, not lost (unless the buffer filled
-    up, which the kernel counts in the ``lost`` map)."""
+    The consumer positions live in the maps, so a new control plane continues exactly where a
+    dead one stopped: records written in between are read, not lost (unless a buffer filled
+    up, which the kernel counts in the ``lost`` and ``lost_by`` maps)."""
 
-    def __init__(self, fd: int, on_event: Callable[[abi.Event], None]) -> None:
+    def __init__(self, fds: list[int], on_event: Callable[[abi.Event], None]) -> None:
         from bcc import lib
         from bcc.libbcc import _RINGBUF_CB_TYPE
 
         self._lib, self._on_event = lib, on_event
         self._cb = _RINGBUF_CB_TYPE(self._handle)
-        self._rb = lib.bpf_new_ringbuf(fd, self._cb, None)
-        if not self._rb:
-            raise OSError("could not open the events ring buffer")
+        self._rb = lib.bpf_new_ringbuf(fds[0], self._cb, None)
+        if not self._rb or any(lib.bpf_add_ringbuf(self._rb, fd, self._cb, None) != 0 for fd in fds[1:]):
+            raise OSError("could not open the events ring buffers")
 
     def _handle(self, _ctx: Any, data: int, size: int) -> int:
         n = min(size, ct.sizeof(abi.Event))

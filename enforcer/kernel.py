@@ -33,7 +33,7 @@ from typing import Any, Literal
 from paritybed.core.clock import Clock
 from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.core.hashlog import HashLog
-from paritybed.enforcer import classify, kernel_abi as abi, kernel_load, kernel_maps as km
+from paritybed.enforcer import classify, kernel_abi as abi, kernel_load, kernel_maps as km, rootdir
 from paritybed.enforcer.cgroups import CgroupTree, cgroup_id, parse_replica_name, spawn_in
 from paritybed.enforcer.events import RingReader, expand
 from paritybed.enforcer.policy import Policy
@@ -90,7 +90,7 @@ class KernelEnforcer:
             self._log = HashLog(event_log, checkpoint_key=checkpoint_key) if event_log else None
             self._checkpoint_every_s = checkpoint_every_s
             self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-            self._reader = RingReader(self.maps.fds["events"], self._on_event)
+            self._reader = RingReader([self.maps.fds["events"], self.maps.fds["egress_events"]], self._on_event)
             self._stop = threading.Event()
             self._poll_ms = poll_interval_ms
             self._log_event({"event": "control-plane-start", "adopted": self.adopted, "policy": policy.computed_hash(),
@@ -138,12 +138,18 @@ class KernelEnforcer:
 
     # ------------------------------------------------------------------ clock, lanes, quarantine
 
-    def set_clock(self, t_ns: int) -> None:
-        """Virtual clock: the simulated time the next decisions use."""
+    def set_clock(self, t_ns: int, replica: tuple[str, int] | None = None) -> None:
+        """Virtual clock: the simulated time the next decisions use; with ``replica=(agent, n)``
+        only that replica's (a replica whose clock was set this way keeps its own from then on, so
+        a driver can have rows of different replicas in flight at once, each at its own time)."""
         if self.clock.real:
             raise InputError("set_clock is for the virtual clock; this enforcer runs on the real clock")
-        with self._lock:
-            km.set_knobs(self.maps, vnow=int(t_ns))
+        if replica is None:
+            with self._lock:
+                km.set_knobs(self.maps, vnow=int(t_ns))
+            return
+        cgid = self._replicas[replica][0]
+        self.maps.put("vclock", ct.c_uint64(cgid), ct.c_int64(int(t_ns)))
 
     def now_ns(self) -> int:
         """Simulated time now (the virtual clock's value, or the real clock mapped back)."""
@@ -287,6 +293,19 @@ class KernelEnforcer:
         v = self.maps.get("lost", ct.c_uint32(0), ct.c_uint64)
         return int(v.value) if v is not None else 0
 
+    def lost_by(self) -> list[dict[str, Any]]:
+        """What the lost events would have said: replica, kind, decision, reason, hook and how many
+        (an attacker who floods a ring buffer hides which request, never that it happened)."""
+        out = []
+        for key in self.maps.keys("lost_by", abi.LostKey):
+            n = self.maps.get("lost_by", key, ct.c_uint64)
+            who = self._by_cgid.get(key.cgid)
+            out.append({"agent": who[0] if who else None, "replica": who[1] if who else None, "cgid": key.cgid,
+                        "kind": "fhir" if key.kind == abi.K_FHIR else "egress", "hook": abi.HOOKS[key.hook],
+                        "decision": abi.DECISIONS[key.decision], "reason": abi.REASONS[key.reason],
+                        "count": int(n.value) if n is not None else 0})
+        return sorted(out, key=lambda d: (str(d["agent"]), d["replica"] or 0, d["kind"], d["reason"], d["hook"]))
+
     def counters(self) -> dict[str, dict[str, int]]:
         return km.counters(self.maps)
 
@@ -304,7 +323,7 @@ class KernelEnforcer:
             return None
 
     def _write_manifest(self, rb_pages: int) -> None:
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        rootdir.secure_dir(RUN_DIR)
         m = {"name": self.name, "clock": "real" if self.clock.real else "virtual", "k0": self.clock.k0,
              "compression": self.clock.compression, "start": self.start.isoformat(), "rb_pages": rb_pages,
              "policy": self.policy.computed_hash(), "pid": os.getpid()}
@@ -345,8 +364,8 @@ def hold_name(name: str) -> int:
     control plane lives.  The kernel releases it when the holder dies, so a dead holder's pinned
     state is adopted by the next one; a live holder is named in the error (its pid and command),
     instead of the loader failing on pins that exist."""
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    fd = os.open(RUN_DIR / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    rootdir.secure_dir(RUN_DIR)
+    fd = os.open(RUN_DIR / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -43,7 +43,8 @@ REASONS = ("", "observe", "lane", "type-not-in-envelope", "rate-exceeded", "egre
 MODES = {"observe": 0, "alert": 1, "deny": 2, "quarantine": 3, "kill": 4}  # M_*: response modes
 K_FHIR, K_EGRESS = 0, 1
 F_FIRST_CONTACT, F_QUARANTINE, F_KILL, F_CLAIM, F_CONTINUATION, F_DESYNC, F_REFUSED = 1, 2, 4, 8, 16, 32, 64
-HOOKS = ("connect4", "connect6", "sendmsg4", "sendmsg6", "sk_msg", "unseen", "socket", "sockopt", "inbound")
+HOOKS = ("connect4", "connect6", "sendmsg4", "sendmsg6", "sk_msg", "unseen", "socket", "sockopt", "inbound",
+         "packet")
 N_SAFE, N_INCLUDE, N_TYPE, N_HAS = 1, 2, 3, 4
 H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_OVERRIDE, H_CLAIM = 1, 2, 3, 4
 PB_COUNTERS = 32
@@ -130,12 +131,18 @@ class PState(ct.Structure):
                 ("desync", u8), ("pad2", u8 * 7)]
 
 
+class LostKey(ct.Structure):
+    """lost_by key: what a record the ring buffer had no room for would have said."""
+
+    _fields_ = [("cgid", u64), ("kind", u8), ("decision", u8), ("reason", u8), ("hook", u8), ("pad", u32)]
+
+
 class Sock(ct.Structure):
     """Per-socket storage: the connection's accounting by sequence number, and the parser state."""
 
     _fields_ = [("cookie", u64), ("cgid", u64), ("writer", u64), ("isn", u32), ("next_seq", u32),
                 ("msg_start", u32), ("head_end", u32), ("body_end", u32), ("approved_end", u32), ("conn", u8),
-                ("reported", u8), ("pad", u8 * 6), ("ps", PState)]
+                ("reported", u8), ("refused", u8), ("pad", u8 * 5), ("ps", PState)]
 
 
 #: sizes the C header must produce (checked by tests/test_kernel_abi.py)
@@ -235,7 +242,13 @@ def header_kinds() -> dict[str, int]:
 
 #: what a refusal (F_REFUSED) refused, by hook; socket kinds and options by their names
 _PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite", 255: "raw", 262: "mptcp"}
-_TCP_OPTIONS = {19: "TCP_REPAIR", 30: "TCP_FASTOPEN_CONNECT", 31: "TCP_ULP"}
+#: refused socket options by (level, name)
+_SOCKOPTS = {(6, 19): "TCP_REPAIR", (6, 30): "TCP_FASTOPEN_CONNECT", (6, 31): "TCP_ULP", (0, 4): "IP_OPTIONS",
+             (0, 7): "IP_RETOPTS", (41, 3): "IPV6_2292HOPOPTS", (41, 4): "IPV6_2292DSTOPTS",
+             (41, 5): "IPV6_2292RTHDR", (41, 6): "IPV6_2292PKTOPTIONS", (41, 54): "IPV6_HOPOPTS",
+             (41, 55): "IPV6_RTHDRDSTOPTS", (41, 57): "IPV6_RTHDR", (41, 59): "IPV6_DSTOPTS"}
+#: IPv6 next-header values a refused packet may carry
+_EXT_HEADERS = {0: "hop-by-hop options", 43: "routing header", 44: "fragment header", 60: "destination options"}
 
 
 def _refused(raw: Event, hook: str) -> str:
@@ -246,7 +259,12 @@ def _refused(raw: Event, hook: str) -> str:
             fam, kind = str(raw.sock_family), str(raw.sock_type)
         return f"socket {fam} {kind} {_PROTOCOLS.get(raw.sock_protocol, raw.sock_protocol)}"
     if hook == "sockopt":
-        return f"setsockopt {_TCP_OPTIONS.get(raw.sock_protocol, raw.sock_protocol)}"
+        return f"setsockopt {_SOCKOPTS.get((raw.sock_type, raw.sock_protocol), f'{raw.sock_type}/{raw.sock_protocol}')}"
+    if hook == "packet":
+        if raw.sock_family == socket.AF_INET:
+            return f"packet with IPv4 options (first option {raw.sock_protocol & 0xff})"
+        nh = raw.sock_protocol
+        return f"packet with an IPv6 {_EXT_HEADERS.get(nh, f'next header {nh}')}"
     return "fast-open" if hook in ("connect4", "connect6") else "not-connected"
 
 
@@ -261,7 +279,7 @@ def decode_event(raw: Event) -> dict:
                  interaction=INTERACTION_NAMES[raw.interaction], shape=SHAPE_NAMES[raw.shape], size=raw.size)
         if raw.flags & F_CLAIM:
             d["claim_hash"] = f"{raw.claim:016x}"
-    elif hook not in ("socket", "sockopt"):
+    elif hook not in ("socket", "sockopt", "packet"):
         d.update(address=format_address(bytes(raw.addr), raw.port), registry_version=raw.registry_version,
                  endpoint_hash=raw.endpoint)
     if raw.flags & F_REFUSED:

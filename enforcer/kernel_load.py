@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from paritybed.core.errors import EnvironmentProblem
-from paritybed.enforcer import bpfsys, btf, kernel_abi as abi
+from paritybed.enforcer import bpfsys, btf, kernel_abi as abi, rootdir
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "paritybed.c"
@@ -29,16 +29,16 @@ SOURCE = BPF_DIR / "paritybed.c"
 #: 2048-byte head at one byte per step, within the kernel's 33 tail calls.
 CHUNKS = ((128, 128), (96, 96), (64, 64))
 # BPF_ATTACH_TYPE values (uapi/linux/bpf.h)
-INET_EGRESS, INET_SOCK_CREATE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 1, 2, 10, 11, 14, 15
+INET_INGRESS, INET_EGRESS, INET_SOCK_CREATE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 0, 1, 2, 10, 11, 14, 15
 SOCK_OPS, SK_MSG_VERDICT, SETSOCKOPT = 3, 7, 22
 # BPF_PROG_TYPE values for the programs that are not cgroup/sock_addr ones
 PROG_CGROUP_SKB, PROG_CGROUP_SOCK, PROG_SOCK_OPS, PROG_CGROUP_SOCKOPT = 8, 9, 13, 25
 #: cgroup programs: name -> attach type
 CGROUP_PROGS = {"pb_connect4": INET4_CONNECT, "pb_connect6": INET6_CONNECT, "pb_sendmsg4": UDP4_SENDMSG,
-                "pb_sendmsg6": UDP6_SENDMSG, "pb_sockops": SOCK_OPS, "pb_unseen": INET_EGRESS,
+                "pb_sendmsg6": UDP6_SENDMSG, "pb_sockops": SOCK_OPS, "pb_unseen": INET_EGRESS, "pb_ingress": INET_INGRESS,
                 "pb_sock_create": INET_SOCK_CREATE, "pb_setsockopt": SETSOCKOPT}
 #: program type by attach type (the rest are cgroup/sock_addr programs)
-PROG_TYPES = {SOCK_OPS: PROG_SOCK_OPS, INET_EGRESS: PROG_CGROUP_SKB, INET_SOCK_CREATE: PROG_CGROUP_SOCK,
+PROG_TYPES = {SOCK_OPS: PROG_SOCK_OPS, INET_EGRESS: PROG_CGROUP_SKB, INET_INGRESS: PROG_CGROUP_SKB, INET_SOCK_CREATE: PROG_CGROUP_SOCK,
               SETSOCKOPT: PROG_CGROUP_SOCKOPT}
 MSG_PROGS = ("pb_sk_msg", "pb_parse", "pb_decide")  # entry, tail call 0, tail call 1
 #: pinned maps whose key/value sizes must match this version's structures (else: --cleanup)
@@ -47,9 +47,9 @@ MAP_SIZES = {"knobs": (4, ct.sizeof(abi.Knobs)), "agents": (8, ct.sizeof(abi.Age
              "lanes": (ct.sizeof(abi.LaneKey), ct.sizeof(abi.Lane)),
              "registry": (ct.sizeof(abi.AddrKey), ct.sizeof(abi.Endpoint)),
              "ctab": (4, ct.sizeof(abi.CTab)), "ntab": (4, ct.sizeof(abi.NTab)),
-             "sockstate": (4, ct.sizeof(abi.Sock))}
-MAP_NAMES = ("knobs", "ctab", "agents", "replicas", "pairs", "lanes", "registry", "envelope", "seen", "servers",
-             "ntab", "counters", "lost", "fhir_socks", "sockstate", "events", "jmp")
+             "sockstate": (4, ct.sizeof(abi.Sock)), "lost_by": (ct.sizeof(abi.LostKey), 8)}
+MAP_NAMES = ("knobs", "ctab", "agents", "replicas", "pairs", "lanes", "registry", "envelope", "seen", "servers", "vclock",
+             "ntab", "counters", "lost", "lost_by", "fhir_socks", "sockstate", "events", "egress_events", "jmp")
 
 
 @dataclass
@@ -63,8 +63,12 @@ class Loaded:
     keep: list[Any] = field(default_factory=list)
 
 
+#: the root-only folder for every control plane's pins (/sys/fs/bpf itself is world-writable)
+PIN_ROOT = Path("/sys/fs/bpf/paritybed")
+
+
 def pin_dir(name: str) -> Path:
-    return Path("/sys/fs/bpf") / name
+    return PIN_ROOT / name
 
 
 def pinned_state_exists(name: str) -> bool:
@@ -92,9 +96,9 @@ def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
     from bcc import BPF, lib  # imported here: BCC is only needed on the kernel path
 
     bpfsys.ensure_bpffs()
-    pins = pin_dir(name)
+    pins = rootdir.secure_dir(pin_dir(name), parents=(PIN_ROOT,))
+    rootdir.check_entries(pins)
     adopted = pinned_state_exists(name)
-    pins.mkdir(parents=True, exist_ok=True)
     _check_pins(pins)
     tcp_sock = btf.tcp_sock_cflags()
     for chunk0, chunk in CHUNKS:  # smaller if the verifier balks
@@ -104,7 +108,7 @@ def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
             b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
             # sock_addr and sockopt programs need their expected attach type at load time
             fns = {n: b.load_func(n.encode(), PROG_TYPES.get(t, BPF.CGROUP_SOCK_ADDR), None,
-                                  t if t not in (SOCK_OPS, INET_EGRESS, INET_SOCK_CREATE) else -1)
+                                  t if t not in (SOCK_OPS, INET_EGRESS, INET_INGRESS, INET_SOCK_CREATE) else -1)
                    for n, t in CGROUP_PROGS.items()}
             fns.update({n: b.load_func(n.encode(), BPF.SK_MSG) for n in MSG_PROGS})
             break
@@ -164,6 +168,8 @@ def cleanup(name: str, cgroup_root: Path, *, kill_timeout: float = 5.0) -> list[
         tree.remove(cgroup_root, kill_timeout)
         done.append(f"removed cgroup {cgroup_root}")
     if pins.exists():
+        rootdir.check_root_only(PIN_ROOT)  # never follow a planted folder into someone else's pins
+        rootdir.check_root_only(pins)
         shutil.rmtree(pins)
         done.append(f"removed pins {pins}")
     return done

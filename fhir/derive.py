@@ -33,10 +33,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import orjson
 
+from paritybed.core.cache import cache_dir
 from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.fhir import charts, reidentify
 from paritybed.fhir.bundles import is_infrastructure, prepare_for_load, read_bundle, synthea_files
-from paritybed.fhir.population import Indexer, Population, cache_dir, cache_index, fingerprint_files
+from paritybed.fhir.population import Indexer, Population, cache_index, fingerprint_files
 
 #: Bump when what a copy holds changes (cached derived populations are then rebuilt).
 DERIVE_VERSION = 2

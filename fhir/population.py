@@ -24,6 +24,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from paritybed.core.cache import cache_dir
 from paritybed.core.errors import InputError
 from paritybed.fhir.bundles import (
     BundleError,
@@ -165,14 +166,6 @@ def fingerprint_files(files: list[Path]) -> str:
         h.update(f"{p.name}\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    """paritybed's cache (``$PARITYBED_CACHE``, else ``$XDG_CACHE_HOME/paritybed``)."""
-    env = os.environ.get("PARITYBED_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "paritybed"
 
 
 def load_population(

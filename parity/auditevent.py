@@ -27,6 +27,11 @@ profile; display strings, descriptions, details and identifiers are never copied
   given; ``purposeOfEvent`` on the event or ``purposeOfUse`` on an agent); accesses under it carry it and the claim in ``agent.policy``.
 * clinical context: the ``entity`` with ``type`` ``urn:paritybed:entity-type|context`` (else the
   Encounter the event references); it is only counted, never kept.
+
+HAPI FHIR's BALP AuditEvents are read too (where they differ: parity/balp.py): the resource type
+from the data or query entity, the class from the code in ``who.identifier.type`` (system
+``urn:paritybed:agent-class``, as paritybed's HAPI launcher records it), the claim from the user
+agent; an access with a claim but no lane takes the lane of the activation with that claim.  ``time="request-id"`` times events by the simulated instant in their request id.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import pyarrow as pa
 
 from paritybed.core.errors import InputError
 from paritybed.enforcer.classify import R4_TYPES
+from paritybed.parity import balp
 from paritybed.parity.deid import require_code
 from paritybed.parity.profile import Profile, Stream, _epoch_ns, build_profile, pair_key
 
@@ -195,10 +201,14 @@ def _agent_class(agents: list[dict[str, Any]], classes: dict[str, str] | None,
         for c in _coding(r):
             if c.get("system") == AGENT_CLASS:
                 return require_code(c.get("code"), f"{where}: agent.role ({AGENT_CLASS})"), a0
+    coded = balp.agent_class(a0)  # HAPI's BALP: coded in who.identifier.type (fhir/hapi/AgentIdentity)
+    if coded is not None:
+        return require_code(coded, f"{where}: agent.who.identifier.type ({AGENT_CLASS})"), a0
     return None
 
 
-def _row(ev: dict[str, Any], classes: dict[str, str] | None, where: str) -> dict[str, Any] | None:
+def _row(ev: dict[str, Any], classes: dict[str, str] | None, where: str,
+         time: str = "recorded") -> dict[str, Any] | None:
     """The aggregate-relevant fields of one AuditEvent, or None for events we do not profile.
     Only codes leave this function (parity/deid.py): the stream key and the context are kept
     for counting and pseudonymised or dropped before anything is written.  An event we profile
@@ -211,7 +221,8 @@ def _row(ev: dict[str, Any], classes: dict[str, str] | None, where: str) -> dict
     if code == ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest"):
         inter = next((CODE_INTERACTION.get(c) for s, c in subs if c in CODE_INTERACTION), None)
         rtype = next(((e.get("type") or {}).get("code") for e in entities
-                      if (e.get("type") or {}).get("system") == "http://hl7.org/fhir/resource-types"), None)
+                      if (e.get("type") or {}).get("system") == "http://hl7.org/fhir/resource-types"), None) \
+            or balp.resource_type(entities)
         if inter is None or rtype is None:
             return None
         if rtype not in R4_TYPES:
@@ -239,9 +250,10 @@ def _row(ev: dict[str, Any], classes: dict[str, str] | None, where: str) -> dict
             elif c.get("code") == "BTG" and not out["lane"]:
                 out["lane"] = "break_glass"
     out["claim"] = next((u.split(":", 3)[-1] for a in agents for u in a.get("policy", []) or []
-                         if u.startswith("urn:paritybed:break-glass-claim:")), "")
+                         if u.startswith("urn:paritybed:break-glass-claim:")), "") or balp.claim(agents)
     ids = _client_ids(agent)
-    out.update(t=parse_instant(ev["recorded"]), cls=cls,
+    t = balp.request_time(ev) if time == "request-id" else None
+    out.update(t=parse_instant(ev["recorded"]) if t is None else t, cls=cls,
                stream=(cls, ids[0] if ids else "", str(agent.get("altId", "0"))))
     for e in entities:
         et = e.get("type") or {}
@@ -250,7 +262,7 @@ def _row(ev: dict[str, Any], classes: dict[str, str] | None, where: str) -> dict
     if not out["ctx"]:
         for e in entities:
             ref = (e.get("what") or {}).get("reference", "")
-            if ref.startswith("Encounter/"):
+            if ref.startswith("Encounter/") or "/Encounter/" in ref:
                 out["ctx"] = ref
     return out
 
@@ -264,42 +276,52 @@ class AuditRows:
     unclassified: int = 0
 
 
-def read_auditevents(path: str | Path, *, agent_classes: dict[str, str] | None = None) -> AuditRows:
-    """Parse an AuditEvent NDJSON export into profile rows; errors name the file and line.
-    ``agent_classes`` maps client ids to agent classes (parity/deid.py)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such AuditEvent export")
-    rows = []
+def read_auditevents(paths: str | Path | Iterable[str | Path], *, agent_classes: dict[str, str] | None = None,
+                     time: str = "recorded") -> AuditRows:
+    """Parse AuditEvent NDJSON exports (one or several files read as one audit trail, e.g. the FHIR
+    server's and the EHR's break-glass log) into profile rows; errors name the file and line.
+    ``agent_classes`` maps client ids to agent classes (parity/deid.py); ``time``: ``recorded`` or
+    ``request-id`` (parity/balp.py)."""
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    rows: list[dict[str, Any]] = []
     unclassified = 0
-    with p.open("rb") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                ev = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                raise InputError(f"{p}:{lineno}: not valid JSON ({e})") from None
-            if not isinstance(ev, dict) or ev.get("resourceType") != "AuditEvent":
-                found = ev.get("resourceType") if isinstance(ev, dict) else type(ev).__name__
-                raise InputError(f"{p}:{lineno}: expected a FHIR AuditEvent, found {found!r}")
-            if "recorded" not in ev:
-                raise InputError(f"{p}:{lineno}: AuditEvent without 'recorded' (required in R4)")
-            try:
-                r = _row(ev, agent_classes, f"{p}:{lineno}")
-            except ValueError as e:
-                raise InputError(f"{p}:{lineno}: {e}") from None
-            if r is not None and r.get("unclassified"):
-                unclassified += 1
-            elif r is not None:
-                rows.append(r)
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"{p}: no such AuditEvent export")
+        with p.open("rb") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    ev = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise InputError(f"{p}:{lineno}: not valid JSON ({e})") from None
+                if not isinstance(ev, dict) or ev.get("resourceType") != "AuditEvent":
+                    found = ev.get("resourceType") if isinstance(ev, dict) else type(ev).__name__
+                    raise InputError(f"{p}:{lineno}: expected a FHIR AuditEvent, found {found!r}")
+                if "recorded" not in ev:
+                    raise InputError(f"{p}:{lineno}: AuditEvent without 'recorded' (required in R4)")
+                try:
+                    r = _row(ev, agent_classes, f"{p}:{lineno}", time)
+                except ValueError as e:
+                    raise InputError(f"{p}:{lineno}: {e}") from None
+                if r is not None and r.get("unclassified"):
+                    unclassified += 1
+                elif r is not None:
+                    rows.append(r)
+    names = ", ".join(map(str, paths))
     if not rows:
         if unclassified:
-            raise InputError(f"{p}: none of its {unclassified} AuditEvents of agent traffic says which agent class made "
-                             "it", hint=f"give --agent-classes MAP.json (client id -> class), or code agent.role with "
-                                        f"system {AGENT_CLASS}; display names are never used")
-        raise InputError(f"{p}: no AuditEvent of a FHIR request, egress connect or break-glass activation found",
+            raise InputError(f"{names}: none of its {unclassified} AuditEvents of agent traffic says which agent class "
+                             "made it", hint=f"give --agent-classes MAP.json (client id -> class), or code agent.role "
+                                              f"with system {AGENT_CLASS}; display names are never used")
+        raise InputError(f"{names}: no AuditEvent of a FHIR request, egress connect or break-glass activation found",
                          hint="see docs/parity.md for the fields paritybed reads")
+    # HAPI sees a break-glass claim but not its lane: the activation with that claim names it
+    lanes = {r["claim"]: r["lane"] for r in rows if r["kind"] == "lane_open" and r["claim"] and r["lane"]}
+    for r in rows:
+        if r["claim"] and not r["lane"] and r["claim"] in lanes:
+            r["lane"] = lanes[r["claim"]]
     return AuditRows(rows, unclassified)
 
 
@@ -308,10 +330,10 @@ def _enc(values: list[str]) -> tuple[np.ndarray, list[str]]:
     return a.indices.to_numpy(zero_copy_only=False).astype(np.int64), a.dictionary.to_pylist()
 
 
-def profile_from_auditevents(path: str | Path, *, arm: str = "production",
-                             agent_classes: dict[str, str] | None = None) -> Profile:
-    """The de-identified profile of an AuditEvent NDJSON export (aggregates only)."""
-    return profile_from_rows(read_auditevents(path, agent_classes=agent_classes).rows, arm=arm)
+def profile_from_auditevents(paths: str | Path | Iterable[str | Path], *, arm: str = "production",
+                             agent_classes: dict[str, str] | None = None, time: str = "recorded") -> Profile:
+    """The de-identified profile of AuditEvent NDJSON exports (aggregates only)."""
+    return profile_from_rows(read_auditevents(paths, agent_classes=agent_classes, time=time).rows, arm=arm)
 
 
 def profile_from_rows(rows: list[dict[str, Any]], *, arm: str = "production") -> Profile:

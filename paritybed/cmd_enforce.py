@@ -194,7 +194,7 @@ def _run(pol: Any, reg_path: Path, agent: str, command: list[str], observe: bool
         time.sleep(0.05)
         events += _show(ke.drain(), observe)
     finally:
-        lost = ke.lost_events()
+        lost = {"total": ke.lost_events(), "by": ke.lost_by(), "kernel_counters": ke.counters()}
         ke.close()
     summary = _summary(events, lost, code, observe)
     from paritybed.parity.anchors import log_anchor
@@ -216,6 +216,10 @@ def _show(events: list[dict[str, Any]], observe: bool) -> list[dict[str, Any]]:
                 err.print(f"[red]{e['event']}[/] after {e.get('reason', '')}: every further request and connect of "
                           "the agent is denied until released or the policy's quarantine hold ends", highlight=False)
                 continue
+            if e.get("refused"):
+                err.print(f"[red]refused[/] {e['refused']} (hook {e.get('hook', '')}): the caller got an error, "
+                          "the agent is not quarantined for it", highlight=False)
+                continue
             if e.get("kind") == "fhir":
                 shape = e.get("shape") or ""
                 what = " ".join(x for x in (e.get("method"), e.get("resource_type"), e.get("interaction")) if x)
@@ -226,7 +230,7 @@ def _show(events: list[dict[str, Any]], observe: bool) -> list[dict[str, Any]]:
     return events
 
 
-def _summary(events: list[dict[str, Any]], lost: int, code: int, observe: bool) -> dict[str, Any]:
+def _summary(events: list[dict[str, Any]], lost: dict[str, Any], code: int, observe: bool) -> dict[str, Any]:
     from paritybed.enforcer.events import summarize
 
     s = summarize(events)
@@ -244,10 +248,20 @@ def _summary(events: list[dict[str, Any]], lost: int, code: int, observe: bool) 
             fc.add_row(addr, str(e.get("endpoint") or "-"), str(e.get("baa_id") or "-"), str(e.get("registry_version")),
                        e.get("reason") or "allowed")
         out.print(fc)
-    out.print(f"lost events: {lost}" + ("" if not lost else "  [red](the ring buffer overflowed: counted, not silent)[/]"))
+    out.print(f"lost events: {lost['total']}" + ("" if not lost["total"] else
+                                                 "  [red](a ring buffer overflowed: counted, not silent)[/]"))
+    if lost["by"]:
+        lt = Table(title="decisions the kernel made but could not record in detail (ring buffer full)")
+        for col in ("replica", "kind", "decision", "reason", "hook", "count"):
+            lt.add_column(col, justify="right" if col == "count" else "left")
+        for d in lost["by"]:
+            lt.add_row(f"{d['agent']}-{d['replica']}", d["kind"], d["decision"], d["reason"] or "allowed", d["hook"],
+                       str(d["count"]))
+        out.print(lt)
     return {"decisions": [{"kind": k, "event": ev, "reason": r, "shape": sh, "count": n}
                           for (k, ev, r, sh), n in sorted(s["decisions"].items())],
-            "first_contacts": sorted(s["first_contacts"]), "lost_events": lost, "exit_code": code}
+            "first_contacts": sorted(s["first_contacts"]), "lost_events": lost["total"], "lost_by": lost["by"],
+            "kernel_counters": lost["kernel_counters"], "exit_code": code}
 
 
 def _write_observed(events: list[dict[str, Any]], pol: Any, agent: str, reg_path: Path, out_dir: Path) -> None:

@@ -7,7 +7,7 @@ Exit codes: 0 pass / ok, 1 parity fail / broken log, 2 usage or input error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -80,19 +80,25 @@ def _scorecard(crit) -> None:  # noqa: ANN001 - paritybed.parity.criteria.Criter
 
 
 def profile_command(
-    auditevents: Path = typer.Argument(..., help="FHIR R4 AuditEvent export, one JSON resource per line"),
+    auditevents: List[Path] = typer.Argument(..., help="FHIR R4 AuditEvent exports, one JSON resource per line "
+                                                      "(several files are read as one trail)"),
     out_path: Path = typer.Option(..., "--out", help="where to write profile.json"),
     arm: str = typer.Option("production", "--arm", help="label recorded in the profile"),
     agent_classes: Optional[Path] = typer.Option(None, "--agent-classes", help="JSON object mapping client ids "
                                                  "(agent.who.identifier.value or who.reference) to agent classes"),
+    time: str = typer.Option("recorded", "--time", help="recorded: each event's 'recorded' instant; request-id: the "
+                             "simulated instant a paritybed live run sent in X-Request-ID (HAPI's BALP keeps it)"),
 ) -> None:
+    from paritybed.core.errors import InputError
     from paritybed.parity.auditevent import profile_from_rows, read_auditevents
     from paritybed.parity.deid import load_agent_classes
     from paritybed.parity.profile import save_profile
 
+    if time not in ("recorded", "request-id"):
+        raise InputError(f"--time: expected recorded or request-id; found {time!r}")
     classes = load_agent_classes(agent_classes) if agent_classes else None
-    with out.status(f"reading {auditevents}"):
-        read = read_auditevents(auditevents, agent_classes=classes)
+    with out.status(f"reading {', '.join(map(str, auditevents))}"):
+        read = read_auditevents(auditevents, agent_classes=classes, time=time)
         p = profile_from_rows(read.rows, arm=arm)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_profile(p, out_path)

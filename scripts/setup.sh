@@ -7,6 +7,8 @@
 #  3. the Python venv at .venv with paritybed and its pinned dependencies (editable).
 #  4. BCC's Python module exposed to the venv (the PyPI package named `bcc` is unrelated).
 #  5. Synthea resolved from Maven Central into the paritybed cache (or SYNTHEA_JAR used).
+#  6. the HAPI FHIR server (fhir/hapi, a Maven module) built into the paritybed cache, keyed by
+#     a hash of its sources (`paritybed fhir hapi`).  Under CI a failed build fails set-up.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -127,5 +129,22 @@ else
 fi
 if [ "${PARITYBED_REQUIRE_SYNTHEA:-}" = 1 ] && ! command -v java >/dev/null 2>&1; then
   synthea_missing "java not found: Synthea cannot run (install openjdk-17-jre-headless)"
+fi
+
+# ---------------------------------------------------------------- 6. HAPI FHIR (fhir/hapi)
+# Idempotent: python -m paritybed.fhir.hapi_build returns at once when the build of the current
+# sources exists (~/.cache/paritybed/hapi/<version>/<hash>/), else runs Maven (~10 s with the
+# jars in ~/.m2, a few minutes on a fresh machine).
+if command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1; then
+  if ! hapi_dir="$(.venv/bin/python -P -m paritybed.fhir.hapi_build)"; then
+    if [ "${PARITYBED_REQUIRE_HAPI:-}" = 1 ]; then
+      warn "PARITYBED_REQUIRE_HAPI=1: the HAPI FHIR server did not build (see the message above)"; exit 3
+    fi
+    warn "the HAPI FHIR server did not build: \`paritybed fhir hapi\` and the HAPI tests will say so"
+  fi
+elif [ "${PARITYBED_REQUIRE_HAPI:-}" = 1 ]; then
+  warn "PARITYBED_REQUIRE_HAPI=1: Java and Maven are needed to build the HAPI FHIR server"; exit 3
+else
+  warn "Java/Maven not found: the HAPI FHIR server is not built (\`paritybed fhir hapi\` will say so)"
 fi
 say "ready: .venv/bin/paritybed"

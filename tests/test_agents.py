@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
@@ -18,20 +17,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from paritybed.agents.bodies import BUILDERS, body_for
 from paritybed.agents.live import FhirConnection, command_for, request_bytes, start_worker
 from paritybed.fhir.population import load_population
-from paritybed.run import simulate_arm, with_duration
-from paritybed.scenarios import PopulationSettings, load_scenario
 
-REPO = Path(__file__).resolve().parent.parent
 START = "2026-01-05T06:00:00+00:00"
-
-
-@pytest.fixture(scope="module")
-def rows(shared_synthea):
-    """Both arms of the tiny scenario over the shared patients (12 h, every agent and lane)."""
-    sc = load_scenario(REPO / "scenarios" / "tiny.yaml").model_copy(update={"population": PopulationSettings(folder=str(shared_synthea))})
-    sc = with_duration(sc, hours=12)
-    pop = load_population(shared_synthea)
-    return [r for a in ("production", "staging") for r in simulate_arm(sc, a, pop).to_pylist()]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import pytest
 
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, Pair, Policy
-from paritybed.enforcer.registry import Registry, save_registry
+from paritybed.enforcer.registry import Endpoint, Registry, save_registry
 
 pytestmark = pytest.mark.bpf
 
@@ -75,11 +75,14 @@ def env() -> Iterator[dict[str, Any]]:
     script.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
     sink = Sink()
     udp = UdpSink(int(sink.address.rsplit(":", 1)[1]))
+    lab = UdpSink(0)  # an endpoint the agent may send to (BAA and envelope): what arrives there
+    lab4 = f"127.0.0.1:{lab.sock.getsockname()[1]}"
     reg = tmp / "baa-registry.json"
-    save_registry(Registry(version=1), reg)
+    save_registry(Registry(version=1, endpoints=[Endpoint(name="lab", address=lab4, baa_id="BAA-T", vendor="test",
+                                                          status="active", effective_from="2020-01-01")]), reg)
     allow = [Pair(type="Observation", interaction=i) for i in ("search", "read", "create")]
     policy = Policy(agents={"cds": AgentPolicy(agent_class="cds", fhir=FhirPolicy(server=sink.address, allow=allow),
-                                               response="deny")})
+                                               egress=["lab"], response="deny")})
     cleanup("pbt-adversary")
     ke = KernelEnforcer(policy, reg, start=dt.datetime(2025, 3, 3, tzinfo=dt.timezone.utc), clock="real",
                         name="pbt-adversary", event_log=tmp / "events.jsonl")
@@ -87,23 +90,26 @@ def env() -> Iterator[dict[str, Any]]:
     ping = Path("/proc/sys/net/ipv4/ping_group_range")
     ping_was = ping.read_text()
     ping.write_text("0 2147483647")  # as on many distributions: ICMP sockets open to every group
-    yield {"ke": ke, "sink": sink, "udp": udp, "script": script, "tmp": tmp}
+    yield {"ke": ke, "sink": sink, "udp": udp, "lab": lab, "lab4": lab4, "script": script, "tmp": tmp}
     ping.write_text(ping_was)
     ke.close()
     sink.close()
     udp.close()
+    lab.close()
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(env: dict[str, Any], name: str, *, paused: bool = False, interact: Any = None, **cfg: Any) -> dict[str, Any]:
+def run(env: dict[str, Any], name: str, *, paused: bool = False, interact: Any = None, confine: bool = True,
+        **cfg: Any) -> dict[str, Any]:
     """One attack as nobody inside the replica; returns its report once every byte it could send
-    had time to arrive (the sink is resumed first when it was paused)."""
+    had time to arrive (the sink is resumed first when it was paused).  confine=False runs it
+    without the seccomp filter: the kernel programs alone."""
     sink = env["sink"]
-    cfg = {"fhir": sink.address, "outside": "127.0.0.2", **cfg}
+    cfg = {"fhir": sink.address, "outside": "127.0.0.2", "lab4": env["lab4"], **cfg}
     if paused:
         sink.pause()
     p = env["ke"].spawn("cds", 0, [PYTHON, str(env["script"]), name, json.dumps(cfg)], user=NOBODY, group=NOBODY,
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, confine=confine)
     try:
         if interact is not None:
             interact(p)
@@ -244,7 +250,8 @@ def test_other_syscalls(clean: dict[str, Any]) -> None:
 
 
 def test_io_uring(clean: dict[str, Any]) -> None:
-    res = run(clean, "io_uring")
+    """Without the seccomp filter (which refuses io_uring outright): sk_msg alone holds."""
+    res = run(clean, "io_uring", confine=False)
     assert set(res) - {"uid"} == {"send", "write", "sendmsg", "send-sqpoll", "write-sqpoll", "sendmsg-sqpoll"}
     for op, r in res.items():
         if op != "uid":
@@ -297,6 +304,113 @@ def test_a_listener_inside_the_replica_accepts_nothing(clean: dict[str, Any]) ->
     assert res["accepted"] is False and "got" not in outcome
     [ev] = [e for e in kernel_events(clean) if e.get("hook") == "inbound"]
     assert (ev["event"], ev["reason"]) == ("deny", "egress-not-in-envelope")
+
+
+def test_a_listener_with_syn_cookies_accepts_nothing(clean: dict[str, Any]) -> None:
+    """Backlog 0: the kernel answers further SYNs with cookies, whose SYN-ACK has no owning socket
+    (no egress hook sees it).  The SYN itself is dropped at the listener (ingress hook)."""
+    outcome: dict[str, Any] = {"connected": 0, "got": b""}
+
+    def outsiders(p: Any) -> None:
+        port = json.loads(p.stdout.readline())["port"]
+
+        def one() -> None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.5) as s:
+                    outcome["connected"] += 1
+                    s.settimeout(1.5)
+                    outcome["got"] += s.recv(100)
+            except OSError:
+                pass
+        ts = [threading.Thread(target=one) for _ in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    res = run(clean, "listen_backlog0", interact=outsiders)
+    assert res["accepted"] == 0 and outcome["connected"] == 0 and SECRET not in outcome["got"]
+    inbound = [e for e in kernel_events(clean) if e.get("hook") == "inbound"]
+    assert inbound and all(e["event"] == "deny" for e in inbound)
+
+
+def test_routing_headers_and_ip_options_are_refused(clean: dict[str, Any]) -> None:
+    before = len(clean["lab"].got)
+    res = run(clean, "routing_headers")
+    assert {k: res[k] for k in ("rthdr", "hopopts", "dstopts", "ip_options")} == dict.fromkeys(
+        ("rthdr", "hopopts", "dstopts", "ip_options"), errno.EPERM)
+    assert res["lsrr_cmsg"] == errno.EPERM and res["nop_cmsg"] == errno.EPERM and res["plain_datagram"] == len(b"plain")
+    got = clean["lab"].got[before:]
+    assert got == [b"plain"], "only the datagram without a source route arrived"
+    evs = kernel_events(clean)
+    refused = {e["refused"] for e in evs if e.get("reason") == "refused"}
+    assert {"setsockopt IPV6_RTHDR", "setsockopt IP_OPTIONS", "setsockopt IPV6_HOPOPTS"} <= refused
+    assert "packet with IPv4 options (first option 1)" in refused
+
+
+def test_socket_families_no_hook_sees_and_io_uring_are_refused(clean: dict[str, Any]) -> None:
+    res = run(clean, "socket_families")
+    for fam in ("vsock", "tipc", "rds", "kcm", "smc", "alg", "packet", "socketpair_vsock"):
+        assert res[fam] == errno.EAFNOSUPPORT, (fam, res[fam])
+    assert res["unix"] == "created" and res["netlink"] == "created"
+    assert res["io_uring"] == errno.EPERM
+
+
+def test_a_conditional_create_is_a_hidden_search(clean: dict[str, Any]) -> None:
+    res = run(clean, "if_none_exist")
+    assert res["conditional_create"] == errno.EACCES
+    [ev] = [e for e in kernel_events(clean) if e["event"] == "deny"]
+    assert (ev["shape"], ev["reason"]) == ("method-override", "unclassifiable")
+    assert b"If-None-Exist" not in clean["sink"].data()[-4096:]
+
+
+def test_a_flood_of_denials_does_not_hide_a_forbidden_request(clean: dict[str, Any]) -> None:
+    """Egress denials and FHIR decisions have rings of their own, and what a full ring drops is
+    counted by replica, kind and reason: the kernel's counters equal what was recorded plus what
+    was counted as lost."""
+    ke = clean["ke"]
+    c0 = ke.counters()["egress"].get("egress-not-in-BAA", 0)
+    lost0 = sum(d["count"] for d in ke.lost_by() if d["reason"] == "egress-not-in-BAA")
+    res = run(clean, "flood_then_forbidden", seconds=2.0)
+    assert res["forbidden"] == errno.EACCES
+    evs = kernel_events(clean)
+    fhir = [e for e in evs if e.get("kind") == "fhir" and e["event"] == "deny"]
+    assert [e["resource_type"] for e in fhir] == ["Patient"], "the FHIR denial is recorded in detail"
+    recorded = sum(1 for e in evs if e["event"] == "deny" and e.get("reason") == "egress-not-in-BAA")
+    counted = ke.counters()["egress"].get("egress-not-in-BAA", 0) - c0
+    lost = sum(d["count"] for d in ke.lost_by() if d["reason"] == "egress-not-in-BAA") - lost0
+    assert counted > 1000 and recorded + lost == counted
+
+
+def test_the_pin_folder_is_root_only(clean: dict[str, Any]) -> None:
+    """/sys/fs/bpf is world-writable: the pins live in a root-only folder below it, so an agent
+    cannot plant a pin folder (or symlinks to maps of its own) for a control plane that starts
+    later; a folder that is not root's is refused, not adopted."""
+    from paritybed.core.errors import EnvironmentProblem
+    from paritybed.enforcer import rootdir
+    from paritybed.enforcer.kernel_load import PIN_ROOT, pin_dir
+
+    st = PIN_ROOT.lstat()
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) & 0o077 == 0
+    assert pin_dir("pbt-adversary").parent == PIN_ROOT
+    p = subprocess.run(["/usr/bin/mkdir", str(PIN_ROOT / "planted")], user=NOBODY, group=NOBODY, capture_output=True)
+    assert p.returncode != 0 and not (PIN_ROOT / "planted").exists()
+    planted = Path(tempfile.mkdtemp(prefix="pbt-planted-"))
+    try:
+        os.chown(planted, NOBODY, NOBODY)
+        with pytest.raises(EnvironmentProblem, match="owned by uid 65534"):
+            rootdir.check_root_only(planted)
+        os.chown(planted, 0, 0)
+        planted.chmod(0o777)
+        with pytest.raises(EnvironmentProblem, match="writable by group or others"):
+            rootdir.check_root_only(planted)
+        link = planted.parent / (planted.name + "-link")
+        link.symlink_to(planted)
+        with pytest.raises(EnvironmentProblem, match="symbolic link"):
+            rootdir.check_root_only(link)
+        link.unlink()
+    finally:
+        shutil.rmtree(planted, ignore_errors=True)
 
 
 def test_the_agent_still_works_after_all_this(clean: dict[str, Any]) -> None:

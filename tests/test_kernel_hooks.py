@@ -371,3 +371,31 @@ def test_event_log_is_hash_chained(env: dict[str, Any]) -> None:
     time.sleep(0.1)
     v = verify(env["tmp"] / "events.jsonl")
     assert v.ok and v.records > 5, v.problem
+
+
+def test_each_replica_can_have_its_own_virtual_clock(env: dict[str, Any]) -> None:
+    """set_clock(t, replica=...): replicas decided at their own simulated times, side by side (what
+    lets a live driver keep rows of different replicas in flight at once)."""
+    ke = env["ke"]
+    for n in (1, 2):
+        ke.add_replica("quar-a", n)
+    ke.set_clock(0)
+    ke.set_clock(10 * S, replica=("quar-a", 1))
+    ke.set_clock(500 * S, replica=("quar-a", 2))
+    p1, p2 = probe(env, "quar-a", 1), probe(env, "quar-a", 2)
+    try:
+        events(env)
+        assert http(p1, env, PATIENT)["errno"] == errno.EACCES  # quarantined at replica 1's t = 10 s
+        assert next(e for e in events(env, "quar-a") if e["event"] == "quarantine")["until_ns"] == 70 * S
+        ke.set_clock(1000 * S)  # the shared clock moves on; replica 1 keeps its own time
+        assert http(p1, env, OBS)["ok"] is False
+        ke.set_clock(69 * S, replica=("quar-a", 1))
+        assert http(p1, env, OBS)["ok"] is False
+        ke.set_clock(70 * S, replica=("quar-a", 1))  # its own hold is over at its own 70 s
+        assert http(p1, env, OBS)["status"] == 200
+        assert http(p2, env, OBS)["status"] == 200  # replica 2 (own clock 500 s) was never touched
+        denied_at = [e["t_ns"] for e in events(env, "quar-a") if e["kind"] == "egress" and e["event"] == "deny"]
+        assert denied_at and set(denied_at) <= {10 * S, 69 * S}  # each decision at replica 1's own time
+    finally:
+        p1.close()
+        p2.close()
