@@ -24,6 +24,7 @@ exactly (a year or year-month date) makes its variant be indexed for every copy 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -376,7 +377,8 @@ def prebuilt(folder: Path) -> Path | None:
     """The database of a derived population, built once into its cache folder and reused: a new
     store then restores it (`Store.restore`, seconds) instead of loading 250,000 resources.
     Built (bulk, ~1 minute per 6,500 patients here) on first use; None for a folder that is not
-    an intact derived population (the generic load then)."""
+    an intact derived population (the generic load then).  Callers at the same time (the demo's
+    background builder and a server starting) wait for one build instead of making two."""
     found = _manifest(folder)
     if found is None:
         return None
@@ -387,8 +389,17 @@ def prebuilt(folder: Path) -> Path | None:
     except (OSError, InputError):
         return None
     path = root / DB_NAME
-    if path.is_file() and _stamp(path) == (manifest["fingerprint"], INDEX_VERSION):
+    if _stamp(path) == (manifest["fingerprint"], INDEX_VERSION):
         return path
+    with open(root / f".{DB_NAME}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        if _stamp(path) == (manifest["fingerprint"], INDEX_VERSION):
+            return path  # built by whoever held the lock
+        return _build(folder, path)
+
+
+def _build(folder: Path, path: Path) -> Path | None:
+    """`prebuilt`'s database written to a scratch file renamed into place (`path`)."""
     probe = Store()
     loader = derived_loader(probe, folder)
     probe.close()

@@ -179,6 +179,30 @@ def test_a_new_store_restores_the_prebuilt_database(derived: Path, cache: Path, 
     assert dump(tmp_path / "demo.db")[0].keys() - dump(db)[0].keys() == {("Patient", "extra")}
 
 
+def test_callers_at_the_same_time_wait_for_one_build(derived: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's background builder and a server starting on the same population: one build."""
+    import threading
+    import time
+
+    monkeypatch.setenv("PARITYBED_CACHE", str(cache))
+    (derived / bulk.DB_NAME).unlink(missing_ok=True)
+    real, builds = bulk._build, []
+
+    def counted(folder: Path, path: Path) -> Path | None:
+        builds.append(path)
+        time.sleep(0.5)  # the other caller arrives while this one builds
+        return real(folder, path)
+
+    monkeypatch.setattr(bulk, "_build", counted)
+    got: list[Path | None] = []
+    callers = [threading.Thread(target=lambda: got.append(bulk.prebuilt(derived))) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(builds) == 1 and got == [derived / bulk.DB_NAME] * 2
+
+
 def week_on(folder: Path, derive_settings: object | None, days: float) -> tuple:
     """The default scenario on `folder` (derived with `derive_settings`, else plain) for `days`."""
     from paritybed.run import prepare_populations, with_duration
