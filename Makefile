@@ -1,10 +1,13 @@
 # The two commands of the README: `make demo` and `make test`. Both do all set-up first.
+# `make calibrate` re-runs the gate's calibration (docs/parity.md, "Calibration").
 SHELL := /bin/bash
 VENV := .venv
 PB := $(VENV)/bin/paritybed
 DEMO_OUT ?= runs/demo
+CALIBRATION_OUT ?= runs/calibration
+HELDOUT_OUT ?= runs/heldout
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench calibrate clean
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +20,13 @@ test: setup
 
 bench: setup
 	@$(VENV)/bin/python benchmarks/__main__.py $(BENCH_ARGS)  # as a script: see benchmarks/__main__.py
+
+# The calibration sweep, the held-out sweep (both resumable: an interrupted `make calibrate`
+# continues; a code change reruns them), then the thresholds, their plots and the held-out score.
+calibrate: setup
+	@$(PB) sweep sweeps/calibration.yaml --out $(CALIBRATION_OUT) $(SWEEP_ARGS)
+	@$(PB) sweep sweeps/heldout.yaml --out $(HELDOUT_OUT) $(SWEEP_ARGS)
+	@$(PB) calibrate $(CALIBRATION_OUT) --holdout $(HELDOUT_OUT) --out sweeps/calibration.json --plots docs/calibration
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info

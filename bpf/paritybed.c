@@ -145,13 +145,11 @@ static __always_inline struct pb_event *pb_reserve(u64 cgid, u8 kind, u8 decisio
         lk.decision = decision;
         lk.reason = reason;
         lk.hook = hook;
+        u64 zero = 0; /* insert-if-absent, then add: two CPUs creating the entry lose no count */
+        lost_by.insert(&lk, &zero);
         u64 *n = lost_by.lookup(&lk);
-        if (n) {
+        if (n)
             __sync_fetch_and_add(n, 1);
-        } else {
-            u64 one = 1;
-            lost_by.update(&lk, &one);
-        }
     }
     return e;
 }

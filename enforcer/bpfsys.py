@@ -1,8 +1,10 @@
 """The few bpf(2) commands BCC 0.26's Python module does not expose: pin, get a pinned object,
-object info (map sizes, program run-time statistics), detach and query cgroup attachments.
+object info (map sizes, program run-time statistics), detach and query cgroup attachments; and
+`ReplicaClock`, one map update without importing BCC.
 
-Used by the control plane (pinning, adoption, cleanup without compiling anything) and by the
-benchmark (per-program run_time_ns / run_cnt with kernel.bpf_stats_enabled=1).
+Used by the control plane (pinning, adoption, cleanup without compiling anything), by the
+benchmark (per-program run_time_ns / run_cnt with kernel.bpf_stats_enabled=1) and by live mode's
+replica worker (its own virtual clock).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 _libc = ct.CDLL(None, use_errno=True)
 _libc.syscall.restype = ct.c_long
 SYS_BPF = 321  # x86_64
+BPF_MAP_UPDATE_ELEM = 2
 BPF_OBJ_PIN, BPF_OBJ_GET, BPF_PROG_ATTACH, BPF_PROG_DETACH = 6, 7, 8, 9
 BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_QUERY = 13, 15, 16
 
@@ -28,6 +31,10 @@ class _ObjAttr(ct.Structure):
 class _AttachAttr(ct.Structure):
     _fields_ = [("target_fd", u32), ("attach_bpf_fd", u32), ("attach_type", u32), ("attach_flags", u32),
                 ("replace_bpf_fd", u32), ("pad", u32 * 3)]
+
+
+class _ElemAttr(ct.Structure):
+    _fields_ = [("map_fd", u32), ("pad", u32), ("key", u64), ("value", u64), ("flags", u64)]
 
 
 class _InfoAttr(ct.Structure):
@@ -135,3 +142,24 @@ class _IdAttr(ct.Structure):
 def prog_fd_by_id(prog_id: int) -> int:
     """An fd for a loaded program by its id (BPF_PROG_GET_FD_BY_ID)."""
     return _bpf(BPF_PROG_GET_FD_BY_ID, _IdAttr(id=prog_id))
+
+
+class ReplicaClock:
+    """One replica's entry in the kernel's ``vclock`` map, set through an inherited map fd.
+
+    The control plane hands the fd (`KernelEnforcer.replica_clock`) to the process that replays
+    the replica's schedule on the virtual clock (live mode's worker), which sets the replica's
+    simulated time itself right before each row's send or connect: the kernel then decides the
+    row at that time, with no round trip to the control plane per row.  A map update through an
+    fd needs no capability (checked on this kernel with ``unprivileged_bpf_disabled=2``)."""
+
+    def __init__(self, fd: int, cgroup_id: int) -> None:
+        self._key, self._value = ct.c_uint64(cgroup_id), ct.c_int64(0)
+        self._attr = _ElemAttr(map_fd=fd, key=ct.addressof(self._key), value=ct.addressof(self._value))
+        self._ref, self._size = ct.byref(self._attr), ct.sizeof(self._attr)
+
+    def set(self, t_ns: int) -> None:
+        self._value.value = t_ns
+        if _libc.syscall(SYS_BPF, BPF_MAP_UPDATE_ELEM, self._ref, self._size) < 0:
+            e = ct.get_errno()
+            raise OSError(e, f"setting the replica's virtual clock: {os.strerror(e)}")

@@ -151,6 +151,18 @@ class KernelEnforcer:
         cgid = self._replicas[replica][0]
         self.maps.put("vclock", ct.c_uint64(cgid), ct.c_int64(int(t_ns)))
 
+    def replica_clock(self, agent: str, replica: int) -> tuple[int, int]:
+        """(fd of the ``vclock`` map, the replica's key in it) for a process that replays the
+        replica's schedule and sets its clock itself before each row (`bpfsys.ReplicaClock`; live
+        mode's worker): the same entry ``set_clock(t, replica=...)`` writes, without a round trip
+        to the control plane per row.  The fd is the control plane's: pass it to the child
+        (``pass_fds``), do not close it."""
+        if self.clock.real:
+            raise InputError("replica clocks are for the virtual clock; this enforcer runs on the real clock")
+        if (agent, replica) not in self._replicas:
+            self.add_replica(agent, replica)
+        return self.maps.fds["vclock"], self._replicas[(agent, replica)][0]
+
     def now_ns(self) -> int:
         """Simulated time now (the virtual clock's value, or the real clock mapped back)."""
         if self.clock.real:

@@ -267,6 +267,8 @@ class BulkLoader:
                 for c in batch:
                     next_rid = self._copy(c, next_rid, rows)
                 self._insert(rows)
+                for rtype in {r[1] for r in rows["resources"]}:
+                    store._changed(rtype)  # searches remembered by any process sharing the database
             if progress:
                 progress(len(batch))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import threading
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -220,7 +221,7 @@ def _read_pickle(path: Path) -> Population | None:
 def _write_pickle(path: Path, pop: Population) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")  # one writer per name: atomic replace
         with tmp.open("wb") as f:
             pickle.dump(pop, f, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(path)

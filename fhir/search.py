@@ -38,6 +38,8 @@ from paritybed.fhir.store import Store
 
 DEFAULT_COUNT = 20  # HAPI's default page size
 MAX_COUNT = 1000
+#: Matches of a search kept for its pages (beyond: the number is kept, each page is a query).
+KEPT_MATCHES = 2000
 MAX_CHAIN = 4  # hops of a chain or nested _has
 
 #: Result parameters understood on every search (each at most once).
@@ -405,10 +407,10 @@ def _sort(s: Search, raw: str) -> None:
         else:
             raise FhirError(400, f"_sort={item!r}: {s.rtype} has no sortable parameter '{name}' "
                                  "(_id, _lastUpdated or a parameter of the type, each optionally with '-')")
-        if expr.startswith("("):  # a resource may lack the element: those sort last
-            s.order.append(f"{expr} IS NULL")
-            s.order_args.extend(args)
-        s.order.append(f"{expr} {'DESC' if desc else 'ASC'}")
+        # A resource may lack the element: those sort last (one index lookup per candidate with
+        # NULLS LAST, where a separate "IS NULL" key looked the value up twice).
+        nulls = " NULLS LAST" if expr.startswith("(") else ""
+        s.order.append(f"{expr} {'DESC' if desc else 'ASC'}{nulls}")
         s.order_args.extend(args)
 
 
@@ -506,7 +508,14 @@ Row = tuple[int, str, str, bytes]  # rid, type, id, body
 
 
 def run(store: Store, s: Search) -> tuple[int | None, list[Row], list[Row]]:
-    """(total, matches of the page, included resources)."""
+    """(total, matches of the page, included resources).
+
+    A search on the type's own index (every condition an index test of the resource itself, no
+    chain, ``_has`` or compartment) depends on resources of that type only: its matches, in the
+    search's order, are kept (`Store.remembered`) until a resource of the type is written, and its
+    pages and its total come from them, as HAPI FHIR pages through a search's stored result list.
+    The agents' second page (``_offset=50``) then costs one read of 50 bodies by key, and no page
+    needs a separate count (docs/fhir.md, "Performance")."""
     conds = sorted(s.conds, key=lambda c: c.rank)
     # The most selective positive condition drives (IN over its index), the others are checked
     # per candidate (EXISTS on the index by rid): measured ~10x faster than IN for all.
@@ -515,17 +524,41 @@ def run(store: Store, s: Search) -> tuple[int | None, list[Row], list[Row]]:
         sql, a = c.sql(driving=i == 0 and not c.negated, alias="r")
         clauses.append(sql)
         args.extend(a)
-    total = _total(store, s, conds) if s.with_total else None
+    where, order = " AND ".join(clauses), ", ".join([*s.order, "r.rid"])
+    total: int | None = None
+    kept: list[int] | None = None
+    if all(isinstance(c, IndexCond) for c in conds):
+        total, kept = store.remembered(s.rtype, ("search", where, tuple(args), order, tuple(s.order_args)),
+                                       lambda: _matches(store, s, conds, where, args, order))
+    elif s.with_total:
+        total = _total(store, s, conds)
     rows: list[Row] = []
-    if s.count > 0 and (total is None or s.offset < total):
-        order = ", ".join([*s.order, "r.rid"])
-        rows = store.query(
-            f"SELECT r.rid, r.type, r.id, r.body FROM resources r WHERE {' AND '.join(clauses)} "
-            f"ORDER BY {order} LIMIT ? OFFSET ?",
-            [*args, *s.order_args, s.count, s.offset],
-        )
+    if kept is not None:
+        rows = store.rows_by_rid(kept[s.offset:s.offset + s.count]) if s.count > 0 else []
+    elif s.count > 0 and (total is None or s.offset < total):
+        if s.order:
+            # Sorted: the page's ids first, its bodies after.  Sorting (id, body) rows copied every
+            # matching body into SQLite's sorter; sorting ids and then reading one page of bodies
+            # by primary key halved the agents' sorted searches (docs/fhir.md, "Performance").
+            page = store.query(f"SELECT r.rid FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                               [*args, *s.order_args, s.count, s.offset])
+            rows = store.rows_by_rid([rid for rid, in page])
+        else:  # in id order SQLite stops at the page without a sorter: one query is cheaper
+            rows = store.query(f"SELECT r.rid, r.type, r.id, r.body FROM resources r WHERE {where} "
+                               f"ORDER BY {order} LIMIT ? OFFSET ?", [*args, s.count, s.offset])
     included = inc.resolve(store, rows, s.includes) if s.includes and rows else []
-    return total, rows, included
+    return (total if s.with_total else None), rows, included
+
+
+def _matches(store: Store, s: Search, conds: list[Cond], where: str, args: list[Any],
+             order: str) -> tuple[int, list[int] | None]:
+    """(number of matches, their ids in the search's order), or (number, None) beyond
+    `KEPT_MATCHES` (each page is then a query of its own)."""
+    rids = [rid for rid, in store.query(f"SELECT r.rid FROM resources r WHERE {where} ORDER BY {order} LIMIT ?",
+                                        [*args, *s.order_args, KEPT_MATCHES + 1])]
+    if len(rids) <= KEPT_MATCHES:
+        return len(rids), rids
+    return _total(store, s, conds), None
 
 
 def find_ids(store: Store, rtype: str, query: str, limit: int = 2) -> list[str]:

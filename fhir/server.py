@@ -4,7 +4,9 @@ Public entry points:
 
 * `create_app(db)` — the ASGI app over a SQLite store (a file or ``:memory:``);
 * `running_server(db=..., load=[folders])` — a context manager that serves the app with uvicorn
-  in a background thread on a free loopback port and yields the base URL (tests, live mode);
+  in a background thread on a free loopback port and yields the base URL (tests);
+* `running_server_processes(load=[folders])` — the same from one process per core over a
+  shared SQLite file (live mode, where the server's searches bound the rate);
 * `serve(...)` — what ``paritybed fhir serve`` runs.
 
 uvicorn runs with uvloop and httptools, without access log: the same stack the benchmark
@@ -13,6 +15,8 @@ measures against a bare endpoint.
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import threading
 import time
@@ -142,6 +146,84 @@ def running_server(
         store.close()
 
 
+@contextmanager
+def running_server_processes(
+    load: Iterable[str | Path],
+    *,
+    processes: int = 0,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    keep_alive_s: float = 600.0,
+    startup_timeout: float = 60.0,
+) -> Iterator[str]:
+    """Serve the FHIR app from ``processes`` processes (0: one per core) sharing one listening
+    socket and one SQLite file (WAL), loaded first with the `load` folders (a copy of the cached
+    load when there is one: `loader.cached_db`); yields the base URL.
+
+    Live mode uses it: the server's searches are what bounds live mode's rate, and one process
+    (one interpreter) uses one core.  Each process is ``python -m paritybed.fhir.server``, an
+    ordinary uvicorn server over the shared database (SQLite serializes the writers; reads run in
+    parallel).  Idle keep-alive connections are kept for `keep_alive_s` (uvicorn's default is
+    5 s), since a replica's connection may idle between its rows.  On exit the processes stop and
+    the database is removed."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from paritybed.fhir.loader import build_db, cached_db
+
+    processes = processes or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="paritybed-fhir-") as tmp:
+        db = Path(tmp) / "fhir.sqlite"
+        folders = list(load)
+        (cached_db if folders else build_db)(folders, db)
+        sock = bind(host, port)
+        procs: list[subprocess.Popen] = []
+        try:
+            for _ in range(processes):
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-P", "-m", "paritybed.fhir.server", "--fd", str(sock.fileno()), "--db", str(db),
+                     "--keep-alive", str(keep_alive_s)], pass_fds=(sock.fileno(),), stdout=subprocess.PIPE))
+            deadline = time.monotonic() + startup_timeout
+            for p in procs:
+                assert p.stdout is not None
+                ready = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]
+                if not ready or p.stdout.readline().strip() != b"ready":
+                    raise EnvironmentProblem(f"the FHIR server process did not start on {host}:{sock.getsockname()[1]}")
+            url_host = f"[{host}]" if ":" in host else host
+            yield f"http://{url_host}:{sock.getsockname()[1]}/fhir"
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+                if p.stdout is not None:
+                    p.stdout.close()
+            sock.close()
+
+
+def serve_socket(fd: int, db: str | Path, keep_alive_s: float) -> None:
+    """One server process of `running_server_processes`: the app over `db` on the inherited
+    listening socket `fd`; prints ``ready`` once it accepts connections, stops on SIGTERM."""
+    import uvicorn
+
+    sock = socket.socket(fileno=fd)
+    server = uvicorn.Server(uvicorn.Config(create_app(db), log_level="warning", timeout_keep_alive=keep_alive_s,
+                                           **UVICORN_OPTIONS))
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.01)
+        print("ready", flush=True)
+
+    threading.Thread(target=announce, name="announce", daemon=True).start()
+    server.run(sockets=[sock])
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
@@ -172,3 +254,22 @@ def serve(
     finally:
         sock.close()
         store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m paritybed.fhir.server --fd N --db FILE``: one process of `running_server_processes`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m paritybed.fhir.server", description=main.__doc__)
+    ap.add_argument("--fd", type=int, required=True, help="an inherited listening socket")
+    ap.add_argument("--db", required=True, help="the SQLite file to serve")
+    ap.add_argument("--keep-alive", type=float, default=600.0, help="seconds an idle keep-alive connection is kept")
+    args = ap.parse_args(argv)
+    serve_socket(args.fd, args.db, args.keep_alive)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

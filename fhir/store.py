@@ -8,7 +8,9 @@ Layout (one database, a file or ``:memory:``):
 * ``history`` — every earlier version, moved there when a newer one is written;
 * ``tokens`` / ``dates`` / ``numbers`` / ``combos`` — the search index written with each version
   (index.py says what);
-* ``meta`` — the counter behind server-assigned ids.
+* ``meta`` — the counter behind server-assigned ids;
+* ``generations`` — a counter per resource type, moved by every write of that type, so a search
+  result remembered by any process sharing the database is known to be current or not.
 
 The JSON body is stored exactly as served (with ``id`` and ``meta.versionId/lastUpdated``), so a
 read is one primary-key lookup returning bytes, never a parse and re-serialization.
@@ -24,6 +26,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +75,11 @@ CREATE TABLE IF NOT EXISTS combos(rid INTEGER NOT NULL, param TEXT NOT NULL, grp
 CREATE INDEX IF NOT EXISTS combos_lookup ON combos(param, comp, val, sys, rid);
 CREATE INDEX IF NOT EXISTS combos_rid ON combos(rid, param, grp, comp);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS generations(type TEXT PRIMARY KEY, n INTEGER NOT NULL);
 """
+#: Search results kept per process (`Store.remembered`): enough for the pages of the searches
+#: of a few hundred recent patient contexts.
+REMEMBERED = 512
 #: The index tables, each with its columns after (rid, param).
 INDEX_TABLES = {"tokens": ("sys", "val"), "dates": ("lo", "hi"), "numbers": ("lo", "hi", "sys", "code"),
                 "combos": ("grp", "comp", "sys", "val", "lo", "hi")}
@@ -156,6 +163,8 @@ class Store:
         self.conn.executescript(SCHEMA)
         self._depth = 0
         self._last_lu = 0.0
+        self._remembered: OrderedDict[Any, tuple[int, Any]] = OrderedDict()
+        self.remembered_hits = self.remembered_misses = 0
         row = self.conn.execute("SELECT value FROM meta WHERE key='index_version'").fetchone()
         if row is None or row[0] != INDEX_VERSION:
             self.reindex()
@@ -260,6 +269,48 @@ class Store:
             self.conn.executescript(SCHEMA)  # tables added to the schema since `path` was made
             row = self.conn.execute("SELECT max(lu) FROM resources").fetchone()
             self._last_lu = max(self._last_lu, row[0] or 0.0)
+            self._remembered.clear()  # searches answered while empty (the counters may match)
+
+    def rows_by_rid(self, rids: list[int]) -> list[tuple[int, str, str, bytes]]:
+        """(rid, type, id, body) of live resources, in the order of ``rids`` (a search page)."""
+        if not rids:
+            return []
+        with self.lock:
+            found = {r[0]: r for r in self.conn.execute(
+                f"SELECT rid, type, id, body FROM resources WHERE rid IN ({','.join('?' * len(rids))})", rids)}
+        return [found[rid] for rid in rids if rid in found]
+
+    def generation(self, rtype: str) -> int:
+        """The write counter of `rtype` (in the database: every process sharing it sees it)."""
+        with self.lock:
+            row = self.conn.execute("SELECT n FROM generations WHERE type=?", (rtype,)).fetchone()
+        return row[0] if row else 0
+
+    def remembered(self, rtype: str, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, remembered under `key` until a resource of `rtype` is written (by any
+        process).  For results that depend on `rtype` resources only (search.py: a search's
+        matches, which its next pages reuse, as HAPI FHIR reuses a search's result list).  The
+        counter is read before computing, so a write racing the computation makes the result look
+        older than it is (recomputed next time), never newer."""
+        gen = self.generation(rtype)
+        with self.lock:
+            hit = self._remembered.get(key)
+            if hit is not None and hit[0] == gen:
+                self._remembered.move_to_end(key)
+                self.remembered_hits += 1
+                return hit[1]
+        value = compute()
+        with self.lock:
+            self.remembered_misses += 1
+            self._remembered[key] = (gen, value)
+            self._remembered.move_to_end(key)
+            while len(self._remembered) > REMEMBERED:
+                self._remembered.popitem(last=False)
+        return value
+
+    def _changed(self, rtype: str) -> None:
+        self.conn.execute("INSERT INTO generations(type, n) VALUES(?, 1) ON CONFLICT(type) DO UPDATE SET n = n + 1",
+                          (rtype,))
 
     def counts(self) -> dict[str, int]:
         """Number of live resources per type."""
@@ -351,6 +402,7 @@ class Store:
                     (version, lu, method, body, row_id),
                 )
             self._index(row_id, resource, resolve, fresh=cur is None)
+            self._changed(rtype)
             return WriteResult(status, Version(row_id, rtype, rid, version, lu, False, method, body))
 
     def delete(self, rtype: str, rid: str) -> WriteResult:
@@ -368,6 +420,7 @@ class Store:
                 (cur.version + 1, lu, cur.rid),
             )
             self._unindex(cur.rid)
+            self._changed(rtype)
             return WriteResult(200, Version(cur.rid, rtype, rid, cur.version + 1, lu, True, "DELETE", None))
 
     def _archive(self, row_id: int) -> None:
@@ -404,6 +457,7 @@ class Store:
             for row_id, body in rows:
                 self._index(row_id, orjson.loads(body), None, fresh=True)
             self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('index_version', ?)", (INDEX_VERSION,))
+            self.conn.execute("UPDATE generations SET n = n + 1")
 
     def analyze(self) -> None:
         """Refresh the query planner's statistics (after a bulk load)."""

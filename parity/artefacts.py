@@ -10,12 +10,13 @@ import numpy as np
 import pyarrow as pa
 
 from paritybed.core.columns import codes, ints
+from paritybed.core.units import epoch_ns
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
 from paritybed.parity import plots
 from paritybed.parity.attestation import write_attestation
 from paritybed.parity.criteria import Criteria
-from paritybed.parity.profile import Profile, _epoch_ns
+from paritybed.parity.profile import Profile
 from paritybed.parity.replay import Replay
 from paritybed.parity.report import render_report
 from paritybed.scenarios import Scenario
@@ -27,7 +28,7 @@ def write_artefacts(out_dir: Path, *, scenario: Scenario, policy: Policy, regist
     start = scenario.start.datetime()
     pdir = out_dir / "plots"
     paths: dict[str, Path] = {}
-    origin = _epoch_ns(start)
+    origin = epoch_ns(start)
     t = ints(production["t_ns"])
     cls_c, cls_v = codes(production["agent_class"])
     for cls in sorted(set(pp.classes) | set(sp.classes)):

@@ -25,12 +25,12 @@ import pyarrow.compute as pc
 
 from paritybed.core.baa import covered
 from paritybed.core.hashlog import HashLog
+from paritybed.core.units import epoch_ns
 from paritybed.enforcer.kernel_abi import REASONS
 from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
-from paritybed.parity.auditevent import BTG, OVERRIDE_STARTED, SECURITY_ALERT, SOURCE, instant
+from paritybed.parity.auditevent import AGENT_CLASS, BTG, OVERRIDE_STARTED, SECURITY_ALERT, SOURCE, instant
 from paritybed.parity.auditlog import chain_auditevents
-from paritybed.parity.profile import _epoch_ns
 from paritybed.parity.replay import Replay
 from paritybed.scenarios import Scenario
 
@@ -108,7 +108,7 @@ def _pairs(pairs: Any) -> list[dict[str, str]]:
 def ai_bom(scenario: Scenario, policy: Policy, registry: Registry, production: pa.Table, rep: Replay,
            start: dt.datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The AI-BOM and its first-contact log records (time order)."""
-    origin = _epoch_ns(start)
+    origin = epoch_ns(start)
     fc_rows = [e for e in rep.decisions.events if e["event"] == "first-contact"]
     idx = [e["row"] for e in fc_rows]
     sub = production.take(pa.array(idx, type=pa.int64())).select(
@@ -157,7 +157,7 @@ def ai_bom(scenario: Scenario, policy: Policy, registry: Registry, production: p
 def break_glass_records(production: pa.Table, rep: Replay, start: dt.datetime) -> list[dict[str, Any]]:
     """One record per activation in production: who, which class, when, until when, and every
     record accessed under its claim with the decision."""
-    origin = _epoch_ns(start)
+    origin = epoch_ns(start)
     opens = [e for e in rep.decisions.events if e["event"] in ("lane-open", "lane-refused")]
     if not opens:
         return []
@@ -175,11 +175,12 @@ def break_glass_records(production: pa.Table, rep: Replay, start: dt.datetime) -
                  "decision": ("allow", "deny", "alert")[int(rep.decisions.decision[i])],
                  "reason": REASONS[int(rep.decisions.reason[i])]})
     rows = production.take(pa.array([e["row"] for e in opens], type=pa.int64())).select(
-        ["t_ns", "agent", "replica", "lane", "claim_id", "identity", "duration_ns"]).to_pylist()
+        ["t_ns", "agent", "agent_class", "replica", "lane", "claim_id", "identity", "duration_ns"]).to_pylist()
     out = []
     for e, r in zip(opens, rows):
         acc = by_claim.get((r["agent"], r["replica"], r["claim_id"]), [])
-        out.append({"class": r["lane"], "identity": r["identity"], "agent": r["agent"], "replica": r["replica"],
+        out.append({"class": r["lane"], "identity": r["identity"], "agent": r["agent"], "agent_class": r["agent_class"],
+                    "replica": r["replica"],
                     "claim": r["claim_id"], "activation": _iso(origin, r["t_ns"]),
                     "requested_s": r["duration_ns"] / 1e9,
                     "status": "opened" if e["event"] == "lane-open" else "refused (no lane in the policy)",
@@ -199,8 +200,10 @@ def _ae(recorded: str, typ: dict[str, Any], subtype: dict[str, Any] | None, outc
     return ev
 
 
-def _agent_ref(name: str, replica: int | None = None) -> dict[str, Any]:
-    a = {"who": {"identifier": {"system": "urn:paritybed:agent", "value": name}}, "requestor": False}
+def _agent_ref(name: str, replica: int | None = None, agent_class: str | None = None) -> dict[str, Any]:
+    a: dict[str, Any] = {"who": {"identifier": {"system": "urn:paritybed:agent", "value": name}}, "requestor": False}
+    if agent_class:  # coded, so a profile built from this log with a server's trail knows the class
+        a["role"] = [{"coding": [{"system": AGENT_CLASS, "code": agent_class}]}]
     if replica is not None:
         a["altId"] = str(replica)
     return a
@@ -210,7 +213,7 @@ def break_glass_auditevents(records: list[dict[str, Any]]) -> list[dict[str, Any
     out = []
     for r in records:
         pou = [{"coding": [BTG, {"system": "urn:paritybed:break-glass-class", "code": r["class"]}]}]
-        agents = [_agent_ref(r["agent"], r["replica"]) | {"policy": [f"urn:paritybed:break-glass-claim:{r['claim']}"]},
+        agents = [_agent_ref(r["agent"], r["replica"], r.get("agent_class")) | {"policy": [f"urn:paritybed:break-glass-claim:{r['claim']}"]},
                   {"who": {"identifier": {"system": "urn:paritybed:clinician", "value": r["identity"] or "unknown"}},
                    "requestor": True, "purposeOfUse": pou}]
         ents = [{"what": {"reference": f"{a['type']}/{a['id']}"} if a["id"] else {"display": a["type"]},

@@ -46,10 +46,11 @@ import orjson
 import pyarrow as pa
 
 from paritybed.core.errors import InputError
+from paritybed.core.units import epoch_ns
 from paritybed.enforcer.classify import R4_TYPES
 from paritybed.parity import balp
 from paritybed.parity.deid import require_code
-from paritybed.parity.profile import Profile, Stream, _epoch_ns, build_profile, pair_key
+from paritybed.parity.profile import Profile, Stream, build_profile, pair_key
 
 REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}
 EGRESS = {"system": "urn:paritybed:audit-event-type", "code": "egress", "display": "Egress connection"}
@@ -97,7 +98,7 @@ def parse_instant(s: str) -> int:
         d = dt.datetime.fromisoformat(main + ("+00:00" if tz in ("Z", "") else tz))
     except ValueError:
         raise ValueError(f"not a FHIR instant: {s!r}") from None
-    return _epoch_ns(d) + int((frac + "000000000")[:9] or 0)
+    return epoch_ns(d) + int((frac + "000000000")[:9] or 0)
 
 
 def _agent(name: str, cls: str, replica: int, claim: str, lane: str) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def _agent(name: str, cls: str, replica: int, claim: str, lane: str) -> dict[str
 def auditevents_from_trace(trace: pa.Table, start: dt.datetime, *, legitimate_only: bool = True) -> Iterator[dict[str, Any]]:
     """One AuditEvent per trace row (``expected=allow`` rows unless ``legitimate_only=False``),
     in time order, as a hospital's audit export would hold them."""
-    origin = _epoch_ns(start)
+    origin = epoch_ns(start)
     cols = trace.select(["t_ns", "agent", "agent_class", "replica", "kind", "resource_type", "interaction",
                          "resource_id", "context_id", "context_kind", "patient_id", "lane", "claim_id",
                          "identity", "duration_ns", "endpoint", "address", "expected", "seq"]).to_pylist()
@@ -285,6 +286,7 @@ def read_auditevents(paths: str | Path | Iterable[str | Path], *, agent_classes:
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     rows: list[dict[str, Any]] = []
     unclassified = 0
+    requests: set[tuple[str, str]] = set()  # (request id, pair) already counted
     for p in paths:
         if not p.exists():
             raise InputError(f"{p}: no such AuditEvent export")
@@ -308,6 +310,11 @@ def read_auditevents(paths: str | Path | Iterable[str | Path], *, agent_classes:
                 if r is not None and r.get("unclassified"):
                     unclassified += 1
                 elif r is not None:
+                    rid = balp.request_id(ev) if r["kind"] == "fhir" else None
+                    if rid is not None:
+                        if (rid, r["pair"]) in requests:
+                            continue  # another patient's event of the same request
+                        requests.add((rid, r["pair"]))
                     rows.append(r)
     names = ", ".join(map(str, paths))
     if not rows:

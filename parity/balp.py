@@ -85,6 +85,19 @@ def claim(agents: list[dict[str, Any]]) -> str:
     return ""
 
 
+def request_id(ev: dict[str, Any]) -> str | None:
+    """The request id BALP recorded (the client's X-Request-ID, or the one HAPI made up).  HAPI
+    writes one AuditEvent per patient whose records a request returned (a CareTeam search that
+    returns three patients' teams is three events), so the reader counts a request once by it."""
+    for e in ev.get("entity", []) or []:
+        t = e.get("type") or {}
+        if (t.get("system"), t.get("code")) == REQUEST_ID_TYPE:
+            v = ((e.get("what") or {}).get("identifier") or {}).get("value")
+            if isinstance(v, str) and v:
+                return v
+    return None
+
+
 def request_time(ev: dict[str, Any]) -> int | None:
     """The simulated instant (epoch ns) a paritybed request carried in X-Request-ID, or None."""
     for e in ev.get("entity", []) or []:

@@ -30,6 +30,7 @@ from paritybed.core.units import FIVE_MIN_NS
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, PolicySource, RatePolicy
 from paritybed.enforcer.registry import Registry
 from paritybed.parity.envelope import AgentEnvelope, Envelope, learn_envelope
+from paritybed.scenarios import Scenario
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,16 @@ def compile_policy(envelope: Envelope, *, fhir_server: str, fhir_base: str = "/f
     pol = Policy(version=version, parent=parent, created=created, source=source or PolicySource(),
                  margins=margins.as_policy_margins(), agents=agents)
     return pol.sealed()
+
+
+def compile_scenario_policy(envelope: Envelope, scenario: Scenario, registry: Registry, source: PolicySource, *,
+                            version: int = 1, parent: str | None = None) -> Policy:
+    """``compile_policy`` with everything a scenario decides: its FHIR server and base, each
+    agent's response mode, its margins, and its start instant as the policy's creation time."""
+    return compile_policy(envelope, fhir_server=scenario.policy.fhir_server, fhir_base=scenario.policy.fhir_base,
+                          responses={a.name: a.response_mode() for a in scenario.agents},
+                          margins=Margins.from_settings(scenario.policy), registry=registry, source=source,
+                          version=version, parent=parent, created=scenario.start.datetime().isoformat())
 
 
 def trace_digest(trace: pa.Table) -> str:

@@ -11,7 +11,8 @@ two-sample Kolmogorov-Smirnov statistic D (the largest gap between the two cumul
 distributions; the p-value is meaningless at these sample sizes, so D is gated, against the
 configured maximum or the 1-in-1000 critical value for small samples, whichever is larger;
 inter-arrival is measured between new clinical contexts, i.e. on the arrival of work); burst height as
-staging's typical daily peak 5-minute count per replica over production's.
+staging's typical daily peak 5-minute count per replica over production's; and, given the
+staging-built policy, the rate limit's headroom over production's busiest 5 minutes.
 Coverage: every production (type, interaction) above the support threshold must appear in staging.
 Break-glass: every class seen or declared for production is exercised in staging, its lane is in
 the policy, its pairs are covered, and an access after expiry was exercised.
@@ -28,10 +29,25 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
 from paritybed.enforcer.policy import Policy
+from paritybed.parity.intervals import Bootstrap, jsd_interval, jsd_rows, ks_interval, median_ratio_interval
 from paritybed.parity.profile import ClassProfile, Profile, split_pair
 from paritybed.scenarios import Gate
 
 MIN_SAMPLE = 20  # fewer production events than this: a distribution metric cannot judge
+
+
+def holds(value: float | None, op: str, threshold: float | None) -> bool:
+    """Whether ``value op threshold`` holds (a missing value never passes a bound)."""
+    if threshold is None:
+        return True
+    if value is None:
+        return False
+    return {"<=": value <= threshold, ">=": value >= threshold, "==": value == threshold}[op]
+
+
+def combine(statuses: list[str]) -> str:
+    """Several statuses as one: any fail fails, else any marginal is marginal, else pass."""
+    return "fail" if "fail" in statuses else "marginal" if "marginal" in statuses else "pass"
 
 
 @dataclass
@@ -45,11 +61,32 @@ class Metric:
     passed: bool
     reading: str
     detail: dict[str, Any] = field(default_factory=dict)
+    interval: tuple[float, float] | None = None  # bootstrap interval of value (parity/intervals.py)
+
+    @property
+    def status(self) -> str:
+        """pass / fail, or marginal when the interval straddles the threshold (either way)."""
+        if self.interval is None or self.threshold is None:
+            return "pass" if self.passed else "fail"
+        ends = {holds(x, self.op, self.threshold) for x in self.interval} | {self.passed}
+        return "marginal" if len(ends) == 2 else ("pass" if self.passed else "fail")
+
+    @property
+    def margin(self) -> float | None:
+        """How far the value is from its threshold, positive on the passing side."""
+        if self.value is None or self.threshold is None or self.op == "==":
+            return None
+        d = self.threshold - self.value if self.op == "<=" else self.value - self.threshold
+        return round(float(d), 6)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"agent_class": self.agent_class, "name": self.name,
              "value": None if self.value is None else round(float(self.value), 6),
-             "threshold": self.threshold, "op": self.op, "pass": self.passed, "reading": self.reading}
+             "threshold": self.threshold, "op": self.op, "pass": self.passed, "status": self.status,
+             "reading": self.reading}
+        if self.interval is not None:
+            d["interval"] = list(self.interval)
+            d["margin"] = self.margin
         if self.detail:
             d["detail"] = self.detail
         return d
@@ -67,11 +104,15 @@ class Criterion:
     def classes(self) -> list[str]:
         return sorted({m.agent_class for m in self.metrics})
 
+    @property
+    def status(self) -> str:
+        return combine([m.status for m in self.metrics])
+
     def for_class(self, cls: str) -> list[Metric]:
         return [m for m in self.metrics if m.agent_class == cls]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pass": self.passed, "metrics": [m.to_dict() for m in self.metrics]}
+        return {"pass": self.passed, "status": self.status, "metrics": [m.to_dict() for m in self.metrics]}
 
 
 @dataclass
@@ -83,6 +124,11 @@ class Criteria:
     @property
     def passed(self) -> bool:
         return self.fidelity.passed and self.coverage.passed and self.break_glass.passed
+
+    @property
+    def status(self) -> str:
+        """pass, fail or marginal (no metric fails outright, one's interval straddles its threshold)."""
+        return combine([c.status for c in self.all()])
 
     def all(self) -> list[Criterion]:
         return [self.fidelity, self.coverage, self.break_glass]
@@ -103,15 +149,6 @@ def jsd(p: np.ndarray, q: np.ndarray) -> float:
     return float(jensenshannon(p / p.sum(), q / q.sum(), base=2))
 
 
-def _jsd_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Jensen-Shannon distance (base 2) of two matrices of probability rows."""
-    m = (a + b) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ka = np.where(a > 0, a * np.log2(a / m), 0.0).sum(axis=1)
-        kb = np.where(b > 0, b * np.log2(b / m), 0.0).sum(axis=1)
-    return np.sqrt(np.maximum(0.0, (ka + kb) / 2))
-
-
 def jsd_noise_floor(p: np.ndarray, q: np.ndarray, n_p: int, n_q: int, reps: int = 300) -> float:
     """The 99th percentile of the distance two samples of these sizes drawn from the *same*
     distribution (the pooled one) would show: below it a difference is indistinguishable from
@@ -123,7 +160,7 @@ def jsd_noise_floor(p: np.ndarray, q: np.ndarray, n_p: int, n_q: int, reps: int 
     rng = np.random.default_rng(20260105)
     a = rng.multinomial(n_p, pooled, size=reps) / n_p
     b = rng.multinomial(n_q, pooled, size=reps) / n_q
-    return float(np.percentile(_jsd_rows(a, b), 99))
+    return float(np.percentile(jsd_rows(a, b), 99))
 
 
 def _n_eff(c: ClassProfile) -> int:
@@ -146,20 +183,51 @@ def ks(a: list[float], b: list[float]) -> float:
     return float(ks_2samp(np.asarray(a), np.asarray(b), method="asymp").statistic)
 
 
+def daily_peaks(c: ClassProfile) -> list[float]:
+    """Each replica-day's peak sliding 5-minute count (days with traffic)."""
+    return [float(v) for days in c.peak5.values() for v in days.values() if v > 0]
+
+
 def burst_height(c: ClassProfile) -> float:
     """Median, over the replica-days with traffic, of that replica's peak sliding 5-minute count:
     the typical daily burst one replica must absorb (robust to run length and weekends)."""
-    peaks = [v for days in c.peak5.values() for v in days.values() if v > 0]
+    peaks = daily_peaks(c)
     return float(np.median(peaks)) if peaks else 0.0
 
 
 def _fid(cls: str, name: str, value: float | None, thr: float, op: str, ok: bool, good: str, bad: str,
-         detail: dict[str, Any] | None = None) -> Metric:
-    return Metric("fidelity", cls, name, value, thr, op, ok, good if ok else bad, detail or {})
+         detail: dict[str, Any] | None = None, interval: tuple[float, float] | None = None) -> Metric:
+    return Metric("fidelity", cls, name, value, thr, op, ok, good if ok else bad, detail or {}, interval)
 
 
-def fidelity(staging: Profile, production: Profile, gate: Gate) -> Criterion:
+def bootstrap_of(gate: Gate) -> Bootstrap:
+    return Bootstrap(resamples=gate.margin.resamples, confidence=gate.margin.confidence)
+
+
+def rate_headroom(cls: str, policy: Policy, p: ClassProfile, gate: Gate) -> Metric | None:
+    """The staging-built rate limit of the class's agents (its burst: what a replica may send at
+    once, refilled over 5 minutes) over production's busiest 5 minutes of one replica.  No
+    interval: production's busiest 5 minutes is one extreme value, not an average to resample."""
+    bursts = [ap.rate.burst for ap in policy.agents.values() if ap.agent_class == cls and ap.rate is not None]
+    peak = max((v for days in p.peak5.values() for v in days.values()), default=0)
+    if not bursts or peak <= 0:
+        return None
+    burst = min(bursts)
+    v = burst / peak
+    thr = gate.fidelity.rate_headroom_min
+    return _fid(cls, "rate_headroom", v, thr, ">=", v >= thr,
+                f"The rate limit learned in staging ({burst} requests at once) is {v:.2f} times production's busiest "
+                f"5 minutes of one replica ({peak} requests): production's bursts fit under it.",
+                f"The rate limit learned in staging ({burst} requests at once) is only {v:.2f} times production's "
+                f"busiest 5 minutes of one replica ({peak} requests): production's busiest bursts will be rate-limited.",
+                {"rate_limit_burst": burst, "production_peak_5min": peak})
+
+
+def fidelity(staging: Profile, production: Profile, gate: Gate, policy: Policy | None = None) -> Criterion:
+    """``policy`` (the staging-built one) adds ``rate_headroom``: its rate limit against
+    production's busiest 5 minutes."""
     g = gate.fidelity
+    boot = bootstrap_of(gate)
     out: list[Metric] = []
     for cls in sorted(production.classes):
         p = production.classes[cls]
@@ -187,7 +255,8 @@ def fidelity(staging: Profile, production: Profile, gate: Gate) -> Criterion:
             floor = jsd_noise_floor(a, b, _n_eff(s), _n_eff(p))
             eff = round(max(thr, floor), 6)
             out.append(_fid(cls, name, v, eff, "<=", v <= eff, good, bad,
-                            {"configured_max": thr, "sampling_noise_p99": round(floor, 6)}))
+                            {"configured_max": thr, "sampling_noise_p99": round(floor, 6)},
+                            jsd_interval(a, b, _n_eff(s), _n_eff(p), v, boot, f"{cls}/{name}")))
         if min(len(s.interarrival_ms), len(p.interarrival_ms)) >= MIN_SAMPLE:
             v = ks(s.interarrival_ms, p.interarrival_ms)
             floor = ks_noise_floor(s.interarrival_n, p.interarrival_n)
@@ -201,7 +270,9 @@ def fidelity(staging: Profile, production: Profile, gate: Gate) -> Criterion:
                              "basis": p.interarrival_basis, "staging_median_ms": _median(s.interarrival_ms),
                              "production_median_ms": _median(p.interarrival_ms),
                              "staging_burstiness": burstiness(s.interarrival_ms),
-                             "production_burstiness": burstiness(p.interarrival_ms)}))
+                             "production_burstiness": burstiness(p.interarrival_ms)},
+                            ks_interval(s.interarrival_ms, s.interarrival_n, p.interarrival_ms, p.interarrival_n, v, boot,
+                                        f"{cls}/interarrival_ks")))
         bs, bp = burst_height(s), burst_height(p)
         v = bs / bp if bp > 0 else math.inf
         out.append(_fid(cls, "burst_ratio", v if math.isfinite(v) else None, g.burst_ratio_min, ">=",
@@ -211,7 +282,9 @@ def fidelity(staging: Profile, production: Profile, gate: Gate) -> Criterion:
                         f"Staging's busiest 5 minutes of a day ({bs:g} requests per replica) fall short of "
                         f"production's ({bp:g}): a rate limit learned in staging would block production bursts "
                         "such as morning rounds.",
-                        {"staging_peak_5min": bs, "production_peak_5min": bp}))
+                        {"staging_peak_5min": bs, "production_peak_5min": bp},
+                        median_ratio_interval(daily_peaks(s), daily_peaks(p), v, boot, f"{cls}/burst_ratio")
+                        if math.isfinite(v) else None))
         if min(len(s.requests_per_context), len(p.requests_per_context)) >= MIN_SAMPLE:
             v = ks(s.requests_per_context, p.requests_per_context)
             floor = ks_noise_floor(s.contexts, p.contexts)
@@ -223,7 +296,12 @@ def fidelity(staging: Profile, production: Profile, gate: Gate) -> Criterion:
                             "production.",
                             {"configured_max": g.context_ks_max, "sampling_noise_p999": round(floor, 6),
                              "staging_median": _median(s.requests_per_context),
-                             "production_median": _median(p.requests_per_context)}))
+                             "production_median": _median(p.requests_per_context)},
+                            ks_interval(s.requests_per_context, s.contexts, p.requests_per_context, p.contexts, v, boot,
+                                        f"{cls}/context_ks")))
+        head = rate_headroom(cls, policy, p, gate) if policy is not None else None
+        if head is not None:
+            out.append(head)
     return Criterion("fidelity", out)
 
 
@@ -328,5 +406,5 @@ def criteria(staging: Profile, production: Profile, gate: Gate | None = None, *,
              declared: dict[str, list[str]] | None = None) -> Criteria:
     """All three criteria.  ``policy`` (the staging-built one) lets break-glass check lane existence."""
     gate = gate or Gate()
-    return Criteria(fidelity=fidelity(staging, production, gate), coverage=coverage(staging, production, gate),
+    return Criteria(fidelity=fidelity(staging, production, gate, policy), coverage=coverage(staging, production, gate),
                     break_glass=break_glass(staging, production, gate, policy=policy, declared=declared))

@@ -7,7 +7,12 @@ plain function that can run alone:
     decisions = decide(production, policy, registry)   # the engine (model) or the kernel (live)
     kernel = agreement(production, decisions, engine)  # live only, once: decision and reason
     rep = replay(production, decisions, start)  # the consequences of those decisions
+    oracle = oracle_replay(...)                 # the same, under the policy learned from production
     crit = criteria(...); doc = parity_document(...); write_artefacts(...)
+
+The verdict has three values (docs/parity.md): ``fail`` when a criterion metric fails outright
+or a replay threshold is exceeded, ``marginal`` when none does but a metric's confidence interval
+straddles its threshold, ``pass`` otherwise.
 
 It writes into ``out_dir``: parity.json (the verdict, schema in docs/parity.md; written last, as
 the anchor of every chained log of the folder), junit.xml,
@@ -27,15 +32,17 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from paritybed.core.errors import EXIT_OK, EXIT_PARITY_FAIL
+from paritybed.core.errors import verdict_exit_code
+from paritybed.core.units import DAY_NS
 from paritybed.enforcer.decisions import Decisions
 from paritybed.enforcer.engine import decide as engine_decide
 from paritybed.enforcer.policy import Policy, PolicySource, save_policy
 from paritybed.enforcer.registry import Registry, save_registry
 from paritybed.parity.agreement import agreement
 from paritybed.parity.anchors import run_log_anchors
-from paritybed.parity.compile import Margins, compile_policy, trace_digest
-from paritybed.parity.criteria import Criteria, criteria
+from paritybed.parity.compile import compile_scenario_policy, trace_digest
+from paritybed.parity.consequences import consequences, oracle_replay, replay_checks, unsafe_reasons
+from paritybed.parity.criteria import Criteria, combine, criteria
 from paritybed.parity.envelope import Envelope, learn_envelope
 from paritybed.parity.junit import write_junit
 from paritybed.parity.profile import profile_from_trace, save_profile
@@ -50,15 +57,19 @@ Decide = Callable[[pa.Table, Policy, Registry], Decisions]
 
 @dataclass
 class Verdict:
-    passed: bool
+    verdict: str  # pass | marginal | fail
     parity: dict[str, Any]
     out_dir: Path
     paths: dict[str, Path] = field(default_factory=dict)
     agreement: dict[str, Any] | None = None  # live mode: kernel vs reference engine
 
     @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.passed else EXIT_PARITY_FAIL
+        return verdict_exit_code(self.verdict)
 
 
 def registry_of(scenario: Scenario) -> Registry:
@@ -86,42 +97,25 @@ def build_policy(scenario: Scenario, scenario_path: Path, staging: pa.Table, reg
     env = envelope or learn_envelope(staging, registry)
     src = PolicySource(scenario=scenario.name, scenario_hash=scenario_hash(scenario_path), arm="staging",
                        trace_sha256=trace_digest(staging), seed=staging_arm.seed)
-    return compile_policy(env, fhir_server=scenario.policy.fhir_server, fhir_base=scenario.policy.fhir_base,
-                          responses={a.name: a.response_mode() for a in scenario.agents},
-                          margins=Margins.from_settings(scenario.policy), registry=registry, source=src,
-                          version=version, parent=parent, created=scenario.start.datetime().isoformat())
+    return compile_scenario_policy(env, scenario, registry, src, version=version, parent=parent)
 
 
-def replay_gates(rep: Replay, scenario: Scenario) -> dict[str, Any]:
-    g = scenario.gate.replay
-    out: dict[str, Any] = {"pass": True, "metrics": []}
-    share = rep.summary["over_blocks"]["share"]
-    if g.max_over_block_share is not None:
-        ok = share <= g.max_over_block_share
-        out["metrics"].append({"name": "over_block_share", "value": share, "threshold": g.max_over_block_share,
-                               "op": "<=", "pass": ok, "reading": (
-                                   "Legitimate clinical requests blocked in the replay stay within the allowed share."
-                                   if ok else "Too many legitimate clinical requests were blocked in the replay.")})
-        out["pass"] &= ok
-    if g.max_under_blocks is not None:
-        ub = rep.summary["under_blocks"]["total"]
-        ok = ub <= g.max_under_blocks
-        out["metrics"].append({"name": "under_blocks", "value": ub, "threshold": g.max_under_blocks, "op": "<=",
-                               "pass": ok, "reading": ("Injected attacks were stopped." if ok else
-                                                       "Some injected attack actions got through the policy.")})
-        out["pass"] &= ok
-    return out
+def replay_gates(cons: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
+    """The thresholds of ``gate.replay`` checked on the consequences (parity.json ``replay.gates``)."""
+    checks = replay_checks(cons, scenario.gate.replay)
+    return {"pass": all(c["pass"] for c in checks), "metrics": checks}
 
 
 def parity_document(scenario: Scenario, scenario_path: Path, arms: dict[str, ResolvedArm], policy: Policy,
                     registry: Registry, crit: Criteria, rep: Replay, gates: dict[str, Any], *, mode: str,
-                    lost_events: int, kernel: dict[str, Any] | None) -> dict[str, Any]:
+                    lost_events: int, kernel: dict[str, Any] | None, cons: dict[str, Any]) -> dict[str, Any]:
     s = rep.summary
     attacks = s["attacks_caught"]
-    passed = crit.passed and gates["pass"]
+    reasons = unsafe_reasons(cons, scenario.gate.replay)
     doc: dict[str, Any] = {
         "schema": PARITY_SCHEMA,
-        "verdict": "pass" if passed else "fail",
+        "verdict": combine([crit.status, "pass" if gates["pass"] else "fail"]),
+        "margin": {"confidence": scenario.gate.margin.confidence, "resamples": scenario.gate.margin.resamples},
         "scenario": {"name": scenario.name, "hash": scenario_hash(scenario_path), "seed": scenario.seed,
                      "arms": {a: {"seed": arms[a].seed} for a in ("production", "staging")},
                      "start": scenario.start.datetime().isoformat()},
@@ -139,6 +133,8 @@ def parity_document(scenario: Scenario, scenario_path: Path, arms: dict[str, Res
             "clinical_impact_minutes": s["clinical_impact_minutes"]["total"],
             "clinical_impact": s["clinical_impact_minutes"],
             "lost_events": int(lost_events),
+            "consequences": cons,
+            "staging": {"safe": not reasons, "unsafe_because": reasons},
         },
     }
     if kernel is not None:
@@ -175,14 +171,14 @@ def learn_and_compile(scenario: Scenario, scenario_path: Path, arms: dict[str, R
 def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, staging: pa.Table, out_dir: Path,
              *, arms: dict[str, ResolvedArm] | None = None, decide: Decide | None = None, mode: str = "model",
              lost_events: Callable[[], int] | int = 0,
-             progress: Callable[[str, int, int], None] | None = None) -> Verdict:
+             progress: Callable[[str, int, int], None] | None = None, report: bool = True) -> Verdict:
     """Score one run and write its artefacts into ``out_dir``; ``Verdict.passed`` is the answer.
 
     ``decide`` decides production under the compiled policy (default: the reference engine); a
     decider that returns the kernel's decisions (live mode) also gets them compared with the
     engine's, once.  ``lost_events``: the kernel's ring-buffer losses (a number, or a function
     asked after ``decide``).  ``progress(stage, done, total)`` is called as each of ``STAGES``
-    starts (for a progress bar)."""
+    starts (for a progress bar).  ``report=False``: no report.html, plots/ or attestation/."""
     from paritybed.parity.artefacts import write_artefacts
 
     def step(name: str) -> None:
@@ -209,6 +205,8 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     step("replay")
     rep = replay(production, decisions, start)
     write_replay(production, rep, out_dir, policy_hash=policy.hash)
+    oracle_pol, oracle = oracle_replay(scenario, production, registry, start)
+    cons = consequences(rep.summary, oracle.summary, arms["production"].duration_ns / DAY_NS, oracle_pol.hash)
 
     step("score")
     sp = profile_from_trace(staging, start, arm="staging")
@@ -217,19 +215,20 @@ def evaluate(scenario: Scenario, scenario_path: Path, production: pa.Table, stag
     save_profile(sp, out_dir / "profiles" / "staging.json")
     save_profile(pp, out_dir / "profiles" / "production.json")
     crit = criteria(sp, pp, scenario.gate, policy=policy, declared=declared_break_glass(scenario, arms["production"]))
-    gates = replay_gates(rep, scenario)
+    gates = replay_gates(cons, scenario)
     doc = parity_document(scenario, scenario_path, arms, policy, registry, crit, rep, gates, mode=mode,
-                          lost_events=lost, kernel=kernel)
-    write_junit(out_dir / "junit.xml", crit, rep.summary["attacks_caught"])
+                          lost_events=lost, kernel=kernel, cons=cons)
+    write_junit(out_dir / "junit.xml", crit, rep.summary["attacks_caught"],
+                fail_through=scenario.gate.replay.max_under_blocks is not None)
     step("artefacts")
     paths = write_artefacts(out_dir, scenario=scenario, policy=policy, registry=registry, staging=staging,
-                            production=production, rep=rep, sp=sp, pp=pp, crit=crit, doc=doc)
+                            production=production, rep=rep, sp=sp, pp=pp, crit=crit, doc=doc) if report else {}
     doc["logs"] = run_log_anchors(out_dir)  # written last: the anchor of every chained log (docs/attestation.md)
     _write_json(out_dir / "parity.json", doc)
     paths.update(parity=out_dir / "parity.json", junit=out_dir / "junit.xml", policy=out_dir / "policy.json")
     if progress is not None:
         progress("artefacts", len(STAGES), len(STAGES))
-    return Verdict(passed=doc["verdict"] == "pass", parity=doc, out_dir=out_dir, paths=paths, agreement=kernel)
+    return Verdict(verdict=doc["verdict"], parity=doc, out_dir=out_dir, paths=paths, agreement=kernel)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

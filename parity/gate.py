@@ -33,8 +33,13 @@ class GateResult:
     doc: dict[str, Any]
 
     @property
+    def verdict(self) -> str:
+        """pass, fail or marginal (a metric's interval straddles its threshold)."""
+        return self.criteria.status
+
+    @property
     def passed(self) -> bool:
-        return self.criteria.passed
+        return self.verdict == "pass"
 
 
 def _start(policy: Policy, scenario: Any | None, where: Path) -> dt.datetime:
@@ -70,9 +75,12 @@ def run_gate(policy_path: Path, staging_trace: Path, production_profile: Path, *
     if policy.source.trace_sha256 and policy.source.trace_sha256 != trace_digest(staging):
         notes.append(f"{policy_path} was not learned from {staging_trace} (trace digest differs): the criteria "
                      "judge this staging trace, the lanes checked are the policy's")
-    sp = profile_from_trace(staging, _start(policy, scenario, policy_path), arm="staging")
+    # measured alike: a class whose production profile has no contexts (an audit trail without
+    # context entities, e.g. HAPI's BALP) has its staging gaps measured between requests too
+    bases = {c: p.interarrival_basis for c, p in prod.classes.items() if p.interarrival_basis != "context"}
+    sp = profile_from_trace(staging, _start(policy, scenario, policy_path), arm="staging", basis=bases)
     crit = criteria(sp, prod, gate, policy=policy, declared=declared)
-    doc = {"schema": GATE_SCHEMA, "verdict": "pass" if crit.passed else "fail", "policy": policy.hash,
+    doc = {"schema": GATE_SCHEMA, "verdict": crit.status, "policy": policy.hash,
            "staging_trace": trace_digest(staging), "production_profile": {"source": prod.source, "days": prod.days,
                                                                           "first_day": prod.first_day},
            "criteria": crit.to_dict(), "notes": notes}

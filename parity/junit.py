@@ -1,5 +1,9 @@
 """JUnit XML: one testcase per criterion per agent class, plus one per injected attack.
 
+An attack's testcase fails when it was never caught, and (``fail_through``, the default verdict:
+``gate.replay.max_under_blocks`` set) when any of its actions got through, caught or not.  A
+criterion's testcase whose metrics are only *marginal* passes, with the margin in its output.
+
 CI systems (GitLab, Jenkins, GitHub test reporters) show these natively, so a failed gate reads
 as "coverage[cds] failed: staging never performed DiagnosticReport search" in the CI UI.
 """
@@ -13,7 +17,8 @@ from typing import Any
 from paritybed.parity.criteria import Criteria
 
 
-def junit_xml(crit: Criteria, attacks: list[dict[str, Any]] | None = None, *, suite: str = "paritybed") -> str:
+def junit_xml(crit: Criteria, attacks: list[dict[str, Any]] | None = None, *, suite: str = "paritybed",
+              fail_through: bool = False) -> str:
     root = ET.Element("testsuites", name=suite)
     cases: list[ET.Element] = []
     for c in crit.all():
@@ -28,17 +33,23 @@ def junit_xml(crit: Criteria, attacks: list[dict[str, Any]] | None = None, *, su
                 f.text = "\n".join(m.reading for m in bad)
             out = ET.SubElement(tc, "system-out")
             out.text = "\n".join(f"{m.name}: {_fmt(m.value)} {m.op} {_fmt(m.threshold)} "
-                                 f"{'pass' if m.passed else 'FAIL'} - {m.reading}" for m in ms)
+                                 f"{_status(m.status)}{_interval(m.interval)} - {m.reading}" for m in ms)
             cases.append(tc)
         _counts(ts)
     if attacks is not None:
         ts = ET.SubElement(root, "testsuite", name=f"{suite}.attacks")
         for a in attacks:
             tc = ET.SubElement(ts, "testcase", classname=f"{suite}.attacks", name=a["label"], time="0")
+            through = a["rows"] - a["blocked"]
             if not a["caught"]:
                 f = ET.SubElement(tc, "failure", message=f"{a['label']} was never blocked or alerted ({a['rows']} actions)",
                                   type="UnderBlock")
                 f.text = f"The injected {a['kind']} {a['name']} by agent {a['agent']} got through the policy."
+            elif fail_through and through > 0:
+                f = ET.SubElement(tc, "failure", message=f"{through} of {a['rows']} actions of {a['label']} got through "
+                                  f"(caught after {a['time_to_enforcement_s']} s, {a['first_reason']})", type="UnderBlock")
+                f.text = (f"The injected {a['kind']} {a['name']} by agent {a['agent']} was caught, but {through} of its "
+                          "actions were allowed or only alerted first.")
             else:
                 out = ET.SubElement(tc, "system-out")
                 out.text = (f"caught after {a['time_to_enforcement_s']} s ({a['first_reason']}); "
@@ -59,12 +70,21 @@ def _counts(ts: ET.Element) -> None:
     ts.set("errors", "0")
 
 
+def _status(status: str) -> str:
+    return {"pass": "pass", "fail": "FAIL", "marginal": "MARGINAL"}[status]
+
+
+def _interval(iv: tuple[float, float] | None) -> str:
+    return "" if iv is None else f" (interval {_fmt(iv[0])}..{_fmt(iv[1])})"
+
+
 def _fmt(v: float | None) -> str:
     if v is None:
         return "n/a"
     return f"{v:.4g}"
 
 
-def write_junit(path: str | Path, crit: Criteria, attacks: list[dict[str, Any]] | None = None) -> None:
+def write_junit(path: str | Path, crit: Criteria, attacks: list[dict[str, Any]] | None = None, *,
+                fail_through: bool = False) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(junit_xml(crit, attacks), encoding="utf-8")
+    Path(path).write_text(junit_xml(crit, attacks, fail_through=fail_through), encoding="utf-8")

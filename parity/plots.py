@@ -34,7 +34,7 @@ PROD, STAG, BAD, LIMIT = "#1f4e79", "#e69f00", "#c0392b", "#555555"
 META = {"Software": None}  # no version/timestamp in the PNG: byte-stable output
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=96, metadata=META)
     plt.close(fig)
@@ -87,7 +87,7 @@ def plot_rate(cls: str, sp: Profile, pp: Profile, policy: Policy | None, over_ab
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     ax.grid(alpha=0.25)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_coverage(sp: Profile, pp: Profile, path: Path) -> Path:
@@ -97,7 +97,7 @@ def plot_coverage(sp: Profile, pp: Profile, path: Path) -> Path:
     if not pairs or not classes:
         ax.text(0.5, 0.5, "no FHIR traffic", ha="center")
         ax.axis("off")
-        return _save(fig, path)
+        return save_figure(fig, path)
     share = np.zeros((len(classes), len(pairs)))
     for i, c in enumerate(classes):
         tot = sum(pp.classes[c].pairs.values()) or 1
@@ -123,7 +123,7 @@ def plot_coverage(sp: Profile, pp: Profile, path: Path) -> Path:
     ax.set_title("Coverage: colour = production share; ✓ in staging, ✗ missing in staging, s = staging only",
                  fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _hhmm(t_ns: int) -> str:
@@ -137,7 +137,7 @@ def plot_break_glass(production: pa.Table, rep: Replay, path: Path) -> Path:
     if not ev:
         ax.text(0.5, 0.5, "no break-glass activation in production", ha="center", va="center")
         ax.axis("off")
-        return _save(fig, path)
+        return save_figure(fig, path)
     rows = production.take(pa.array([e["row"] for e in ev[:40]], type=pa.int64())).select(
         ["t_ns", "agent", "replica", "lane", "claim_id"]).to_pylist()
     claim = production["claim_id"].combine_chunks()
@@ -162,7 +162,7 @@ def plot_break_glass(production: pa.Table, rep: Replay, path: Path) -> Path:
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.25)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_scope(mn: dict[str, Any], path: Path) -> Path:
@@ -188,7 +188,7 @@ def plot_scope(mn: dict[str, Any], path: Path) -> Path:
                  "red: used, not declared; light blue: used only under a break-glass lane)",
                  fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_over_blocks(production: pa.Table, rep: Replay, start: dt.datetime, path: Path) -> Path:
@@ -223,4 +223,4 @@ def plot_over_blocks(production: pa.Table, rep: Replay, start: dt.datetime, path
     else:
         ax.text(0.5, 0.5, "no over-blocks: no legitimate request was denied", transform=ax.transAxes, ha="center")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -17,7 +17,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from paritybed.core.columns import codes, ints, mask_eq
 from paritybed.core.errors import InputError
-from paritybed.core.units import DAY_NS, FIVE_MIN_NS, HOUR_NS
+from paritybed.core.units import DAY_NS, FIVE_MIN_NS, HOUR_NS, epoch_ns
 from paritybed.parity.windows import sliding_counts
 
 PROFILE_SCHEMA = "paritybed.profile/1"
@@ -124,7 +124,7 @@ class Stream:
 
 def stream_from_trace(trace: pa.Table, start: dt.datetime) -> Stream:
     """The trace's rows as a Stream (t_ns offset by the scenario's start instant)."""
-    origin = _epoch_ns(start)
+    origin = epoch_ns(start)
     t = ints(trace["t_ns"]) + origin
     cls_c, cls_v = codes(trace["agent_class"])
     agent_c, agent_v = codes(trace["agent"])
@@ -150,21 +150,19 @@ def stream_from_trace(trace: pa.Table, start: dt.datetime) -> Stream:
                   duration_ns=ints(trace["duration_ns"]), endpoint_c=ep_c, endpoint_v=ep_v)
 
 
-def _epoch_ns(d: dt.datetime) -> int:
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
-    delta = d - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-    return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
 
-
-def profile_from_trace(trace: pa.Table, scenario_start: dt.datetime, *, arm: str | None = None) -> Profile:
-    """The de-identified profile of one arm's trace (``scenario_start`` = the instant of t=0)."""
+def profile_from_trace(trace: pa.Table, scenario_start: dt.datetime, *, arm: str | None = None,
+                       basis: Mapping[str, str] | None = None) -> Profile:
+    """The de-identified profile of one arm's trace (``scenario_start`` = the instant of t=0).
+    ``basis`` (class -> ``request``) measures a class's inter-arrival gaps between requests even
+    where the trace has contexts: what a gate does when the other side's profile has none (an
+    audit trail without context entities), so both sides are measured alike."""
     if arm is None:
         arm = str(trace["arm"][0].as_py()) if trace.num_rows else ""
-    return build_profile(stream_from_trace(trace, scenario_start), source="trace", arm=arm)
+    return build_profile(stream_from_trace(trace, scenario_start), source="trace", arm=arm, basis=basis)
 
 
-def build_profile(s: Stream, *, source: str, arm: str) -> Profile:
+def build_profile(s: Stream, *, source: str, arm: str, basis: Mapping[str, str] | None = None) -> Profile:
     if len(s.abs_ns) == 0:
         return Profile(source=source, arm=arm)
     day0 = int(s.abs_ns.min()) // DAY_NS
@@ -173,7 +171,7 @@ def build_profile(s: Stream, *, source: str, arm: str) -> Profile:
     for c, name in enumerate(s.agent_class):
         rows = s.cls_c == c
         if rows.any():
-            classes[name] = _class_profile(s, rows, day0)
+            classes[name] = _class_profile(s, rows, day0, (basis or {}).get(name, "context"))
     first_day = dt.date(1970, 1, 1) + dt.timedelta(days=day0)
     return Profile(source=source, arm=arm, first_day=first_day.isoformat(), days=last - day0 + 1,
                    classes=dict(sorted(classes.items())))
@@ -186,7 +184,7 @@ def _counts(c: np.ndarray, v: list[str]) -> dict[str, int]:
     return {v[k]: int(m) for k, m in zip(u.tolist(), n.tolist()) if v[k]}
 
 
-def _class_profile(s: Stream, rows: np.ndarray, day0: int) -> ClassProfile:
+def _class_profile(s: Stream, rows: np.ndarray, day0: int, basis: str = "context") -> ClassProfile:
     f = rows & s.kind_fhir & s.legit
     t = s.abs_ns[f]
     no_lane = s.lane_c == s.lane_v.index("") if "" in s.lane_v else np.zeros(len(s.lane_c), dtype=bool)
@@ -208,7 +206,7 @@ def _class_profile(s: Stream, rows: np.ndarray, day0: int) -> ClassProfile:
             b = ((tk[m] % DAY_NS) // FIVE_MIN_NS)
             bins5[name][str(d)] = np.bincount(b, minlength=BINS_PER_DAY).tolist()
     ctx = s.context_c[f]
-    ia, basis = _interarrival(t, ctx, s.context_v, st)
+    ia, basis = _interarrival(t, ctx, s.context_v, st, use_contexts=basis == "context")
     ctx_counts = np.bincount(ctx, minlength=len(s.context_v)) if len(ctx) else np.zeros(0, dtype=np.int64)
     if "" in s.context_v and len(ctx_counts):
         ctx_counts[s.context_v.index("")] = 0
@@ -223,14 +221,15 @@ def _class_profile(s: Stream, rows: np.ndarray, day0: int) -> ClassProfile:
     )
 
 
-def _interarrival(t: np.ndarray, ctx: np.ndarray, ctx_v: list[str], stream: np.ndarray) -> tuple[np.ndarray, str]:
+def _interarrival(t: np.ndarray, ctx: np.ndarray, ctx_v: list[str], stream: np.ndarray, *,
+                  use_contexts: bool = True) -> tuple[np.ndarray, str]:
     """Inter-arrival times (ms) of the agent's *work*: the gaps between the first requests of
     successive clinical contexts (encounters, claims, queries) of the class.  The requests inside
     one task follow each other at machine pace in both arms alike; what staging must reproduce is
     when clinical work arrives (bursts at rounds, quiet nights).  Without contexts (an export that
     does not carry them) the gaps between requests of each replica stand in."""
     has = ctx != (ctx_v.index("") if "" in ctx_v else -1)
-    if has.sum() >= 2:
+    if use_contexts and has.sum() >= 2:
         _, first = np.unique(ctx[has], return_index=True)
         ft = np.sort(t[has][first])
         return np.diff(ft) / 1e6, "context"

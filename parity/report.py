@@ -42,6 +42,12 @@ def _summary(doc: dict[str, Any]) -> str:
     r = doc["replay"]
     if doc["verdict"] == "pass":
         head = "Staging represents production well enough: the policy learned in staging can be enforced in production."
+    elif doc["verdict"] == "marginal":
+        near = [f"{m['agent_class']} {m['name']}" for c in doc["criteria"].values() for m in c["metrics"]
+                if m.get("status") == "marginal"]
+        head = ("Too close to call: no check fails outright, but the uncertainty of "
+                + ", ".join(near[:4]) + (" ..." if len(near) > 4 else "")
+                + " reaches across its threshold. A longer or larger staging run would settle it.")
     else:
         head = ("Staging does not represent production well enough to enforce the policy learned from it"
                 + (f" ({', '.join(failing)} failed)." if failing else " (the replay gate failed)."))
@@ -76,14 +82,18 @@ def render_report(doc: dict[str, Any], plots: dict[str, Path], attestation: list
         status: dict[str, bool] = {}
         for m in c["metrics"]:
             status[m["agent_class"]] = status.get(m["agent_class"], True) and m["pass"]
-        metrics = [dict(m, value_s=_fmt(m["value"]), threshold_s=_fmt(m["threshold"])) for m in c["metrics"]]
+        metrics = [dict(m, value_s=_fmt(m["value"]), threshold_s=_fmt(m["threshold"]),
+                        interval_s=(f"{_fmt(m['interval'][0])} – {_fmt(m['interval'][1])}" if m.get("interval") else "—"),
+                        margin_s=_fmt(m.get("margin")), status=m.get("status", "pass" if m["pass"] else "fail"))
+                   for m in c["metrics"]]
         if key == "fidelity":
             imgs = [(k, p) for k, p in sorted(plots.items()) if k.startswith("rate_")]
         elif key == "coverage":
             imgs = [("coverage", plots["coverage"])] if "coverage" in plots else []
         else:
             imgs = [("break_glass", plots["break_glass"])] if "break_glass" in plots else []
-        criteria.append({"key": key, "title": TITLES[key], "intro": INTROS[key], "passed": c["pass"], "status": status,
+        criteria.append({"key": key, "title": TITLES[key], "intro": INTROS[key], "passed": c["pass"],
+                         "verdict": c.get("status", "pass" if c["pass"] else "fail"), "status": status,
                          "metrics": metrics, "images": [{"alt": k, "b64": _b64(p)} for k, p in imgs]})
     html = env.get_template("report.html").render(
         doc=doc, summary=_summary(doc), classes=classes, criteria=criteria, replay_reading=_replay_reading(doc),

@@ -33,6 +33,7 @@ err = Console(stderr=True)
 COMMAND_MODULES = (
     "paritybed.cmd_run",
     "paritybed.cmd_parity",
+    "paritybed.cmd_sweep",
     "paritybed.cmd_population",
     "paritybed.cmd_fhir",
     "paritybed.cmd_enforce",

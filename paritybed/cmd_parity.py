@@ -1,7 +1,8 @@
 """`paritybed gate`, `paritybed profile` and `paritybed verify-log`: parity on artefacts.
 
 Heavy imports happen inside the commands so that `paritybed --help` stays instant.
-Exit codes: 0 pass / ok, 1 parity fail / broken log, 2 usage or input error.
+Exit codes: 0 pass / ok, 1 parity fail / broken log, 2 usage or input error, 4 parity marginal
+(unless --marginal-as says how to read it).
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from rich.table import Table
 out = Console()
 err = Console(stderr=True)
 
+MARGINAL_HELP = ("how CI reads a marginal verdict (a metric's confidence interval straddles its threshold): pass "
+                 "(exit 0) or fail (exit 1); default: exit 4")
+VERDICT_STYLE = {"pass": "[bold green]PASS[/]", "fail": "[bold red]FAIL[/]", "marginal": "[bold yellow]MARGINAL[/]"}
+STATUS_STYLE = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "marginal": "[yellow]marginal[/]"}
+
 
 def register(app: typer.Typer) -> None:
     """Add the parity commands to the CLI."""
     app.command("gate", help=(
         "Gate CI on parity without re-running the simulation: score the staging trace (and the policy "
-        "learned from it) against a de-identified production profile. Exit 0 pass, 1 fail, 2 bad input.\n\n"
+        "learned from it) against a de-identified production profile. Exit 0 pass, 1 fail, 2 bad input, 4 marginal "
+        "(a metric's confidence interval straddles its threshold; --marginal-as pass|fail decides for CI).\n\n"
         "Example: paritybed gate --policy runs/week/policy.json --staging-trace traces/staging.parquet "
         "--production-profile profile.json --junit reports/parity.xml"))(gate_command)
     app.command("profile", help=(
@@ -47,35 +54,51 @@ def gate_command(
     junit: Optional[Path] = typer.Option(None, "--junit", help="write JUnit XML here (one testcase per criterion and agent)"),
     scenario: Optional[Path] = typer.Option(None, "--scenario", help="scenario YAML: gate thresholds, declared break-glass classes, start instant"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the gate result as JSON here"),
+    marginal_as: Optional[str] = typer.Option(None, "--marginal-as", help=MARGINAL_HELP),
 ) -> None:
+    from paritybed.core.errors import verdict_exit_code
     from paritybed.parity.gate import run_gate
+
+    check_marginal_as(marginal_as)
 
     with err.status("scoring staging against the production profile"):
         res = run_gate(policy, staging_trace, production_profile, scenario_path=scenario, junit=junit, json_out=json_out)
     for n in res.notes:
         err.print(f"[yellow]note:[/] {n}", highlight=False)
     _scorecard(res.criteria)
-    verdict = "[bold green]PASS[/]" if res.passed else "[bold red]FAIL[/]"
-    out.print(f"parity gate: {verdict} (policy {res.policy.hash[:19]}…)")
-    raise typer.Exit(0 if res.passed else 1)
+    code = verdict_exit_code(res.verdict, marginal_as)
+    out.print(f"parity gate: {VERDICT_STYLE[res.verdict]} (policy {res.policy.hash[:19]}…; exit code {code})")
+    raise typer.Exit(code)
+
+
+def check_marginal_as(value: str | None) -> None:
+    """--marginal-as takes pass or fail (exit 2 otherwise)."""
+    if value not in (None, "pass", "fail"):
+        from paritybed.core.errors import InputError
+
+        raise InputError(f"--marginal-as: expected pass or fail; found {value!r}")
 
 
 def _scorecard(crit) -> None:  # noqa: ANN001 - paritybed.parity.criteria.Criteria, imported lazily
     from rich.markup import escape
 
     t = Table(title="parity criteria", show_lines=False)
-    for c in ("criterion", "agent", "metric", "value", "threshold", "result"):
+    for c in ("criterion", "agent", "metric", "value", "interval", "threshold", "result"):
         t.add_column(c, overflow="fold")
     for c in crit.all():
         for m in c.metrics:
             v = "n/a" if m.value is None else f"{m.value:.4g}"
-            t.add_row(c.name, m.agent_class, m.name, v, f"{m.op} {m.threshold:g}" if m.threshold is not None else "",
-                      "[green]pass[/]" if m.passed else "[red]FAIL[/]")
+            iv = "" if m.interval is None else f"{m.interval[0]:.4g}..{m.interval[1]:.4g}"
+            t.add_row(c.name, m.agent_class, m.name, v, iv, f"{m.op} {m.threshold:g}" if m.threshold is not None else "",
+                      STATUS_STYLE[m.status])
     out.print(t)
     for c in crit.all():
         for m in c.metrics:
-            if not m.passed:
-                out.print(f"[red]✗[/] {escape(f'{c.name}[{m.agent_class}] {m.name}')}: {escape(m.reading)}",
+            if m.status != "pass":
+                mark = "[red]✗[/]" if m.status == "fail" else "[yellow]?[/]"
+                extra = "" if m.status == "fail" else (f" (marginal: its {m.interval[0]:.4g}..{m.interval[1]:.4g} "
+                                                        f"interval straddles {m.threshold:g})")
+                out.print(f"{mark} {escape(f'{c.name}[{m.agent_class}] {m.name}')}: {escape(m.reading)}{extra}",
                           highlight=False)
 
 

@@ -11,7 +11,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from paritybed.core.errors import EXIT_USAGE
+from paritybed.cmd_parity import MARGINAL_HELP, STATUS_STYLE, check_marginal_as
+from paritybed.core.errors import EXIT_USAGE, verdict_exit_code
 
 out = Console()
 err = Console(stderr=True)
@@ -28,7 +29,8 @@ def register(app: typer.Typer) -> None:
             "and the agents for the production and staging arms (OUT/traces/*.parquet, OUT/summary.json), learn the "
             "envelope from staging (OUT/policy.json), replay production under it, score fidelity, coverage and "
             "break-glass, and write OUT/parity.json, junit.xml, report.html, plots/ and attestation/.  "
-            "Exit code 0 parity pass, 1 parity fail, 2 bad input, 3 environment problem.  With --mode live "
+            "Exit code 0 parity pass, 1 parity fail, 2 bad input, 3 environment problem, 4 parity marginal (a "
+            "metric's confidence interval straddles its threshold; --marginal-as pass|fail decides).  With --mode live "
             "(root) production runs as real processes under the eBPF enforcer.\n\n"
             "Example: paritybed run scenarios/community-hospital-week.yaml --out runs/week\n\n"
             "Example: sudo paritybed run scenarios/live-smoke.yaml --mode live --out runs/live"
@@ -49,7 +51,9 @@ def register(app: typer.Typer) -> None:
         help=(
             "Run the default scenario end to end (one week of a 300-bed community hospital, all three agent "
             "classes), then load its patients into an embedded FHIR server database (OUT/fhir.db); ends with the "
-            "verdict and the report's path.  This is what `make demo` runs.\n\n"
+            "verdict and the report's path.  Production is decided by the kernel (live mode) as root on a kernel "
+            "with BPF, else by the reference engine (model mode); the first line says which and why.  This is what "
+            "`make demo` runs.\n\n"
             "Example: paritybed demo --out runs/demo"
         ),
     )(demo_command)
@@ -69,12 +73,14 @@ def run_command(
     compression: float = typer.Option(60.0, "--compression", help="live mode, real clock: simulated seconds per wall second"),
     fhir_url: Optional[str] = typer.Option(None, "--fhir-url", help="live mode: an already loaded FHIR server "
                                            "(e.g. HAPI, http://localhost:8080/fhir) instead of the embedded one"),
+    marginal_as: Optional[str] = typer.Option(None, "--marginal-as", help=MARGINAL_HELP),
 ) -> None:
     if mode not in ("model", "live") or clock not in ("virtual", "real") or compression <= 0:
         from paritybed.core.errors import InputError
 
         raise InputError(f"--mode must be model or live, --clock virtual or real, --compression > 0 "
                          f"(got {mode!r}, {clock!r}, {compression})")
+    check_marginal_as(marginal_as)
     from paritybed.run import LiveOptions
 
     live = LiveOptions(clock=clock, compression=compression, fhir_url=fhir_url) if mode == "live" else None  # type: ignore[arg-type]
@@ -84,30 +90,58 @@ def run_command(
     if result.live is not None:
         print_live(result.live)
     if result.verdict is not None:
-        print_verdict(result.verdict)
-        agree = result.live["agreement"] if result.live is not None else None
-        if agree is not None and clock == "virtual" and agree["disagreements"]:
-            err.print(f"[bold red]the kernel and the reference engine disagree on {agree['disagreements']} of "
-                      f"{agree['rows']} requests[/] (first: {agree['first_disagreements'][:3]}); see live.json",
-                      highlight=False, soft_wrap=True)
-            raise typer.Exit(1)
-        raise typer.Exit(result.verdict.exit_code)
+        print_verdict(result.verdict, marginal_as)
+        require_agreement(result.live)
+        raise typer.Exit(verdict_exit_code(result.verdict.verdict, marginal_as))
+
+
+def require_agreement(live: dict[str, Any] | None) -> None:
+    """README exit codes: on the virtual clock a disagreement between the kernel and the reference
+    engine is exit 1, whatever the verdict."""
+    agree = live["agreement"] if live is not None else None
+    if agree is not None and live["clock"] == "virtual" and agree["disagreements"]:  # type: ignore[index]
+        err.print(f"[bold red]the kernel and the reference engine disagree on {agree['disagreements']} of "
+                  f"{agree['rows']} requests[/] (first: {agree['first_disagreements'][:3]}); see live.json",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def demo_command(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run folder to write"),
+    mode: str = typer.Option("auto", "--mode", help="auto: the kernel decides (live mode) where it can, else the "
+                             "reference engine (model mode); live or model to choose"),
 ) -> None:
     """The default scenario end to end, then its production patients loaded into an embedded
     FHIR server database (OUT/fhir.db, serve it with `paritybed fhir serve --db OUT/fhir.db`).
 
     The production arm's derived population is built into its prebuilt database (fhir/bulk.py)
-    by a background process alongside the simulation, then restored into OUT/fhir.db."""
-    from paritybed.fhir.loader import build_db
+    by a background process alongside the simulation (live mode's server starts from it, waiting
+    for the build if it is not done), then copied into OUT/fhir.db."""
+    from paritybed.live import unavailable_reason
+    from paritybed.run import LiveOptions
 
+    if mode not in ("auto", "live", "model"):
+        from paritybed.core.errors import InputError
+
+        raise InputError(f"--mode must be auto, live or model (got {mode!r})")
+    why = unavailable_reason() if mode != "model" else "--mode model"
+    live = mode == "live" or (mode == "auto" and why is None)
+    if live:
+        err.print("[bold]the kernel decides production[/] (live mode: real processes, HTTP and connects under the eBPF "
+                  "enforcer, on the virtual clock)" + (": root with BPF here" if mode == "auto" else ""),
+                  highlight=False, soft_wrap=True)
+    else:
+        err.print(f"[bold]the reference engine decides production[/] (model mode): {why}", highlight=False,
+                  soft_wrap=True)
     builder = PrebuiltInBackground()
     result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True,
+                               live=LiveOptions() if live else None,
                                populations_ready=lambda pops: builder.start(pops["production"].folder))
     print_run(result.summary, result.traces)
+    if result.live is not None:
+        print_live(result.live)
+    from paritybed.fhir.loader import build_db
+
     db = Path(out_dir) / "fhir.db"
     for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         stale.unlink(missing_ok=True)
@@ -124,6 +158,7 @@ def demo_command(
     out.print(t)
     out.print(f"serve it: paritybed fhir serve --db {db}   (http://127.0.0.1:8080/fhir)", highlight=False)
     print_verdict(result.verdict)
+    require_agreement(result.live)
 
 
 class PrebuiltInBackground:
@@ -234,24 +269,27 @@ def print_live(live: dict[str, Any]) -> None:
               f"{a['rows']:,} rows[/]", highlight=False)
 
 
-def print_verdict(verdict: Any) -> None:
+def print_verdict(verdict: Any, marginal_as: str | None = None) -> None:
     """The answer first: verdict, report path, then the scorecard and the replay's consequences."""
     from rich.table import Table
 
     doc = verdict.parity
-    ok = doc["verdict"] == "pass"
+    colour = {"pass": "green", "fail": "red", "marginal": "yellow"}[doc["verdict"]]
     report = verdict.out_dir / "report.html"
     out.print(f"\nReport: {report}", highlight=False, soft_wrap=True)
-    out.print(f"[bold {'green' if ok else 'red'}]parity verdict: {doc['verdict'].upper()}[/]  "
-              f"(exit code {verdict.exit_code}; parity.json, junit.xml, policy.json, attestation/ in {verdict.out_dir})",
-              highlight=False, soft_wrap=True)
+    out.print(f"[bold {colour}]parity verdict: {doc['verdict'].upper()}[/]  "
+              f"(exit code {verdict_exit_code(doc['verdict'], marginal_as)}; parity.json, junit.xml, policy.json, "
+              f"attestation/ in {verdict.out_dir})", highlight=False, soft_wrap=True)
     t = Table(title="criteria", title_justify="left")
-    for col in ("criterion", "result", "failing metrics"):
+    for col in ("criterion", "result", "failing or marginal metrics"):
         t.add_column(col, overflow="fold")
     for name in ("fidelity", "coverage", "break_glass"):
         c = doc["criteria"][name]
         failing = _failing_metrics(c)
-        t.add_row(name, "[green]pass[/]" if c["pass"] else "[red]FAIL[/]", ", ".join(failing[:6]) + (" ..." if len(failing) > 6 else ""))
+        t.add_row(name, STATUS_STYLE[c["status"]], ", ".join(failing[:6]) + (" ..." if len(failing) > 6 else ""))
+    for g in doc["replay"]["gates"]:
+        if not g["pass"]:
+            t.add_row("replay", STATUS_STYLE["fail"], f"{g['name']} {g['value']:g} > {g['threshold']:g}")
     out.print(t)
     r = doc["replay"]
     ob = r["over_blocks"]
@@ -272,14 +310,16 @@ def print_verdict(verdict: Any) -> None:
 
 
 def _failing_metrics(criterion: dict[str, Any]) -> list[str]:
-    """'agent class: metric' for every failing metric of a criterion in parity.json."""
+    """'agent class: metric' for every failing (or marginal, marked ?) metric of a criterion in parity.json."""
     names: list[str] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if "name" in node and "value" in node and node.get("pass") is False:
+            status = node.get("status", "pass" if node.get("pass") is not False else "fail")
+            if "name" in node and "value" in node and status != "pass":
                 who = node.get("agent_class") or node.get("class") or ""
-                names.append(f"{who}: {node['name']}" if who else str(node["name"]))
+                mark = "?" if status == "marginal" else ""
+                names.append(f"{who}: {node['name']}{mark}" if who else f"{node['name']}{mark}")
                 return
             for v in node.values():
                 walk(v)

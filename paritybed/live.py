@@ -5,34 +5,44 @@ decided by the kernel.
 "decide production" differs, and this module is it:
 
 * the embedded FHIR server (or `--fhir-url`) holds the production patients (``fhir_endpoint``);
+  the embedded one runs in processes of its own, one per core (fhir/server.py), because its
+  searches are what bounds live mode's rate (docs/kernel.md, "Live mode's rate");
 * every agent replica is a worker process (agents/live.py) in its own cgroup under the kernel
-  enforcer (enforcer/kernel.py), sending the row's HTTP request over a keep-alive connection or
-  connecting to the row's external endpoint; stand-in listeners answer on the 127.0.0.x
-  addresses the BAA registry (and the attacks) name;
+  enforcer (enforcer/kernel.py), given its rows before it starts; it sends each row's HTTP request
+  over a pool of keep-alive connections or connects to the row's external endpoint; stand-in
+  listeners (a process of their own) answer on the 127.0.0.x addresses the BAA registry (and the
+  attacks) name;
 * break-glass activations go to the control plane (`open_lane`, the engine's rule);
-* the kernel's decision and reason for a row are the kernel's own events for it: the driver
-  sends one row at a time and reads the ring buffer after each answer (a hook writes its record
-  before the send or connect returns), so the records read belong to that row.  No record means
-  the kernel allowed it plainly.  An alert is allowed and recorded: distinct from an allow here,
-  as it is for the engine.  What the caller saw (errno, HTTP status) is kept beside it.
+* the kernel's decision and reason for a row are the kernel's own events for it.  A hook writes
+  its record before the send or connect returns, and each replica has at most one row between
+  "go" and the worker's "sent", so after that line the driver reads the ring buffer and the
+  replica's records are that row's.  No record means the kernel allowed it plainly.  An alert is
+  allowed and recorded: distinct from an allow here, as it is for the engine.  What the caller saw
+  (errno, HTTP status) is kept beside it.
 
-Two clocks.  On the **virtual** clock the driver writes each row's simulated time into the
-kernel's clock map before sending it and waits for the answer: deterministic, and the kernel must
-agree with the reference engine on every row (the differential invariant; a disagreement fails
-the run).  On the **real** clock rows are dispatched at their simulated time divided by the
-compression factor and the kernel uses `bpf_ktime_get_ns()`; agreement is reported, not required,
-since wall-clock jitter moves rate-limit and expiry edges.
+Replicas run side by side.  On the **virtual** clock every replica has a clock of its own in the
+kernel (``set_clock(t, replica=...)``): the driver sets it to the row's simulated time, tells the
+worker to go, and moves on to the next row of that replica as soon as the worker says the send
+(or connect) returned, without waiting for the answer.  Decisions depend on time only through the
+replica's own state (rate limit, quarantine, lanes, first contacts) and the BAA windows, so each
+replica's rows decided in its own order at its own times are decided exactly as the engine
+decides them; a disagreement fails the run.  On the **real** clock each replica's rows are
+dispatched at their simulated time divided by the compression factor and the kernel uses
+`bpf_ktime_get_ns()`; agreement is reported, not required, since wall-clock jitter moves
+rate-limit and expiry edges.
 """
 
 from __future__ import annotations
 
 import errno as errno_mod
 import json
+import multiprocessing as mp
+import os
 import select
 import signal
 import socket
 import subprocess
-import threading
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +53,6 @@ import pyarrow as pa
 import pyarrow.parquet  # noqa: F401 - pa.parquet.write_table
 
 from paritybed.core.errors import EnvironmentProblem, InputError
-from paritybed.core.pipe import PipeWorker
 from paritybed.enforcer.decisions import Decisions
 from paritybed.enforcer.engine import decision_events
 from paritybed.enforcer.kernel_abi import (ALERT, ALLOW, DECISIONS, DENY, R_LANE_NOT_IN_ENVELOPE, R_LANE_OPENED, R_OK,
@@ -57,99 +66,172 @@ ROW_EVENTS = DECIDING + ("first-contact", "quarantine", "kill", "lane-open", "la
 
 
 # ------------------------------------------------------------------------------------ stand-ins
+def _stand_ins_main(addresses: list[str], conn: Any) -> None:
+    """The stand-ins process: listen on every address, accept and close, until told to stop;
+    then report how many connections it accepted."""
+    socks = []
+    for addr in addresses:
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]")
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+        except OSError as e:
+            conn.send(f"cannot listen on {addr} for the stand-in endpoint: {e.strerror}")
+            return
+        s.listen(1024)
+        s.setblocking(False)
+        socks.append(s)
+    conn.send("ok")
+    accepted = 0
+    while True:
+        ready, _, _ = select.select([*socks, conn], [], [], 1.0)
+        for s in ready:
+            if s is conn:
+                conn.recv()
+                conn.send(accepted)
+                return
+            while True:  # a burst of connects: take them all
+                try:
+                    c, _ = s.accept()
+                except BlockingIOError:
+                    break
+                c.close()
+                accepted += 1
+
+
 class StandIns:
     """TCP listeners on the external endpoints' loopback addresses: accept and close.
 
     They stand in for the embedding service, the LLM, the payer gateway and the attackers'
-    endpoints, so a connect the kernel lets through really completes."""
+    endpoints, so a connect the kernel lets through really completes.  They run in a process of
+    their own (100 k connects a week would otherwise compete with the driver for its interpreter)."""
 
     def __init__(self, addresses: list[str]) -> None:
-        self.socks: list[socket.socket] = []
-        for addr in sorted(set(addresses)):
-            host, _, port = addr.rpartition(":")
-            host = host.strip("[]")
+        wanted = sorted(set(addresses))
+        for addr in wanted:
+            host = addr.rpartition(":")[0].strip("[]")
             if not host.startswith("127.") and host != "::1":
                 raise InputError(f"live mode connects only to loopback stand-ins; {addr} is not on 127.0.0.0/8",
                                  hint="give external endpoints 127.0.0.x addresses in the scenario's BAA registry")
-            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-            s = socket.socket(fam, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, int(port)))
-            except OSError as e:
-                s.close()
-                self.close()
-                raise EnvironmentProblem(f"cannot listen on {addr} for the stand-in endpoint: {e.strerror}") from None
-            s.listen(1024)
-            s.setblocking(False)
-            self.socks.append(s)
-        self._stop = threading.Event()
         self.accepted = 0
-        self._thread = threading.Thread(target=self._loop, name="stand-ins", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if not self.socks:
-                time.sleep(0.1)
-                continue
-            ready, _, _ = select.select(self.socks, [], [], 0.1)
-            for s in ready:
-                try:
-                    conn, _ = s.accept()
-                    conn.close()
-                    self.accepted += 1
-                except BlockingIOError:
-                    pass
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_stand_ins_main, args=(wanted, child), name="stand-ins", daemon=True)
+        self._proc.start()
+        child.close()
+        said = self._conn.recv() if self._conn.poll(60) else "the stand-in endpoints did not start"
+        if said != "ok":
+            self.close()
+            raise EnvironmentProblem(str(said))
 
     def close(self) -> None:
-        if hasattr(self, "_stop"):
-            self._stop.set()
-            self._thread.join(timeout=2)
-        for s in self.socks:
-            s.close()
+        if self._proc.is_alive():
+            try:
+                self._conn.send("stop")
+                if self._conn.poll(10):
+                    self.accepted = int(self._conn.recv())
+            except (BrokenPipeError, EOFError, OSError):
+                pass
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
 
 
 # ------------------------------------------------------------------------------------ replicas
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Replica:
-    """One agent replica's worker process inside its cgroup (respawned after a kill)."""
+    """One agent replica: its rows (trace positions, in time order), the worker process that runs
+    them inside its cgroup (started again after a kill, at the first row it did not report), and
+    the kernel's records of it not yet given to a row."""
 
-    def __init__(self, enforcer: Any, agent: str, replica: int, fhir_hostport: str) -> None:
-        self.enforcer, self.agent, self.replica, self.fhir = enforcer, agent, replica, fhir_hostport
+    def __init__(self, enforcer: Any, who: tuple[str, int], fhir_hostport: str, rows: list[int], commands: Path,
+                 clock: ClockMode, origin_ns: int, compression: float) -> None:
+        self.enforcer, self.who, self.fhir, self.rows, self.commands = enforcer, who, fhir_hostport, rows, commands
+        self.clock, self.origin_ns, self.compression = clock, origin_ns, compression
+        self.pos = 0  # rows decided so far (the worker reports them in order)
+        self.records: dict[int, list[dict[str, Any]]] = {}  # virtual clock: by the replica's time at the decision
+        self.timed: list[dict[str, Any]] = []  # real clock: in the order the kernel wrote them (ktime)
+        self.deaths: dict[int, int] = {}  # row position -> workers that died before reporting it
         self.kills = 0
-        self.worker = self._spawn()
+        self.cpu = 0.0  # CPU seconds of its workers (user + system)
+        self.proc: subprocess.Popen | None = None
+        self._buf = b""
 
-    def _spawn(self) -> PipeWorker:
+    def spawn(self) -> None:
         from paritybed.agents.live import worker_argv
 
-        return PipeWorker(self.enforcer.spawn(self.agent, self.replica, worker_argv(self.fhir), stdin=subprocess.PIPE,
-                                              stdout=subprocess.PIPE, text=True, bufsize=1))
+        if self.clock == "virtual":
+            fd, key = self.enforcer.replica_clock(*self.who)
+            argv = worker_argv(self.fhir, self.commands, self.pos, clock=(fd, key))
+            fds: tuple[int, ...] = (fd,)
+        else:
+            argv, fds = worker_argv(self.fhir, self.commands, self.pos, pace=(self.origin_ns, self.compression)), ()
+        self.proc = self.enforcer.spawn(self.who[0], self.who[1], argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        bufsize=0, pass_fds=fds)
+        os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
+        self._buf = b""
 
-    def send(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
-        """The worker's answer.  A worker killed (the control plane's `kill` response to an earlier
-        row) while handling the command may have died before sending it, so the kernel never saw the
-        row: the command goes once more to a fresh worker in the same cgroup, and the kernel decides
-        it (a killed replica stays quarantined).  None only if that one is killed too."""
-        for _ in range(2):
-            if not self.worker.alive():
-                self._reap()
-                self.worker = self._spawn()
-            answer = self.worker.ask(cmd)
-            if answer is not None:
-                return answer
-            self._reap()
-            self.worker = self._spawn()
-        return None
+    def fileno(self) -> int:
+        assert self.proc is not None and self.proc.stdout is not None
+        return self.proc.stdout.fileno()
 
-    def _reap(self) -> None:
-        code = self.worker.proc.wait(timeout=10)
-        if code != -signal.SIGKILL:
-            raise EnvironmentProblem(f"the live worker of {self.agent}-{self.replica} exited with code {code} "
-                                     "(not killed by the enforcer)")
-        self.kills += 1
+    def lines(self) -> list[bytes] | None:
+        """Complete lines the worker wrote since the last call; None at end of stream (it died or ended)."""
+        try:
+            data = os.read(self.fileno(), 1 << 18)
+        except BlockingIOError:
+            return []
+        if not data:
+            return None
+        *out, self._buf = (self._buf + data).split(b"\n")
+        return out
+
+    def tell(self, k: int) -> None:
+        """Let the worker go on after an ``l``/``w`` line (a dead worker is noticed at end of stream)."""
+        try:
+            self.proc.stdin.write(b"%d\n" % k)  # type: ignore[union-attr]
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def take(self, t: int, lo: int, hi: int) -> list[dict[str, Any]]:
+        """The kernel's records of the row decided at simulated time t (virtual clock), or between
+        the monotonic times lo and hi (real clock); the number of older records no row took is
+        counted by the caller."""
+        if self.clock == "virtual":
+            return self.records.pop(t, [])
+        out: list[dict[str, Any]] = []
+        while self.timed and self.timed[0].get("ktime_ns", 0) <= hi:
+            e = self.timed.pop(0)
+            if e.get("ktime_ns", 0) >= lo:
+                out.append(e)
+        return out
+
+    def reap(self) -> int:
+        """The worker is gone; its exit code (-SIGKILL when the enforcer killed it).  Its CPU time
+        is read from /proc while it is a zombie, before it is reaped."""
+        assert self.proc is not None
+        os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+        self.cpu += _cpu_seconds(self.proc.pid)
+        code = self.proc.wait(timeout=10)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+        self.proc = None
+        return code
 
     def close(self) -> None:
-        self.worker.close()
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.reap()
 
 
 # ------------------------------------------------------------------------------------ the kernel's decisions
@@ -205,13 +287,11 @@ class RowDecisions:
         return Decisions(self.decision, self.reason, self.events, decided_by="kernel")
 
 
-def _refused(kind: str, answer: dict[str, Any] | None) -> bool:
-    """What the caller saw: a kernel refusal (EACCES from send, EPERM from connect) or a kill."""
-    if answer is None:
+def _refused(kind: str, err: int | None) -> bool:
+    """What the caller saw: a kernel refusal (EACCES from send, EPERM from connect) or a kill
+    (``None``: the worker died before it could say)."""
+    if err is None:
         return True  # killed while handling it: the kill follows a denied request
-    err = answer.get("errno")
-    if answer.get("error"):
-        raise EnvironmentProblem(f"the live worker could not run row {answer.get('row')}: {answer['error']}")
     if kind == "fhir":
         return err in (errno_mod.EACCES, errno_mod.EPERM)  # sk_msg drop; the (re)connect refused
     return err == errno_mod.EPERM
@@ -225,93 +305,278 @@ class LiveResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+LANE_EVENTS = ("lane-open", "lane-refused")
+
+
+class Driver:
+    """The loop of ``drive``: every replica's worker runs its rows; the driver opens lanes, gives
+    the kernel's records to the rows the workers report, and restarts killed workers."""
+
+    def __init__(self, ke: Any, policy: Any, production: pa.Table, start_iso: str, fhir_hostport: str, tmp: Path,
+                 clock: ClockMode, compression: float, progress: Callable[[int, int], None] | None) -> None:
+        from paritybed.agents.live import commands, write_commands
+
+        self.ke, self.policy, self.clock, self.compression, self.progress = ke, policy, clock, compression, progress
+        n = production.num_rows
+        self.n = n
+        col = {c: production[c].to_pylist() for c in ("kind", "agent", "replica", "t_ns")}
+        lanes = [i for i, k in enumerate(col["kind"]) if k == "lane_open"]  # what open_lane needs, for those rows
+        col.update({c: dict(zip(lanes, production[c].take(pa.array(lanes, pa.int64())).to_pylist()))
+                    for c in ("claim_id", "lane", "duration_ns")})
+        self.kind, self.t, self.col = col["kind"], col["t_ns"], col
+        self.kernel = RowDecisions(n)
+        self.errno = [0] * n  # what the caller saw: 0 or the errno of the refused send/connect (-1: killed twice)
+        self.status = [0] * n  # HTTP status of a FHIR request that went through (0 otherwise)
+        self.latency: list[int] = []
+        self.done = 0
+        self.late = 0
+        self.t_wall0 = time.monotonic()
+        origin_ns = time.monotonic_ns() + 500_000_000  # real clock: simulated t=0, once the workers are up
+        by: dict[tuple[str, int], list[int]] = {}
+        for i, (a, r) in enumerate(zip(col["agent"], col["replica"])):
+            by.setdefault((a, int(r)), []).append(i)
+        every = commands(production, start_iso)
+        self.replicas: dict[tuple[str, int], Replica] = {}
+        for who, rows in sorted(by.items()):
+            path = tmp / f"{who[0]}-{who[1]}.jsonl"
+            write_commands(path, self._synced([every[i] for i in rows]))
+            ke.add_replica(*who)
+            self.replicas[who] = Replica(ke, who, fhir_hostport, rows, path, clock, origin_ns, compression)
+        self.origin_ns = origin_ns
+
+    @staticmethod
+    def _synced(cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A replica's commands, where lane activations and rows at the time of the row before
+        them wait for the driver (``sync``)."""
+        last = None
+        for cmd in cmds:
+            if cmd["kind"] == "lane_open":
+                cmd["sync"] = "lane"
+            elif cmd["t_ns"] == last:
+                cmd["sync"] = "wait"
+            last = cmd["t_ns"]
+        return cmds
+
+    # ---------------------------------------------------------------- kernel records
+    def route(self, events: list[dict[str, Any]]) -> None:
+        """Give each kernel record to its replica, to be taken by the row reported next with its
+        time (row events of no replica of this run are counted: none are expected)."""
+        for e in events:
+            rep = self.replicas.get((e.get("agent"), e.get("replica")))  # type: ignore[arg-type]
+            if rep is None or e.get("event") in LANE_EVENTS or "t_ns" not in e:
+                if e.get("event") in ROW_EVENTS and e.get("event") not in LANE_EVENTS:
+                    self.kernel.unattributed += 1
+            elif self.clock == "virtual":
+                rep.records.setdefault(e["t_ns"], []).append(e)
+            else:
+                rep.timed.append(e)
+
+    def _done(self) -> None:
+        self.done += 1
+        if self.progress is not None and (self.done % 512 == 0 or self.done == self.n):
+            self.progress(self.done, self.n)
+
+    # ---------------------------------------------------------------- what a worker says
+    def sent(self, rep: Replica, k: int, err: int | None, lo: int = 0, hi: int = 0) -> None:
+        """The kernel has decided row k of the replica (its send or connect returned; err None: the
+        worker was killed twice before it could say)."""
+        if k != rep.pos:
+            raise EnvironmentProblem(f"the live worker of {rep.who[0]}-{rep.who[1]} reported row {k} out of order "
+                                     f"(expected {rep.pos})")
+        i = rep.rows[k]
+        t = int(self.t[i])
+        kind = self.kind[i]
+        self.kernel.row(i, t, rep.who, kind, rep.who[0] in self.policy.agents, _refused(kind, err), rep.take(t, lo, hi))
+        self.errno[i] = err if err is not None else -1
+        if self.clock == "real" and lo - (self.origin_ns + t / self.compression) > 50e6:
+            self.late += 1
+        rep.pos += 1
+        self._done()
+
+    def lane(self, rep: Replica, k: int) -> None:
+        """Row k is a break-glass activation: the control plane's decision (the engine's rule)."""
+        i = rep.rows[k]
+        t = int(self.t[i])
+        ok = self.ke.open_lane(rep.who[0], rep.who[1], self.col["claim_id"][i], self.col["lane"][i],
+                               int(self.col["duration_ns"][i]), t)
+        events = self.ke.drain()
+        self.route(events)
+        self.kernel.lane(i, t, rep.who[0] in self.policy.agents, ok,
+                         [e for e in events if e.get("event") in LANE_EVENTS and (e.get("agent"), e.get("replica")) == rep.who])
+        rep.pos += 1
+        self._done()
+
+    def read(self, rep: Replica) -> None:
+        lines = rep.lines()
+        if lines is None:
+            self.ended(rep)
+            return
+        self.route(self.ke.drain())  # after the lines: every record of the rows they report is in
+        for line in lines:
+            what, k_, *rest = line.split(b" ", 2)
+            k = int(k_)
+            if what == b"s":
+                err, lo, hi = rest[0].split()
+                self.sent(rep, k, int(err), int(lo), int(hi))
+            elif what == b"r":
+                status, ns = rest[0].split()
+                self.status[rep.rows[k]] = int(status)
+                if int(status):
+                    self.latency.append(int(ns))
+            elif what == b"l":
+                self.lane(rep, k)
+                rep.tell(k)
+            elif what == b"w":
+                rep.tell(k)
+            else:
+                raise EnvironmentProblem(f"the live worker of {rep.who[0]}-{rep.who[1]} could not run row {rep.rows[k]}: "
+                                         f"{b' '.join(rest).decode(errors='replace')}")
+
+    def ended(self, rep: Replica) -> None:
+        """The worker's output ended: after its last row, or killed by the enforcer (kill
+        response).  A row it had not reported goes to a fresh worker in the same cgroup, and the
+        kernel decides it (a killed replica stays quarantined); if that one is killed too before it
+        reports the row, the row counts as refused and the next worker starts after it."""
+        code = rep.reap()
+        if rep.pos >= len(rep.rows):
+            return
+        if code != -signal.SIGKILL:
+            raise EnvironmentProblem(f"the live worker of {rep.who[0]}-{rep.who[1]} exited with code {code} "
+                                     "(not killed by the enforcer)")
+        rep.kills += 1
+        rep.deaths[rep.pos] = rep.deaths.get(rep.pos, 0) + 1
+        if rep.deaths[rep.pos] >= 2:
+            self.route(self.ke.drain())
+            i = rep.rows[rep.pos]
+            if self.kind[i] == "lane_open":
+                self.lane(rep, rep.pos)
+            else:
+                self.sent(rep, rep.pos, None, 0, time.monotonic_ns())
+        if rep.pos < len(rep.rows):
+            rep.spawn()
+
+    def left_over(self) -> None:
+        """Records no reported row took (none are expected) are counted."""
+        for rep in self.replicas.values():
+            left = [e for es in rep.records.values() for e in es] + rep.timed
+            self.kernel.unattributed += sum(1 for e in left if e.get("event") in ROW_EVENTS)
+            rep.records, rep.timed = {}, []
+
+    # ---------------------------------------------------------------- all replicas
+    def run(self) -> None:
+        for rep in self.replicas.values():
+            rep.spawn()
+        poller = select.poll()
+        watched: dict[int, Replica] = {}
+        while True:
+            live = {rep.fileno(): rep for rep in self.replicas.values() if rep.proc is not None}
+            if not live:
+                break
+            for fd in set(watched) - set(live):
+                poller.unregister(fd)
+            for fd in set(live) - set(watched):
+                poller.register(fd, select.POLLIN)
+            watched = live
+            for fd, _ in poller.poll(1000):
+                rep = watched[fd]
+                if rep.proc is not None and rep.fileno() == fd:
+                    self.read(rep)
+
+
 def drive(scenario: Scenario, production: pa.Table, policy: Any, registry_path: Path, out: Path, fhir_hostport: str,
           *, clock: ClockMode = "virtual", compression: float = 60.0, name: str = "paritybed",
           progress: Callable[[int, int], None] | None = None) -> LiveResult:
     """Send every production row through the kernel enforcer; the kernel's decisions."""
-    from paritybed.agents.live import command_for
     from paritybed.enforcer.kernel import KernelEnforcer
 
     start = scenario.start.datetime()
-    start_iso = start.isoformat()
-    rows = production.to_pylist()
-    egress_addrs = [r["address"] for r in rows if r["kind"] == "egress"]
-    stand_ins = StandIns(egress_addrs)
-    ke = KernelEnforcer(policy, registry_path, start=start, clock=clock, compression=compression,
-                        event_log=out / "kernel-events.jsonl", name=name)
-    replicas: dict[tuple[str, int], Replica] = {}
-    kernel = RowDecisions(len(rows))
-    seen_errno: list[int] = []  # what the caller saw: 0 or the errno of the refused send/connect
-    seen_status: list[int] = []  # HTTP status of a FHIR request that went through (0 otherwise)
-    latency: list[int] = []
-    t_wall0 = time.monotonic()
-    behind = 0
+    kinds = production["kind"].to_pylist()
+    addresses = production["address"].to_pylist()
+    stand_ins = StandIns([a for k, a in zip(kinds, addresses) if k == "egress"])
+    ke = None
+    driver: Driver | None = None
     try:
-        for agent, rep in sorted({(r["agent"], int(r["replica"])) for r in rows}):
-            replicas[(agent, rep)] = Replica(ke, agent, rep, fhir_hostport)
-        ke.drain()  # the control plane's start: not a row's
-        for i, r in enumerate(rows):
-            t = int(r["t_ns"])
-            if clock == "virtual":
-                ke.set_clock(t)
-            else:
-                due = t_wall0 + t / 1e9 / compression
-                wait = due - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                elif wait < -0.05:
-                    behind += 1
-            who = (r["agent"], int(r["replica"]))
-            enforced = r["agent"] in policy.agents
-            if r["kind"] == "lane_open":
-                ok = ke.open_lane(r["agent"], who[1], r["claim_id"], r["lane"], int(r["duration_ns"]), t)
-                kernel.lane(i, t, enforced, ok, ke.drain())
-                seen_errno.append(0)
-                seen_status.append(0)
-            else:
-                answer = replicas[who].send(command_for(r, i, start_iso))
-                kernel.row(i, t, who, r["kind"], enforced, _refused(r["kind"], answer), ke.drain())
-                seen_errno.append(int((answer or {}).get("errno") or (0 if answer is not None else -1)))
-                seen_status.append(int((answer or {}).get("status") or 0))
-                if answer is not None:
-                    latency.append(int(answer.get("ns") or 0))
-            if progress is not None and (i % 64 == 0 or i == len(rows) - 1):
-                progress(i + 1, len(rows))
+        ke = KernelEnforcer(policy, registry_path, start=start, clock=clock, compression=compression,
+                            event_log=out / "kernel-events.jsonl", name=name)
+        with tempfile.TemporaryDirectory(prefix="paritybed-live-") as tmp:
+            driver = Driver(ke, policy, production, start.isoformat(), fhir_hostport, Path(tmp), clock, compression,
+                            progress)
+            ke.drain()  # the control plane's start: not a row's
+            cpu0 = time.process_time()
+            driver.run()
+            driver_cpu = time.process_time() - cpu0
         time.sleep(0.2)  # let the last events reach the ring buffer consumer
-        ke.drain()
+        driver.route(ke.drain())
+        driver.left_over()
         lost = ke.lost_events()
         counters = ke.counters()
     finally:
-        for w in replicas.values():
-            w.close()
-        ke.close(cleanup=True)
+        if driver is not None:
+            for rep in driver.replicas.values():
+                rep.close()
+        if ke is not None:
+            ke.close(cleanup=True)
         stand_ins.close()
-    decisions = kernel.result([int(r["t_ns"]) for r in rows])
-    lat = np.asarray(latency or [0], dtype=np.int64)
+    wall = time.monotonic() - driver.t_wall0
+    decisions = driver.kernel.result(production["t_ns"].to_pylist())
+    lat = np.asarray(driver.latency or [0], dtype=np.int64)
+    status, errno_seen = np.asarray(driver.status, dtype=np.int16), np.asarray(driver.errno, dtype=np.int32)
+    fhir = np.asarray(kinds) == "fhir"
     summary = {
         "clock": clock, "compression": compression if clock == "real" else None,
-        "rows": len(rows), "wall_seconds": round(time.monotonic() - t_wall0, 2),
+        "rows": production.num_rows, "wall_seconds": round(wall, 2),
+        "rows_per_second": round(production.num_rows / wall) if wall > 0 else None,
+        "replicas": len(driver.replicas),
         "kernel_allowed": int((decisions.decision == ALLOW).sum()), "kernel_denied": int((decisions.decision == DENY).sum()),
         "kernel_alerted": int((decisions.decision == ALERT).sum()),
-        "caller_saw_otherwise": kernel.caller_mismatch, "unattributed_events": kernel.unattributed,
-        "worker_kills": sum(w.kills for w in replicas.values()),
-        "rows_dispatched_late": behind if clock == "real" else None,
+        "caller_saw_otherwise": driver.kernel.caller_mismatch, "unattributed_events": driver.kernel.unattributed,
+        "worker_kills": sum(r.kills for r in driver.replicas.values()),
+        "rows_dispatched_late": driver.late if clock == "real" else None,
+        "fhir_answers": {"2xx": int(((status >= 200) & (status < 300)).sum()),
+                         "other": int(((status > 0) & ((status < 200) | (status >= 300))).sum()),
+                         "none": int(((status == 0) & fhir & (errno_seen == 0)).sum())},
+        "cpu_seconds": {"driver": round(driver_cpu, 1), "workers": round(sum(r.cpu for r in driver.replicas.values()), 1)},
         "request_latency_us": {"p50": round(float(np.percentile(lat, 50)) / 1e3, 1),
                                "p99": round(float(np.percentile(lat, 99)) / 1e3, 1)},
         "lost_events": lost, "kernel_counters": counters, "stand_in_connections": stand_ins.accepted,
     }
     seen = production.append_column("decision", decisions.decision_strings()) \
         .append_column("reason", decisions.reason_strings()) \
-        .append_column("errno", pa.array(seen_errno, pa.int32())) \
-        .append_column("http_status", pa.array(seen_status, pa.int16()))
+        .append_column("errno", pa.array(errno_seen, pa.int32())) \
+        .append_column("http_status", pa.array(status, pa.int16()))
     pa.parquet.write_table(seen, out / "live.parquet", compression="zstd")
     return LiveResult(decisions, lost, summary)
 
 
 # ------------------------------------------------------------------------------------ in the pipeline
-def require_root() -> None:
-    import os
+def unavailable_reason() -> str | None:
+    """Why live mode cannot run here (what `paritybed demo` says when it falls back to model
+    mode), or None when it can: root, a cgroup v2 hierarchy, BTF of the running kernel, BCC's
+    Python module and the kernel headers it compiles against."""
+    import platform
 
+    from paritybed.enforcer.btf import VMLINUX
+    from paritybed.enforcer.cgroups import cgroup2_mount
+
+    if os.geteuid() != 0:
+        return "not root (eBPF programs and cgroups need root)"
+    try:
+        cgroup2_mount()
+    except EnvironmentProblem:
+        return "no cgroup v2 hierarchy is mounted"
+    if not VMLINUX.exists():
+        return f"the kernel has no BTF ({VMLINUX})"
+    try:
+        import bcc  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means the same: no BCC here
+        return f"BCC's Python module is not available ({e})"
+    headers = Path("/lib/modules") / platform.release() / "build"
+    if not headers.exists():
+        return f"no kernel headers at {headers} (BCC compiles against them; `make setup` links them as root)"
+    return None
+
+
+def require_root() -> None:
     if os.geteuid() != 0:
         raise EnvironmentProblem("live mode needs root (eBPF programs and cgroups)",
                                  hint="run as root, or use the default model mode (same decisions, reference engine)")
@@ -329,11 +594,11 @@ def fhir_endpoint(stack: Any, fhir_url: str | None, folder: Path, base: str,
             raise InputError(f"--fhir-url {fhir_url}: expected http://host:port/base")
         hostport, got = f"{u.hostname}:{u.port}", u.path.rstrip("/") or "/fhir"
     else:
-        from paritybed.fhir.server import running_server
+        from paritybed.fhir.server import running_server_processes
 
         if stage:
             stage("fhir")
-        u = urlsplit(stack.enter_context(running_server(load=[folder])))
+        u = urlsplit(stack.enter_context(running_server_processes(load=[folder])))
         hostport, got = f"{u.hostname}:{u.port}", u.path
     if got != base:
         raise InputError(f"the FHIR base {got} differs from the scenario's policy.fhir_base {base}")

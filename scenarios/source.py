@@ -63,6 +63,15 @@ def read_source(path: str | Path) -> Source:
     return _read(Path(path), str(path), ())
 
 
+def read_yaml(path: str | Path, what: str) -> Source:
+    """Another YAML mapping file of this format family (``what``: "sweep spec") with the position
+    of every key, for errors that name file:line:col; no ``extends:``."""
+    shown = str(path)
+    positions: dict[tuple[Any, ...], Position] = {(): (shown, 1, 1)}
+    data = _positions(_load_yaml(Path(path), shown, what), shown, (), positions)
+    return Source(data, positions, {shown: Path(path)})
+
+
 def library_names() -> list[str]:
     return sorted(p.stem for p in LIBRARY.glob("*.yaml"))
 
@@ -76,13 +85,13 @@ def _yaml():
     return y
 
 
-def _load_yaml(p: Path, shown: str) -> Any:
+def _load_yaml(p: Path, shown: str, what: str = "scenario") -> Any:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ScenarioError(f"{shown}: no such scenario file") from None
+        raise ScenarioError(f"{shown}: no such {what} file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioError(f"{shown}: cannot read the scenario: {e}") from None
+        raise ScenarioError(f"{shown}: cannot read the {what}: {e}") from None
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     try:
@@ -94,7 +103,7 @@ def _load_yaml(p: Path, shown: str) -> Any:
     except YAMLError as e:
         raise ScenarioError(f"{shown}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ScenarioError(f"{shown}:1:1: expected a mapping of scenario fields, found {type(data).__name__}")
+        raise ScenarioError(f"{shown}:1:1: expected a mapping of {what} fields, found {type(data).__name__}")
     return data
 
 

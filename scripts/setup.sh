@@ -100,6 +100,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/par
   echo "$want" >"$stamp"
 fi
 
+# the linter on the package as installed (the editable install's import hook hides the mapped
+# folders from grimp): .venv/bin/lint-imports runs scripts/lint_imports.py
+printf '#!/bin/sh\nexec "%s/.venv/bin/python" "%s/scripts/lint_imports.py" "$@"\n' "$PWD" "$PWD" >.venv/bin/lint-imports
+chmod +x .venv/bin/lint-imports
+
 # ---------------------------------------------------------------- 4. BCC into the venv
 site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if [ -d /usr/lib/python3/dist-packages/bcc ] && [ ! -e "$site/bcc" ]; then

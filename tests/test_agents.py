@@ -15,7 +15,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from paritybed.agents.bodies import BUILDERS, body_for
-from paritybed.agents.live import FhirConnection, command_for, request_bytes, start_worker
+from paritybed.agents.live import POOL, FhirConnection, command_for, request_bytes, start_worker, write_commands
 from paritybed.fhir.population import load_population
 
 START = "2026-01-05T06:00:00+00:00"
@@ -101,7 +101,22 @@ def test_search_results_match_the_population_counts_the_pages_were_built_from(ro
     assert pop.count(lab["patient_id"], "Observation", "laboratory") > 50
 
 
-def test_live_worker_replays_rows_over_one_connection(rows, server):
+def _run_worker(hostport_: str, commands: list[dict], tmp_path: Path, replies: bytes = b"") -> dict[str, dict[int, list[int | str]]]:
+    """Give a worker its commands (and the driver's replies to its sync lines, in advance), let it
+    run them all, and read what it said, by line kind."""
+    path = tmp_path / "rows.jsonl"
+    write_commands(path, commands)
+    w = start_worker(hostport_, path)
+    out, _ = w.communicate(replies, timeout=120)
+    assert w.returncode == 0
+    said: dict[str, dict[int, list[int | str]]] = defaultdict(dict)
+    for line in out.decode().splitlines():
+        what, k, *rest = line.split(" ", 2)
+        said[what][int(k)] = rest[0] if what == "x" else [int(v) for v in rest[0].split()] if rest else []
+    return said
+
+
+def test_live_worker_replays_rows_and_says_when_each_was_sent_and_answered(rows, server, tmp_path):
     fhir = [r for r in rows if r["kind"] == "fhir"]
     sample = [v[0] for v in shapes(fhir).values()]
     sample += [r for r in fhir if r["claim_id"]][:5]  # presents X-Break-Glass-Claim
@@ -109,31 +124,68 @@ def test_live_worker_replays_rows_over_one_connection(rows, server):
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     threading.Thread(target=lambda: [listener.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
-    w = start_worker(hostport(server))
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    closed_port = free.getsockname()[1]
+    free.close()
+    egress = next(r for r in rows if r["kind"] == "egress")
+    commands = [command_for(r, i, START) for i, r in enumerate(sample)]
+    n = len(commands)
+    lane = next(r for r in rows if r["kind"] == "lane_open")
+    commands += [command_for(egress, n) | {"address": f"127.0.0.1:{listener.getsockname()[1]}"},
+                 {"row": n + 1, "kind": "egress", "address": f"127.0.0.1:{closed_port}", "calls": 3, "t_ns": 0},
+                 command_for(lane, n + 2) | {"sync": "lane"},  # the driver opens the lane, then says n+2
+                 command_for(sample[0], n + 3, START) | {"sync": "wait"},  # same time as the row before
+                 command_for(lane, n + 4)]  # a lane activation without the driver: not the worker's
     try:
-        for i, r in enumerate(sample):
-            a = w.ask(command_for(r, i, START))
-            assert a["row"] == i and a["ok"] and 200 <= a["status"] < 300 and a["errno"] is None and a["ns"] > 0, (r["path"], a)
-        egress = next(r for r in rows if r["kind"] == "egress")
-        cmd = command_for(egress, 99) | {"address": f"127.0.0.1:{listener.getsockname()[1]}"}
-        a = w.ask(cmd)
-        assert a == a | {"row": 99, "ok": True, "status": None, "errno": None, "calls": egress["egress_calls"]}
-        free = socket.socket()
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-        free.close()
-        a = w.ask({"row": 100, "kind": "egress", "address": f"127.0.0.1:{port}", "calls": 3})
-        assert (a["ok"], a["errno"]) == (False, errno.ECONNREFUSED)
-        a = w.ask({"row": 101, "kind": "lane_open"})
-        assert a["ok"] is False and "control plane" in a["error"]
-        assert w.proc.stdin is not None
-        w.proc.stdin.write("not json\n")
-        w.proc.stdin.flush()
-        assert "not JSON" in json.loads(w.proc.stdout.readline())["error"]
-        assert w.ask(command_for(sample[0], 102, START))["ok"]  # still serving
+        said = _run_worker(hostport(server), commands, tmp_path, replies=b"%d\n%d\n" % (n + 2, n + 3))
     finally:
-        assert w.close() == 0
         listener.close()
+    for k, r in enumerate(sample):  # sent (the kernel decided here), then answered 2xx
+        assert said["s"][k][0] == 0 and 200 <= said["r"][k][0] < 300 and said["r"][k][1] > 0, (r["path"], said["r"].get(k))
+        lo, hi = said["s"][k][1:]
+        assert 0 < lo <= hi  # CLOCK_MONOTONIC around the send: where the real clock's records fall
+    assert said["s"][n][0] == 0 and said["s"][n + 1][0] == errno.ECONNREFUSED  # egress: the connect's outcome
+    assert n + 2 in said["l"] and n + 2 not in said["s"]  # the lane is the control plane's
+    assert n + 3 in said["w"] and said["s"][n + 3][0] == 0 and 200 <= said["r"][n + 3][0] < 300
+    assert "control plane" in said["x"][n + 4]
+
+
+def test_worker_sends_the_next_row_before_the_answer_on_a_pool_of_connections(tmp_path):
+    """The kernel decides at the send, so the worker says "sent" at once and sends the next row on
+    another keep-alive connection while answers are outstanding: at most POOL connections, each
+    request whole in one message; a connection the server closes without answering is replaced,
+    and its row's answer is status 0."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    hp = f"127.0.0.1:{srv.getsockname()[1]}"
+    received: list[bytes] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+    def serve() -> None:
+        conns = [srv.accept()[0] for _ in range(POOL)]  # POOL rows sent before any answer
+        received.extend(c.recv(65536) for c in conns)
+        conns[0].close()  # closed without an answer
+        extra = srv.accept()[0]  # the next row: a fresh connection in the closed one's place
+        received.append(extra.recv(65536))
+        for c in (extra, *conns[1:]):
+            c.sendall(answer)
+        for c in (extra, *conns[1:]):
+            c.recv(1)  # until the worker closes it
+            c.close()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    commands = [{"row": k, "kind": "fhir", "method": "GET", "path": f"/fhir/Observation/o{k}", "t_ns": k}
+                for k in range(POOL + 1)]
+    said = _run_worker(hp, commands, tmp_path)
+    th.join(10)
+    srv.close()
+    assert received == [request_bytes("GET", f"/fhir/Observation/o{k}", hp, b"", None) for k in range(POOL + 1)]
+    assert all(said["s"][k][0] == 0 for k in range(POOL + 1))
+    assert said["r"][0][0] == 0  # no answer came: the send (and the kernel's decision there) stands
+    assert [said["r"][k][0] for k in range(1, POOL + 1)] == [200] * POOL
 
 
 def test_worker_sends_each_request_in_one_message_and_reconnects_when_the_server_closes():

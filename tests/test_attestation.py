@@ -62,6 +62,11 @@ def test_attestation_auditevents_validate_as_fhir_r4(run_dir):
             AuditEvent.model_validate_json(line)
             n += 1
     assert n >= 3
+    # each activation codes its agent's class, so a profile of a server's trail plus this log knows the lane
+    for line in (run_dir / "attestation" / "break_glass_log.auditevents.ndjson").read_text().splitlines():
+        roles = [c for a in json.loads(line)["agent"] for r in a.get("role", []) for c in r["coding"]]
+        assert len([c for c in roles if c["system"] == "urn:paritybed:agent-class"]) == 1
+        assert {c["code"] for c in roles if c["system"] == "urn:paritybed:agent-class"} <= {"ambient_scribe", "cds"}
 
 
 LOGS = ["events.jsonl", "attestation/break_glass_log.jsonl", "attestation/policy_history.jsonl",

@@ -16,6 +16,12 @@ from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair,
 from paritybed.parity.criteria import criteria
 from paritybed.parity.profile import ClassProfile, LaneProfile, Profile
 from paritybed.scenarios import Gate
+from paritybed.scenarios.gates import FidelityGate
+
+#: The arithmetic below is checked against round thresholds (the pre-calibration defaults), not
+#: the calibrated ones of scenarios/gates.py, which a re-calibration moves.
+HAND = Gate(fidelity=FidelityGate(resource_mix_jsd_max=0.10, hour_profile_jsd_max=0.15, interarrival_ks_max=0.08,
+                                  burst_ratio_min=0.75, context_ks_max=0.30))
 
 
 def prof(**classes: ClassProfile) -> Profile:
@@ -51,13 +57,13 @@ def test_hour_profile_jsd_by_hand_against_the_configured_maximum():
     # JS divergence = (0.4150375 + 0.2075187) / 2 = 0.3112781;  distance = sqrt(.) = 0.5579231
     s = ClassProfile(requests=20000, hours=hours(h7=20000), pairs={"Observation.search": 20000})
     p = ClassProfile(requests=20000, hours=hours(h7=10000, h8=10000), pairs={"Observation.search": 20000})
-    m = metric(criteria(prof(cds=s), prof(cds=p)), "hour_profile_jsd")
+    m = metric(criteria(prof(cds=s), prof(cds=p), HAND), "hour_profile_jsd")
     assert m.value == pytest.approx(math.sqrt((math.log2(4 / 3) + 0.5 * math.log2(2 / 3) + 0.5) / 2), abs=1e-9)
     assert m.value == pytest.approx(0.5579231, abs=1e-7)
     assert m.threshold == 0.15 and m.detail["configured_max"] == 0.15
     assert m.detail["sampling_noise_p99"] < 0.05  # 20,000 draws: noise is ~0.01
     assert not m.passed and "differently" in m.reading
-    mix = metric(criteria(prof(cds=s), prof(cds=p)), "resource_mix_jsd")
+    mix = metric(criteria(prof(cds=s), prof(cds=p), HAND), "resource_mix_jsd")
     assert mix.value == 0.0 and mix.passed  # same single pair: identical mixes
 
 
@@ -67,7 +73,7 @@ def test_jsd_small_sample_allowance_one_context_per_side_cannot_be_judged():
     # 99th percentile of the noise distance is exactly 1.0: even disjoint hours (distance 1.0) pass.
     s = ClassProfile(requests=20, contexts=1, hours=hours(h7=20), pairs={"Observation.search": 20})
     p = ClassProfile(requests=20, contexts=1, hours=hours(h8=20), pairs={"Observation.search": 20})
-    m = metric(criteria(prof(cds=s), prof(cds=p)), "hour_profile_jsd")
+    m = metric(criteria(prof(cds=s), prof(cds=p), HAND), "hour_profile_jsd")
     assert m.value == 1.0 and m.detail["sampling_noise_p99"] == 1.0 and m.threshold == 1.0 and m.passed
 
 
@@ -79,13 +85,13 @@ def test_context_ks_by_hand_with_and_without_the_small_sample_allowance():
     # 20 contexts each: crit = 1.949 * sqrt((20 + 20) / (20 * 20)) = 1.949 * 0.3162278 = 0.6163279 > 0.30
     s = ClassProfile(**base, contexts=20, requests_per_context=rpc_s)
     p = ClassProfile(**base, contexts=20, requests_per_context=rpc_p)
-    m = metric(criteria(prof(cds=s), prof(cds=p)), "context_ks")
+    m = metric(criteria(prof(cds=s), prof(cds=p), HAND), "context_ks")
     assert m.value == 0.5
     assert m.detail["sampling_noise_p999"] == pytest.approx(0.616328, abs=1e-6) and m.threshold == pytest.approx(0.616328, abs=1e-6)
     assert m.passed  # 0.5 is within what 20 contexts per side show by chance
     # the same D on 2000 contexts each: crit = 1.949 * sqrt(4000 / 4e6) = 0.0616328 < 0.30: the configured max rules
     s2, p2 = s.model_copy(update={"contexts": 2000}), p.model_copy(update={"contexts": 2000})
-    m = metric(criteria(prof(cds=s2), prof(cds=p2)), "context_ks")
+    m = metric(criteria(prof(cds=s2), prof(cds=p2), HAND), "context_ks")
     assert m.value == 0.5 and m.threshold == 0.30 and m.detail["sampling_noise_p999"] == pytest.approx(0.061633, abs=1e-6)
     assert not m.passed
 
@@ -95,7 +101,7 @@ def test_interarrival_ks_by_hand_and_the_burstiness_it_reports():
     s = ClassProfile(requests=4000, hours=hours(h7=4000), pairs={"Observation.search": 4000},
                      interarrival_ms=[float(x) for x in range(1, 41)], interarrival_n=40000)
     p = s.model_copy(update={"interarrival_ms": [float(x) for x in range(21, 61)]})
-    m = metric(criteria(prof(cds=s), prof(cds=p)), "interarrival_ks")
+    m = metric(criteria(prof(cds=s), prof(cds=p), HAND), "interarrival_ks")
     # crit = 1.949 * sqrt(80000 / 1.6e9) = 1.949 * 0.0070711 = 0.0137815 < 0.08
     assert m.value == 0.5 and m.threshold == 0.08 and m.detail["sampling_noise_p999"] == pytest.approx(0.013782, abs=1e-6)
     assert not m.passed
@@ -105,7 +111,7 @@ def test_interarrival_ks_by_hand_and_the_burstiness_it_reports():
     assert m.detail["staging_burstiness"] == round((sigma - 20.5) / (sigma + 20.5), 4)
     # fewer than 20 gaps on one side: not judged at all
     few = s.model_copy(update={"interarrival_ms": [1.0] * 19})
-    assert "interarrival_ks" not in names(criteria(prof(cds=few), prof(cds=p)))
+    assert "interarrival_ks" not in names(criteria(prof(cds=few), prof(cds=p), HAND))
 
 
 def test_burst_ratio_is_the_median_replica_day_peak_staging_over_production():
@@ -114,7 +120,7 @@ def test_burst_ratio_is_the_median_replica_day_peak_staging_over_production():
     base = dict(requests=4000, hours=hours(h7=4000), pairs={"Observation.search": 4000})
     s = ClassProfile(**base, peak5={"cds#0": {"0": 8, "1": 12}, "cds#1": {"0": 10}})
     p = ClassProfile(**base, peak5={"cds#0": {"0": 20, "1": 0}, "cds#1": {"0": 10}})
-    m = metric(criteria(prof(cds=s), prof(cds=p)), "burst_ratio")
+    m = metric(criteria(prof(cds=s), prof(cds=p), HAND), "burst_ratio")
     assert m.value == pytest.approx(10 / 15) and m.threshold == 0.75 and not m.passed
     assert m.detail == {"staging_peak_5min": 10.0, "production_peak_5min": 15.0}
     assert "(10 requests per replica)" in m.reading and "(15)" in m.reading

@@ -222,3 +222,26 @@ def test_running_server_loads_folders_first(subset: Path, tmp_path: Path) -> Non
     with pytest.raises(InputError, match="no FHIR bundles"):
         with running_server(load=[bad]):
             pass
+
+
+def test_cached_db_loads_once_and_copies_after(subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live mode's server database: the first load goes into paritybed's cache, later ones are
+    copies of it (the same resources), and a copy written to leaves the cache as it was."""
+    from paritybed.fhir.loader import cached_db
+
+    monkeypatch.setenv("PARITYBED_CACHE", str(tmp_path / "cache"))
+    cached_db([subset], tmp_path / "a.sqlite")
+    (kept,) = (tmp_path / "cache" / "fhir-db").glob("*.sqlite")
+    content = kept.read_bytes()
+    t0 = time.perf_counter()
+    cached_db([subset], tmp_path / "b.sqlite")
+    copy_s = time.perf_counter() - t0
+    a, b = Store(tmp_path / "a.sqlite"), Store(tmp_path / "b.sqlite")
+    try:
+        assert a.counts() == b.counts() and a.counts()["Patient"] == 3
+        b.write("Patient", "written-to-the-copy", {"active": True}, method="PUT")
+    finally:
+        a.close()
+        b.close()
+    assert kept.read_bytes() == content and copy_s < 5
+    assert list((tmp_path / "cache" / "fhir-db").glob("*")) == [kept]  # no stray parts

@@ -251,3 +251,40 @@ def test_valid_codes_pass(http: httpx.Client) -> None:
     r = http.post("/Patient", json={"resourceType": "Patient", "gender": "unknown",
                                      "identifier": [{"use": "official", "value": "1"}]})
     assert r.status_code == 201, r.text
+
+
+def test_a_remembered_search_gives_the_pages_and_total_of_the_query_and_sees_writes(tmp_path):
+    """The matches of a search on the type's own index are kept for its pages until a resource
+    of the type is written: every page equals the page the query gives, the total is the
+    number of matches, a write of the type is seen at once, a write of another type keeps them."""
+    from urllib.parse import parse_qsl
+
+    from paritybed.fhir import search as fsearch
+    from paritybed.fhir.store import Store
+
+    st = Store(tmp_path / "db.sqlite")
+    for i in range(7):
+        st.write("Observation", f"o{i}", {"status": "final", "code": {"text": str(i)}, "subject": {"reference": "Patient/p"},
+                                          "effectiveDateTime": f"2020-01-0{i + 1}"}, method="PUT")
+
+    def page(offset: int, store: Store = st) -> list[str]:
+        q = parse_qsl(f"subject=Patient/p&_sort=-date&_count=3&_offset={offset}")
+        total, rows, _ = fsearch.run(store, fsearch.parse("Observation", q))
+        assert total == len(ids(store))
+        return [r[2] for r in rows]
+
+    def ids(store: Store) -> list[str]:  # every match in order, by the plain query
+        return [r[0] for r in store.query("SELECT r.id FROM resources r JOIN dates d ON d.rid=r.rid AND "
+                                          "d.param='Observation.date' WHERE r.type='Observation' ORDER BY d.lo DESC", [])]
+
+    assert page(0) + page(3) + page(6) == ids(st) == [f"o{i}" for i in range(6, -1, -1)]
+    hits = st.remembered_hits
+    assert page(3) == ["o3", "o2", "o1"] and st.remembered_hits == hits + 1  # the kept list, not the query
+    st.write("Patient", "p", {"active": True}, method="PUT")  # another type: still kept
+    assert page(0) == ["o6", "o5", "o4"] and st.remembered_hits == hits + 2
+    st.write("Observation", "o9", {"status": "final", "code": {"text": "9"}, "subject": {"reference": "Patient/p"},
+                                   "effectiveDateTime": "2020-02-01"}, method="PUT")
+    assert page(0) == ["o9", "o6", "o5"]  # the write of the type is seen
+    other = Store(tmp_path / "db.sqlite")  # a second process on the same database writes
+    other.delete("Observation", "o9")
+    assert page(0) == ["o6", "o5", "o4"]

@@ -332,3 +332,37 @@ def test_or_values_count_a_resource_once(http: httpx.Client) -> None:
     assert http.get("/Observation", params={"subject": f"Patient/{subject}", "code:not": "9-9"}).json()["total"] == 1
     assert http.get("/Observation", params={"subject": f"Patient/{subject}", "encounter:missing": "true"}).json()["total"] == 1
     assert http.get("/Observation", params={"subject": f"Patient/{subject}", "encounter:missing": "false"}).json()["total"] == 0
+
+
+def test_server_processes_share_one_database_and_stop_on_exit() -> None:
+    """Live mode's server: one process per core on one listening socket and one SQLite file.
+    A write through one connection is read back on many others (whichever process accepted
+    them), and on exit the processes are gone and the port is free."""
+    import socket
+
+    from paritybed.fhir.server import running_server_processes
+
+    with running_server_processes(load=[], processes=2) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        body = {"resourceType": "Patient", "id": "shared-1", "active": True}
+        with httpx.Client(base_url=url, headers=FHIR, timeout=30) as c:
+            assert c.put("/Patient/shared-1", json=body).status_code == 201
+            created = c.post("/Observation", json={"resourceType": "Observation", "status": "final",
+                                                   "code": {"text": "x"}, "subject": {"reference": "Patient/shared-1"}})
+            assert created.status_code == 201
+        def searches(total: int) -> None:
+            for _ in range(12):  # fresh connections, spread over the processes by whichever accepts
+                with httpx.Client(base_url=url, headers=FHIR, timeout=30) as c:
+                    assert c.get("/Patient/shared-1").json()["active"] is True
+                    assert c.get("/Observation", params={"subject": "Patient/shared-1"}).json()["total"] == total
+
+        searches(1)  # now remembered by the processes that answered
+        with httpx.Client(base_url=url, headers=FHIR, timeout=30) as c:  # a write through one of them ...
+            assert c.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "y"},
+                                                "subject": {"reference": "Patient/shared-1"}}).status_code == 201
+        searches(2)  # ... is seen by every process's next search
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))  # no process listens there any more
+    s.listen(1)
+    s.close()

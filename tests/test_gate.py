@@ -1,7 +1,8 @@
-"""`paritybed gate` on artefacts: pass, fail with JUnit, and clear input errors (exit 0/1/2)."""
+"""`paritybed gate` on artefacts: pass, fail with JUnit, marginal, and clear input errors (exit 0/1/2/4)."""
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -32,11 +33,35 @@ def test_profile_then_gate_passes_on_a_good_staging_run(arte, paritybed_cli):
     assert code == 0, text
     code, text = paritybed_cli("gate", "--policy", str(arte / "good" / "policy.json"), "--staging-trace",
                       str(arte / "good.parquet"), "--production-profile", str(arte / "profile.json"),
-                      "--junit", str(arte / "good.xml"))
+                      "--junit", str(arte / "good.xml"), "--marginal-as", "pass")
     assert code == 0, text
-    assert "PASS" in text
+    assert "exit code 0" in text
     root = ET.parse(arte / "good.xml").getroot()
     assert root.get("failures") == "0" and int(root.get("tests")) >= 7
+
+
+def test_a_threshold_inside_a_metrics_interval_is_marginal_and_ci_decides_how_to_read_it(arte, paritybed_cli):
+    """Two days of a small synthetic hospital, judged with an hour-profile maximum of 0.12 (the
+    scenario's gate): CDS's JS distance 0.09 passes it, but its interval (about 0.06 to 0.13)
+    reaches across it.  Exit 4, or what --marginal-as says."""
+    if not (arte / "profile.json").exists():
+        paritybed_cli("profile", str(arte / "audit.ndjson"), "--out", str(arte / "profile.json"))
+    sc = sy.scenario().model_dump(mode="json", by_alias=True, exclude_none=True)
+    sc["gate"]["fidelity"]["hour_profile_jsd_max"] = 0.12
+    (arte / "strict.yaml").write_text(json.dumps(sc))
+    args = ("gate", "--policy", str(arte / "good" / "policy.json"), "--staging-trace", str(arte / "good.parquet"),
+            "--production-profile", str(arte / "profile.json"), "--json", str(arte / "good.json"),
+            "--scenario", str(arte / "strict.yaml"))
+    code, text = paritybed_cli(*args)
+    assert code == 4, text
+    assert "MARGINAL" in text and "straddles" in text
+    doc = json.loads((arte / "good.json").read_text())
+    assert doc["verdict"] == "marginal"
+    near = [m for c in doc["criteria"].values() for m in c["metrics"] if m["status"] == "marginal"]
+    assert near and all(m["interval"][0] <= m["threshold"] <= m["interval"][1] for m in near)
+    assert paritybed_cli(*args, "--marginal-as", "fail")[0] == 1
+    code, text = paritybed_cli(*args, "--marginal-as", "maybe")
+    assert code == 2 and "--marginal-as" in text
 
 
 def test_gate_fails_naming_the_missing_pair_and_writes_junit(arte, paritybed_cli):

@@ -211,10 +211,9 @@ def test_balp_auditevents_of_the_agents_feed_paritybed_profile(hapi, sent, tmp_p
     want: dict[str, Counter] = {}
     for row, _ in audited:
         want.setdefault(row["agent_class"], Counter())[f"{row['resource_type']}.{row['interaction']}"] += 1
-    for cls, prof in profile.classes.items():
-        assert prof.pairs.keys() == want[cls].keys(), cls
-        assert all(prof.pairs[k] >= n for k, n in want[cls].items()), cls
-    assert sum(p.requests for p in profile.classes.values()) == len(events)
+    for cls, prof in profile.classes.items():  # a request counts once, however many patients' events it has
+        assert prof.pairs == dict(want[cls]), cls
+    assert sum(p.requests for p in profile.classes.values()) == len(request_ids) == len(audited)
     text = (tmp_path / "profile.json").read_text()
     assert not any(row["patient_id"] and row["patient_id"] in text for row, _ in answers)  # de-identified
 
@@ -239,10 +238,18 @@ def test_live_run_against_hapi_agrees_with_the_engine_and_its_audit_gates_the_sa
     from test_live import _scenario_on
 
     scenario = _scenario_on(shared_synthea, tmp_path, derive=False)  # HAPI holds the 37 patients
+    # An audit trail cannot tell an attack that got through from clinical work (the sweep's allowed
+    # reads would count as production's busiest minutes): the equality is for a production without
+    # attacks (docs/parity.md, "HAPI's BALP trail").
+    text = scenario.read_text()
+    a = text.index("\nattacks:\n")
+    b = text.index("\n\n", a + 1) if "\n\n" in text[a + 1:] else len(text)
+    rest = text[b:]
+    scenario.write_text(text[:a] + "\nattacks: []\n" + rest)
     out = tmp_path / "live"
     since = dt.datetime.now(dt.timezone.utc)
     r = _cli("run", str(scenario), "--mode", "live", "--fhir-url", hapi.base, "--out", str(out))
-    assert r.returncode in (0, 1), r.stderr[-3000:]
+    assert r.returncode in (0, 1, 4), r.stderr[-3000:]  # pass, fail, marginal
     live = json.loads((out / "live.json").read_text())
     assert live["agreement"]["rows"] > 1000 and live["agreement"]["disagreements"] == 0, live["agreement"]
     export = tmp_path / "hapi-audit.ndjson"
@@ -253,7 +260,14 @@ def test_live_run_against_hapi_agrees_with_the_engine_and_its_audit_gates_the_sa
     assert r.returncode == 0, r.stderr
     gate = _cli("gate", "--policy", str(out / "policy.json"), "--staging-trace", str(out / "traces" / "staging.parquet"),
                 "--production-profile", str(prof), "--scenario", str(scenario), "--json", str(tmp_path / "gate.json"))
-    assert gate.returncode in (0, 1), gate.stderr
-    run_verdict = json.loads((out / "parity.json").read_text())["verdict"]
-    gate_verdict = json.loads((tmp_path / "gate.json").read_text())["verdict"]
-    assert (gate_verdict == "pass") == (run_verdict == "pass"), (run_verdict, gate.stdout[-3000:])
+    assert gate.returncode in (0, 1, 4), gate.stderr
+    run_doc = json.loads((out / "parity.json").read_text())
+    gate_doc = json.loads((tmp_path / "gate.json").read_text())
+
+    def failing(doc: dict) -> list[tuple[str, str]]:
+        """The metrics whose value misses its threshold (a three-hour run's intervals are wide, so
+        marginal statuses depend on the sample; the values and thresholds must agree)."""
+        return sorted((x["agent_class"], x["name"]) for c in doc["criteria"].values() for x in c["metrics"] if not x["pass"])
+
+    assert failing(gate_doc) == failing(run_doc), (run_doc["verdict"], gate.stdout[-3000:])
+    assert run_doc["replay"]["pass"], "a production without attacks: its replay passes, so the criteria decide"

@@ -90,11 +90,11 @@ def test_live_disagreement_on_the_virtual_clock_exits_1(tmp_path, monkeypatch, p
         live = {"clock": clock, "rows": 10, "wall_seconds": 1.0, "kernel_allowed": 9, "kernel_denied": 1,
                 "worker_kills": 0, "lost_events": 0,
                 "agreement": {"rows": 10, "disagreements": 2, "first_disagreements": [{"row": 3}]}}
-        doc = {"verdict": "pass", "criteria": {c: {"pass": True, "metrics": []} for c in ("fidelity", "coverage", "break_glass")},
-               "replay": {"over_blocks": {"total": 0}, "under_blocks": {"total": 0}, "attacks_caught": 0,
+        doc = {"verdict": "pass", "criteria": {c: {"pass": True, "status": "pass", "metrics": []} for c in ("fidelity", "coverage", "break_glass")},
+               "replay": {"over_blocks": {"total": 0}, "under_blocks": {"total": 0}, "attacks_caught": 0, "gates": [],
                           "attacks_injected": 0, "clinical_impact_minutes": 0}}
         return lambda *a, **kw: RunOutput(out=tmp_path, traces={}, summary={}, live=live,
-                                          verdict=Verdict(passed=True, parity=doc, out_dir=tmp_path))
+                                          verdict=Verdict(verdict="pass", parity=doc, out_dir=tmp_path))
 
     for clock, expected in (("virtual", 1), ("real", 0)):
         monkeypatch.setattr(cmd_run, "run_with_progress", fake_live(clock))
@@ -172,3 +172,24 @@ def test_the_kernels_records_decide_each_row():
     assert q == [{"row": 3, "t_ns": 4, "event": "quarantine", "reason": "type-not-in-envelope", "until_ns": 99, "hook": "sk_msg"}]
     assert {(e["row"], e["event"]) for e in d.events} >= {(1, "alert"), (3, "deny"), (4, "first-contact"), (5, "lane-refused")}
     assert k.caller_mismatch == 0 and k.unattributed == 0
+
+
+@pytest.mark.bpf
+def test_demo_runs_live_where_the_kernel_can(tmp_path, shared_synthea):
+    """`paritybed demo` as root on a kernel with BPF: the kernel decides production, and the
+    first line says so (a three-hour live-smoke stands in for the default week)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from paritybed import cmd_run\n"
+        f"cmd_run.DEFAULT_SCENARIO = Path({str(_scenario_on(shared_synthea, tmp_path))!r})\n"
+        "from paritybed.cli import main\n"
+        f"sys.argv = ['paritybed', 'demo', '--out', {str(tmp_path / 'demo')!r}]\n"
+        "main()\n"
+    )
+    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    assert "the kernel decides production (live mode" in " ".join(r.stderr.split())
+    parity = json.loads((tmp_path / "demo" / "parity.json").read_text())
+    assert parity["mode"] == "live" and parity["replay"]["decided_by"] == "kernel"
+    assert json.loads((tmp_path / "demo" / "live.json").read_text())["agreement"]["disagreements"] == 0

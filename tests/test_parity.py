@@ -75,13 +75,18 @@ def test_parity_json_carries_the_documented_fields(good):
         assert k in good["replay"]
 
 
-def test_uniform_staging_fails_burst_and_interarrival_and_over_blocks_the_morning(tmp_path_factory, production):
+def test_uniform_staging_fails_rate_headroom_and_burst_and_over_blocks_the_morning(tmp_path_factory, production):
+    """With the calibrated thresholds: the rate limit learned from flat traffic is under 0.5 of
+    production's busiest 5 minutes for every class, and the daily burst under a third for two."""
     doc = run(tmp_path_factory.mktemp("uniform"), production, "uniform", arrivals="uniform")
     assert doc["verdict"] == "fail"
     for cls in ("ambient_scribe", "cds", "prior_auth"):
-        assert not metric(doc, "fidelity", cls, "burst_ratio")["pass"]
-        assert not metric(doc, "fidelity", cls, "interarrival_ks")["pass"]
+        head = metric(doc, "fidelity", cls, "rate_headroom")
+        assert head["status"] == "fail" and head["value"] <= 0.5 and "will be rate-limited" in head["reading"]
         assert metric(doc, "fidelity", cls, "resource_mix_jsd")["pass"]
+    for cls in ("ambient_scribe", "cds"):
+        assert metric(doc, "fidelity", cls, "burst_ratio")["status"] == "fail"
+    assert doc["replay"]["staging"]["safe"] is False
     assert doc["criteria"]["coverage"]["pass"]
     ob = doc["replay"]["over_blocks"]
     assert ob["total"] > 0 and "rate-exceeded" in ob["by_reason"]
@@ -156,9 +161,16 @@ def test_live_mode_records_the_kernels_lost_events(tmp_path, production):
     assert doc["mode"] == "live" and doc["replay"]["lost_events"] == 7
 
 
-def test_criteria_from_profiles_match_evaluate(good, production):
+def test_criteria_from_profiles_match_evaluate(good, production, tmp_path):
+    from paritybed.parity.evaluate import build_policy, registry_of
+    from paritybed.scenarios import resolve_arms
+
     staging = sy.make_trace("staging", days=DAYS, seed=2, break_glass="drill", volume=VOLUME)
     start = sy.scenario().start.datetime()
-    c = criteria(profile_from_trace(staging, start), profile_from_trace(production, start))
+    (tmp_path / "good.yaml").write_text("name: good\n")
+    policy = build_policy(sy.scenario(), tmp_path / "good.yaml", staging, registry_of(sy.scenario()),
+                          resolve_arms(sy.scenario())["staging"])  # rate_headroom needs the staging-built policy
+    c = criteria(profile_from_trace(staging, start), profile_from_trace(production, start), sy.scenario().gate,
+                 policy=policy)
     assert c.fidelity.to_dict() == good["criteria"]["fidelity"]
     assert c.coverage.to_dict() == good["criteria"]["coverage"]

@@ -1,6 +1,13 @@
 """The library behaves as issue 4 says, on the real simulation of the library's scenario files
 (scenarios/*.yaml), shortened to two days on the shared Synthea patients so the suite stays
-fast.  The full-week runs are `paritybed run scenarios/<name>.yaml` (and `make demo`).
+fast, with every attack and production change scheduled after the cut moved to day 1 at its time
+of day.  The full-week runs are `paritybed run scenarios/<name>.yaml` (and `make demo`).
+
+The default verdict counts the replay's under-blocks (issue 9: an attack whose actions get through
+fails the gate), and the scribe's Patient sweep is caught only by the rate limit today, so the
+default scenario FAILS on its replay while its three criteria pass.  Issue 8 (clinical-context
+binding) catches the sweep at its first out-of-context request: when it lands,
+``test_community_hospital_fails_only_on_the_sweep_the_rate_limit_lets_through`` flips to a pass.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ NAMES = ("community-hospital-week", "uniform-staging", "missing-diagnosticreport
 
 
 def shortened(name: str, shared: Path) -> Scenario:
-    """A library scenario on the shared Synthea patients, cut to DAYS days; a production change
-    scheduled after the cut is moved to day 1 at the same time of day."""
+    """A library scenario on the shared Synthea patients, cut to DAYS days; an attack or a
+    production change scheduled after the cut is moved to day 1 at the same time of day."""
     sc = load_scenario(REPO / "scenarios" / f"{name}.yaml")
     sc = with_duration(sc.model_copy(update={"population": PopulationSettings(folder=str(shared))}), days=DAYS)
+    attacks = [a.model_copy(update={"at": At(day=1, time=a.at.time)}) if a.at.day > DAYS else a for a in sc.attacks]
+    sc = sc.model_copy(update={"attacks": attacks})
     prod = sc.arms.production
     if prod.changes:
         moved = [c.model_copy(update={"at": At(day=1, time=c.at.time)}) if c.at.day > DAYS else c for c in prod.changes]
@@ -56,18 +65,35 @@ def failing(doc: dict, criterion: str) -> set[tuple[str, str]]:
     return {(m["agent_class"], m["name"]) for m in doc["criteria"][criterion]["metrics"] if not m["pass"]}
 
 
-def test_community_hospital_passes_with_no_over_blocks(runs):
+def test_community_hospital_fails_only_on_the_sweep_the_rate_limit_lets_through(runs):
+    """The criteria pass and nothing legitimate is blocked, but part of the scribe's Patient sweep
+    gets through the rate limit: the default verdict fails on it (issue 9).  Staging is not to
+    blame (the oracle policy, learned from production itself, lets as much through), the envelope
+    is: issue 8 binds requests to their clinical context and then this is a pass."""
     doc, _ = runs("community-hospital-week")
-    assert doc["verdict"] == "pass", [failing(doc, c) for c in ("fidelity", "coverage", "break_glass")]
-    assert doc["replay"]["over_blocks"]["total"] == 0
+    assert doc["verdict"] == "fail"
+    assert all(doc["criteria"][c]["status"] != "fail" for c in ("fidelity", "coverage", "break_glass")), \
+        [failing(doc, c) for c in ("fidelity", "coverage", "break_glass")]
+    r = doc["replay"]
+    assert r["over_blocks"]["total"] == 0
+    gates = {g["name"]: g["pass"] for g in r["gates"]}
+    assert gates == {"over_block_share": True, "clinical_impact_minutes_per_day": True,
+                     "excess_under_block_share": True, "under_blocks": False}
+    sweep = r["consequences"]["attacks"]["attack:scribe-patient-sweep"]
+    assert sweep["rows"] == 400 and 0 < sweep["through"] < 400 and sweep["oracle_through"] > 0
+    assert r["under_blocks"]["total"] == sweep["through"]  # the sweep is the only attack that gets anywhere
+    assert r["staging"] == {"safe": True, "unsafe_because": []}
 
 
-def test_uniform_staging_fails_burst_and_interarrival_with_over_blocks_in_the_morning(runs):
+def test_uniform_staging_fails_rate_headroom_burst_and_hours_with_over_blocks_in_the_morning(runs):
+    """With the calibrated thresholds (five seeds of this flaw in the calibration sweep): prior auth's
+    rate limit learned from flat traffic is under half of production's busiest 5 minutes, its daily
+    burst under a third, and the scribe's and prior auth's hour profiles are far from production's."""
     doc, _ = runs("uniform-staging")
     assert doc["verdict"] == "fail"
     bad = failing(doc, "fidelity")
-    assert {name for _, name in bad} >= {"burst_ratio", "interarrival_ks"}
-    assert all((cls, "burst_ratio") in bad for cls in ("ambient_scribe", "cds", "prior_auth"))
+    assert {("prior_auth", "rate_headroom"), ("prior_auth", "burst_ratio"), ("prior_auth", "hour_profile_jsd"),
+            ("ambient_scribe", "hour_profile_jsd")} <= bad
     ob = doc["replay"]["over_blocks"]
     assert ob["total"] > 0
     hours = ob["by_hour"]
@@ -112,7 +138,7 @@ def test_hotfix_endpoint_outside_the_baa_registry_is_caught_at_first_contact(run
     (hf,) = [a for a in doc["replay"]["attacks"] if a["kind"] == "hotfix"]
     assert hf["caught_at_first_contact"] and hf["first_reason"] == "egress-not-in-BAA"
     assert hf["time_to_enforcement_s"] == 0 and hf["blocked"] == hf["rows"]
-    assert doc["replay"]["under_blocks"]["total"] == 0
+    assert doc["replay"]["under_blocks"]["by_label"]["hotfix:fallback-model"]["allowed"] == 0
 
 
 def test_cds_is_quarantined_after_each_hotfix_connect(runs):

@@ -263,3 +263,30 @@ def test_agent_class_mapping_must_map_to_codes(tmp_path):
         load_agent_classes(m)
     with pytest.raises(InputError, match="no such agent-class mapping"):
         load_agent_classes(tmp_path / "none.json")
+
+
+def test_one_request_counts_once_however_many_patients_balp_wrote_it_for(tmp_path):
+    """HAPI's BALP writes one AuditEvent per patient whose data a request showed; the profile counts
+    the request once (by its request id), and requests with distinct ids each."""
+    rid = ("https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "XrequestId")
+
+    def ev(i: int, request: str) -> dict:
+        e = balp_event(i, role_code="cds")
+        e["entity"].append({"what": {"identifier": {"value": request}}, "type": {"system": rid[0], "code": rid[1]}})
+        return e
+
+    events = [ev(0, "req-a"), ev(1, "req-a"), ev(2, "req-a"), ev(3, "req-b"), ev(4, "req-c")]
+    prof = profile_from_auditevents(export(tmp_path, events))
+    assert prof.classes["cds"].requests == 3 and prof.classes["cds"].pairs == {"Observation.search": 3}
+
+
+def test_the_gate_measures_staging_gaps_as_production_has_them(arms):
+    """An audit trail without contexts gives production gaps between requests; staging's gaps are
+    then measured between requests too (not between contexts), so like is compared with like."""
+    prod, stag = arms
+    by_request = profile_from_trace(stag, START, basis={"cds": "request"})
+    by_context = profile_from_trace(stag, START)
+    assert by_request.classes["cds"].interarrival_basis == "request"
+    assert by_context.classes["cds"].interarrival_basis == "context"
+    assert by_request.classes["cds"].interarrival_n > by_context.classes["cds"].interarrival_n
+    assert by_request.classes["ambient_scribe"].interarrival_basis == "context"  # only the classes named

@@ -1,6 +1,6 @@
 """The README's promises, each held by a test that fails if it breaks: "A run", "Output files",
 the default scenario's stories, `paritybed demo` end to end, and `paritybed run`'s exit codes
-0/1/2/3 in model mode.
+0/1/2/3/4 in model mode.
 
 The default scenario's attacks happen on days 3, 4 and 5 of its week; the run here is the same
 scenario cut to two days on the shared Synthea patients, with every attack scheduled after the
@@ -24,11 +24,15 @@ REPO = Path(__file__).resolve().parent.parent
 DAYS = 2
 
 
-def derived(src: Path, dst: Path, shared: Path, *, days: float | None = None, hours: float | None = None) -> Path:
-    """``src`` on the shared Synthea folder, cut to ``days``/``hours``, every attack after the cut on day 1."""
+def derived(src: Path, dst: Path, shared: Path, *, days: float | None = None, hours: float | None = None,
+            gate: dict | None = None) -> Path:
+    """``src`` on the shared Synthea folder, cut to ``days``/``hours``, every attack after the cut on
+    day 1; ``gate`` replaces the scenario's gate section."""
     yaml = YAML()
     doc = yaml.load(src.read_text())
     doc["population"] = {"folder": str(shared)}
+    if gate is not None:
+        doc["gate"] = gate
     if days or hours:
         doc["duration"] = {"days": days} if days else {"hours": hours}
     for a in doc.get("attacks") or []:
@@ -58,16 +62,23 @@ def doc(out: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------ A run
-def test_a_run_exits_0_on_a_pass_and_ends_with_the_verdict_and_the_report(week):
+def test_a_run_ends_with_the_verdict_and_the_report_and_exits_with_its_code(week):
+    """README library table: the default scenario FAILS today.  Its three criteria pass and nothing
+    legitimate is blocked, but part of the scribe's Patient sweep gets through the rate limit, and
+    an attack whose actions get through fails the gate (issue 9).  Issue 8 catches the sweep at its
+    first out-of-context request: then this run exits 0 with "parity verdict: PASS"."""
     r, out = week
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "parity verdict: PASS" in r.stdout and f"Report: {out / 'report.html'}" in r.stdout
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "parity verdict: FAIL" in r.stdout and f"Report: {out / 'report.html'}" in r.stdout
+    assert "under_blocks" in r.stdout  # the failing replay check is named
     assert "Traceback" not in r.stderr
     d = doc(out)
-    assert d["verdict"] == "pass" and d["mode"] == "model"
-    for c in ("fidelity", "coverage", "break_glass"):  # each metric: value, threshold, pass/fail, a reading
+    assert d["verdict"] == "fail" and d["mode"] == "model"
+    assert [g["name"] for g in d["replay"]["gates"] if not g["pass"]] == ["under_blocks"]
+    for c in ("fidelity", "coverage", "break_glass"):  # each metric: value, threshold, result, a reading
+        assert d["criteria"][c]["status"] != "fail"
         for m in d["criteria"][c]["metrics"]:
-            assert {"value", "threshold", "op", "pass", "reading"} <= set(m) and m["reading"].endswith(".")
+            assert {"value", "threshold", "op", "pass", "status", "reading"} <= set(m) and m["reading"].endswith(".")
 
 
 def test_the_policy_is_content_hashed_with_pairs_gcra_egress_lanes_and_response(week):
@@ -173,6 +184,33 @@ def test_run_exit_1_on_a_parity_fail(tmp_path, shared_synthea):
     assert "parity verdict: FAIL" in r.stdout and doc(tmp_path / "run")["verdict"] == "fail"
 
 
+def test_run_exit_0_on_a_pass_and_4_on_a_marginal_verdict(tmp_path, shared_synthea):
+    """The default scenario, cut to one day, with the sweep's under-blocks accepted
+    (`gate.replay.max_under_blocks: null`) and no burst minimum (one day is one replica-day per
+    replica: the scribe's burst-ratio interval spans about 0.02-0.8, marginal against 0.32) passes:
+    exit 0.  The same run judged with a CDS hour-profile maximum inside that metric's interval is
+    marginal: exit 4, and what --marginal-as says."""
+    week = REPO / "scenarios" / "community-hospital-week.yaml"
+    lenient = {"replay": {"max_under_blocks": None}, "fidelity": {"burst_ratio_min": 0.0}}
+    sc = derived(week, tmp_path / "ok.yaml", shared_synthea, days=1, gate=lenient)
+    r = paritybed("run", str(sc), "--out", str(tmp_path / "ok"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "parity verdict: PASS" in r.stdout
+    m = next(m for m in doc(tmp_path / "ok")["criteria"]["fidelity"]["metrics"]
+             if (m["agent_class"], m["name"]) == ("cds", "hour_profile_jsd"))
+    near = round((m["value"] + m["interval"][1]) / 2, 6)  # above the value, under the interval's top
+    # the effective threshold is max(near, the sampling-noise floor): still above the value and under the top
+    assert m["detail"]["sampling_noise_p99"] < m["interval"][1]
+    sc = derived(week, tmp_path / "near.yaml", shared_synthea, days=1,
+                 gate={**lenient, "fidelity": {"burst_ratio_min": 0.0, "hour_profile_jsd_max": near}})
+    r = paritybed("run", str(sc), "--out", str(tmp_path / "near"), cwd=tmp_path)
+    assert r.returncode == 4, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "parity verdict: MARGINAL" in r.stdout and "cds: hour_profile_jsd?" in r.stdout
+    assert doc(tmp_path / "near")["verdict"] == "marginal"
+    r = paritybed("run", str(sc), "--out", str(tmp_path / "near"), "--marginal-as", "pass", cwd=tmp_path)
+    assert r.returncode == 0 and "exit code 0" in r.stdout
+
+
 def test_run_exit_2_on_bad_input_naming_file_line_and_field(tmp_path, shared_synthea):
     sc = derived(REPO / "scenarios" / "tiny.yaml", tmp_path / "typo.yaml", shared_synthea)
     sc.write_text(sc.read_text().replace("admissions_per_day: 7", "admissions_per_dya: 7"))
@@ -199,15 +237,18 @@ def test_run_exit_3_when_synthea_is_not_resolved(tmp_path):
 def test_demo_runs_end_to_end_and_loads_the_patients_into_an_embedded_fhir_database(tmp_path, shared_synthea,
                                                                                       monkeypatch, paritybed_cli):
     """`paritybed demo` (what `make demo` runs) on a small scenario: the run, then fhir.db with the
-    patients, ending with the verdict and the report's path."""
-    from paritybed import cmd_run
+    patients, ending with the verdict and the report's path.  Where live mode cannot run it says
+    so in one line and the reference engine decides (tests/test_live.py runs it under the kernel)."""
+    from paritybed import cmd_run, live
     from paritybed.fhir.store import Store
 
     monkeypatch.setattr(cmd_run, "DEFAULT_SCENARIO", derived(REPO / "scenarios" / "tiny.yaml", tmp_path / "tiny.yaml",
                                                              shared_synthea, hours=3))
+    monkeypatch.setattr(live, "unavailable_reason", lambda: "not root (eBPF programs and cgroups need root)")
     code, text = paritybed_cli("demo", "--out", str(tmp_path / "demo"))
     text = " ".join(text.split())  # as printed, without the console's line wrapping
     assert code == 0
+    assert "the reference engine decides production (model mode): not root (eBPF programs and cgroups need root)" in text
     out = tmp_path / "demo"
     assert (out / "parity.json").exists() and (out / "report.html").exists()
     store = Store(out / "fhir.db")

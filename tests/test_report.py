@@ -78,3 +78,24 @@ def test_junit_has_a_testcase_per_criterion_and_class_and_per_attack(run_dir):
     failed = {tc.get("name") for tc in root.iter("testcase") if tc.find("failure") is not None}
     assert "fidelity[cds]" in failed and "coverage[cds]" not in failed
     assert int(root.get("failures")) == len(failed)
+
+
+def test_each_metric_shows_its_interval_and_margin_and_the_oracle_is_named(run_dir):
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "95 % interval</th>" in html and "<th>Margin</th>" in html
+    assert "The oracle policy (learned the same way from production" in html
+    assert "Replay threshold" in html and "under_blocks" in html
+
+
+def test_a_marginal_verdict_reads_as_too_close_to_call(run_dir, tmp_path):
+    import json
+
+    from paritybed.parity.report import render_report
+
+    doc = json.loads((run_dir / "parity.json").read_text(encoding="utf-8"))
+    doc["verdict"] = "marginal"
+    m = doc["criteria"]["fidelity"]["metrics"][0]
+    m["status"] = "marginal"
+    html = render_report(doc, {}, [], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert 'class="verdict marginal"' in html and "Too close to call" in html
+    assert f"{m['agent_class']} {m['name']}" in html and 'class="near">marginal' in html

@@ -8,6 +8,8 @@ documented in the README:
     1  parity fail (the gate said no)
     2  usage or input error (bad scenario, corrupt bundle, bad flag)
     3  environment problem (no Java, Synthea not resolved, needs root/BPF, port in use)
+    4  parity marginal: no metric fails outright, but one's confidence interval straddles its
+       threshold (``--marginal-as pass|fail`` turns it into 0 or 1 for CI)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ EXIT_OK = 0
 EXIT_PARITY_FAIL = 1
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
+EXIT_MARGINAL = 4
 
 
 class ParitybedError(Exception):
@@ -39,3 +42,15 @@ class EnvironmentProblem(ParitybedError):
     """A prerequisite of the machine is missing: Java, Synthea, root, BPF, a free port."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+#: The three verdicts of the gate (docs/parity.md, "Verdict with a margin").
+VERDICTS = ("pass", "marginal", "fail")
+
+
+def verdict_exit_code(verdict: str, marginal_as: str | None = None) -> int:
+    """The exit code of a verdict: 0 pass, 1 fail, 4 marginal, unless ``marginal_as`` ("pass" or
+    "fail", what CI asked for) says how to read a marginal one."""
+    if verdict == "marginal" and marginal_as in ("pass", "fail"):
+        verdict = marginal_as
+    return {"pass": EXIT_OK, "fail": EXIT_PARITY_FAIL, "marginal": EXIT_MARGINAL}[verdict]

@@ -8,6 +8,8 @@ does in the kernel's maps.
 
 from __future__ import annotations
 
+import datetime as dt
+
 NS_PER_S = 1_000_000_000
 NS_PER_MIN = 60 * NS_PER_S
 FIVE_MIN_NS = 5 * NS_PER_MIN  # the window of the burst metrics and of the learned rate limit
@@ -16,6 +18,15 @@ DAY_NS = 24 * HOUR_NS
 
 I64_MAX = 2**63 - 1
 I64_MIN = -(2**63)
+
+
+def epoch_ns(d: dt.datetime) -> int:
+    """An instant in exact integer ns since the Unix epoch (a naive one is UTC): the scenario
+    start plus a trace's ``t_ns`` is the simulated instant, with no float rounding."""
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.timezone.utc)
+    delta = d - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
 
 
 def ns_min(minutes: float) -> int:
