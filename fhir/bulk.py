@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import multiprocessing as mp
 import os
 import re
 import sqlite3
@@ -54,6 +55,8 @@ _LU = "@@paritybed-lastUpdated@@"
 #: A JSON string that is a date of year or year-month precision (the shift leaves it as is).
 _PARTIAL_DATE = re.compile(rb'"[0-9]{4}(-[0-9]{2})?"')
 BATCH = 200  # copies per SQLite transaction
+#: Processes building the rows of one load (the machine this was measured on has 2 cores).
+WORKERS = min(2, os.cpu_count() or 1)
 _CONDITIONAL = re.compile(rb'"reference":"([A-Z][A-Za-z]+\?[^"\\]+)"')
 #: The prebuilt database of a derived population, kept in its cache folder (see `prebuilt`).
 DB_NAME = "fhir.sqlite"
@@ -240,12 +243,85 @@ class BulkLoader:
             for name in LOOKUP_INDEXES:
                 store.conn.execute(f"DROP INDEX IF EXISTS {name}")
         try:
-            self._load(copies, progress)
+            parts = _split(copies, WORKERS if store.path != ":memory:" and "fork" in mp.get_all_start_methods() else 1)
+            self._load_parts(parts, progress)
         finally:
             with store.atomic():
                 for sql in _lookup_index_sql():
                     store.conn.execute(sql)
         return dict(self.counts)
+
+    def _load_parts(self, parts: list[list[derive.Copy]], progress: Callable[[int], None] | None) -> None:
+        """The first part here, each other one in a forked process into a file of its own (the
+        rows are CPU-bound Python), then copied in after this one's rows, with their row keys
+        moved (SQL, no Python per row).  A part whose process failed is loaded here instead (so
+        its error, if any, is raised as in a one-process load)."""
+        ctx = mp.get_context("fork") if len(parts) > 1 else None
+        children = []
+        for k, part in enumerate(parts[1:], 1):
+            path = Path(f"{self.store.path}.part{k}")
+            for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                p.unlink(missing_ok=True)
+            assert ctx is not None
+            proc = ctx.Process(target=self._load_part, args=(part, path), daemon=True)
+            proc.start()
+            children.append((proc, part, path))
+        try:
+            self._load(parts[0], progress)
+            for proc, part, path in children:
+                proc.join()
+                if proc.exitcode == 0:
+                    self._merge(path)
+                else:
+                    self._load(part, None)
+                if progress:
+                    progress(len(part))
+        finally:
+            for proc, _, path in children:
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join()
+                for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                    p.unlink(missing_ok=True)
+
+    def _load_part(self, copies: list[derive.Copy], path: Path) -> None:
+        """A forked process's part: its rows in a new database file `path` (row keys from 1)."""
+        code = 1
+        try:
+            self.store = Store(path)
+            self.store.conn.execute("PRAGMA journal_mode=OFF")
+            self.store.conn.execute("PRAGMA synchronous=OFF")
+            for name in LOOKUP_INDEXES:
+                self.store.conn.execute(f"DROP INDEX IF EXISTS {name}")
+            self.resolvers = {}  # bound to the parent's store; the conditional references are cached
+            self._load(copies, None)
+            self.store.close()
+            code = 0
+        finally:
+            os._exit(code)  # no atexit handlers or finalizers of the parent's objects
+
+    def _merge(self, path: Path) -> None:
+        """Append a part's rows (`_load_part`) after the store's own, row keys moved to follow."""
+        store, conn = self.store, self.store.conn
+        with store.lock:
+            conn.execute("ATTACH DATABASE ? AS part", (str(path),))
+            try:
+                with store.atomic():
+                    delta = conn.execute("SELECT coalesce(max(rid), 0) FROM main.resources").fetchone()[0]
+                    conn.execute("INSERT INTO main.resources(rid, type, id, version, lu, deleted, method, body) "
+                                 "SELECT rid + ?, type, id, version, lu, deleted, method, body FROM part.resources "
+                                 "ORDER BY rid", (delta,))
+                    for table, cols in INDEX_TABLES.items():
+                        names = ", ".join(cols)
+                        conn.execute(f"INSERT INTO main.{table}(rid, param, {names}) "
+                                     f"SELECT rid + ?, param, {names} FROM part.{table}", (delta,))
+                    got = conn.execute("SELECT type, count(*), max(lu) FROM part.resources GROUP BY type").fetchall()
+                    for rtype, n, lu in got:
+                        self.counts[rtype] += n
+                        store._changed(rtype)
+                        store._last_lu = max(store._last_lu, lu)
+            finally:
+                conn.execute("DETACH DATABASE part")
 
     def _resolve_conditional(self) -> None:
         """Resolve every conditional reference of the base records now, while the store is small
@@ -348,6 +424,18 @@ def _manifest(folder: Path) -> tuple[Path, dict[str, Any]] | None:
         return None
 
 
+def _split(copies: list[derive.Copy], n: int) -> list[list[derive.Copy]]:
+    """`copies` in `n` parts of about equal work, each in plan order; the copies of one visit stay
+    together (its chart variants are stored and indexed once, by the part that has them)."""
+    groups: dict[tuple[int, str, str], list[derive.Copy]] = {}
+    for c in copies:
+        groups.setdefault((c.record, c.anchor.id, c.demand), []).append(c)
+    parts: list[list[derive.Copy]] = [[] for _ in range(max(1, n))]
+    for group in sorted(groups.values(), key=len, reverse=True):
+        min(parts, key=len).extend(group)
+    return [sorted(p, key=lambda c: c.number) for p in parts if p]
+
+
 def derived_loader(store: Store, folder: Path) -> BulkLoader | None:
     """A bulk loader for `folder` if it is an intact derived population with its base present
     and none of its patients is in the store yet (module doc), else None (load it the generic
@@ -401,30 +489,32 @@ def prebuilt(folder: Path) -> Path | None:
 
 
 def _build(folder: Path, path: Path) -> Path | None:
-    """`prebuilt`'s database written to a scratch file renamed into place (`path`)."""
-    probe = Store()
-    loader = derived_loader(probe, folder)
-    probe.close()
-    if loader is None:
-        return None
+    """`prebuilt`'s database written to a scratch file renamed into place (`path`).  Written
+    without a journal (a scratch file: a crash leaves nothing in place, and every page is
+    written once instead of to the WAL and then again to the database)."""
     tmp = path.with_name(f".{DB_NAME}.tmp-{os.getpid()}")
     for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         p.unlink(missing_ok=True)
     store = Store(tmp)
     try:
+        store.conn.execute("PRAGMA journal_mode=OFF")
+        store.conn.execute("PRAGMA synchronous=OFF")
+        loader = derived_loader(store, folder)
+        if loader is None:
+            return None
         from paritybed.fhir.loader import load_into_store
 
-        load_into_store(store, folder, prebuilt_db=False)
+        load_into_store(store, folder, prebuilt_db=False, derived=loader)
         with store.atomic():
             store.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('derived_fingerprint', ?)",
                                (loader.manifest["fingerprint"],))
-        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.close()
+        os.replace(tmp, path)
+        return path
     finally:
         store.close()
-    os.replace(tmp, path)
-    for p in (Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-        p.unlink(missing_ok=True)
-    return path
+        for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            p.unlink(missing_ok=True)
 
 
 def _stamp(path: Path) -> tuple[str | None, str | None]:

@@ -19,7 +19,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import httpx
 import orjson
@@ -31,6 +31,9 @@ from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.fhir.bundles import is_infrastructure, prepare_for_load, read_bundle, synthea_files
 from paritybed.fhir.outcome import FhirError
 from paritybed.fhir.store import Store
+
+if TYPE_CHECKING:
+    from paritybed.fhir.bulk import BulkLoader
 
 URN = "urn:uuid:"
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -172,6 +175,7 @@ def load_into_store(
     progress: bool = False,
     console: Console | None = None,
     prebuilt_db: bool = True,
+    derived: BulkLoader | None = None,
 ) -> dict[str, int]:
     """In-process load (``serve --load``, tests): same bundles, same transaction semantics.
 
@@ -179,6 +183,7 @@ def load_into_store(
     code the HTTP route uses, so what is stored is what an HTTP load would store.  A derived
     population (fhir/derive.py) loads in bulk from its base instead (same result, fhir/bulk.py),
     and into an empty store from its prebuilt database (`prebuilt_db`, built on first use).
+    `derived`: the bulk loader of `folder` when the caller made it already (its base is read once).
     """
     from paritybed.fhir.bulk import derived_loader, prebuilt
     from paritybed.fhir.transaction import process
@@ -203,7 +208,7 @@ def load_into_store(
         return got
 
     # A derived population (fhir/derive.py) loads from its base in bulk: same result, ~20x faster.
-    bulk = None if (server_ids or validate) else derived_loader(store, files[0].parent)
+    bulk = derived if derived is not None else None if (server_ids or validate) else derived_loader(store, files[0].parent)
     with _progress(progress, console) as bar:
         task = bar.add_task("loading bundles", total=len(files), current="")
         for path in files:

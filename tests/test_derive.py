@@ -125,9 +125,12 @@ def dump(db: Path) -> tuple[dict, dict]:
     return res, rows
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 def test_bulk_load_stores_exactly_what_the_transaction_code_stores(derived: Path, cache: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """In one process, or in parts built by forked processes and merged (row keys moved)."""
     monkeypatch.setenv("PARITYBED_CACHE", str(cache))
+    monkeypatch.setattr(bulk, "WORKERS", workers)
     store = Store(tmp_path / "bulk.db")
     assert bulk.derived_loader(store, synthea_files(derived)[0].parent) is not None
     fast = loader.load_into_store(store, derived)
