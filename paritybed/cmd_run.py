@@ -134,9 +134,13 @@ def demo_command(
         err.print(f"[bold]the reference engine decides production[/] (model mode): {why}", highlight=False,
                   soft_wrap=True)
     builder = PrebuiltInBackground()
-    result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True,
-                               live=LiveOptions() if live else None,
-                               populations_ready=lambda pops: builder.start(pops["production"].folder))
+    try:
+        result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True,
+                                   live=LiveOptions() if live else None,
+                                   populations_ready=lambda pops: builder.start(pops["production"].folder))
+    except BaseException:
+        builder.stop()
+        raise
     print_run(result.summary, result.traces)
     if result.live is not None:
         print_live(result.live)
@@ -163,8 +167,9 @@ def demo_command(
 
 class PrebuiltInBackground:
     """Builds a derived population's prebuilt database in a forked process (CPU-bound: it runs
-    beside the simulation instead of after it); `join` waits for it.  Anything it cannot do is
-    done again, with its error, by the load that follows."""
+    beside the simulation instead of after it); `join` waits for it, `stop` ends it.  Anything it
+    cannot do is done again, with its error, by the load that follows.  Not a daemon process: the
+    build forks processes of its own (fhir/bulk.py), which a daemon process may not."""
 
     def __init__(self) -> None:
         self.proc: Any = None
@@ -176,11 +181,16 @@ class PrebuiltInBackground:
             return
         from paritybed.fhir.bulk import prebuilt
 
-        self.proc = mp.get_context("fork").Process(target=_quiet(prebuilt), args=(Path(folder),), daemon=True)
+        self.proc = mp.get_context("fork").Process(target=_quiet(prebuilt), args=(Path(folder),))
         self.proc.start()
 
     def join(self) -> None:
         if self.proc is not None:
+            self.proc.join()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.terminate()
             self.proc.join()
 
 
