@@ -13,7 +13,7 @@ The result is an ordinary folder of Synthea-style bundles (infrastructure bundle
 the base, one transaction bundle per derived patient), so the index, the loaders, HAPI and
 ``paritybed population`` read it like any Synthea output.  It is cached in
 ``<cache>/populations/derived-<key>/`` (key: the base's fingerprint, the options and
-`DERIVE_VERSION`); its index is built while writing and cached too; a manifest
+`DERIVE_VERSION`; made once under the entry's lock); its index is built while writing and cached too; a manifest
 ``paritybed-derived.json`` records the options, the demands and what was made of them.
 """
 
@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import orjson
 
-from paritybed.core.cache import cache_dir
+from paritybed.core.cache import cache_dir, entry_lock
 from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.fhir import charts, reidentify
 from paritybed.fhir.bundles import is_infrastructure, prepare_for_load, read_bundle, synthea_files
@@ -296,12 +296,25 @@ def derive(base_folder: str | Path, opts: DeriveOptions, *, progress: Progress |
     started = time.monotonic()
     target = cache_path(base_folder, opts)
     if use_cache and (target / MANIFEST).is_file():
-        manifest = json.loads((target / MANIFEST).read_text())
-        if progress:
-            progress(manifest["patients"], manifest["patients"])
-        return DerivedResult(target, True, manifest["patients"], manifest["resources"], time.monotonic() - started,
-                             manifest=manifest)
-    base = Base.read(Path(base_folder))
+        return _cached(target, progress, started)
+    with entry_lock(target):  # a sweep's workers asking at once: one derives, the others wait
+        if use_cache and (target / MANIFEST).is_file():
+            return _cached(target, progress, started)
+        return _derive(Path(base_folder), opts, target, progress, started)
+
+
+def _cached(target: Path, progress: Progress | None, started: float) -> DerivedResult:
+    manifest = json.loads((target / MANIFEST).read_text())
+    if progress:
+        progress(manifest["patients"], manifest["patients"])
+    return DerivedResult(target, True, manifest["patients"], manifest["resources"], time.monotonic() - started,
+                         manifest=manifest)
+
+
+def _derive(base_folder: Path, opts: DeriveOptions, target: Path, progress: Progress | None,
+            started: float) -> DerivedResult:
+    """`derive` when it is not cached (the entry's lock held)."""
+    base = Base.read(base_folder)
     copies, report = plan(base, opts)
     scratch = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -323,12 +336,8 @@ def derive(base_folder: str | Path, opts: DeriveOptions, *, progress: Progress |
             "seconds": round(time.monotonic() - started, 1),
         }
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        try:
-            scratch.rename(target)
-        except OSError:  # another process finished the same key first: keep theirs
-            if not (target / MANIFEST).is_file():
-                raise
+        shutil.rmtree(target, ignore_errors=True)  # an entry made again (use_cache=False), under the lock
+        scratch.rename(target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     index.folder = target / "fhir"

@@ -18,7 +18,6 @@ generate each population once and never see a half-written one.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -28,11 +27,11 @@ import subprocess
 import time
 import zipfile
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
+from paritybed.core.cache import entry_lock
 from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.fhir.population import cache_dir
 
@@ -227,7 +226,7 @@ def generate(
     started = time.monotonic()
     cached = use_cache and (target / MANIFEST).is_file()
     if not cached:
-        with _generating(target):
+        with entry_lock(target):
             cached = use_cache and (target / MANIFEST).is_file()  # another process made it while we waited
             if not cached:
                 _run(opts, version, target, progress)
@@ -242,24 +241,6 @@ def generate(
         path=path, cached=cached, patients=manifest["patients"], files=manifest["files"],
         seconds=time.monotonic() - started, deceased=manifest["deceased"], cache_path=target,
     )
-
-
-@contextmanager
-def _generating(target: Path) -> Iterator[None]:
-    """Hold the cache entry's lock: of several processes (a sweep's workers) asking for the same
-    population at once, one runs Synthea and the others wait for it, then find it cached; an entry
-    is never replaced under a process reading it."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise EnvironmentProblem(f"cannot write the paritybed cache {target.parent}: {e.strerror}",
-                                 hint="set PARITYBED_CACHE to a writable folder") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _run(opts: SyntheaOptions, version: str, target: Path, progress: Callable[[int, int, int], None] | None) -> None:

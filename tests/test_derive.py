@@ -206,6 +206,32 @@ def test_callers_at_the_same_time_wait_for_one_build(derived: Path, cache: Path,
     assert len(builds) == 1 and got == [derived / bulk.DB_NAME] * 2
 
 
+def test_processes_asking_at_once_derive_once(shared_synthea: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's workers asking for the same population: one derives, the others find it made."""
+    import threading
+    import time
+
+    from paritybed.fhir import derive as derive_module
+
+    monkeypatch.setenv("PARITYBED_CACHE", str(tmp_path))
+    real, made = derive_module._derive, []
+
+    def counted(*args: object) -> object:
+        made.append(1)
+        time.sleep(0.5)  # the other caller arrives while this one derives
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(derive_module, "_derive", counted)
+    got: list[tuple[bool, Path]] = []
+    callers = [threading.Thread(target=lambda: got.append((lambda r: (r.cached, r.path))(derive(shared_synthea, SMALL))))
+               for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(made) == 1 and sorted(c for c, _ in got) == [False, True] and got[0][1] == got[1][1]
+
+
 def week_on(folder: Path, derive_settings: object | None, days: float) -> tuple:
     """The default scenario on `folder` (derived with `derive_settings`, else plain) for `days`."""
     from paritybed.run import prepare_populations, with_duration
