@@ -15,8 +15,14 @@ from paritybed.agents.emit import ALLOW, Emitter
 from paritybed.agents.requests import Requests
 from paritybed.core.clock import Clock
 from paritybed.core.draws import Draws
+from paritybed.core.units import HOUR_NS
 from paritybed.fhir.population import Population
 from paritybed.scenarios import ResolvedArm, Scenario
+
+
+#: What the EHR side asks for when it opens a launch context: a shift and its handover.  The
+#: policy's ``context.max_duration_s`` caps it; the work itself closes the context long before.
+CONTEXT_REQUEST_NS = 12 * HOUR_NS
 
 
 @dataclass
@@ -76,6 +82,12 @@ class AgentRuntime:
         # clinical work: cache them per call count as a tuple to append to the read burst.
         self._always_covered = all(world.covered_throughout(a) for _, a in self._endpoints)
         self._tails: dict[int, tuple[int, ...]] = {}
+        # Launch contexts: the EHR side opens one per piece of work (docs/enforcement.md)
+        self.launches: bool = spec.launch_contexts
+        self._open_req = self.em.request(kind="context_open")
+        self._close_req = self.em.request(kind="context_close")
+        self._launch_n = 0
+        self.last_launch: dict[int, str] = {}  # replica -> the launch context it was given last
         # Deployment changes (a hotfix adding an endpoint): (from ns, request index, share, label)
         self.changes = [
             (world.clock.at_day(c.at.day, c.at.time), self.req.egress(c.add_egress.name, c.add_egress.address, 1),
@@ -97,6 +109,31 @@ class AgentRuntime:
 
     def context(self, replica: int, context_id: str, kind: str, patient_id: str, workflow: str) -> int:
         return self.em.context(self.name, self.agent_class, replica, context_id, kind, patient_id, workflow)
+
+    def launch(self, t_ns: int, replica: int, context_id: str, kind: str, patient_id: str, workflow: str,
+               encounter_id: str = "") -> int:
+        """The clinical context of one piece of work starting at ``t_ns``.  The EHR side opens a
+        launch context for it on the replica (a ``context_open`` row: id, patient, encounter,
+        requested duration), and every request of the work presents it (``X-Launch-Context``);
+        ``finish`` closes it.  An agent whose EHR integration gives it no launch contexts
+        (``launch_contexts: false``) gets the bare clinical context."""
+        em = self.em
+        if not self.launches:
+            return em.context(self.name, self.agent_class, replica, context_id, kind, patient_id, workflow)
+        self._launch_n += 1
+        lc = f"{self.name}-lc{self._launch_n:07d}"
+        opened = em.context(self.name, self.agent_class, replica, context_id, kind, patient_id, workflow,
+                            duration_ns=CONTEXT_REQUEST_NS, launch_context=lc, encounter_id=encounter_id)
+        em.burst(t_ns, opened, (self._open_req,))
+        self.last_launch[replica] = lc
+        return em.context(self.name, self.agent_class, replica, context_id, kind, patient_id, workflow,
+                          launch_context=lc, encounter_id=encounter_id)
+
+    def finish(self, t_ns: int, ctx: int) -> None:
+        """The work of ``ctx`` ended at ``t_ns`` (note signed, recommendation filed, claim
+        decided): the EHR side closes its launch context, after the work's last request."""
+        if self.launches:
+            self.em.tail(t_ns, ctx, ctx, self._close_req)
 
     def egress_requests(self, calls: int) -> tuple[tuple[int, str], ...]:
         """(request index, address) of one connect per endpoint the agent calls."""

@@ -64,15 +64,16 @@ class Cds(AgentRuntime):
             out = self.req.by_patient("DiagnosticReport", pid, pop.count(pid, "DiagnosticReport"), self.page_size, self.max_pages)
             ids = pop.ids(pid, "DiagnosticReport")
             if ids:
-                out += (self.req.read("DiagnosticReport", ids[-1], pid),)
+                out += (self.req.read_scoped("DiagnosticReport", ids[-1], pid),)
             got = self._complex[pid] = self.keep(out)
         return got
 
     def result_read(self, pid: str) -> tuple[int, ...]:
-        """Read of the resulted Observation (one of the patient's real Observation ids)."""
+        """Read of the resulted Observation (one of the patient's real Observation ids), scoped to
+        its patient (``Observation?_id=X&patient=P``: the launch context binds the request)."""
         reads = self._obs_reads.get(pid)
         if reads is None:
-            reads = self._obs_reads[pid] = [self.keep((self.req.read("Observation", i, pid),))
+            reads = self._obs_reads[pid] = [self.keep((self.req.read_scoped("Observation", i, pid),))
                                             for i in self.w.population.ids(pid, "Observation")]
         if not reads:
             return ()
@@ -95,7 +96,7 @@ class Cds(AgentRuntime):
         r = self._rr
         self._rr = (r + 1) % self.replicas
         em, u = self.em, self.d.u
-        ctx = em.context(self.name, "cds", r, f"{self.name}-q{self._n:07d}", "query", patient_id, workflow)
+        ctx = self.launch(t_ns, r, f"{self.name}-q{self._n:07d}", "query", patient_id, workflow)
         common = self._common.get(patient_id)
         if common is None:
             # A result is checked against the current medications too (drug-lab interactions).
@@ -106,3 +107,4 @@ class Cds(AgentRuntime):
         self.burst_with_egress(t_ns, ctx, reads, self.calls_lo + int(u() * (self.calls_hi - self.calls_lo + 1)))
         if u() < self.draft_share:
             em.burst(t_ns + EMBED_NS, ctx, self.draft("ServiceRequest" if trigger == "result" else "MedicationRequest"))
+        self.finish(t_ns + EMBED_NS, ctx)  # the recommendation is filed once the case is embedded

@@ -28,12 +28,12 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from paritybed.agents.trace import COLUMNS, TRACE_SCHEMA
+from paritybed.agents.trace import COLUMNS, FACT_COLUMNS, TRACE_SCHEMA, facts_columns, request_facts
 
 REQUEST_COLUMNS = ("kind", "method", "path", "resource_type", "interaction", "shape", "params",
-                   "resource_id", "patient_id", "endpoint", "address", "egress_calls")
+                   "resource_id", "patient_id", "endpoint", "address", "egress_calls") + FACT_COLUMNS
 CONTEXT_COLUMNS = ("agent", "agent_class", "replica", "context_id", "context_kind", "patient_id",
-                   "workflow", "lane", "claim_id", "identity", "duration_ns")
+                   "workflow", "lane", "claim_id", "identity", "duration_ns", "launch_context", "encounter_id")
 TAG_COLUMNS = ("expected", "label")
 
 #: Gap between consecutive requests of one burst: 1 ms + exponential with this mean (ms).
@@ -46,8 +46,9 @@ ALLOW = 0  # the tag index of plain clinical work (expected=allow, no label)
 class Emitter:
     """Collects interned requests/contexts/tags and bursts; `build` makes the trace table."""
 
-    def __init__(self, arm: str, gap_rng: np.random.Generator) -> None:
+    def __init__(self, arm: str, gap_rng: np.random.Generator, base: str = "/fhir") -> None:
         self.arm = arm
+        self.base = base  # the FHIR base of the requests' paths (what the classifier strips)
         self._gap_rng = gap_rng
         self._req_index: dict[tuple[Any, ...], int] = {}
         self.requests: list[tuple[Any, ...]] = []
@@ -56,18 +57,28 @@ class Emitter:
         self.tags: list[tuple[str, str]] = [("allow", "")]
         self._bursts = array("q")  # flat (t_ns, context, tag, rows) per burst
         self._rows = array("q")  # request index per row, burst after burst
+        self._tails = array("q")  # flat (not before t_ns, after the rows of context, context, request) per tail
 
     # ------------------------------------------------------------------ interning
     def request(self, *, kind: str = "fhir", method: str = "", path: str = "", resource_type: str = "",
                 interaction: str = "", shape: str = "plain", params: str = "", resource_id: str = "",
                 patient_id: str = "", endpoint: str = "", address: str = "", egress_calls: int = 0) -> int:
-        """Index of a request (interned: the same request always gets the same index)."""
+        """Index of a request (interned: the same request always gets the same index).  A FHIR
+        request is classified once here (the touches and names the trace records); a request
+        the classifier reads otherwise than the simulation meant is a programming error."""
         key = (kind, method, path, resource_type, interaction, shape, params, resource_id, patient_id,
                endpoint, address, int(egress_calls))
         i = self._req_index.get(key)
         if i is None:
+            facts: tuple = ((), (), (), False)
+            if kind == "fhir":
+                c = request_facts(method, path, self.base)
+                if (c.shape, c.resource_type, c.interaction) != (shape, resource_type, interaction):
+                    raise ValueError(f"{method} {path} classifies as {c.shape} {c.resource_type} {c.interaction}, "
+                                     f"not {shape} {resource_type} {interaction}")
+                facts = facts_columns(c)
             i = self._req_index[key] = len(self.requests)
-            self.requests.append(key)
+            self.requests.append(key + facts)
         return i
 
     def request_type(self, i: int) -> str:
@@ -75,10 +86,10 @@ class Emitter:
 
     def context(self, agent: str, agent_class: str, replica: int, context_id: str, context_kind: str,
                 patient_id: str, workflow: str, lane: str = "", claim_id: str = "", identity: str = "",
-                duration_ns: int = 0) -> int:
+                duration_ns: int = 0, launch_context: str = "", encounter_id: str = "") -> int:
         """Index of a new context (not interned: contexts are mostly unique)."""
         self.contexts.append((agent, agent_class, replica, context_id, context_kind, patient_id, workflow,
-                              lane, claim_id, identity, int(duration_ns)))
+                              lane, claim_id, identity, int(duration_ns), launch_context, encounter_id))
         return len(self.contexts) - 1
 
     def tag(self, expected: str, label: str = "") -> int:
@@ -96,8 +107,15 @@ class Emitter:
             self._bursts.extend((t_ns, ctx, tag, len(reqs)))
             self._rows.extend(reqs)
 
+    def tail(self, t_ns: int, after: int, ctx: int, req: int) -> None:
+        """One row of context `ctx` placed after every burst row of context `after` (a few ms
+        after the last, and not before `t_ns`): what ends a piece of work, such as the EHR closing
+        the launch context when the note is signed, must follow the work's last request, whose
+        time is only drawn at build."""
+        self._tails.extend((t_ns, after, ctx, req))
+
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + len(self._tails) // 4
 
     def _burst_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         b = np.frombuffer(self._bursts, dtype=np.int64).reshape(-1, 4)
@@ -120,12 +138,21 @@ class Emitter:
     def build(self) -> pa.Table:
         """The trace table (schema agents/trace.py), rows in time order (ties: emission order)."""
         t = self.row_times()
+        _, b_ctx, b_tag, b_n = self._burst_columns()
+        req = np.frombuffer(self._rows, dtype=np.int64)
+        ctx = np.repeat(b_ctx, b_n)
+        tag = np.repeat(b_tag, b_n)
+        if self._tails:
+            tails = np.frombuffer(self._tails, dtype=np.int64).reshape(-1, 4)
+            last = np.full(len(self.contexts), -GAP_MIN_NS, dtype=np.int64)
+            np.maximum.at(last, ctx, t)
+            t = np.concatenate([t, np.maximum(tails[:, 0], last[tails[:, 1]] + GAP_MIN_NS)])
+            req = np.concatenate([req, tails[:, 3]])
+            ctx = np.concatenate([ctx, tails[:, 2]])
+            tag = np.concatenate([tag, np.full(len(tails), ALLOW, dtype=np.int64)])
         n = len(t)
         order = np.argsort(t, kind="stable")
-        _, b_ctx, b_tag, b_n = self._burst_columns()
-        req = np.frombuffer(self._rows, dtype=np.int64)[order]
-        ctx = np.repeat(b_ctx, b_n)[order]
-        tag = np.repeat(b_tag, b_n)[order]
+        req, ctx, tag = req[order], ctx[order], tag[order]
         sources = {
             **_by_column(self.requests, REQUEST_COLUMNS, req),
             **_by_column(self.contexts, CONTEXT_COLUMNS, ctx),

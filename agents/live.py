@@ -19,12 +19,13 @@ It tells the driver, on stdout:
                       send/connect got (EACCES from sk_msg, EPERM from connect4); LO, HI:
                       CLOCK_MONOTONIC ns around the send/connect (the real clock's records fall inside)
     r K STATUS NS     row K's answer came: HTTP status (0: none will come), ns from the send
-    l K               row K is a break-glass activation: the control plane opens the lane
+    l K               row K is the control plane's: a break-glass activation, a launch context
+                      opened or closed
     w K               row K is at the same simulated time as the row before it
     x K MESSAGE       row K could not be run (a bad command): the driver stops
 
 and after ``l K`` or ``w K`` waits for the driver to write ``K`` on stdin (the driver opens the
-lane, or first takes the kernel's records of the row before, which carry the same time).  Each
+lane or the context, or first takes the kernel's records of the row before, which carry the same time).  Each
 ``s`` line is written at once, so a worker the enforcer kills has said "sent" for every row it
 sent before the one that got it killed; the driver starts a fresh worker at the first row it
 did not hear about.
@@ -38,7 +39,8 @@ clients do) and reads answers as they come.  The schedule, not the answers, deci
 
 Each request (headers and body) is written with a single ``send``, because the kernel's
 ``sk_msg`` program classifies one message as one request (docs/enforcement.md).  A row with a
-break-glass claim carries ``X-Break-Glass-Claim``.  ``EACCES`` from ``send`` is an ``sk_msg`` drop:
+break-glass claim carries ``X-Break-Glass-Claim``, a row in a launch context
+``X-Launch-Context``.  ``EACCES`` from ``send`` is an ``sk_msg`` drop:
 no byte left, and the worker closes that connection, because the kernel keeps the drop verdict
 on the socket (docs/kernel.md, "A dropped socket stays dropped").  A connection the server closed
 while idle is noticed before it is used; a send that fails because the server reset it (the
@@ -78,7 +80,7 @@ from paritybed.enforcer.bpfsys import ReplicaClock
 #: Trace columns a command carries (body_for's inputs plus what the request line needs).
 COMMAND_FIELDS = ("kind", "method", "path", "resource_type", "resource_id", "patient_id", "context_id",
                   "context_kind", "workflow", "agent", "agent_class", "replica", "claim_id", "t_ns", "address",
-                  "egress_calls")
+                  "egress_calls", "launch_context")
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 #: Keep-alive connections a replica keeps to the FHIR server (one request in flight on each).
@@ -121,6 +123,7 @@ def commands(trace: Any, start: str) -> list[dict[str, Any]]:
     agent = trace["agent"].to_pylist() if "agent" in cols else [None] * n
     agent_class = trace["agent_class"].to_pylist() if "agent_class" in cols else [None] * n
     replica = trace["replica"].to_pylist() if "replica" in cols else [0] * n
+    lctx = trace["launch_context"].to_pylist() if "launch_context" in cols else [None] * n
     writes = [i for i in range(n) if method[i] in ("POST", "PUT")]
     bodies = dict(zip(writes, trace.select([c for c in BODY_FIELDS if c in trace.column_names])
                       .take(pa.array(writes, pa.int64())).to_pylist()))
@@ -133,6 +136,8 @@ def commands(trace: Any, start: str) -> list[dict[str, Any]]:
                 cmd.update(agent=agent[i], agent_class=agent_class[i], replica=replica[i], start=start)
             if claim[i]:
                 cmd["claim_id"] = claim[i]
+            if lctx[i]:
+                cmd["launch_context"] = lctx[i]
             if i in bodies:
                 cmd.update(bodies[i], start=start)
         elif kind[i] == "egress":
@@ -169,6 +174,13 @@ def identity_headers(cmd: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def context_headers(cmd: Mapping[str, Any]) -> tuple[str, ...]:
+    """The launch context the request presents (docs/enforcement.md, "Clinical context binding"):
+    ``X-Launch-Context: <id>``, or nothing outside a context."""
+    ctx = cmd.get("launch_context")
+    return (f"X-Launch-Context: {ctx}",) if ctx else ()
+
+
 def request_bytes(method: str, path: str, host: str, body: bytes, claim: str | None,
                   headers: Sequence[str] = ()) -> bytes:
     """One complete HTTP/1.1 request: request line, headers and body in one buffer."""
@@ -184,7 +196,7 @@ def request_bytes(method: str, path: str, host: str, body: bytes, claim: str | N
 def request_for(cmd: Mapping[str, Any], hostport: str) -> bytes:
     """The bytes of a FHIR row's request (ValueError/KeyError for a command that has none)."""
     return request_bytes(str(cmd.get("method", "GET")), str(cmd["path"]), hostport, body_for(cmd),
-                         cmd.get("claim_id") or None, identity_headers(cmd))
+                         cmd.get("claim_id") or None, identity_headers(cmd) + context_headers(cmd))
 
 
 # ------------------------------------------------------------------------------------ connections
@@ -327,7 +339,7 @@ def handle(conn: FhirConnection, cmd: Mapping[str, Any]) -> dict[str, Any]:
         except (ValueError, KeyError) as e:
             return {"row": row, "ok": False, "status": None, "errno": None, "ns": 0, "error": f"bad command: {e}"}
         status, err = conn.request(str(cmd.get("method", "GET")), str(cmd["path"]), body, cmd.get("claim_id") or None,
-                                   identity_headers(cmd))
+                                   identity_headers(cmd) + context_headers(cmd))
         ok = status is not None and 200 <= status < 300
         return {"row": row, "ok": ok, "status": status, "errno": err, "ns": time.perf_counter_ns() - t0}
     if kind == "egress":
@@ -335,7 +347,7 @@ def handle(conn: FhirConnection, cmd: Mapping[str, Any]) -> dict[str, Any]:
         return {"row": row, "ok": err is None, "status": None, "errno": err, "ns": time.perf_counter_ns() - t0,
                 "calls": int(cmd.get("calls", 0))}
     return {"row": row, "ok": False, "status": None, "errno": None, "ns": 0,
-            "error": f"unknown command kind {kind!r} (expected fhir or egress; lanes are opened by the control plane)"}
+            "error": f"unknown command kind {kind!r} (expected fhir or egress; lanes and launch contexts are opened by the control plane)"}
 
 
 # ------------------------------------------------------------------------------------ the worker
@@ -355,11 +367,11 @@ class Worker:
         for k in range(start, len(self.commands)):
             cmd = self.commands[k]
             sync = cmd.get("sync")
-            if sync:  # the driver's turn first: a lane to open, or a row at the same time as the last
-                self.say(b"%s %d\n" % (b"l" if sync == "lane" else b"w", k))
+            if sync:  # the driver's turn first: a lane or context, or a row at the same time as the last
+                self.say(b"%s %d\n" % (b"l" if sync == "control" else b"w", k))
                 if not self.reply(k):
                     return 1  # the driver is gone
-                if sync == "lane":
+                if sync == "control":
                     continue
             t = int(cmd["t_ns"])
             if self.clock is not None:
@@ -383,7 +395,7 @@ class Worker:
         if kind == "egress":
             return egress(str(cmd["address"])) or 0
         if kind != "fhir":
-            self.out.append(f"x {k} unknown command kind {kind!r} (lanes are opened by the control plane)\n".encode())
+            self.out.append(f"x {k} unknown command kind {kind!r} (lanes and launch contexts are the control plane's)\n".encode())
             return None
         try:
             data = request_for(cmd, self.hostport)

@@ -35,8 +35,8 @@ class PriorAuth(AgentRuntime):
         out: list[int] = []
         coverage = claim.coverage_id or next(iter(pop.coverage_of(pid)), None)
         if coverage:
-            out.append(req.read("Coverage", coverage, pid))
-        out.append(req.read("Claim", claim.id, pid))
+            out.append(req.read_scoped("Coverage", coverage, pid))
+        out.append(req.read_scoped("Claim", claim.id, pid))
         out += req.by_patient("Condition", pid, pop.count(pid, "Condition"), ps, mp)
         eid = claim.encounter_id
         if eid:
@@ -58,8 +58,9 @@ class PriorAuth(AgentRuntime):
 
     def work(self, t_ns: int, claim: ClaimInfo, replica: int) -> int:
         """Process one claim on `replica`; returns the ns the replica is busy with it."""
-        ctx = self.context(replica, claim.id, "claim", claim.patient_id, "prior_auth")
+        ctx = self.launch(t_ns, replica, claim.id, "claim", claim.patient_id, "prior_auth", claim.encounter_id or "")
         self.burst_with_egress(t_ns, ctx, self.reads(claim), self.payer_calls)
         busy = max(5 * NS_PER_S, self.d.exp_ns(self.seconds_per_claim * NS_PER_S))
         self.em.burst(t_ns + busy - NS_PER_S, ctx, self.write())
+        self.finish(t_ns + busy - NS_PER_S, ctx)  # the claim is decided
         return busy

@@ -37,6 +37,11 @@ class Requests:
         return self.em.request(method="GET", path=f"{self.base}/{rtype}/{rid}", resource_type=rtype,
                                interaction="read", resource_id=rid, patient_id=patient_id)
 
+    def read_scoped(self, rtype: str, rid: str, patient_id: str) -> int:
+        """A read by id scoped to its patient, ``T?_id=X&patient=P``: the server's search keeps
+        the compartment and the launch context binds the patient (a bare ``T/X`` names nobody)."""
+        return self.search(rtype, [("_id", rid), ("patient", patient_id)], patient_id)
+
     def search(self, rtype: str, params: Sequence[tuple[str, str]], patient_id: str = "") -> int:
         """One search request; `params` in the order written in the query string."""
         for name, _ in params:

@@ -76,11 +76,16 @@ class Scribe(AgentRuntime):
     # ------------------------------------------------------------------ behaviour
     def document(self, t_ns: int, patient_id: str, encounter_id: str, workflow: str, kind: str = "note") -> None:
         """Document one encounter moment: the read burst now, the model call a minute later and,
-        for notes and reconciliations, the signed note minutes after that."""
-        ctx = self.context(self.replica(), encounter_id, "encounter", patient_id, workflow)
+        for notes and reconciliations, the signed note minutes after that.  The launch context
+        (this patient, this encounter) opens at the encounter and closes at the signature (at the
+        draft for a handoff, which writes nothing)."""
+        ctx = self.launch(t_ns, self.replica(), encounter_id, "encounter", patient_id, workflow, encounter_id)
         self.em.burst(t_ns, ctx, self.reads(kind, patient_id, encounter_id))
         t_draft = t_ns + DRAFT_DELAY_NS
         self.burst_with_egress(t_draft, ctx, (), self.llm_calls)
-        if kind != "handoff":
-            t_sign = t_draft + int(self.d.lognormal(self.sign_median_ns, SIGN_SIGMA))
-            self.em.burst(t_sign, ctx, self.writes(patient_id, encounter_id))
+        if kind == "handoff":
+            self.finish(t_draft, ctx)
+            return
+        t_sign = t_draft + int(self.d.lognormal(self.sign_median_ns, SIGN_SIGMA))
+        self.em.burst(t_sign, ctx, self.writes(patient_id, encounter_id))
+        self.finish(t_sign, ctx)

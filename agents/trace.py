@@ -16,6 +16,7 @@ builder for small, hand-made traces (tests, synthetic traffic).  Both produce th
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from paritybed.core.errors import InputError
+from paritybed.enforcer.classify import Classification, classify, request_bytes
 
 TRACE_SCHEMA_VERSION = "paritybed.trace/1"
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
+_LIST = pa.list_(pa.string())
 
 #: name -> (arrow type, description).  Order is the column order on disk.
 COLUMNS: dict[str, tuple[pa.DataType, str]] = {
@@ -36,17 +39,23 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "agent": (_DICT, "fleet agent name (the policy key), e.g. cds"),
     "agent_class": (_DICT, "ambient_scribe | cds | prior_auth"),
     "replica": (pa.int16(), "replica number of the agent (one process / cgroup each in live mode)"),
-    "kind": (_DICT, "fhir (an HTTP request to the FHIR server) | egress (a TCP connect to an external endpoint) | lane_open (a break-glass activation)"),
+    "kind": (_DICT, "fhir (an HTTP request to the FHIR server) | egress (a TCP connect to an external endpoint) | lane_open (a break-glass activation) | context_open / context_close (a launch context opened or closed by the EHR side)"),
     "method": (_DICT, "HTTP method (fhir rows), else empty"),
     "path": (pa.string(), "HTTP request target incl. query, e.g. /fhir/Observation?patient=..&category=laboratory (fhir rows)"),
     "resource_type": (_DICT, "FHIR resource type the request acts on (fhir rows)"),
     "interaction": (_DICT, "read | vread | search | create | update | delete | history (fhir rows)"),
     "shape": (_DICT, "plain, or the family of a request the strict parser cannot classify (bundle, operation, include, compartment, chained, ...)"),
+    "touches": (_LIST, "every (type, interaction) the request touches as Type:interaction, the primary pair first (the classifier's; fhir rows)"),
     "params": (_DICT, "sorted, comma-joined query parameter names (fhir rows)"),
     "resource_id": (pa.string(), "the id read or updated, else empty"),
     "context_id": (pa.string(), "clinical context: Encounter id, Claim id or CDS query id"),
     "context_kind": (_DICT, "encounter | claim | query | lane | attack"),
+    "launch_context": (pa.string(), "launch context id the row presents (X-Launch-Context) or opens / closes (context rows), else empty"),
+    "encounter_id": (pa.string(), "the Encounter of the row's launch context (context rows and the requests made in it), else empty"),
     "patient_id": (pa.string(), "the Patient the row concerns (empty for egress without a patient)"),
+    "named_patients": (_LIST, "the Patient ids the request names (the classifier's: target, compartment, patient references, _id)"),
+    "named_encounters": (_LIST, "the Encounter ids the request names"),
+    "unknown_patient": (pa.bool_(), "the request names a patient without an id (a search of patients by name, a chain, a non-plain shape)"),
     "workflow": (_DICT, "clinical trigger: ed_visit, admission, rounds, handoff, med_rec_admission, med_rec_discharge, discharge, outpatient, lab_result, order, prior_auth, break_glass, attack, ..."),
     "lane": (_DICT, "break-glass class the row runs under (code_blue, rapid_response, ed_triage), else empty"),
     "claim_id": (pa.string(), "break-glass claim id the row presents (lane rows), else empty"),
@@ -66,10 +75,45 @@ TRACE_SCHEMA = pa.schema(
 
 #: Column defaults for rows that do not set them.
 DEFAULTS: dict[str, Any] = {
-    n: (0 if pa.types.is_integer(t) else "") for n, (t, _) in COLUMNS.items()
+    n: (0 if pa.types.is_integer(t) else () if pa.types.is_list(t) else False if pa.types.is_boolean(t) else "")
+    for n, (t, _) in COLUMNS.items()
 }
 DEFAULTS["shape"] = "plain"
 DEFAULTS["expected"] = "allow"
+#: What the classifier says of a request (``request_facts``): filled in for fhir rows.
+FACT_COLUMNS = ("touches", "named_patients", "named_encounters", "unknown_patient")
+
+
+@lru_cache(maxsize=65536)
+def request_facts(method: str, path: str, base: str = "/fhir", *, body: bool = False) -> Classification:
+    """What the kernel's classifier sees in the request a row stands for (method and target as
+    the live worker writes them): its shape, the pairs it touches, the patients and encounters it
+    names.  The trace records these, so the engine decides what the kernel decides."""
+    return classify(request_bytes(method, path, body=b"{}" if body or method in ("POST", "PUT") else b""), base)
+
+
+def facts_columns(c: Classification) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], bool]:
+    """The trace's FACT_COLUMNS of a classification."""
+    return (tuple(f"{t}:{i}" for t, i in c.touches), c.patients, c.encounters, c.unknown_patient)
+
+
+def _row_facts(row: dict[str, Any]) -> None:
+    """Fill a hand-made fhir row's facts: what the classifier reads in its path when the row
+    gives a path that classifies as the row's pair (or no pair: the path's is taken), else the
+    row's primary pair alone, naming nobody unless told."""
+    if any(k in row for k in FACT_COLUMNS):
+        row.setdefault("touches", (f"{row['resource_type']}:{row['interaction']}",) if row.get("resource_type") else ())
+        return
+    if row.get("path"):
+        c = request_facts(row.get("method") or "GET", row["path"])
+        if not row.get("resource_type") or (c.resource_type, c.interaction) == (row["resource_type"], row.get("interaction")):
+            row.update(zip(FACT_COLUMNS, facts_columns(c)))
+            row.update(resource_type=c.resource_type, interaction=c.interaction)
+            row.setdefault("shape", c.shape)
+            return
+    if row.get("resource_type") and row.get("interaction"):
+        row["touches"] = (f"{row['resource_type']}:{row['interaction']}",)
+    row["unknown_patient"] = row.get("shape", "plain") != "plain"  # as the classifier says of them
 
 
 class TraceBuilder:
@@ -85,6 +129,8 @@ class TraceBuilder:
         return self._n
 
     def add(self, **row: Any) -> None:
+        if row.get("kind") == "fhir":
+            _row_facts(row)
         for n, col in self._cols.items():
             col.append(row.get(n, DEFAULTS[n]))
         self._n += 1

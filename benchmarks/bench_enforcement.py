@@ -266,7 +266,8 @@ def _enforcer(tmp: Path, port: int):
     from paritybed.enforcer.registry import Registry, save_registry
 
     save_registry(Registry(version=1), tmp / "baa.json")
-    allow = [Pair(type="Patient", interaction="read"), Pair(type="Observation", interaction="search"),
+    allow = [Pair(type="Patient", interaction="read"), Pair(type="Patient", interaction="search"),
+             Pair(type="Observation", interaction="search"),
              Pair(type="Encounter", interaction="read"), Pair(type="DocumentReference", interaction="create")]
     agents = {"bench": AgentPolicy(agent_class="cds", fhir=FhirPolicy(server=f"127.0.0.1:{port}", allow=allow))}
     ke = KernelEnforcer(Policy(agents=agents), tmp / "baa.json", start=dt.datetime.now(dt.timezone.utc), clock="real",
@@ -291,6 +292,12 @@ MORE_HEADS = (
     ("agent read by uuid", [f"/fhir/Encounter/{UUID}"]),
     ("agent create with a 1.2 KB body", [["POST", "/fhir/DocumentReference", json.dumps(
         {"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"data": "x" * 1200}}]})]]),
+    # what client libraries send (issue 11): the grammar's richer forms, each allowed by the policy
+    ("client search, 4 parameters, an encoded value",
+     ["/fhir/Observation?code=http%3A%2F%2Floinc.org%7C8867-4&patient=p1&date=ge2021-01-01&_count=50"]),
+    ("client _include", ["/fhir/Observation?patient=p1&_include=Observation:patient"]),
+    ("client chain", ["/fhir/Observation?subject:Patient.name=peter"]),
+    ("client compartment search", ["/fhir/Patient/p1/Observation?code=8867-4"]),
 )
 
 

@@ -68,14 +68,17 @@ PB_MAP("array", u32, struct pb_knobs, knobs, 1);
 PB_MAP("array", u32, struct pb_ctab, ctab, 1);
 PB_MAP("hash", u64, struct pb_agent, agents, 256);
 PB_MAP("hash", u64, struct pb_replica, replicas, 4096);
-PB_MAP("hash", struct pb_pair_key, u32, pairs, 65536);
+PB_MAP("hash", struct pb_class_key, struct pb_pairs, lanebits, 4096);
 PB_MAP("hash", struct pb_lane_key, struct pb_lane, lanes, 16384);
+PB_MAP("hash", struct pb_ctx_key, struct pb_ctx, contexts, 65536);
+PB_MAP("hash", struct pb_pat_key, s64, seenpat, 262144);
 PB_MAP("hash", struct pb_addr_key, struct pb_endpoint, registry, 4096);
 PB_MAP("hash", struct pb_envelope_key, u8, envelope, 4096);
 PB_MAP("lru_hash", struct pb_seen_key, u8, seen, 65536);
 PB_MAP("hash", struct pb_addr_key, u8, servers, 256);
 PB_MAP("hash", u64, s64, vclock, 4096);  /* virtual clock of one replica (cgroup id), over knobs.vnow */
 PB_MAP("array", u32, struct pb_ntab, ntab, 1);
+PB_MAP("array", u32, struct pb_tables, tabs, 1);
 PB_MAP("percpu_array", u32, u64, counters, PB_COUNTERS);
 PB_MAP("array", u32, u64, lost, 1);
 PB_MAP("hash", struct pb_lost_key, u64, lost_by, 4096);
@@ -84,7 +87,7 @@ PB_SK_STORAGE(sockstate, struct pb_sock);
 PB_RINGBUF(events, PB_RB_PAGES);          /* FHIR decisions (sk_msg, the backstop) */
 PB_RINGBUF(egress_events, PB_RB_PAGES);   /* egress, refusals, inbound: a flood of these cannot
                                            * push a FHIR decision out */
-PB_MAP("prog", u32, u32, jmp, 4);  /* tail calls: JMP_PARSE, JMP_DECIDE */
+PB_MAP("prog", u32, u32, jmp, 4);  /* tail calls: JMP_LINE, JMP_HEAD, JMP_DECIDE */
 
 /* ---------------------------------------------------------------- common */
 
@@ -454,15 +457,6 @@ int pb_sockops(struct bpf_sock_ops *skops)
     return 1;
 }
 
-struct pb_parsed {
-    u64 claim;
-    u32 body_len;            /* the body the head announces (Content-Length) */
-    u16 type_id;
-    u8 shape;
-    u8 interaction;
-    u8 method;
-    u8 has_claim;
-};
 
 /* ---------------------------------------------------------------- the backstop: bytes sk_msg never approved
  *
@@ -719,667 +713,117 @@ int pb_ingress(struct __sk_buff *skb)
     return pb_inbound(skb, &ak); /* observe mode records it and lets it in */
 }
 
-/* ---------------------------------------------------------------- the request parser
+/* ---------------------------------------------------------------- sk_msg: the parse, in phases
  *
- * A state machine over the request head (enforcer/classify.py is the same grammar), defined
- * byte by byte (pb_target_byte, pb_line_byte) and run a token at a time where it can (pb_run:
- * up to 8 bytes of an id, a value, a name at once, the same state changes).  Its state lives in
- * the socket's storage, not in registers: the verifier then sees the same state at every step
- * and prunes, and a message is parsed in chunks of PB_CHUNK steps, each a tail call of pb_parse
- * (so each program stays within the verifier's limits).
+ * The parser is bpf/parser.h (static inline, no map calls).  A message is read in phases (the
+ * request line; the header section; the form body of a POST _search), each a program of its own
+ * reached by tail call.  A phase's loop is bounded by may_goto (pb_may_goto in parser.h), not by a
+ * step count: it continues by tail call of the same phase only if the kernel's loop budget runs
+ * out, so the size of a head is bounded by PB_HDR_MAX, not by the 33 tail calls.
  */
-#define JMP_PARSE 0
-#define JMP_DECIDE 1
-#ifndef PB_CHUNK
-#define PB_CHUNK 128  /* steps per tail call of pb_parse (the loader retries smaller if too complex) */
-#endif
-#ifndef PB_CHUNK0
-#define PB_CHUNK0 128 /* steps the entry program takes itself */
-#endif
+#define JMP_LINE 0
+#define JMP_HEAD 1
+#define JMP_DECIDE 2
 
-#define ST_METHOD 0
-#define ST_BASE 1
-#define ST_AFTERBASE 2
-#define ST_SEG0 3
-#define ST_TYPE 4
-#define ST_ID0 5
-#define ST_ID 6
-#define ST_AID0 7
-#define ST_HIST 8
-#define ST_VID0 9
-#define ST_VID 10
-#define ST_OP 11
-#define ST_QNAME 12
-#define ST_QVAL 13
-#define ST_TSKIP 14
-#define ST_VER 15
-#define ST_VERLF 16
-#define ST_HSTART 17
-#define ST_HNAME 18
-#define ST_HVAL 19
-#define ST_HLF 20
-#define ST_HEND 21
-#define ST_JUNK 22
-
-#define FORM_NONE 0
-#define FORM_TYPE 1
-#define FORM_ID 2
-#define FORM_HIST 3
-#define FORM_VREAD 4
-
-#define W_GET 0x474554ULL
-#define W_POST 0x504f5354ULL
-#define W_PUT 0x505554ULL
-#define W_DELETE 0x44454c455445ULL
-#define W_HTTP11 0x485454502f312e31ULL
-#define W_HISTORY 0x5f686973746f7279ULL /* "_history" */
-#define W_GRAPHQL 0x6772617068716cULL   /* "graphql" */
-#define FNV_OFFSET 0xcbf29ce484222325ULL
-#define FNV_PRIME 0x100000001b3ULL
-
-#define SH1(c) do { s->k0 = (s->k0 << 8) | (c); } while (0)
-#define SH2(c) do { s->k1 = (s->k1 << 8) | (s->k0 >> 56); SH1(c); } while (0)
-#define SH3(c) do { s->k2 = (s->k2 << 8) | (s->k1 >> 56); SH2(c); } while (0)
-#define SH5(c) do { s->k4 = (s->k4 << 8) | (s->k3 >> 56); s->k3 = (s->k3 << 8) | (s->k2 >> 56); SH3(c); } while (0)
-#define CLR() do { s->k0 = 0; s->k1 = 0; s->k2 = 0; s->k3 = 0; s->k4 = 0; s->len = 0; } while (0)
-#define DEV(_fam) do { s->fam = (_fam); s->st = ST_TSKIP; } while (0)
-#define SYSFAM() (s->method == MT_POST ? S_BUNDLE : S_TYPE_PARAM)
-
-/* a name's value in the name table (0: not there); see struct pb_ntab */
-static __always_inline u16 pb_name_find(struct pb_ntab *nt, u8 tab, u32 len, u64 w0, u64 w1, u64 w2, u64 w3, u64 w4)
-{
-    u64 h = w0 ^ (w1 * NT_P1) ^ (w2 * NT_P2) ^ (w3 * NT_P3) ^ (w4 * NT_P4) ^ ((((u64)tab << 8) | len) * NT_P5);
-    struct pb_name *e = &nt->e[(h * nt->mult) >> (64 - PB_NT_BITS)];
-    if (e->tab == tab && e->len == len && e->w[0] == w0 && e->w[1] == w1 && e->w[2] == w2 && e->w[3] == w3 &&
-        e->w[4] == w4)
-        return e->val;
-    return 0;
-}
-
-/* the resource type segment ended: look the name up (exactly, by its packed bytes) */
-static __always_inline int pb_type_done(struct pb_pstate *s, struct pb_ntab *nt)
-{
-    u16 tid = (s->tbad || s->len > PB_TYPE_MAX) ? 0 :
-              pb_name_find(nt, NT_TYPE, s->len, s->k0, s->k1, s->k2, s->k3, s->k4);
-    if (!tid) {
-        DEV(S_UNKNOWN_TYPE);
-        return 0;
-    }
-    s->type_id = tid;
-    s->form = FORM_TYPE;
-    return 1;
-}
-
-/* the request target ended (SP) in state s->st */
-static __always_inline void pb_target_end(struct pb_pstate *s, struct pb_ntab *nt)
-{
-    u8 st = s->st;
-    if (st == ST_BASE) {
-        s->fam = S_NOT_FHIR;
-    } else if (st == ST_AFTERBASE || st == ST_SEG0) {
-        s->fam = SYSFAM();
-    } else if (st == ST_TYPE) {
-        pb_type_done(s, nt);
-    } else if (st == ST_ID0 || st == ST_AID0 || st == ST_VID0 || st == ST_QNAME) {
-        s->fam = S_MALFORMED;
-    } else if (st == ST_ID) {
-        s->form = FORM_ID;
-    } else if (st == ST_HIST) {
-        if (s->len == 8 && s->k0 == W_HISTORY)
-            s->form = FORM_HIST;
-        else
-            s->fam = S_MALFORMED;
-    } else if (st == ST_VID) {
-        s->form = FORM_VREAD;
-    } else if (st == ST_OP) {
-        s->fam = (s->len == 7 && s->k0 == W_GRAPHQL) ? S_GRAPHQL : S_OPERATION;
-    }
-    s->st = ST_VER;
-    CLR();
-}
-
-/* the base path read so far: once it has fhir.base's length, it is the base or the target is not FHIR */
-static __always_inline void pb_base_check(struct pb_pstate *s)
-{
-    if (s->len == s->blen) {
-        if (s->k0 == s->bw0 && s->k1 == s->bw1 && s->k2 == s->bw2)
-            s->st = ST_AFTERBASE;
-        else
-            DEV(S_NOT_FHIR);
-    }
-}
-
-/* one byte c (class flags f) of the request target, not SP */
-static __always_inline void pb_target_byte(struct pb_pstate *s, struct pb_ntab *nt, u8 c, u32 f)
-{
-    u8 st = s->st;
-    if (st == ST_QNAME) {
-        if (c == '%') {
-            DEV(S_ENCODED);
-        } else if (c == '=') {
-            if (s->len == 0) {
-                DEV(S_MALFORMED);
-            } else {
-                u32 nl = s->colon ? s->plen : s->len;
-                u8 kd = nl > PB_NAME_MAX ? 0 :
-                        pb_name_find(nt, NT_PARAM, nl, s->colon ? s->b0 : s->k0, s->colon ? s->b1 : s->k1, 0, 0, 0);
-                if (kd == N_INCLUDE)
-                    DEV(S_INCLUDE);
-                else if (kd == N_TYPE)
-                    DEV(S_TYPE_PARAM);
-                else if (kd == N_HAS)
-                    DEV(S_HAS);
-                else if (s->dot)
-                    DEV(S_CHAINED);
-                else if (s->colon || kd != N_SAFE)
-                    DEV(S_PARAM);
-                else {
-                    s->st = ST_QVAL;
-                    s->len = 0;
-                }
-            }
-        } else if (f & C_PNAME) {
-            if (c == ':' && !s->colon) {
-                s->colon = 1;
-                s->b0 = s->k0;
-                s->b1 = s->k1;
-                s->plen = s->len;
-            }
-            if (c == '.')
-                s->dot = 1;
-            SH2(c);
-            s->len++;
-        } else {
-            DEV(S_MALFORMED);
-        }
-    } else if (st == ST_QVAL) {
-        if (c == '%' || c == '+') {
-            DEV(S_ENCODED);
-        } else if (f & C_VALUE) {
-            s->len++;
-            if (s->len > PB_VALUE_MAX)
-                DEV(S_MALFORMED);
-        } else if (c == '&') {
-            s->st = ST_QNAME;
-            CLR();
-            s->colon = 0;
-            s->dot = 0;
-        } else {
-            DEV(S_MALFORMED);
-        }
-    } else if (st == ST_BASE) {
-        SH3(c);
-        s->len++;
-        pb_base_check(s);
-    } else if (st == ST_AFTERBASE) {
-        if (c == '/')
-            s->st = ST_SEG0;
-        else if (c == '?')
-            DEV(SYSFAM());
-        else
-            DEV(S_NOT_FHIR);
-    } else if (st == ST_SEG0) {
-        if (c == '$') {
-            s->st = ST_OP;
-            CLR();
-        } else if (c == '?') {
-            DEV(SYSFAM());
-        } else if (c == '%') {
-            DEV(S_ENCODED);
-        } else if (f & (C_UPPER | C_LOWER)) {
-            s->st = ST_TYPE;
-            CLR();
-            SH1(c);
-            s->len = 1;
-        } else {
-            DEV(S_MALFORMED);
-        }
-    } else if (st == ST_TYPE) {
-        if (c == '%') {
-            DEV(S_ENCODED);
-        } else if (c == '/' || c == '?') {
-            if (pb_type_done(s, nt)) {
-                if (c == '/') {
-                    s->st = ST_ID0;
-                } else if (s->method == MT_GET) {
-                    s->st = ST_QNAME;
-                    CLR();
-                    s->colon = 0;
-                    s->dot = 0;
-                } else {
-                    DEV(S_PARAM);
-                }
-            }
-        } else {
-            if (!(f & (C_UPPER | C_LOWER)))
-                s->tbad = 1;
-            SH5(c);
-            s->len++;
-        }
-    } else if (st == ST_ID0 || st == ST_VID0) {
-        if (c == '$' && st == ST_ID0) {
-            s->st = ST_OP;
-            CLR();
-        } else if (c == '%') {
-            DEV(S_ENCODED);
-        } else if (f & C_ID) {
-            s->st = st == ST_ID0 ? ST_ID : ST_VID;
-            s->len = 1;
-        } else {
-            DEV(S_MALFORMED);
-        }
-    } else if (st == ST_ID || st == ST_VID) {
-        if (c == '%') {
-            DEV(S_ENCODED);
-        } else if (f & C_ID) {
-            s->len++;
-            if (s->len > PB_ID_MAX)
-                DEV(S_MALFORMED);
-        } else if (c == '/' || c == '?') {
-            if (st == ST_ID) {
-                s->form = FORM_ID;
-                if (c == '/')
-                    s->st = ST_AID0;
-                else
-                    DEV(S_PARAM);
-            } else {
-                s->form = FORM_VREAD;
-                DEV(c == '?' ? S_PARAM : S_MALFORMED);
-            }
-        } else {
-            DEV(S_MALFORMED);
-        }
-    } else if (st == ST_AID0) {
-        if (c == '$') {
-            s->st = ST_OP;
-            CLR();
-        } else if (c == '_') {
-            s->st = ST_HIST;
-            CLR();
-            SH1(c);
-            s->len = 1;
-        } else if (c == '%') {
-            DEV(S_ENCODED);
-        } else if (f & (C_UPPER | C_LOWER)) {
-            DEV(S_COMPARTMENT);
-        } else {
-            DEV(S_MALFORMED);
-        }
-    } else if (st == ST_HIST) {
-        if (c == '%') {
-            DEV(S_ENCODED);
-        } else if (c == '/' || c == '?') {
-            if (s->len == 8 && s->k0 == W_HISTORY) {
-                s->form = FORM_HIST;
-                if (c == '/')
-                    s->st = ST_VID0;
-                else
-                    DEV(S_PARAM);
-            } else {
-                DEV(S_MALFORMED);
-            }
-        } else {
-            SH1(c);
-            s->len++;
-        }
-    } else if (st == ST_OP) {
-        if (c == '%') {
-            DEV(S_ENCODED);
-        } else if (c == '/' || c == '?') {
-            DEV((s->len == 7 && s->k0 == W_GRAPHQL) ? S_GRAPHQL : S_OPERATION);
-        } else if (f & C_OP) {
-            SH1((f & C_UPPER) ? (c | 0x20) : c);
-            s->len++;
-        } else {
-            DEV(S_MALFORMED);
-        }
-    }
-}
-
-/* one byte of a header value (kind s->hkind), not CR */
-static __always_inline void pb_value_byte(struct pb_pstate *s, u8 c, u32 f)
-{
-    u8 sub = s->sub;
-    if (s->hkind == H_CONTENT_LENGTH) {
-        if (sub == 0) {
-            if (f & C_DIGIT) {
-                s->sub = 1;
-                s->cl_cur = c - '0';
-                s->len = 1;
-            } else if (!(f & C_OWS)) {
-                s->sub = 3;
-                s->cl_bad = 1;
-            }
-        } else if (sub == 1) {
-            if ((f & C_DIGIT) && s->len < 9) {
-                s->cl_cur = s->cl_cur * 10 + (c - '0');
-                s->len++;
-            } else if (f & C_OWS) {
-                s->sub = 2;
-            } else {
-                s->sub = 3;
-                s->cl_bad = 1;
-            }
-        } else if (sub == 2 && !(f & C_OWS)) {
-            s->sub = 3;
-            s->cl_bad = 1;
-        }
-    } else if (s->hkind == H_CLAIM) {
-        if (sub == 0) {
-            if (f & C_CLAIM) {
-                s->sub = 1;
-                s->claim = (s->claim ^ c) * FNV_PRIME;
-                s->len = 1;
-            } else if (!(f & C_OWS)) {
-                s->sub = 3;
-                s->claim_bad = 1;
-            }
-        } else if (sub == 1) {
-            if ((f & C_CLAIM) && s->len < PB_CLAIM_MAX) {
-                s->claim = (s->claim ^ c) * FNV_PRIME;
-                s->len++;
-            } else if (f & C_OWS) {
-                s->sub = 2;
-            } else {
-                s->sub = 3;
-                s->claim_bad = 1;
-            }
-        } else if (sub == 2 && !(f & C_OWS)) {
-            s->sub = 3;
-            s->claim_bad = 1;
-        }
-    }
-}
-
-/* one byte outside the request target */
-static __always_inline void pb_line_byte(struct pb_pstate *s, struct pb_ntab *nt, u8 c, u32 f)
-{
-    u8 st = s->st;
-    if (st == ST_HVAL) {
-        if (c == '\r') {
-            if (s->hkind == H_CONTENT_LENGTH) {
-                if (s->sub == 0)
-                    s->cl_bad = 1;
-                else if (s->sub < 3)
-                    s->cl_val = s->cl_cur;
-            } else if (s->hkind == H_CLAIM && s->sub == 0) {
-                s->claim_bad = 1;
-            }
-            s->st = ST_HLF;
-        } else if (!(f & C_HVAL)) {
-            s->st = ST_JUNK;
-        } else {
-            pb_value_byte(s, c, f);
-        }
-    } else if (st == ST_HNAME) {
-        if (c == ':') {
-            u8 hkind = s->len > PB_HNAME_MAX ? 0 : pb_name_find(nt, NT_HEADER, s->len, s->k0, s->k1, s->k2, 0, 0);
-            s->hkind = hkind;
-            if (hkind == H_CONTENT_LENGTH)
-                s->n_cl++;
-            else if (hkind == H_TRANSFER_ENCODING)
-                s->te = 1;
-            else if (hkind == H_OVERRIDE)
-                s->ovr = 1;
-            else if (hkind == H_CLAIM)
-                s->n_claim++;
-            s->sub = 0;
-            s->cl_cur = 0;
-            s->len = 0;
-            s->st = ST_HVAL;
-        } else if (f & C_TCHAR) {
-            SH3((f & C_UPPER) ? (c | 0x20) : c);
-            s->len++;
-        } else {
-            s->st = ST_JUNK;
-        }
-    } else if (st == ST_HSTART) {
-        if (c == '\r') {
-            s->st = ST_HEND;
-        } else if (f & C_TCHAR) {
-            s->st = ST_HNAME;
-            CLR();
-            SH1((f & C_UPPER) ? (c | 0x20) : c);
-            s->len = 1;
-        } else {
-            s->st = ST_JUNK;
-        }
-    } else if (st == ST_VERLF || st == ST_HLF) {
-        s->st = c == '\n' ? ST_HSTART : ST_JUNK;
-    } else if (st == ST_METHOD) {
-        if (c == ' ') {
-            u64 m = s->k0;
-            u32 l = s->len;
-            u8 method = (m == W_GET && l == 3) ? MT_GET : (m == W_POST && l == 4) ? MT_POST :
-                        (m == W_PUT && l == 3) ? MT_PUT : (m == W_DELETE && l == 6) ? MT_DELETE : MT_NONE;
-            s->method = method;
-            if (method == MT_NONE) {
-                s->st = ST_JUNK;
-            } else {
-                s->st = ST_BASE;
-                CLR();
-            }
-        } else if ((f & C_UPPER) && s->len < 7) {
-            SH1(c);
-            s->len++;
-        } else {
-            s->st = ST_JUNK;
-        }
-    } else if (st == ST_VER) {
-        if (c == '\r')
-            s->st = (s->len == 8 && s->k0 == W_HTTP11) ? ST_VERLF : ST_JUNK;
-        else if ((f & C_VCHAR) && s->len < 8) {
-            SH1(c);
-            s->len++;
-        } else
-            s->st = ST_JUNK;
-    } else {
-        s->st = ST_JUNK; /* ST_HEND followed by anything but LF */
-    }
-}
-
-#define HIGHS 0x8080808080808080ULL
-#define ONES 0x0101010101010101ULL
-
-/* n (1..8) bytes into a shift-register word: v shifted left by n bytes, and v's top n bytes */
-#define SHLN(v, n) (((v) << (8 * (n) - 1)) << 1)
-#define TOPN(v, n) ((v) >> (64 - 8 * (n)))
-#define SH1N(b, n) do { s->k0 = SHLN(s->k0, n) | (b); } while (0)
-#define SH2N(b, n) do { s->k1 = SHLN(s->k1, n) | TOPN(s->k0, n); SH1N(b, n); } while (0)
-#define SH3N(b, n) do { s->k2 = SHLN(s->k2, n) | TOPN(s->k1, n); SH2N(b, n); } while (0)
-#define SH5N(b, n) do { s->k4 = SHLN(s->k4, n) | TOPN(s->k3, n); s->k3 = SHLN(s->k3, n) | TOPN(s->k2, n); \
-                        SH3N(b, n); } while (0)
-
-/* Byte classes of 8 bytes at once (SWAR).  y is x with each byte's top bit cleared, so adding a
- * constant below 0x80 to y never carries from one byte into the next; IN(y, lo, hi) has 0x80 in
- * each byte in [lo, hi] (1 <= lo <= hi <= 0x7f).  Bytes >= 0x80 are in no class (pb_run). */
-#define GE(y, v) ((y) + (0x80 - (v)) * ONES)
-#define IN(y, lo, hi) (GE(y, lo) & ~GE(y, (hi) + 1) & HIGHS)
-#define ALPHA(y) IN((y) | (0x20 * ONES), 'a', 'z') /* A-Z a-z: | 0x20 maps only letters to a-z */
-#define ALNUM(y) (ALPHA(y) | IN(y, '0', '9'))
-
-/* the index of the first byte with its top bit set in out (out != 0): that bit alone, moved to
- * bit 8j, times 0x0001020304050607 has j in the top byte (a shift: no carries) */
-#define FIRST(out) (((((out) & -(out)) >> 7) * 0x0001020304050607ULL) >> 56)
-
-/* A run: the next bytes of the current token, up to 8 (x, little-endian: first byte lowest) at
- * once.  Each state's run class holds only bytes its byte path consumes without a transition or
- * a check (no delimiter, no CR/LF, no SP in the target; a subset of the class its byte path reads
- * from ctab), and the limit stops a run where the byte path would start checking a length, so a
- * run leaves the state the byte path would have left, byte for byte (w aside: no CR/LF in a run,
- * so the head cannot end in it and w restarts).  A state that only starts a token (HSTART, SEG0,
- * ID0, VID0) enters the token's state for a run of at least one byte, as its byte path would on
- * the first byte.  A header value or the version that ends in CR LF within x takes the CR LF too:
- * the byte path would go to HLF/VERLF and on LF to HSTART (or to JUNK for a bad version; w then
- * holds CR LF and no byte before them can complete CR LF CR LF).  Returns the bytes consumed (0:
- * the byte path takes the next byte). */
-static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
-{
-    u8 st = s->st;
-    u64 y = x & ~HIGHS, in;
-    u32 lim = 8, len = s->len;
-    if (st == ST_HVAL) {
-        if (s->hkind == H_CONTENT_LENGTH || s->hkind == H_CLAIM)
-            return 0;
-        in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
-    } else if (st == ST_QVAL) { /* ,-./0-9: are one range */
-        in = ALPHA(y) | IN(y, ',', ':') | IN(y, '_', '_') | IN(y, '|', '|');
-        lim = len < PB_VALUE_MAX ? PB_VALUE_MAX - len : 0;
-    } else if (st == ST_ID || st == ST_VID || st == ST_ID0 || st == ST_VID0) {
-        in = ALNUM(y) | IN(y, '-', '-');
-        if (st == ST_ID0 || st == ST_VID0)
-            len = 0;
-        lim = len < PB_ID_MAX ? PB_ID_MAX - len : 0;
-    } else if (st == ST_HNAME || st == ST_HSTART) { /* the usual name bytes; other tchars: byte path */
-        in = ALNUM(y) | IN(y, '-', '-');
-    } else if (st == ST_QNAME || st == ST_HIST || st == ST_OP) { /* not ':' '.' '%' '=' '/' '?' */
-        in = ALNUM(y) | IN(y, '-', '-') | IN(y, '_', '_');
-    } else if (st == ST_TYPE || st == ST_SEG0) {
-        in = ALPHA(y);
-    } else if (st == ST_BASE || st == ST_TSKIP || st == ST_VER) {
-        in = IN(y, 0x21, 0x7e);
-        if (st == ST_BASE)
-            lim = len < s->blen ? s->blen - len : 0;
-        else if (st == ST_VER)
-            lim = len < 8 ? 8 - len : 0;
-    } else if (st == ST_JUNK) {
-        in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
-    } else if (st == ST_METHOD) {
-        in = IN(y, 'A', 'Z');
-        lim = len < 7 ? 7 - len : 0;
-    } else {
-        return 0;
-    }
-    u64 out = (x | ~in) & HIGHS; /* 0x80 in each byte not in the class */
-    u32 n = out ? FIRST(out) : 8;
-    if (n > lim)
-        n = lim;
-    /* CR LF right after a header value or the version (n <= 6: both in x) */
-    u32 crlf = (st == ST_HVAL || st == ST_VER) && n <= 6 && ((x >> (8 * n)) & 0xffff) == 0x0a0d;
-    if (n == 0 && !crlf)
-        return 0;
-    if (st == ST_HSTART || st == ST_SEG0) { /* a header name / type name starts */
-        CLR();
-        len = 0;
-        st = st == ST_HSTART ? ST_HNAME : ST_TYPE;
-        s->st = st;
-    } else if (st == ST_ID0 || st == ST_VID0) {
-        st = st == ST_ID0 ? ST_ID : ST_VID;
-        s->st = st;
-    }
-    if (st == ST_HNAME || st == ST_OP) /* these names are compared lower-cased: A-Z | 0x20 */
-        x |= IN(y, 'A', 'Z') >> 2;
-    if (n) {
-        u64 b = TOPN(__builtin_bswap64(x), n); /* the run's bytes, first one most significant */
-        if (st == ST_TYPE)
-            SH5N(b, n);
-        else if (st == ST_HNAME || st == ST_BASE)
-            SH3N(b, n);
-        else if (st == ST_QNAME)
-            SH2N(b, n);
-        else if (st == ST_METHOD || st == ST_VER || st == ST_HIST || st == ST_OP)
-            SH1N(b, n);
-        s->len = len + n;
-        if (st >= ST_BASE && st <= ST_TSKIP)
-            s->tlen += n;
-        if (st == ST_BASE)
-            pb_base_check(s);
-    }
-    if (crlf) {
-        s->st = (st == ST_HVAL || (s->len == 8 && s->k0 == W_HTTP11)) ? ST_HSTART : ST_JUNK;
-        s->w = 0x0d0a;
-        n += 2;
-    } else {
-        s->w = 0;
-    }
-    return n;
-}
-
-/* Scan the message from s->pos for at most `iters` steps (a run and the byte that ends it, or one
- * byte, each).  Sets s->done when the head ended (s->head_end), the data ended, or PB_HDR_MAX
- * bytes were seen; otherwise the next tail call continues.  Everything the next step needs is in
- * memory (s), not in registers, so the verifier sees one state per step. */
-static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_ctab *ct, struct pb_ntab *nt,
-                                    const u32 iters)
-{
-    void *data = (void *)(long)msg->data;
-    void *end = (void *)(long)msg->data_end;
-    for (u32 it = 0; it < iters; it++) {
-        asm volatile("" ::: "memory"); /* keep the state in memory (see above) */
-        u32 i = s->pos;
-        if (i >= PB_HDR_MAX) {
-            s->done = 1;
-            break;
-        }
-        u8 *p = data + i;
-        if ((void *)(p + 1) > end) {
-            s->done = 1;
-            break;
-        }
-        u8 c;
-        if (i + 8 <= PB_HDR_MAX && (void *)(p + 8) <= end) {
-            u64 x = *(u64 *)p;
-            u32 n = pb_run(s, x);
-            if (n >= 8) {
-                s->pos = i + n;
-                continue;
-            }
-            i += n; /* the byte that ended the run: the byte path takes it in the same step */
-            c = (x >> (8 * n)) & 0xff;
-        } else {
-            c = *p;
-        }
-        s->pos = i + 1;
-        u32 w = (s->w << 8) | c;
-        s->w = w;
-        if (w == 0x0d0a0d0a) {
-            s->head_end = i + 1;
-            s->done = 1;
-            break;
-        }
-        u32 f = ct->c[c];
-        u8 st = s->st;
-        if (st == ST_JUNK)
-            continue;
-        if (st >= ST_BASE && st <= ST_TSKIP) {
-            if (c == ' ') {
-                if (s->tlen == 0)
-                    s->st = ST_JUNK;
-                else
-                    pb_target_end(s, nt);
-            } else if (!(f & C_VCHAR)) {
-                s->st = ST_JUNK;
-            } else {
-                s->tlen++;
-                if (st != ST_TSKIP)
-                    pb_target_byte(s, nt, c, f);
-            }
-        } else {
-            pb_line_byte(s, nt, c, f);
-        }
-    }
-    if (!s->done && s->pos >= PB_HDR_MAX)
-        s->done = 1;
-}
-
-int pb_parse(struct sk_msg_md *msg)
+/* the tables the parser reads */
+static __always_inline int pb_env_get(struct pb_env *e)
 {
     u32 z = 0;
-    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
-    struct pb_ctab *ct = ctab.lookup(&z);
-    struct pb_ntab *nt = ntab.lookup(&z);
-    if (!ss || !ct || !nt)
-        return SK_DROP;
-    if (!ss->ps.done)
-        pb_scan(msg, &ss->ps, ct, nt, PB_CHUNK);
-    if (!ss->ps.done)
-        jmp.call(msg, JMP_PARSE);
+    e->ct = ctab.lookup(&z);
+    e->nt = ntab.lookup(&z);
+    e->tb = tabs.lookup(&z);
+    return e->ct && e->nt && e->tb;
+}
+
+/* The request line is read: on to the header section. */
+static __always_inline void pb_after_line(struct sk_msg_md *msg, struct pb_pstate *s)
+{
+    s->done = 0;
+    jmp.call(msg, JMP_HEAD);
+}
+
+/* The header section is read: a POST _search's form body next (its parameters, if it came with
+ * its head and no framing problem comes first), else the decision. */
+static __always_inline void pb_after_head(struct sk_msg_md *msg, struct pb_pstate *s)
+{
+    s->done = 0;
+    if (s->head_end && !s->body && !s->fam && s->method == MT_POST && s->form == FORM_SEARCH &&
+        s->st == ST_HEND && !s->ovr && !s->te && s->n_cl == 1 && !s->cl_bad && s->size - s->head_end <= s->cl_val) {
+        u32 cl = s->cl_val;
+        if (s->n_ct != 1 || !s->ct_form) {
+            s->fam = S_MALFORMED;
+        } else if (s->size - s->head_end < cl) {
+            s->fam = S_SPLIT;
+        } else if (cl > PB_BODY_MAX) {
+            s->fam = S_TOO_LARGE;
+        } else if (cl) {
+            s->body = 1;
+            s->pos = s->head_end;
+            s->end = s->head_end + cl;
+            pb_query_start(s, QM_SEARCH);
+            jmp.call(msg, JMP_LINE);
+            return; /* tail call missing: the decision below denies (the body was not read) */
+        }
+    }
     jmp.call(msg, JMP_DECIDE);
+}
+
+/* A phase's program: scan on from where the state stands, and the same phase again by tail call
+ * if the loop budget ran out first; the state when the phase is read, else 0 (the caller drops). */
+static __always_inline struct pb_pstate *pb_phase(struct sk_msg_md *msg, const int line)
+{
+    struct pb_env e;
+    struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
+    if (!ss || !pb_env_get(&e))
+        return 0;
+    struct pb_pstate *s = &ss->ps;
+    if (!s->done)
+        pb_scan(msg, s, &e, line);
+    if (!s->done) {
+        jmp.call(msg, line ? JMP_LINE : JMP_HEAD);
+        return 0;
+    }
+    return s;
+}
+
+int pb_parse_line(struct sk_msg_md *msg)
+{
+    struct pb_pstate *s = pb_phase(msg, 1);
+    if (!s)
+        return SK_DROP;
+    if (s->body) { /* the form body is read */
+        s->st = ST_HEND;
+        jmp.call(msg, JMP_DECIDE);
+        return SK_DROP;
+    }
+    pb_after_line(msg, s);
     return SK_DROP;
 }
 
-/* the parser's verdict on the message (classify.classify's last steps) */
-static __always_inline void pb_result(struct pb_pstate *s, struct pb_parsed *out)
+int pb_parse_head(struct sk_msg_md *msg)
+{
+    struct pb_pstate *s = pb_phase(msg, 0);
+    if (!s)
+        return SK_DROP;
+    pb_after_head(msg, s);
+    return SK_DROP;
+}
+
+/* ---------------------------------------------------------------- the verdict on what was parsed */
+
+struct pb_parsed {
+    u64 claim;
+    u32 body_len;            /* the body the head announces (Content-Length) */
+    u16 type_id;
+    u8 shape;
+    u8 interaction;
+    u8 method;
+    u8 has_claim;
+    u8 named;                /* NM_* */
+};
+
+/* classify.classify's assembly: framing first, then the first deviation, then plain */
+static __always_inline void pb_result(struct pb_pstate *s, struct pb_env *e, struct pb_parsed *out)
 {
     __builtin_memset(out, 0, sizeof(*out));
     if (s->desync) {
@@ -1394,7 +838,7 @@ static __always_inline void pb_result(struct pb_pstate *s, struct pb_parsed *out
         out->shape = s->size >= PB_HDR_MAX ? S_TOO_LARGE : S_SPLIT;
         return;
     }
-    if (s->st != ST_HEND || s->n_claim > 1 || s->claim_bad) {
+    if (s->st != ST_HEND || s->n_claim > 1 || s->claim_bad || s->n_ctx > 1 || s->ctx_bad || s->method == MT_NONE) {
         out->shape = S_MALFORMED;
         return;
     }
@@ -1407,15 +851,12 @@ static __always_inline void pb_result(struct pb_pstate *s, struct pb_parsed *out
     else if (s->te)
         shape = S_CHUNKED;
     else if (s->n_cl > 1 || s->cl_bad || ((method == MT_POST || method == MT_PUT) && s->n_cl == 0) ||
-             ((method == MT_GET || method == MT_DELETE) && cl != 0))
+             ((method == MT_GET || method == MT_HEAD || method == MT_DELETE) && cl != 0))
         shape = S_LENGTH;
     else if (rest > cl)
         shape = S_PIPELINED;
     else if (s->fam)
         shape = s->fam;
-    else if (!((method == MT_GET && form != FORM_NONE) || (method == MT_POST && form == FORM_TYPE) ||
-               ((method == MT_PUT || method == MT_DELETE) && form == FORM_ID)))
-        shape = S_MALFORMED;
     out->shape = shape;
     out->method = method;
     if (s->n_claim) {
@@ -1425,18 +866,27 @@ static __always_inline void pb_result(struct pb_pstate *s, struct pb_parsed *out
     if (shape == S_MALFORMED)
         return;
     u16 type_id = s->type_id;
-    out->type_id = type_id;
-    if (type_id) {
-        if (method == MT_GET)
-            out->interaction = form == FORM_TYPE ? I_SEARCH : form == FORM_ID ? I_READ :
-                               form == FORM_HIST ? I_HISTORY : I_VREAD;
+    if (type_id && form != FORM_NONE && form != FORM_SYSTEM) {
+        out->type_id = type_id;
+        if (method == MT_GET || method == MT_HEAD)
+            out->interaction = form == FORM_ID ? I_READ : form == FORM_HIST ? I_HISTORY : form == FORM_VREAD ? I_VREAD :
+                               I_SEARCH;
         else
-            out->interaction = method == MT_POST ? I_CREATE : method == MT_PUT ? I_UPDATE : I_DELETE;
+            out->interaction = form == FORM_SEARCH ? I_SEARCH : method == MT_POST ? I_CREATE :
+                               method == MT_PUT ? I_UPDATE : I_DELETE;
     }
-    out->body_len = cl;
+    if (!(method == MT_POST && form == FORM_SEARCH))
+        out->body_len = cl;
+    if (shape != S_PLAIN) {
+        out->named = NM_UNKNOWN;
+        return;
+    }
+    /* a search of patients or encounters that names none of them: a sweep */
+    if ((form == FORM_TYPE || form == FORM_SEARCH || form == FORM_COMP) && method != MT_POST || (method == MT_POST && form == FORM_SEARCH))
+        if ((type_id == e->tb->patient || type_id == e->tb->encounter) && !s->npat && !s->nenc)
+            s->unknown = 1;
+    out->named = (s->npat ? NM_PATIENT : 0) | (s->nenc ? NM_ENCOUNTER : 0) | (s->unknown ? NM_UNKNOWN : 0);
 }
-
-/* ---------------------------------------------------------------- sk_msg: entry and decision */
 
 /* Is this message the agent's FHIR traffic (to its policy's fhir.server)? */
 static __always_inline int pb_is_server(struct sk_msg_md *msg, struct pb_agent *a)
@@ -1482,115 +932,6 @@ static __always_inline void pb_commit(struct pb_sock *ss, u32 w, u32 size, u8 he
     }
 }
 
-/* The decision on the parsed message (docs/enforcement.md, step 5 and 6), its event, its verdict. */
-static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_replica *r, struct pb_agent *a,
-                                     struct pb_knobs *k, struct pb_sock *ss)
-{
-    struct pb_parsed c;
-    struct pb_pstate *s = &ss->ps;
-    pb_result(s, &c);
-    u64 cgid = s->cgid;
-    u32 size = s->size, w = s->wseq;
-    u8 flags = s->cont ? F_CONTINUATION : 0;
-    s64 now = pb_now(k, cgid);
-    u8 decision = PB_ALLOW, reason = R_OK;
-    s64 until = 0;
-    if (c.has_claim)
-        flags |= F_CLAIM;
-    if (a->mode == M_OBSERVE) {
-        reason = R_OBSERVE;
-    } else if (r->q_until > now) {
-        decision = PB_DENY;
-        reason = R_QUARANTINED;
-    } else if (s->desync == PB_NOT_CONNECTED) {
-        decision = PB_DENY; /* refused, not a violation: the connection is not established */
-        reason = R_UNCLASSIFIABLE;
-        flags |= F_REFUSED;
-    } else {
-        u8 v = 0, via_lane = 0;
-        if (s->desync) {
-            v = R_UNCLASSIFIABLE; /* never allowed by allow_shapes: the bytes cannot be placed */
-            flags |= F_DESYNC;
-        } else if (c.shape != S_PLAIN && !(a->allow_shapes & (1u << (c.shape & 31)))) {
-            v = R_UNCLASSIFIABLE;
-        } else {
-            u32 bit = (u32)c.type_id * 8 + c.interaction, word = bit >> 6;
-            BARRIER_VAR(word); /* bound the index itself (clang would merge the shifts past the check) */
-            if (!c.type_id || word >= PB_ALLOW_WORDS || !((a->allow[word] >> (bit & 63)) & 1)) {
-                v = R_TYPE;
-                if (c.type_id && c.has_claim) { /* a lane may allow it: the pair's lane bits */
-                    u32 mk = 0;
-                    struct pb_pair_key pk = {};
-                    pk.agent = r->agent;
-                    pk.type_id = c.type_id;
-                    pk.interaction = c.interaction;
-                    u32 *mask = pairs.lookup(&pk);
-                    if (mask)
-                        mk = *mask;
-                    struct pb_lane_key lk = {};
-                    lk.cgid = cgid;
-                    lk.claim = c.claim;
-                    struct pb_lane *ln = lanes.lookup(&lk);
-                    if (ln && ln->cls < 31 && (mk & (2u << ln->cls))) {
-                        v = now < ln->expiry ? 0 : R_LANE_EXPIRED;
-                        via_lane = v == 0;
-                    }
-                }
-            }
-            if (!v && a->interval) {
-                /* GCRA, T = interval, tau = (burst-1)*T; compare-and-swap against concurrent senders */
-                u8 done = 0;
-                for (int tries = 0; tries < 4 && !done && !v; tries++) {
-                    s64 old = r->tat;
-                    s64 x = old > now ? old : now;
-                    if (x - now > a->tau)
-                        v = R_RATE;
-                    else if (__sync_val_compare_and_swap(&r->tat, old, x + a->interval) == old)
-                        done = 1;
-                }
-                if (!done)
-                    v = R_RATE;
-            }
-        }
-        if (v) {
-            reason = v;
-            decision = pb_violation(a, r, now, &flags, &until);
-        } else if (via_lane) {
-            reason = R_LANE;
-        }
-    }
-    if (decision != PB_DENY) {
-        if (s->cont || s->desync) /* allowed anyway (alert, observe): no body expected after it */
-            pb_commit(ss, w, size, 1, size, 0);
-        else
-            pb_commit(ss, w, size, 1, s->head_end, c.body_len);
-    }
-    pb_count(K_FHIR, reason);
-    if (k->record_all || decision != PB_ALLOW || a->mode == M_OBSERVE || reason == R_LANE ||
-        (flags & (F_QUARANTINE | F_KILL))) {
-        struct pb_event *e = pb_reserve(cgid, K_FHIR, decision, reason, HOOK_SK_MSG);
-        if (e) {
-            __builtin_memset(e, 0, sizeof(*e));
-            e->t = now;
-            e->cgid = cgid;
-            e->claim = c.claim;
-            e->until = until;
-            e->size = size;
-            e->type_id = c.type_id;
-            e->kind = K_FHIR;
-            e->hook = HOOK_SK_MSG;
-            e->decision = decision;
-            e->reason = reason;
-            e->shape = c.shape;
-            e->interaction = c.interaction;
-            e->method = c.method;
-            e->flags = flags;
-            pb_submit(e);
-        }
-    }
-    return decision == PB_DENY ? SK_DROP : pb_allow(msg, ss);
-}
-
 /* Where the message sits in the connection's byte stream, before anything is parsed.  Sets
  * s->desync when it cannot be placed: no state for the connection, or the stream is not where the
  * approved bytes left it.  One case is put right instead: the last approved message went out short
@@ -1623,6 +964,270 @@ static __always_inline void pb_place(struct sk_msg_md *msg, struct pb_sock *ss, 
     s->desync = short_send ? S_SPLIT : S_MALFORMED;
 }
 
+/* lowest set bit of x (x != 0), by de Bruijn multiplication (BPF has no ctz) */
+static __always_inline u32 pb_ctz(struct pb_env *e, u64 x)
+{
+    return e->tb->debruijn[(((x & -x) * 0x03f79d71b4cb0a89ULL) >> 58) & 63];
+}
+
+/* Whether the pairs `have` hold the request's touches (the primary pair; a plain request's
+ * other reads and searches); else the first touch outside them in out_type/out_inter: the primary
+ * pair first, then reads, then searches, by type id. */
+static __always_inline int pb_hold(struct pb_env *e, struct pb_pairs *have, struct pb_pstate *s, struct pb_parsed *c,
+                                   u8 plain, u16 *out_type, u8 *out_inter)
+{
+    u32 t = c->type_id, i = c->interaction & 7, w = (t >> 6) & 3;
+    if (t && (w >= PB_TW || !((have->b[(i) * PB_TW + (w)] >> (t & 63)) & 1))) {
+        *out_type = t;
+        *out_inter = i;
+        return 0;
+    }
+    if (!plain)
+        return 1;
+#pragma unroll
+    for (int k = 0; k < PB_TW; k++) {
+        u64 x = s->tr[k] & ~have->b[(I_READ) * PB_TW + (k)];
+        if (x) {
+            *out_type = k * 64 + pb_ctz(e, x);
+            *out_inter = I_READ;
+            return 0;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < PB_TW; k++) {
+        u64 x = s->ts[k] & ~have->b[(I_SEARCH) * PB_TW + (k)];
+        if (x) {
+            *out_type = k * 64 + pb_ctz(e, x);
+            *out_inter = I_SEARCH;
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The lane's class pairs hold every touch outside fhir.allow. */
+static __always_inline int pb_lane_holds(struct pb_agent *a, struct pb_pairs *lp, struct pb_pstate *s,
+                                         struct pb_parsed *c, u8 plain)
+{
+    u32 t = c->type_id, i = c->interaction & 7, w = (t >> 6) & 3;
+    if (t && w < PB_TW && !((a->allow.b[(i) * PB_TW + (w)] >> (t & 63)) & 1) && !((lp->b[(i) * PB_TW + (w)] >> (t & 63)) & 1))
+        return 0;
+    if (!plain)
+        return 1;
+#pragma unroll
+    for (int k = 0; k < PB_TW; k++) {
+        if (s->tr[k] & ~a->allow.b[(I_READ) * PB_TW + (k)] & ~lp->b[(I_READ) * PB_TW + (k)])
+            return 0;
+        if (s->ts[k] & ~a->allow.b[(I_SEARCH) * PB_TW + (k)] & ~lp->b[(I_SEARCH) * PB_TW + (k)])
+            return 0;
+    }
+    return 1;
+}
+
+/* seenpat's key: a patient (hash) named by a replica */
+static __always_inline struct pb_pat_key pb_pat(u64 cgid, u64 patient)
+{
+    struct pb_pat_key pk = {};
+    pk.cgid = cgid;
+    pk.patient = patient;
+    return pk;
+}
+
+/* The request is in its launch context (docs/enforcement.md, "The context check"). */
+static __always_inline int pb_in_context(struct pb_env *e, u64 cgid, struct pb_agent *a, struct pb_pstate *s,
+                                         struct pb_parsed *c, s64 now)
+{
+    if (!c->named) { /* names no patient: every touch a pair staging used unscoped */
+        u16 ot = 0;
+        u8 oi = 0;
+        return pb_hold(e, &a->unscoped, s, c, c->shape == S_PLAIN, &ot, &oi);
+    }
+    if (!s->n_ctx || (c->named & NM_UNKNOWN) || s->npat > 1 || s->nenc > 1)
+        return 0;
+    struct pb_ctx_key ck = {};
+    ck.cgid = cgid;
+    ck.ctx = s->ctx;
+    struct pb_ctx *cx = contexts.lookup(&ck);
+    if (!cx || now >= cx->expiry)
+        return 0;
+    if (s->npat && s->pat[0] != cx->patient)
+        return 0;
+    if (s->nenc && (!cx->encounter || s->enc != cx->encounter))
+        return 0;
+    return 1;
+}
+
+/* The decision on the parsed message (docs/enforcement.md, step 5 and 6), its event, its verdict. */
+static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, struct pb_replica *r,
+                                     struct pb_agent *a, struct pb_knobs *k, struct pb_sock *ss)
+{
+    struct pb_parsed c;
+    struct pb_pstate *s = &ss->ps;
+    pb_result(s, e, &c);
+    u64 cgid = s->cgid;
+    u32 size = s->size, w = s->wseq;
+    u8 flags = s->cont ? F_CONTINUATION : 0, plain = c.shape == S_PLAIN;
+    s64 now = pb_now(k, cgid);
+    u8 decision = PB_ALLOW, reason = R_OK, out_inter = 0;
+    u16 out_type = 0;
+    s64 until = 0, np_next = 0;
+    u8 np_new = 0, np_path = 0;
+    if (c.has_claim)
+        flags |= F_CLAIM;
+    if (s->n_ctx)
+        flags |= F_CONTEXT;
+    if (a->mode == M_OBSERVE) {
+        reason = R_OBSERVE;
+    } else if (r->q_until > now) {
+        decision = PB_DENY;
+        reason = R_QUARANTINED;
+    } else if (s->desync == PB_NOT_CONNECTED) {
+        decision = PB_DENY; /* refused, not a violation: the connection is not established */
+        reason = R_UNCLASSIFIABLE;
+        flags |= F_REFUSED;
+    } else {
+        u8 v = 0, via_lane = 0;
+        struct pb_lane *ln = 0;
+        if (c.has_claim) {
+            struct pb_lane_key lk = {};
+            lk.cgid = cgid;
+            lk.claim = c.claim;
+            ln = lanes.lookup(&lk);
+        }
+        if (s->desync) {
+            v = R_UNCLASSIFIABLE; /* never allowed by allow_shapes: the bytes cannot be placed */
+            flags |= F_DESYNC;
+        } else if (!plain && ((S_FRAMING >> (c.shape & 31)) & 1 || !(a->allow_shapes & (1u << (c.shape & 31))))) {
+            v = R_UNCLASSIFIABLE;
+        } else if (!pb_hold(e, &a->allow, s, &c, plain, &out_type, &out_inter)) {
+            v = R_TYPE;
+            if (ln && ln->cls < 31) { /* a lane may allow what the envelope does not */
+                struct pb_class_key ck = {};
+                ck.agent = r->agent;
+                ck.cls = ln->cls;
+                struct pb_pairs *lp = lanebits.lookup(&ck);
+                if (lp && pb_lane_holds(a, lp, s, &c, plain)) {
+                    v = now < ln->expiry ? 0 : R_LANE_EXPIRED;
+                    via_lane = v == 0;
+                }
+            }
+        }
+        if (!v && a->bound && !pb_in_context(e, cgid, a, s, &c, now)) {
+            if (ln && now < ln->expiry)
+                via_lane = 1; /* break-glass: outside every context, under an open lane */
+            else
+                v = R_OUT_OF_CONTEXT;
+        }
+        if (!v && !a->bound && a->np_interval && (c.named & (NM_PATIENT | NM_UNKNOWN)) && !(ln && now < ln->expiry)) {
+            /* the new-patient budget: GCRA over the patients this replica has not named lately (an
+             * unknown patient costs one step), spent only if the request is allowed */
+            np_path = 1;
+            if (s->npat > PB_NPAT) {
+                v = R_NEW_PATIENT;
+            } else {
+#pragma unroll
+                for (int i = 0; i < PB_NPAT; i++) {
+                    if (i < s->npat) {
+                        struct pb_pat_key pk = pb_pat(cgid, s->pat[i]);
+                        s64 *last = seenpat.lookup(&pk);
+                        if (!last || now - *last >= a->np_window)
+                            np_new++;
+                    }
+                }
+                if (c.named & NM_UNKNOWN)
+                    np_new++;
+                np_next = r->np_tat;
+                if (np_new) {
+                    s64 x = r->np_tat > now ? r->np_tat : now;
+                    if (x + (s64)(np_new - 1) * a->np_interval - now > a->np_tau)
+                        v = R_NEW_PATIENT;
+                    else
+                        np_next = x + (s64)np_new * a->np_interval;
+                }
+            }
+        }
+        if (!v && a->interval) {
+            /* GCRA, T = interval, tau = (burst-1)*T; compare-and-swap against concurrent senders */
+            u8 done = 0;
+            for (int tries = 0; tries < 4 && !done && !v; tries++) {
+                s64 old = r->tat;
+                s64 x = old > now ? old : now;
+                if (x - now > a->tau)
+                    v = R_RATE;
+                else if (__sync_val_compare_and_swap(&r->tat, old, x + a->interval) == old)
+                    done = 1;
+            }
+            if (!done)
+                v = R_RATE;
+        }
+        if (!v && np_path) { /* allowed: the budget is spent and the patients are named now */
+            r->np_tat = np_next;
+#pragma unroll
+            for (int i = 0; i < PB_NPAT; i++) {
+                if (i < s->npat) {
+                    struct pb_pat_key pk = pb_pat(cgid, s->pat[i]);
+                    s64 *last = seenpat.lookup(&pk);
+                    if (last) {
+                        *last = now;
+                    } else if (r->seen_n < PB_SEEN_MAX) {
+                        if (seenpat.update(&pk, &now) == 0)
+                            __sync_fetch_and_add(&r->seen_n, 1);
+                    }
+                }
+            }
+        }
+        if (v) {
+            reason = v;
+            decision = pb_violation(a, r, now, &flags, &until);
+        } else if (via_lane) {
+            reason = R_LANE;
+        }
+    }
+    if (decision != PB_DENY) {
+        if (s->cont || s->desync) /* allowed anyway (alert, observe): no body expected after it */
+            pb_commit(ss, w, size, 1, size, 0);
+        else
+            pb_commit(ss, w, size, 1, s->head_end, c.body_len);
+    }
+    pb_count(K_FHIR, reason);
+    if (k->record_all || decision != PB_ALLOW || a->mode == M_OBSERVE || reason == R_LANE ||
+        (flags & (F_QUARANTINE | F_KILL))) {
+        struct pb_event *ev = pb_reserve(cgid, K_FHIR, decision, reason, HOOK_SK_MSG);
+        if (ev) {
+            __builtin_memset(ev, 0, sizeof(*ev));
+            ev->t = now;
+            ev->cgid = cgid;
+            ev->claim = c.claim;
+            ev->until = until;
+            ev->size = size;
+            ev->type_id = c.type_id;
+            ev->kind = K_FHIR;
+            ev->hook = HOOK_SK_MSG;
+            ev->decision = decision;
+            ev->reason = reason;
+            ev->shape = c.shape;
+            ev->interaction = c.interaction;
+            ev->method = c.method;
+            ev->flags = flags;
+            ev->out_type = out_type;
+            ev->out_inter = out_inter;
+            ev->named = c.named;
+            ev->ctx = s->ctx;
+            ev->patient = s->npat ? s->pat[0] : 0;
+            if (plain) {
+                ev->tr[0] = s->tr[0];
+                ev->tr[1] = s->tr[1];
+                ev->tr[2] = s->tr[2];
+                ev->ts[0] = s->ts[0];
+                ev->ts[1] = s->ts[1];
+                ev->ts[2] = s->ts[2];
+            }
+            pb_submit(ev);
+        }
+    }
+    return decision == PB_DENY ? SK_DROP : pb_allow(msg, ss);
+}
+
 int pb_sk_msg(struct sk_msg_md *msg)
 {
     struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
@@ -1635,9 +1240,7 @@ int pb_sk_msg(struct sk_msg_md *msg)
     u32 z = 0;
     struct pb_agent *a = agents.lookup(&r->agent);
     struct pb_knobs *k = knobs.lookup(&z);
-    struct pb_ctab *ct = ctab.lookup(&z);
-    struct pb_ntab *nt = ntab.lookup(&z);
-    if (!a || !k || !ct || !nt)
+    if (!a || !k)
         return SK_DROP;
     if (!pb_is_server(msg, a))
         return ss ? pb_allow(msg, ss) : SK_PASS; /* not FHIR traffic (the egress hooks decided it) */
@@ -1651,31 +1254,27 @@ int pb_sk_msg(struct sk_msg_md *msg)
     s->size = size;
     s->cgid = cgid;
     pb_place(msg, ss, s);
-    if (s->desync)
-        return pb_finish(msg, r, a, k, ss);
     u32 w = s->wseq;
-    if ((s32)(ss->body_end - w) > 0) { /* the body of the last approved request goes on */
+    if (!s->desync && (s32)(ss->body_end - w) > 0) { /* the body of the last approved request goes on */
         if (size <= ss->body_end - w) {
             pb_commit(ss, w, size, 0, 0, 0);
             return pb_allow(msg, ss);
         }
         s->cont = 1;
-        return pb_finish(msg, r, a, k, ss);
     }
-    s->claim = FNV_OFFSET;
+    if (s->desync || s->cont) {
+        jmp.call(msg, JMP_DECIDE);
+        return SK_DROP; /* tail call missing: fail closed */
+    }
     s->bw0 = a->base_w[0];
     s->bw1 = a->base_w[1];
     s->bw2 = a->base_w[2];
     s->blen = a->base_len;
-    u32 n = size < PB_HDR_MAX ? size : PB_HDR_MAX;
+    u32 n = size < PB_HDR_MAX + PB_BODY_MAX ? size : PB_HDR_MAX + PB_BODY_MAX;
     if ((void *)(long)msg->data + n > (void *)(long)msg->data_end) /* not in one piece already */
         bpf_msg_pull_data(msg, 0, n, 0);
-    pb_scan(msg, s, ct, nt, PB_CHUNK0); /* the first chunk here: most heads end in it, no tail call */
-    if (!s->done) {
-        jmp.call(msg, JMP_PARSE);
-        return SK_DROP; /* tail call missing: fail closed */
-    }
-    return pb_finish(msg, r, a, k, ss);
+    jmp.call(msg, JMP_LINE);
+    return SK_DROP; /* tail call missing: fail closed */
 }
 
 int pb_decide(struct sk_msg_md *msg)
@@ -1683,7 +1282,8 @@ int pb_decide(struct sk_msg_md *msg)
     u32 z = 0;
     struct pb_knobs *k = knobs.lookup(&z);
     struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
-    if (!k || !ss)
+    struct pb_env e;
+    if (!k || !ss || !pb_env_get(&e))
         return SK_DROP;
     u64 cgid = ss->ps.cgid;
     struct pb_replica *r = replicas.lookup(&cgid);
@@ -1692,5 +1292,5 @@ int pb_decide(struct sk_msg_md *msg)
     struct pb_agent *a = agents.lookup(&r->agent);
     if (!a)
         return SK_DROP;
-    return pb_finish(msg, r, a, k, ss);
+    return pb_finish(msg, &e, r, a, k, ss);
 }

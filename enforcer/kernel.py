@@ -83,6 +83,7 @@ class KernelEnforcer:
                          registry_version=self._registry.version)
             self._replicas: dict[tuple[str, int], tuple[int, Path]] = {}
             self._by_cgid: dict[int, tuple[str, int, Path]] = {}
+            self._contexts: dict[tuple[str, int], dict[str, int]] = {}  # contexts in force: id -> expiry (sim ns)
             self._adopt_replicas()
             self._write_manifest(rb_pages if not manifest else manifest.get("rb_pages", rb_pages))
             # With a key the log carries signed checkpoints (every checkpoint_every_s, and a final one at
@@ -111,7 +112,8 @@ class KernelEnforcer:
             self._replicas[(agent, replica)] = (cgid, d)
             self._by_cgid[cgid] = (agent, replica, d)
             if agent in self.policy.agents and self.maps.get("replicas", ct.c_uint64(cgid), abi.Replica) is None:
-                self.maps.put("replicas", ct.c_uint64(cgid), abi.Replica(km.agent_key(agent), 0, -1, replica, 0))
+                self.maps.put("replicas", ct.c_uint64(cgid), abi.Replica(agent=km.agent_key(agent), tat=0, q_until=-1, np_tat=0,
+                                                                             replica=replica, seen_n=0))
             return d
 
     def spawn(self, agent: str, replica: int, argv: list[str], **popen_kw: Any) -> subprocess.Popen:
@@ -189,6 +191,48 @@ class KernelEnforcer:
         self._log_event({"event": "lane-open", "t_ns": t_ns, "agent": agent, "replica": replica, "lane": lane_class,
                          "claim": claim_id, "expires_ns": expiry})
         return True
+
+    def open_context(self, agent: str, replica: int, context_id: str, patient_id: str, encounter_id: str,
+                     duration_ns: int, t_ns: int) -> bool:
+        """A launch context opened by the EHR side for the replica (docs/enforcement.md,
+        "Clinical context binding"): the engine's rule (AgentPolicy.context_expiry, with the
+        contexts of the replica still in force at t), then the kernel holds (context, patient,
+        encounter, expiry) as 64-bit hashes and checks the expiry itself, so a context closes on
+        time with the control plane gone.  The event log names the patient and encounter by hash
+        only, as the kernel's records do (no identifier leaves in the log)."""
+        p = self.policy.agents.get(agent)
+        if p is None:
+            return True  # unenforced agent: nothing to open
+        held = self._contexts.setdefault((agent, replica), {})
+        for c in [c for c, exp in held.items() if exp <= t_ns]:
+            del held[c]
+        others = len(held) - (context_id in held)
+        expiry = p.context_expiry(t_ns, duration_ns, others, observe=self.observe)
+        pat, enc = classify.fnv1a64(patient_id), classify.fnv1a64(encounter_id) if encounter_id else 0
+        ev = {"t_ns": t_ns, "agent": agent, "replica": replica, "context": f"{classify.fnv1a64(context_id):016x}",
+              "patient": f"{pat:016x}", "encounter": f"{enc:016x}" if enc else "", "duration_ns": int(duration_ns)}
+        if expiry is None:
+            self._log_event({"event": "context-refused", **ev})
+            return False
+        cgid, _ = self._replicas.get((agent, replica)) or (cgroup_id(self.add_replica(agent, replica)), None)
+        with self._lock:
+            self.maps.put("contexts", abi.CtxKey(cgid, classify.fnv1a64(context_id)), abi.Ctx(pat, enc, self.clock.at(expiry)))
+        held[context_id] = expiry
+        self._log_event({"event": "context-open", **ev, "expires_ns": expiry})
+        return True
+
+    def close_context(self, agent: str, replica: int, context_id: str, t_ns: int) -> None:
+        """The clinical work of the context ended (note signed, recommendation filed, claim
+        decided): the kernel no longer holds it."""
+        if agent not in self.policy.agents:
+            return
+        self._contexts.get((agent, replica), {}).pop(context_id, None)
+        entry = self._replicas.get((agent, replica))
+        if entry is not None:
+            with self._lock:
+                self.maps.delete("contexts", abi.CtxKey(entry[0], classify.fnv1a64(context_id)))
+        self._log_event({"event": "context-close", "t_ns": t_ns, "agent": agent, "replica": replica,
+                         "context": f"{classify.fnv1a64(context_id):016x}"})
 
     def release(self, agent: str, replica: int) -> None:
         """Lift a quarantine (or a kill's block on respawns)."""

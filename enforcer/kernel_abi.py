@@ -12,7 +12,7 @@ import ipaddress
 import socket
 
 from paritybed.core.vocabulary import INTERACTIONS
-from paritybed.enforcer import classify
+from paritybed.enforcer import classify, grammar
 from paritybed.enforcer.policy import SHAPES
 
 #: Decisions (PB_ALLOW, PB_DENY, PB_ALERT): the value of a decision in events and in the engine.
@@ -35,18 +35,23 @@ R_UNCLASSIFIABLE = 9  # a request shape the policy does not allow
 R_LANE_NOT_IN_ENVELOPE = 10  # lane activation refused: the policy has no lane of that class
 R_LANE_OPENED = 11  # lane activation accepted
 R_UNENFORCED = 12  # the agent has no policy
+R_OUT_OF_CONTEXT = 13  # names a patient outside the replica's launch contexts (or unscoped, not learned)
+R_NEW_PATIENT = 14  # an unbound agent over its new-patient budget
+R_CONTEXT_OPENED = 15  # launch context activation accepted (control plane)
+R_CONTEXT_NOT_IN_ENVELOPE = 16  # launch context refused: no context section, or max_open reached
 REASONS = ("", "observe", "lane", "type-not-in-envelope", "rate-exceeded", "egress-not-in-BAA",
            "egress-not-in-envelope", "quarantined", "lane-expired", "unclassifiable", "lane-not-in-envelope",
-           "lane-opened", "unenforced")
+           "lane-opened", "unenforced", "out-of-context", "new-patient-budget", "context-opened",
+           "context-not-in-envelope")
 
 #: C constants that the control plane needs (the rest are derived from Python tuples below)
 MODES = {"observe": 0, "alert": 1, "deny": 2, "quarantine": 3, "kill": 4}  # M_*: response modes
 K_FHIR, K_EGRESS = 0, 1
-F_FIRST_CONTACT, F_QUARANTINE, F_KILL, F_CLAIM, F_CONTINUATION, F_DESYNC, F_REFUSED = 1, 2, 4, 8, 16, 32, 64
+F_FIRST_CONTACT, F_QUARANTINE, F_KILL, F_CLAIM, F_CONTINUATION, F_DESYNC, F_REFUSED, F_CONTEXT = 1, 2, 4, 8, 16, 32, 64, 128
+NM_PATIENT, NM_ENCOUNTER, NM_UNKNOWN = 1, 2, 4
 HOOKS = ("connect4", "connect6", "sendmsg4", "sendmsg6", "sk_msg", "unseen", "socket", "sockopt", "inbound",
          "packet")
-N_SAFE, N_INCLUDE, N_TYPE, N_HAS = 1, 2, 3, 4
-H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_OVERRIDE, H_CLAIM = 1, 2, 3, 4
+H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_OVERRIDE, H_CLAIM, H_CONTEXT, H_CONTENT_TYPE = 1, 2, 3, 4, 5, 6
 PB_COUNTERS = 32
 SHAPE_NAMES = ("plain",) + SHAPES
 INTERACTION_NAMES = ("",) + INTERACTIONS
@@ -68,18 +73,40 @@ class CTab(ct.Structure):
 ALLOW_WORDS = 19  # PB_ALLOW_WORDS: bit type_id * 8 + interaction code
 
 
+TW, NINTER, NTYPES = 3, 8, 147  # PB_TW, PB_INTER, PB_TYPES
+
+
+class Pairs(ct.Structure):
+    """A set of (type, interaction) pairs: per interaction code, a bitmap of type ids."""
+
+    _fields_ = [("b", (u64 * TW) * NINTER)]
+
+
 class Agent(ct.Structure):
     _fields_ = [("server_addr", Addr), ("server_port", u16), ("mode", u8), ("base_len", u8),
-                ("allow_shapes", u32), ("base_w", u64 * 3), ("interval", s64), ("tau", s64), ("hold", s64),
-                ("allow", u64 * ALLOW_WORDS)]
+                ("allow_shapes", u32), ("bound", u8), ("pad", u8 * 7), ("base_w", u64 * 3), ("interval", s64),
+                ("tau", s64), ("hold", s64), ("np_interval", s64), ("np_tau", s64), ("np_window", s64), ("allow", Pairs),
+                ("unscoped", Pairs)]
 
 
 class Replica(ct.Structure):
-    _fields_ = [("agent", u64), ("tat", s64), ("q_until", s64), ("replica", u32), ("pad", u32)]
+    _fields_ = [("agent", u64), ("tat", s64), ("q_until", s64), ("np_tat", s64), ("replica", u32), ("seen_n", u32)]
 
 
-class PairKey(ct.Structure):
-    _fields_ = [("agent", u64), ("type_id", u16), ("interaction", u8), ("pad", u8 * 5)]
+class ClassKey(ct.Structure):
+    _fields_ = [("agent", u64), ("cls", u32), ("pad", u32)]
+
+
+class CtxKey(ct.Structure):
+    _fields_ = [("cgid", u64), ("ctx", u64)]
+
+
+class Ctx(ct.Structure):
+    _fields_ = [("patient", u64), ("encounter", u64), ("expiry", s64)]
+
+
+class PatKey(ct.Structure):
+    _fields_ = [("cgid", u64), ("patient", u64)]
 
 
 class LaneKey(ct.Structure):
@@ -102,33 +129,49 @@ class EnvelopeKey(ct.Structure):
     _fields_ = [("agent", u64), ("name", u64)]
 
 
-NT_BITS = 12  # PB_NT_BITS
-NT_TYPE, NT_PARAM, NT_HEADER = 1, 2, 3
+NT_BITS, NT_PROBES = 13, 4  # PB_NT_BITS, PB_NT_PROBES
+NT_TYPE, NT_PARAM, NT_HEADER, NT_MOD = 1, 2, 3, 4
+PV_ABSENT = 31  # a type's entry for a parameter of every type it does not have (bpf/parser.h)
+#: name-table contexts besides type ids: the base's query (HAPI's page links), a read's, a history's
+CTX_SYSTEM, CTX_READ, CTX_HISTORY = 0xFFFF, 0xFFFE, 0xFFFD
 NT_P = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
 
 
 class Name(ct.Structure):
-    _fields_ = [("w", u64 * 5), ("tab", u8), ("len", u8), ("val", u16), ("pad", u32)]
+    _fields_ = [("w", u64 * 5), ("tab", u8), ("len", u8), ("val", u16), ("ctx", u16), ("pad", u16)]
 
 
 class NTab(ct.Structure):
     _fields_ = [("mult", u64), ("e", Name * (1 << NT_BITS))]
 
 
+TSETS = 128  # PB_TSETS
+NARROW = 4  # PB_NARROW
+
+
+class TSet(ct.Structure):
+    _fields_ = [("bits", u64 * TW), ("n", u16), ("m", u16 * NARROW), ("pad", u16 * 3)]
+
+
+class Tables(ct.Structure):
+    _fields_ = [("tset", TSet * TSETS), ("comp", (u64 * TW) * NTYPES), ("modok", u16 * 32), ("patient", u16),
+                ("encounter", u16), ("valueset", u16), ("pad", u16), ("debruijn", u8 * 64)]
+
+
 class Event(ct.Structure):
     _fields_ = [("t", s64), ("cgid", u64), ("claim", u64), ("until", s64), ("registry_version", u64),
-                ("endpoint", u64), ("addr", Addr), ("size", u32), ("port", u16), ("type_id", u16),
+                ("endpoint", u64), ("tr", u64 * TW), ("ts", u64 * TW), ("ctx", u64), ("patient", u64),
+                ("addr", Addr), ("size", u32), ("port", u16), ("type_id", u16),
                 ("kind", u8), ("hook", u8), ("decision", u8), ("reason", u8), ("shape", u8),
-                ("interaction", u8), ("method", u8), ("flags", u8), ("sock_family", u16), ("sock_type", u16),
-                ("sock_protocol", u32)]
+                ("interaction", u8), ("method", u8), ("flags", u8), ("out_type", u16), ("out_inter", u8),
+                ("named", u8), ("sock_family", u16), ("sock_type", u16), ("sock_protocol", u32), ("pad", u32)]
 
 
 class PState(ct.Structure):
-    """The parser's state while a message is parsed (kernel-internal; mirrored for its size)."""
+    """The parser's state while a message is parsed (bpf/parser.h; kernel-internal: mirrored for
+    its size, which tests/test_kernel_abi.py checks)."""
 
-    _fields_ = [("k", u64 * 5), ("b", u64 * 2), ("bw", u64 * 3), ("claim", u64), ("cgid", u64), ("wseq", u32),
-                ("scan", u32 * 9), ("header", u32 * 5), ("type_id", u16), ("flags8", u8 * 14),
-                ("desync", u8), ("pad2", u8 * 7)]
+    _fields_ = [("raw", u64 * 61)]
 
 
 class LostKey(ct.Structure):
@@ -146,10 +189,11 @@ class Sock(ct.Structure):
 
 
 #: sizes the C header must produce (checked by tests/test_kernel_abi.py)
-STRUCTS = {"pb_knobs": Knobs, "pb_ctab": CTab, "pb_agent": Agent, "pb_replica": Replica, "pb_pair_key": PairKey,
-           "pb_lane_key": LaneKey, "pb_lane": Lane, "pb_addr_key": AddrKey, "pb_endpoint": Endpoint,
-           "pb_envelope_key": EnvelopeKey, "pb_name": Name, "pb_ntab": NTab,
-           "pb_event": Event, "pb_sock": Sock}
+STRUCTS = {"pb_knobs": Knobs, "pb_ctab": CTab, "pb_pairs": Pairs, "pb_agent": Agent, "pb_replica": Replica,
+           "pb_class_key": ClassKey, "pb_lane_key": LaneKey, "pb_lane": Lane, "pb_ctx_key": CtxKey, "pb_ctx": Ctx,
+           "pb_pat_key": PatKey, "pb_addr_key": AddrKey, "pb_endpoint": Endpoint, "pb_envelope_key": EnvelopeKey,
+           "pb_name": Name, "pb_ntab": NTab, "pb_tset": TSet, "pb_tables": Tables, "pb_event": Event,
+           "pb_sock": Sock}
 
 
 def parse_address(text: str, *, resolve: bool = True) -> list[tuple[bytes, int]]:
@@ -193,49 +237,108 @@ def format_address(addr: bytes, port_n: int) -> str:
     return f"{ip.ipv4_mapped}:{port}" if ip.ipv4_mapped else f"[{ip}]:{port}"
 
 
-def _name_hash(words: list[int], tab: int, length: int) -> int:
+def _name_hash(words: list[int], tab: int, length: int, ctx: int = 0) -> int:
     """The slot hash of bpf/paritybed.h (struct pb_ntab), before the multiplier."""
     m = 0xFFFFFFFFFFFFFFFF
     h = words[0]
     for w, p in zip(words[1:], NT_P):
         h ^= (w * p) & m
-    return h ^ ((((tab << 8) | length) * NT_P[4]) & m)
+    return h ^ ((((ctx << 16) | (tab << 8) | length) * NT_P[4]) & m)
+
+
+def table_names() -> list[tuple[int, int, str, int]]:
+    """Every name the kernel parser looks up, as (table, context, name, value): resource types,
+    the search parameters of each type (context: its type id) and of every type (context 0), the
+    parameters of the base's, a read's and a history's query, modifiers, header names."""
+    names = [(NT_TYPE, 0, n, tid) for n, tid in grammar.TYPE_ID.items()]
+    common: dict[str, int] = {}
+    for rtype, params in grammar.all_names().items():
+        for code, p in params.items():
+            val = grammar.KIND[p.kind] | (grammar.target_set_id(p.targets) << 5 if p.kind == "reference" else 0)
+            if code.startswith("_") and code not in {c for c, q in r4spec_type_params(rtype).items()}:
+                common[code] = val  # a parameter of every type: once, in context 0
+            else:
+                names.append((NT_PARAM, grammar.TYPE_ID[rtype], code, val))
+    names += [(NT_PARAM, 0, code, val) for code, val in sorted(common.items())]
+    for rtype, params in grammar.all_names().items():  # a type without one of them says so
+        names += [(NT_PARAM, grammar.TYPE_ID[rtype], code, PV_ABSENT) for code in sorted(common) if code not in params]
+    names += [(NT_PARAM, CTX_SYSTEM, n, 2 if n == "_getpages" else 1) for n in sorted(grammar.PAGING_PARAMS)]
+    names += [(NT_PARAM, CTX_READ, n, 1) for n in sorted(grammar.READ_PARAMS)]
+    names += [(NT_PARAM, CTX_HISTORY, n, 1) for n in sorted(grammar.HISTORY_PARAMS)]
+    names += [(NT_MOD, 0, m, i) for m, i in grammar.MODIFIER_ID.items()]
+    names += [(NT_HEADER, 0, n, k) for n, k in header_kinds().items()]
+    return names
+
+
+def r4spec_type_params(rtype: str) -> dict:
+    from paritybed.core import r4spec
+
+    return dict(r4spec.type_params(rtype))
 
 
 def name_table() -> NTab:
-    """Every name the kernel parser looks up (types, query parameter names, header names), in an
-    open table where no two share a slot.  The multiplier is the first of a fixed sequence that
-    separates them all, so the table is the same bytes on every load."""
-    names = [(NT_TYPE, n, tid) for n, tid in classify.TYPE_ID.items()]
-    names += [(NT_PARAM, n, k) for n, k in param_kinds().items()]
-    names += [(NT_HEADER, n, k) for n, k in header_kinds().items()]
-    keyed = [(classify.pack_words(n.encode(), 5), tab, len(n), val) for tab, n, val in names]
-    hashes = [_name_hash(w, tab, ln) for w, tab, ln, _ in keyed]
-    shift, m = 64 - NT_BITS, 0xFFFFFFFFFFFFFFFF
-    for k in range(1, 1 << 20):
+    """The kernel's name table: an open table where every name is within NT_PROBES slots of the
+    slot its hash picks (linear probing, inserted in a fixed order).  The multiplier is the first
+    of a fixed sequence that achieves it, so the table is the same bytes on every load."""
+    keyed = [(classify.pack_words(n.encode(), 5), tab, len(n), val, ctx) for tab, ctx, n, val in table_names()]
+    hashes = [_name_hash(w, tab, ln, ctx) for w, tab, ln, _, ctx in keyed]
+    size, shift, m = 1 << NT_BITS, 64 - NT_BITS, 0xFFFFFFFFFFFFFFFF
+    for k in range(1, 1 << 12):
         mult = ((NT_P[0] * k) & m) | 1
-        slots = [((h * mult) & m) >> shift for h in hashes]
-        if len(set(slots)) == len(slots):
+        used: dict[int, int] = {}
+        ok = True
+        for i, h in enumerate(hashes):
+            home = ((h * mult) & m) >> shift
+            for p in range(NT_PROBES):
+                if (home + p) % size not in used:
+                    used[(home + p) % size] = i
+                    break
+            else:
+                ok = False
+                break
+        if ok:
             break
-    else:  # pragma: no cover - 4096 slots for ~170 names: a multiplier turns up within a few dozen tries
-        raise RuntimeError("no collision-free multiplier for the kernel's name table")
+    else:  # pragma: no cover - 8192 slots for ~2,000 names: a multiplier turns up within a few tries
+        raise RuntimeError("no multiplier places every name within the kernel's probe limit")
     t = NTab()
     t.mult = mult
-    for slot, (w, tab, ln, val) in zip(slots, keyed):
-        t.e[slot] = Name((u64 * 5)(*w), tab, ln, val, 0)
+    for slot, i in used.items():
+        w, tab, ln, val, ctx = keyed[i]
+        t.e[slot] = Name((u64 * 5)(*w), tab, ln, val, ctx, 0)
     return t
 
 
-def param_kinds() -> dict[str, int]:
-    kinds = {n: N_SAFE for n in classify.SAFE_PARAMS}
-    codes = {"include": N_INCLUDE, "type-param": N_TYPE, "has": N_HAS}
-    kinds.update({n: codes[f] for n, f in classify.SPECIAL_PARAMS.items()})
-    return kinds
+def tables() -> Tables:
+    """The grammar's other tables: target sets, compartments, modifiers by kind (enforcer/grammar.py)."""
+    t = Tables()
+    for i, targets in enumerate(grammar.target_sets()):
+        if i >= TSETS:
+            raise RuntimeError(f"more than {TSETS} target sets")
+        ts = t.tset[i]
+        for name in targets:
+            tid = grammar.TYPE_ID[name]
+            ts.bits[tid >> 6] |= 1 << (tid & 63)
+        ts.n = len(targets)
+        for j, name in enumerate(targets[:NARROW] if len(targets) <= NARROW else ()):
+            ts.m[j] = grammar.TYPE_ID[name]
+    for owner in grammar.TYPES:
+        for member in grammar.TYPES:
+            if grammar.compartment_member(owner, member):
+                tid = grammar.TYPE_ID[member]
+                t.comp[grammar.TYPE_ID[owner]][tid >> 6] |= 1 << (tid & 63)
+    for kind, k in grammar.KIND.items():
+        if k:
+            probe = grammar.Param(kind)
+            t.modok[k] = sum(1 << i for m, i in grammar.MODIFIER_ID.items() if grammar.modifier_ok(probe, m))
+    t.patient, t.encounter, t.valueset = (grammar.TYPE_ID[x] for x in ("Patient", "Encounter", "ValueSet"))
+    for i in range(64):  # de Bruijn: (1 << i) * B >> 58 is distinct for every i
+        t.debruijn[(((1 << i) * 0x03F79D71B4CB0A89) & 0xFFFFFFFFFFFFFFFF) >> 58] = i
+    return t
 
 
 def header_kinds() -> dict[str, int]:
     kinds = {"content-length": H_CONTENT_LENGTH, "transfer-encoding": H_TRANSFER_ENCODING,
-             classify.CLAIM_HEADER: H_CLAIM}
+             classify.CLAIM_HEADER: H_CLAIM, classify.CONTEXT_HEADER: H_CONTEXT, "content-type": H_CONTENT_TYPE}
     kinds.update({h: H_OVERRIDE for h in classify.OVERRIDE_HEADERS})
     return kinds
 
@@ -268,6 +371,27 @@ def _refused(raw: Event, hook: str) -> str:
     return "fast-open" if hook in ("connect4", "connect6") else "not-connected"
 
 
+def touches_of(raw: Event) -> list[str]:
+    """Every (type, interaction) a FHIR record's request touches, as ``Type:interaction``: its
+    primary pair first, then the other reads and searches of a plain request (the bitmaps), in
+    the classifier's order (interaction code, then type id: classify._sorted_touches)."""
+    if not raw.type_id:
+        return []
+    primary = f"{TYPE_NAMES[raw.type_id]}:{INTERACTION_NAMES[raw.interaction]}"
+    out = [primary]
+    for code, bits in ((INTERACTION_NAMES.index("read"), raw.tr), (INTERACTION_NAMES.index("search"), raw.ts)):
+        for w in range(TW):
+            x = bits[w]
+            while x:
+                low = x & -x
+                t = w * 64 + low.bit_length() - 1
+                x ^= low
+                pair = f"{TYPE_NAMES[t]}:{INTERACTION_NAMES[code]}"
+                if pair != primary:
+                    out.append(pair)
+    return out
+
+
 def decode_event(raw: Event) -> dict:
     """A ring-buffer record -> the fields the control plane turns into event-log entries."""
     fhir = raw.kind == K_FHIR
@@ -279,6 +403,15 @@ def decode_event(raw: Event) -> dict:
                  interaction=INTERACTION_NAMES[raw.interaction], shape=SHAPE_NAMES[raw.shape], size=raw.size)
         if raw.flags & F_CLAIM:
             d["claim_hash"] = f"{raw.claim:016x}"
+        d["touches"] = touches_of(raw)
+        if raw.named & NM_PATIENT:  # the first patient it names, by hash (the kernel keeps no ids)
+            d["named_patients"] = [f"{raw.patient:016x}"]
+        if raw.named & NM_UNKNOWN:
+            d["unknown_patient"] = True
+        if raw.flags & F_CONTEXT:
+            d["context"] = f"{raw.ctx:016x}"
+        if raw.reason == R_TYPE and raw.out_type:
+            d["touch"] = f"{TYPE_NAMES[raw.out_type]}:{INTERACTION_NAMES[raw.out_inter]}"
     elif hook not in ("socket", "sockopt", "packet"):
         d.update(address=format_address(bytes(raw.addr), raw.port), registry_version=raw.registry_version,
                  endpoint_hash=raw.endpoint)

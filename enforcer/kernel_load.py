@@ -22,12 +22,6 @@ from paritybed.enforcer import bpfsys, btf, kernel_abi as abi, rootdir
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "paritybed.c"
-#: steps the parser takes per program (a step is a run of token bytes and the byte that ends it, or
-#: one byte): (entry program, each tail call of pb_parse).  The verifier follows every step (~5-6k
-#: instructions each on 6.18: ~680k and ~750k of its 1M at 128); the loader retries smaller if
-#: another kernel finds them too complex.  Even 64 steps per program cover the worst case, a
-#: 2048-byte head at one byte per step, within the kernel's 33 tail calls.
-CHUNKS = ((128, 128), (96, 96), (64, 64))
 # BPF_ATTACH_TYPE values (uapi/linux/bpf.h)
 INET_INGRESS, INET_EGRESS, INET_SOCK_CREATE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 0, 1, 2, 10, 11, 14, 15
 SOCK_OPS, SK_MSG_VERDICT, SETSOCKOPT = 3, 7, 22
@@ -40,15 +34,17 @@ CGROUP_PROGS = {"pb_connect4": INET4_CONNECT, "pb_connect6": INET6_CONNECT, "pb_
 #: program type by attach type (the rest are cgroup/sock_addr programs)
 PROG_TYPES = {SOCK_OPS: PROG_SOCK_OPS, INET_EGRESS: PROG_CGROUP_SKB, INET_INGRESS: PROG_CGROUP_SKB, INET_SOCK_CREATE: PROG_CGROUP_SOCK,
               SETSOCKOPT: PROG_CGROUP_SOCKOPT}
-MSG_PROGS = ("pb_sk_msg", "pb_parse", "pb_decide")  # entry, tail call 0, tail call 1
+MSG_PROGS = ("pb_sk_msg", "pb_parse_line", "pb_parse_head", "pb_decide")  # entry, then tail calls 0, 1, 2
 #: pinned maps whose key/value sizes must match this version's structures (else: --cleanup)
 MAP_SIZES = {"knobs": (4, ct.sizeof(abi.Knobs)), "agents": (8, ct.sizeof(abi.Agent)),
-             "replicas": (8, ct.sizeof(abi.Replica)), "pairs": (ct.sizeof(abi.PairKey), 4),
+             "replicas": (8, ct.sizeof(abi.Replica)), "lanebits": (ct.sizeof(abi.ClassKey), ct.sizeof(abi.Pairs)),
+             "contexts": (ct.sizeof(abi.CtxKey), ct.sizeof(abi.Ctx)), "tabs": (4, ct.sizeof(abi.Tables)),
              "lanes": (ct.sizeof(abi.LaneKey), ct.sizeof(abi.Lane)),
              "registry": (ct.sizeof(abi.AddrKey), ct.sizeof(abi.Endpoint)),
              "ctab": (4, ct.sizeof(abi.CTab)), "ntab": (4, ct.sizeof(abi.NTab)),
              "sockstate": (4, ct.sizeof(abi.Sock)), "lost_by": (ct.sizeof(abi.LostKey), 8)}
-MAP_NAMES = ("knobs", "ctab", "agents", "replicas", "pairs", "lanes", "registry", "envelope", "seen", "servers", "vclock",
+MAP_NAMES = ("knobs", "ctab", "agents", "replicas", "lanebits", "lanes", "contexts", "seenpat", "registry", "envelope", "seen",
+             "servers", "vclock", "tabs",
              "ntab", "counters", "lost", "lost_by", "fhir_socks", "sockstate", "events", "egress_events", "jmp")
 
 
@@ -101,20 +97,17 @@ def load(name: str, cgroup_root: Path, *, rb_pages: int = 256) -> Loaded:
     adopted = pinned_state_exists(name)
     _check_pins(pins)
     tcp_sock = btf.tcp_sock_cflags()
-    for chunk0, chunk in CHUNKS:  # smaller if the verifier balks
-        cflags = [f"-I{BPF_DIR}", f'-DPB_PIN_DIR="{pins}"', f"-DPB_RB_PAGES={int(rb_pages)}", f"-DPB_CHUNK={chunk}",
-                  f"-DPB_CHUNK0={chunk0}", "-Wno-unused-function", *tcp_sock]
-        try:
-            b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-            # sock_addr and sockopt programs need their expected attach type at load time
-            fns = {n: b.load_func(n.encode(), PROG_TYPES.get(t, BPF.CGROUP_SOCK_ADDR), None,
-                                  t if t not in (SOCK_OPS, INET_EGRESS, INET_INGRESS, INET_SOCK_CREATE) else -1)
-                   for n, t in CGROUP_PROGS.items()}
-            fns.update({n: b.load_func(n.encode(), BPF.SK_MSG) for n in MSG_PROGS})
-            break
-        except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for compile/verifier errors
-            if "Argument list too long" not in str(e) or (chunk0, chunk) == CHUNKS[-1]:
-                raise EnvironmentProblem(f"could not load the BPF programs: {e}") from None
+    cflags = [f"-I{BPF_DIR}", f'-DPB_PIN_DIR="{pins}"', f"-DPB_RB_PAGES={int(rb_pages)}", "-Wno-unused-function",
+              *tcp_sock]
+    try:
+        b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+        # sock_addr and sockopt programs need their expected attach type at load time
+        fns = {n: b.load_func(n.encode(), PROG_TYPES.get(t, BPF.CGROUP_SOCK_ADDR), None,
+                              t if t not in (SOCK_OPS, INET_EGRESS, INET_INGRESS, INET_SOCK_CREATE) else -1)
+               for n, t in CGROUP_PROGS.items()}
+        fns.update({n: b.load_func(n.encode(), BPF.SK_MSG) for n in MSG_PROGS})
+    except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for compile/verifier errors
+        raise EnvironmentProblem(f"could not load the BPF programs: {e}") from None
     maps = {m: lib.bpf_table_fd(b.module, m.encode()) for m in MAP_NAMES}
     # 1. tail-call slots (an old entry program already jumps into the new parser)
     for slot, prog in enumerate(MSG_PROGS[1:]):

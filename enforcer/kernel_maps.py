@@ -17,7 +17,7 @@ from paritybed.core.clock import Clock
 from paritybed.core.errors import InputError
 from paritybed.core.units import I64_MAX, NS_PER_S
 from paritybed.enforcer import classify, kernel_abi as abi
-from paritybed.enforcer.policy import AgentPolicy, Policy
+from paritybed.enforcer.policy import AgentPolicy, Pair, Policy
 from paritybed.enforcer.registry import Registry
 
 
@@ -58,14 +58,31 @@ class Maps:
 
 
 def load_tables(m: Maps) -> None:
-    """The parser's fixed tables: character classes, type names, parameter and header names."""
+    """The parser's fixed tables: character classes, names, the grammar's target sets and compartments."""
     m.put("ctab", ct.c_uint32(0), abi.CTab((ct.c_uint32 * 256)(*classify.char_classes())))
     m.put("ntab", ct.c_uint32(0), _name_table())
+    m.put("tabs", ct.c_uint32(0), _tables())
 
 
 @functools.lru_cache(maxsize=1)
 def _name_table() -> abi.NTab:
     return abi.name_table()
+
+
+@functools.lru_cache(maxsize=1)
+def _tables() -> abi.Tables:
+    return abi.tables()
+
+
+def pairs_bits(pairs: list[Pair]) -> abi.Pairs:
+    """(type, interaction) pairs as the kernel's bitmaps (a pair whose type is not an R4 type
+    cannot match a request: the parser reports such a request as unknown-type)."""
+    b = abi.Pairs()
+    for pair in pairs:
+        if pair.type in classify.TYPE_ID:
+            tid = classify.TYPE_ID[pair.type]
+            b.b[abi.INTERACTION_NAMES.index(pair.interaction)][tid >> 6] |= 1 << (tid & 63)
+    return b
 
 
 def agent_key(name: str) -> int:
@@ -99,32 +116,32 @@ def agent_entry(p: AgentPolicy, clock: Clock, where: str) -> abi.Agent:
         a.interval = clock.duration(p.rate.interval_ns)
         a.tau = (p.rate.burst - 1) * a.interval
     a.hold = I64_MAX if p.quarantine_hold_s is None else clock.duration(p.quarantine_hold_s * NS_PER_S)
-    for pair in p.fhir.allow:  # the same pairs as bit 0 of their `pairs` masks
-        if pair.type in classify.TYPE_ID:
-            bit = classify.TYPE_ID[pair.type] * 8 + abi.INTERACTION_NAMES.index(pair.interaction)
-            a.allow[bit >> 6] |= 1 << (bit & 63)
+    a.allow = pairs_bits(p.fhir.allow)
+    c = p.context
+    if c is not None:  # clinical-context binding (docs/enforcement.md): the kernel's share of it
+        a.bound = int(c.bound)
+        a.unscoped = pairs_bits(c.unscoped)
+        b = c.new_patient_budget
+        if b is not None:
+            a.np_interval = clock.duration(b.interval_ns)
+            a.np_tau = (b.burst - 1) * a.np_interval
+            a.np_window = clock.duration(b.window_ns)
     return a
 
 
 def load_policy(m: Maps, policy: Policy, clock: Clock, *, observe: bool = False) -> None:
-    """Agents, their (type, interaction) pairs with lane bits, their egress envelopes, and the
-    FHIR servers whose sockets sockops puts into the socket hash."""
-    agents, pairs, env, servers = {}, {}, {}, {}
+    """Agents (with their fhir.allow pairs), the pairs of their lane classes, their egress
+    envelopes, and the FHIR servers whose sockets sockops puts into the socket hash."""
+    agents, lanebits, env, servers = {}, {}, {}, {}
     for name, p in sorted(policy.agents.items()):
         if observe:
             p = p.model_copy(update={"response": "observe"})
         key = agent_key(name)
         a = agent_entry(p, clock, f"policy.agents.{name}")
         agents[key.to_bytes(8, "little")] = (ct.c_uint64(key), a)
-        masks: dict[tuple[str, str], int] = {pair.key(): 1 for pair in p.fhir.allow}
-        for cls, bit in lane_classes(p).items():
-            for pair in p.lanes[cls].allow:
-                masks[pair.key()] = masks.get(pair.key(), 0) | (2 << bit)
-        for (rtype, inter), mask in masks.items():
-            if rtype not in classify.TYPE_ID:
-                continue  # the parser never produces it: the pair cannot match a request
-            k = abi.PairKey(key, classify.TYPE_ID[rtype], abi.INTERACTION_NAMES.index(inter))
-            pairs[bytes(k)] = (k, ct.c_uint32(mask))
+        for cls, i in lane_classes(p).items():
+            k = abi.ClassKey(key, i, 0)
+            lanebits[bytes(k)] = (k, pairs_bits(p.lanes[cls].allow))
         for ep in p.egress:
             k = abi.EnvelopeKey(key, classify.fnv1a64(ep))
             env[bytes(k)] = (k, ct.c_uint8(1))
@@ -132,7 +149,7 @@ def load_policy(m: Maps, policy: Policy, clock: Clock, *, observe: bool = False)
             k = abi.addr_key(*addr)
             servers[bytes(k)] = (k, ct.c_uint8(1))
     m.sync("agents", ct.c_uint64, agents)
-    m.sync("pairs", abi.PairKey, pairs)
+    m.sync("lanebits", abi.ClassKey, lanebits)
     m.sync("envelope", abi.EnvelopeKey, env)
     m.sync("servers", abi.AddrKey, servers)
 
@@ -175,7 +192,7 @@ def counters(m: Maps) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {"fhir": {}, "egress": {}}
     arr = (ct.c_uint64 * _possible_cpus())()
     for kind, label in ((abi.K_FHIR, "fhir"), (abi.K_EGRESS, "egress")):
-        for r, reason in enumerate(abi.REASONS):
+        for r, reason in enumerate(abi.REASONS[:16]):  # 16 slots per kind; codes 15+ are the control plane's
             if m._lib.bpf_lookup_elem(m.fds["counters"], ct.byref(ct.c_uint32(kind * 16 + r)), ct.byref(arr)) == 0:
                 n = sum(arr)
                 if n:

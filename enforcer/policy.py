@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from paritybed.core import r4spec
 from paritybed.core.errors import InputError
 from paritybed.core.units import NS_PER_S
 from paritybed.core.vocabulary import INTERACTIONS, RESPONSES
@@ -24,7 +25,7 @@ POLICY_SCHEMA = "paritybed.policy/1"
 #: Families of requests the strict parser cannot classify; a policy may allow a family explicitly.
 SHAPES = ("bundle", "operation", "include", "compartment", "chained", "type-param", "has",
           "graphql", "method-override", "encoded", "malformed", "param", "pipelined", "chunked",
-          "length", "split", "too-large", "unknown-type", "not-fhir")
+          "length", "split", "too-large", "unknown-type", "not-fhir", "special", "paging")
 
 
 class _M(BaseModel):
@@ -69,12 +70,62 @@ class LanePolicy(_M):
     max_duration_s: int = Field(ge=1)
 
 
+class NewPatientBudget(_M):
+    """GCRA over the patients a replica names that it has not named in the last ``window_ns``
+    (docs/enforcement.md, "Clinical context binding"): one such new patient costs
+    ``interval_ns``; up to ``burst`` may come back to back.  ``per_5min`` is informational (new
+    patients refilled per 5 minutes)."""
+
+    burst: int = Field(ge=1)
+    interval_ns: int = Field(ge=1)
+    window_ns: int = Field(300 * NS_PER_S, ge=1, description="a patient not named for this long is new again")
+    per_5min: float = 0.0
+
+
+class ContextPolicy(_M):
+    """Clinical-context binding (launch contexts, docs/enforcement.md): whether the agent is
+    bound to the patient and encounter it was launched for, the limits on its contexts, the pairs
+    it may use without naming a patient, and, for an agent that is not bound, its new-patient
+    budget."""
+
+    bound: bool = Field(False, description="every legitimate staging request was in its launch context")
+    max_duration_s: int | None = Field(None, ge=1, description="a context opens until t + min(requested, this); "
+                                       "null: as long as requested (only for an agent that is not bound)")
+    max_open: int | None = Field(None, ge=1, description="contexts a replica may have open at once; null: no limit "
+                                 "(only for an agent that is not bound)")
+    unscoped: list[Pair] = Field(default_factory=list, description="pairs the agent may use naming no patient")
+    new_patient_budget: NewPatientBudget | None = None
+
+    @field_validator("unscoped")
+    @classmethod
+    def _r4(cls, v: list[Pair]) -> list[Pair]:
+        known = set(r4spec.resource_types())
+        for p in v:
+            if p.type not in known:
+                raise ValueError(f"expected an R4 resource type name (exact case), found {p.type!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _bound_or_budget(self) -> "ContextPolicy":
+        if self.bound and self.new_patient_budget is not None:
+            raise ValueError("new_patient_budget applies to an agent that is not bound (bound: false); "
+                             "a bound agent reads only its contexts' patients")
+        if self.bound and (self.max_duration_s is None or self.max_open is None):
+            raise ValueError("a bound agent needs max_duration_s and max_open (its contexts must expire and be "
+                             "counted, so that they close on time with the control plane dead)")
+        return self
+
+    def unscoped_pairs(self) -> set[tuple[str, str]]:
+        return {p.key() for p in self.unscoped}
+
+
 class AgentPolicy(_M):
     agent_class: str
     fhir: FhirPolicy
     rate: RatePolicy | None = None  # None: no rate limit
     egress: list[str] = Field(default_factory=list, description="endpoint names, resolved via the BAA registry")
     lanes: dict[str, LanePolicy] = Field(default_factory=dict)
+    context: ContextPolicy | None = None  # None: launch contexts are refused, nothing is bound
     response: Literal[RESPONSES] = "deny"  # type: ignore[valid-type]
     quarantine_hold_s: int | None = Field(None, ge=1, description="None: quarantined until released")
 
@@ -92,6 +143,21 @@ class AgentPolicy(_M):
             return None
         max_ns = lane.max_duration_s * NS_PER_S if lane is not None else requested_ns
         return t_ns + min(int(requested_ns), max_ns)
+
+    def context_expiry(self, t_ns: int, requested_ns: int, open_others: int, *, observe: bool = False) -> int | None:
+        """A launch context opened at ``t_ns`` asking for ``requested_ns`` while the replica has
+        ``open_others`` other contexts open (docs/enforcement.md, "Clinical context binding"):
+        its expiry, ``t + min(requested, max_duration_s)``, or None when refused (no ``context``
+        section, or ``max_open`` reached).  In observe mode every context opens, for as long as
+        asked.  The engine and the kernel control plane both decide activations with this."""
+        c = self.context
+        if observe or self.response == "observe":
+            return t_ns + int(requested_ns)
+        if c is None or (c.max_open is not None and open_others >= c.max_open):
+            return None
+        if c.max_duration_s is None:
+            return t_ns + int(requested_ns)
+        return t_ns + min(int(requested_ns), c.max_duration_s * NS_PER_S)
 
 
 class PolicySource(_M):

@@ -1,11 +1,14 @@
 """The four artefacts of an OCR (HHS Office for Civil Rights) request, in ``attestation/``.
 
-1. minimum_necessary.json: per agent, declared scope minus observed scope (and the reverse).
+1. minimum_necessary.json: per agent, declared scope minus observed scope (and the reverse), and
+   the patient-level dimension: the share of its accesses naming a patient that stayed in their
+   launch context, and the pairs it used naming nobody (against the policy's unscoped pairs).
 2. ai_bom.json: the runtime AI bill of materials: each agent, its policy, and every external
    endpoint it contacted, joined against the BAA registry with the registry version in force at
    first contact; ai_bom_first_contact.jsonl + .auditevents.ndjson are the chained log.
 3. break_glass_log.jsonl (+ .auditevents.ndjson): each activation with class, clinician
-   identity, agent, activation, expiry and the records accessed under it.
+   identity, agent, activation, expiry, the records accessed under it and the patients and
+   encounters those accesses named.
 4. policy_history.jsonl (+ .auditevents.ndjson): every policy version with its hash and parent.
 
 The logs are append-only and hash-chained (``paritybed verify-log FILE``).  docs/attestation.md
@@ -31,6 +34,7 @@ from paritybed.enforcer.policy import Policy
 from paritybed.enforcer.registry import Registry
 from paritybed.parity.auditevent import AGENT_CLASS, BTG, OVERRIDE_STARTED, SECURITY_ALERT, SOURCE, instant
 from paritybed.parity.auditlog import chain_auditevents
+from paritybed.parity.launch_contexts import ContextSeen, learn_contexts
 from paritybed.parity.replay import Replay
 from paritybed.scenarios import Scenario
 
@@ -73,6 +77,8 @@ def minimum_necessary(scenario: Scenario, policy: Policy, production: pa.Table, 
         for r in g.to_pylist():
             target = under_lane if r["lane"] else used
             target.setdefault(r["agent"], {})[(r["resource_type"], r["interaction"])] = r["count_all"]
+    launch = learn_contexts(production, (~np.asarray(pc.equal(production["expected"], "deny"))) &
+                            np.asarray(pc.equal(production["lane"].cast(pa.string()), ""))) if production.num_rows else {}
     agents = {}
     for a in scenario.agents:
         declared = {(s.type, i) for s in a.scope for i in s.interactions}
@@ -93,12 +99,37 @@ def minimum_necessary(scenario: Scenario, policy: Policy, production: pa.Table, 
             "observed_not_declared": _pairs(set(observed) - declared) if declared else [],
             "policy_beyond_declared": _pairs(allowed - declared) if declared else [],
             "gap": len(gap),
+            "patient_level": _patient_level(launch.get(a.name, ContextSeen()), ap),
             "reading": (f"{a.name} declares {len(declared)} (type, interaction) pairs and used {len(observed)} in "
                         f"production outside break-glass lanes; {len(gap)} declared pair(s) were never used and should be dropped from its "
                         "declared scope (minimum necessary)." if declared else
                         f"{a.name} declares no scope; the observed scope is listed for the record."),
         }
     return {"schema": "paritybed.attestation.minimum-necessary/1", "policy": policy.hash, "agents": agents}
+
+
+def _patient_level(seen: ContextSeen, ap: Any) -> dict[str, Any]:
+    """The patient-level dimension of minimum necessary: did the agent read only the patients it
+    was launched for, and what did it use without naming a patient."""
+    ctx = ap.context if ap is not None else None
+    share = round(seen.in_context / seen.named, 6) if seen.named else None
+    out: dict[str, Any] = {
+        "launch_contexts": seen.contexts, "bound_by_policy": bool(ctx is not None and ctx.bound),
+        "accesses_naming_a_patient": seen.named, "in_context": seen.in_context, "share_in_context": share,
+        "patients": seen.patients,
+        "unscoped_observed": [{"type": t, "interaction": i, "requests": n} for (t, i), n in sorted(seen.unscoped.items())],
+        "unscoped_in_policy": _pairs(ctx.unscoped_pairs()) if ctx is not None else [],
+        "new_patient_budget": ctx.new_patient_budget.model_dump() if ctx is not None and ctx.new_patient_budget else None,
+    }
+    if share is None:
+        out["reading"] = "The agent named no patient outside break-glass lanes."
+    elif share == 1:
+        out["reading"] = (f"Every one of its {seen.named} accesses naming a patient was to the patient (and encounter) "
+                          "its launch context named.")
+    else:
+        out["reading"] = (f"{seen.named - seen.in_context} of its {seen.named} accesses naming a patient were outside "
+                          "the launch context they presented (attacks included: see the replay).")
+    return out
 
 
 def _pairs(pairs: Any) -> list[dict[str, str]]:
@@ -162,7 +193,8 @@ def break_glass_records(production: pa.Table, rep: Replay, start: dt.datetime) -
     if not opens:
         return []
     cols = production.select(["t_ns", "agent", "replica", "lane", "claim_id", "identity", "duration_ns", "kind",
-                              "resource_type", "interaction", "resource_id", "patient_id"])
+                              "resource_type", "interaction", "resource_id", "patient_id", "named_patients",
+                              "named_encounters"])
     claim = cols["claim_id"].combine_chunks()
     lane_rows = np.nonzero(np.asarray(pc.not_equal(claim, "").to_numpy(zero_copy_only=False)))[0]
     sub = cols.take(pa.array(lane_rows, type=pa.int64())).to_pylist()
@@ -171,7 +203,8 @@ def break_glass_records(production: pa.Table, rep: Replay, start: dt.datetime) -
         if r["kind"] == "fhir":
             by_claim.setdefault((r["agent"], r["replica"], r["claim_id"]), []).append(
                 {"at": _iso(origin, r["t_ns"]), "type": r["resource_type"], "interaction": r["interaction"],
-                 "id": r["resource_id"], "patient": r["patient_id"],
+                 "id": r["resource_id"], "patient": r["patient_id"], "patients": r["named_patients"],
+                 "encounters": r["named_encounters"],
                  "decision": ("allow", "deny", "alert")[int(rep.decisions.decision[i])],
                  "reason": REASONS[int(rep.decisions.reason[i])]})
     rows = production.take(pa.array([e["row"] for e in opens], type=pa.int64())).select(
@@ -186,8 +219,15 @@ def break_glass_records(production: pa.Table, rep: Replay, start: dt.datetime) -
                     "status": "opened" if e["event"] == "lane-open" else "refused (no lane in the policy)",
                     "expiry": _iso(origin, e["expires_ns"]) if e["event"] == "lane-open" else None,
                     "accessed": acc, "accesses": len(acc),
+                    "patients": _distinct(x for a in acc if a["decision"] != "deny" for x in a["patients"]),
+                    "encounters": _distinct(x for a in acc if a["decision"] != "deny" for x in a["encounters"]),
                     "denied": sum(1 for x in acc if x["decision"] == "deny")})
     return out
+
+
+def _distinct(xs: Any) -> list[str]:
+    """Distinct values in first-seen order."""
+    return list(dict.fromkeys(xs))
 
 
 def _ae(recorded: str, typ: dict[str, Any], subtype: dict[str, Any] | None, outcome: str, agents: list[dict[str, Any]],
@@ -219,6 +259,11 @@ def break_glass_auditevents(records: list[dict[str, Any]]) -> list[dict[str, Any
         ents = [{"what": {"reference": f"{a['type']}/{a['id']}"} if a["id"] else {"display": a["type"]},
                  "type": {"system": "http://hl7.org/fhir/resource-types", "code": a["type"]},
                  "description": f"{a['interaction']} at {a['at']}: {a['decision']}"} for a in r["accessed"]]
+        ents += [{"what": {"reference": f"{kind}/{x}"}, "type": {"system": "http://hl7.org/fhir/resource-types", "code": kind},
+                  "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}
+                  if kind == "Patient" else None, "description": f"{kind} accessed under the lane"}
+                 for kind, xs in (("Patient", r.get("patients", [])), ("Encounter", r.get("encounters", []))) for x in xs]
+        ents = [{k: v for k, v in e.items() if v is not None} for e in ents]
         extra = {"purposeOfEvent": pou}
         if r["expiry"]:
             extra["period"] = {"start": r["activation"], "end": r["expiry"]}

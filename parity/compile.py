@@ -12,6 +12,13 @@ Margins (the scenario's ``policy:`` section, docs/policy.md):
   rate above ``rate_margin`` times staging's busiest 5 minutes is what it blocks.
 * ``lane_duration_margin``: a lane's ``max_duration_s`` is the longest duration an activation
   requested in staging (or, if longer, the longest time an activation was used), times the margin.
+* launch contexts (``context``, docs/policy.md): ``bound`` when every legitimate staging request
+  naming a patient was in its context; ``max_duration_s`` = ``context_duration_margin`` x the
+  longest context held, at least ``CONTEXT_MIN_S``; ``max_open`` = ``context_open_margin`` x the
+  most contexts open at once on one replica; ``unscoped`` = the pairs used naming nobody; for an
+  agent that is not bound, a ``new_patient_budget`` learned like the rate limit from the busiest
+  5 minutes of new patients on one replica, times ``new_patient_margin``.  An agent that neither
+  had launch contexts nor named a patient in staging gets no ``context`` section.
 * ``quarantine_hold_min``: how long a quarantined replica stays quarantined (None: until released).
 """
 
@@ -24,12 +31,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from paritybed.core.errors import InputError
 from paritybed.core.units import FIVE_MIN_NS
-from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, PolicySource, RatePolicy
+from paritybed.enforcer.policy import (AgentPolicy, ContextPolicy, FhirPolicy, LanePolicy, NewPatientBudget, Pair, Policy,
+                                      PolicySource, RatePolicy)
 from paritybed.enforcer.registry import Registry
 from paritybed.parity.envelope import AgentEnvelope, Envelope, learn_envelope
+from paritybed.parity.launch_contexts import ContextSeen
 from paritybed.scenarios import Scenario
 
 
@@ -41,6 +51,9 @@ class Margins:
     lane_duration_margin: float = 1.0
     quarantine_hold_min: float | None = 15
     min_pair_count: int = 1
+    context_duration_margin: float = 2.0
+    context_open_margin: float = 2.0
+    new_patient_margin: float = 2.0
 
     @classmethod
     def from_mapping(cls, m: dict[str, Any] | None) -> "Margins":
@@ -51,15 +64,16 @@ class Margins:
         if bad:
             raise InputError(f"unknown policy margin(s) {bad}; expected some of {sorted(known)}")
         out = cls(**m)
-        if out.rate_margin < 1 or out.lane_duration_margin < 1 or out.min_pair_count < 1:
-            raise InputError("policy margins: rate_margin and lane_duration_margin must be >= 1, min_pair_count >= 1")
+        low = [k for k in ("rate_margin", "lane_duration_margin", "context_duration_margin", "context_open_margin",
+                           "new_patient_margin", "min_pair_count") if getattr(out, k) < 1]
+        if low:
+            raise InputError(f"policy margins: {', '.join(low)} must be >= 1")
         return out
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Margins":
         """From a scenario's ``policy:`` section (paritybed.scenarios.PolicySettings)."""
-        return cls(rate_margin=settings.rate_margin, lane_duration_margin=settings.lane_duration_margin,
-                   quarantine_hold_min=settings.quarantine_hold_min, min_pair_count=settings.min_pair_count)
+        return cls(**{k: getattr(settings, k) for k in cls.__dataclass_fields__})
 
     def as_policy_margins(self) -> dict[str, float | int | None]:
         return dict(asdict(self))
@@ -72,6 +86,35 @@ def rate_policy(peak_5min: int, rate_margin: float) -> RatePolicy | None:
     burst = max(1, math.ceil(rate_margin * peak_5min - 1e-9))
     interval = FIVE_MIN_NS // burst
     return RatePolicy(burst=burst, interval_ns=interval, rate_per_s=round(1e9 / interval, 6))
+
+
+#: A launch context lives at least this long (s): a query whose requests take seconds longer than
+#: staging's (a slow server, a retry) must not outlive its context, and a minute more of the one
+#: patient it names is all a longer context admits.
+CONTEXT_MIN_S = 60
+
+
+def _times(margin: float, x: float) -> int:
+    return max(1, math.ceil(margin * x - 1e-9))
+
+
+def context_policy(seen: ContextSeen, margins: Margins) -> ContextPolicy | None:
+    """The ``context`` section from what staging showed of the agent's launch contexts (module
+    doc); None when staging showed neither contexts nor a named patient."""
+    if not seen.contexts and not seen.named:
+        return None
+    unscoped = sorted(p for p, n in seen.unscoped.items() if n >= margins.min_pair_count)
+    budget = None
+    if not seen.bound:
+        r = rate_policy(max(1, seen.new_patient_peak_5min), margins.new_patient_margin)
+        assert r is not None
+        budget = NewPatientBudget(burst=r.burst, interval_ns=r.interval_ns, per_5min=float(r.burst))
+    return ContextPolicy(
+        bound=seen.bound,
+        max_duration_s=max(CONTEXT_MIN_S, _times(margins.context_duration_margin, seen.longest_held_ns / 1e9))
+        if seen.contexts else None,
+        max_open=_times(margins.context_open_margin, seen.max_open) if seen.contexts else None,
+        unscoped=[Pair(type=t, interaction=i) for t, i in unscoped], new_patient_budget=budget)
 
 
 def agent_policy(env: AgentEnvelope, *, fhir_server: str, fhir_base: str, response: str, margins: Margins,
@@ -102,6 +145,7 @@ def agent_policy(env: AgentEnvelope, *, fhir_server: str, fhir_base: str, respon
         rate=rate_policy(env.rate.peak_5min, margins.rate_margin),
         egress=sorted(egress),
         lanes=lanes,
+        context=context_policy(env.launch, margins),
         response=response,
         quarantine_hold_s=hold,
     )
@@ -142,15 +186,23 @@ def trace_digest(trace: pa.Table) -> str:
             col = col.cast(pa.string())
         arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
         h.update(name.encode() + b"\0")
-        if pa.types.is_integer(arr.type):
+        if pa.types.is_list(arr.type):  # list<string>: the lengths, then the values
+            h.update(np.ascontiguousarray(pc.list_value_length(arr).to_numpy(zero_copy_only=False)).tobytes())
+            arr = pc.list_flatten(arr)
+        if pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type):
             h.update(np.ascontiguousarray(arr.to_numpy(zero_copy_only=False)).tobytes())
         else:
-            arr = arr.cast(pa.large_string()) if pa.types.is_string(arr.type) else arr
-            bufs = arr.buffers()
-            offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
-            h.update((offsets - offsets[0]).tobytes())
-            h.update(bufs[2].to_pybytes()[offsets[0]:offsets[-1]] if bufs[2] is not None else b"")
+            _string_bytes(h, arr)
     return "sha256:" + h.hexdigest()
+
+
+def _string_bytes(h: Any, arr: pa.Array) -> None:
+    """A string array's offsets (from 0) and bytes into the digest ``h``."""
+    arr = arr.cast(pa.large_string())
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    h.update((offsets - offsets[0]).tobytes())
+    h.update(bufs[2].to_pybytes()[offsets[0]:offsets[-1]] if bufs[2] is not None else b"")
 
 
 def policy_from_trace(trace: pa.Table, *, fhir_server: str, fhir_base: str = "/fhir",

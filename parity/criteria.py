@@ -11,8 +11,9 @@ two-sample Kolmogorov-Smirnov statistic D (the largest gap between the two cumul
 distributions; the p-value is meaningless at these sample sizes, so D is gated, against the
 configured maximum or the 1-in-1000 critical value for small samples, whichever is larger;
 inter-arrival is measured between new clinical contexts, i.e. on the arrival of work); burst height as
-staging's typical daily peak 5-minute count per replica over production's; and, given the
-staging-built policy, the rate limit's headroom over production's busiest 5 minutes.
+staging's typical daily peak 5-minute count per replica over production's; how long launch contexts
+are held (KS D, when production has launch contexts); and, given the staging-built policy, the rate
+limit's headroom over production's busiest 5 minutes.
 Coverage: every production (type, interaction) above the support threshold must appear in staging.
 Break-glass: every class seen or declared for production is exercised in staging, its lane is in
 the policy, its pairs are covered, and an access after expiry was exercised.
@@ -225,7 +226,7 @@ def rate_headroom(cls: str, policy: Policy, p: ClassProfile, gate: Gate) -> Metr
 
 def fidelity(staging: Profile, production: Profile, gate: Gate, policy: Policy | None = None) -> Criterion:
     """``policy`` (the staging-built one) adds ``rate_headroom``: its rate limit against
-    production's busiest 5 minutes."""
+    production's busiest 5 minutes; and tells which classes' contexts the durations judge."""
     g = gate.fidelity
     boot = bootstrap_of(gate)
     out: list[Metric] = []
@@ -302,7 +303,48 @@ def fidelity(staging: Profile, production: Profile, gate: Gate, policy: Policy |
         head = rate_headroom(cls, policy, p, gate) if policy is not None else None
         if head is not None:
             out.append(head)
+        m = _context_durations(cls, s, p, g.context_duration_ks_max, policy)
+        if m is not None:
+            out.append(m)
     return Criterion("fidelity", out)
+
+
+def _context_durations(cls: str, s: ClassProfile, p: ClassProfile, thr: float, policy: Policy | None) -> Metric | None:
+    """How long launch contexts are held, staging vs production (KS D on the durations): a staging
+    whose contexts close sooner than production's learns a max_duration_s that closes production's
+    contexts before the work ends (docs/parity.md, "Launch contexts")."""
+    if p.launch_contexts < MIN_SAMPLE:
+        return None
+    cap = None
+    if policy is not None:
+        caps = [a.context.max_duration_s for a in policy.agents.values()
+                if a.agent_class == cls and a.context is not None and a.context.max_duration_s is not None]
+        cap = min(caps) if caps else None
+    detail: dict[str, Any] = {"configured_max": thr, "staging_contexts": s.launch_contexts,
+                              "production_contexts": p.launch_contexts,
+                              "staging_median_s": _median(s.context_held_s), "production_median_s": _median(p.context_held_s),
+                              "staging_longest_s": max(s.context_held_s, default=0.0),
+                              "production_longest_s": max(p.context_held_s, default=0.0)}
+    if cap is not None:
+        longer = sum(1 for x in p.context_held_s if x > cap) / len(p.context_held_s)
+        detail.update(policy_max_duration_s=cap, production_share_held_longer=round(longer, 6))
+    if s.launch_contexts < MIN_SAMPLE:
+        return Metric("fidelity", cls, "context_duration_ks", None, thr, "<=", False,
+                      f"Production opens {p.launch_contexts} launch contexts for this agent and staging only "
+                      f"{s.launch_contexts}: staging cannot tell how long the agent's clinical work keeps a "
+                      "patient's context open.", detail)
+    v = ks(s.context_held_s, p.context_held_s)
+    floor = ks_noise_floor(s.launch_contexts, p.launch_contexts)
+    eff = round(max(thr, floor), 6)
+    detail["sampling_noise_p999"] = round(floor, 6)
+    return _fid(cls, "context_duration_ks", v, eff, "<=", v <= eff,
+                f"Launch contexts stay open about as long in staging as in production (median "
+                f"{detail['staging_median_s']:g} s vs {detail['production_median_s']:g} s), so the context expiry "
+                "learned in staging fits production's work.",
+                f"Launch contexts stay open for a different length of time in staging (median "
+                f"{detail['staging_median_s']:g} s) than in production ({detail['production_median_s']:g} s): a "
+                "context expiry learned in staging would close production's contexts before the work ends "
+                "(e.g. before the note is signed) and block the agent's last requests.", detail)
 
 
 def burstiness(x: list[float]) -> float:

@@ -1,9 +1,10 @@
 """Learn each agent's behavioural envelope from a (staging) trace.
 
-The envelope is what the agent was *seen* doing, before any margin is applied: the
-(resource type, interaction) pairs with counts, the per-replica rate envelope (per-minute counts,
-the peak 5-minute and 1-minute counts), clinical-context grouping, egress endpoints and the
-break-glass lanes it used.  ``parity.compile`` turns it into an enforceable ``policy.json``.
+The envelope is what the agent was *seen* doing, before any margin is applied: every
+(resource type, interaction) pair its requests touched, with counts, the per-replica rate envelope
+(per-minute counts, the peak 5-minute and 1-minute counts), clinical-context grouping, its launch
+contexts (parity.launch_contexts: bound or not, unscoped pairs, longest and most open contexts,
+first-seen patients), egress endpoints and the break-glass lanes it used.  ``parity.compile`` turns it into an enforceable ``policy.json``.
 
 Only rows whose ground truth is ``expected=allow`` are learned from: in staging the rows labelled
 ``deny`` are deliberate probes (access after a lane's expiry), not behaviour to permit.
@@ -16,10 +17,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from paritybed.core.columns import codes, ints, mask_eq
 from paritybed.core.units import FIVE_MIN_NS, NS_PER_MIN
 from paritybed.enforcer.registry import Registry
+from paritybed.parity.launch_contexts import ContextSeen, learn_contexts
 from paritybed.parity.windows import sliding_peak
 
 Pair = tuple[str, str]
@@ -72,12 +75,13 @@ class AgentEnvelope:
     types_per_context: dict[str, float] = field(default_factory=dict)
     egress: dict[str, dict[str, Any]] = field(default_factory=dict)  # address -> endpoint, name, count
     lanes: dict[str, LaneSeen] = field(default_factory=dict)
+    launch: ContextSeen = field(default_factory=ContextSeen)  # launch contexts (patient-level binding)
 
     def to_dict(self) -> dict[str, Any]:
         return {"agent_class": self.agent_class, "requests": self.requests, "pairs": _pairs_out(self.pairs),
                 "shapes": dict(sorted(self.shapes.items())), "rate": self.rate.to_dict(),
                 "contexts": self.contexts, "requests_per_context": self.requests_per_context,
-                "types_per_context": self.types_per_context,
+                "types_per_context": self.types_per_context, "launch_contexts": self.launch.to_dict(),
                 "egress": {k: self.egress[k] for k in sorted(self.egress)},
                 "lanes": {k: self.lanes[k].to_dict() for k in sorted(self.lanes)}}
 
@@ -95,12 +99,18 @@ def _pairs_out(pairs: dict[Pair, int]) -> list[dict[str, Any]]:
     return [{"type": t, "interaction": i, "count": n} for (t, i), n in sorted(pairs.items())]
 
 
-def _pair_counts(type_c: np.ndarray, inter_c: np.ndarray, type_v: list[str], inter_v: list[str]) -> dict[Pair, int]:
-    if len(type_c) == 0:
+def touch_counts(touches: pa.ChunkedArray, rows: np.ndarray) -> dict[Pair, int]:
+    """How often each (type, interaction) was touched by the rows marked in ``rows`` (every touch
+    of a request counts: what it includes, chains through, searches in a compartment)."""
+    idx = np.nonzero(rows)[0]
+    if len(idx) == 0:
         return {}
-    key = type_c * len(inter_v) + inter_c
-    uniq, cnt = np.unique(key, return_counts=True)
-    return {(type_v[k // len(inter_v)], inter_v[k % len(inter_v)]): int(n) for k, n in zip(uniq.tolist(), cnt.tolist())}
+    flat = pc.list_flatten(touches.take(pa.array(idx)).combine_chunks())
+    if len(flat) == 0:
+        return {}
+    c, v = codes(flat)
+    uniq, cnt = np.unique(c, return_counts=True)
+    return {tuple(v[k].split(":", 1)): int(m) for k, m in zip(uniq.tolist(), cnt.tolist())}  # type: ignore[misc]
 
 
 def _quantiles(x: np.ndarray) -> dict[str, float]:
@@ -119,8 +129,7 @@ def learn_envelope(trace: pa.Table, registry: Registry | None = None) -> Envelop
     agent_c, agent_v = codes(trace["agent"])
     class_c, class_v = codes(trace["agent_class"])
     kind_c, kind_v = codes(trace["kind"])
-    type_c, type_v = codes(trace["resource_type"])
-    inter_c, inter_v = codes(trace["interaction"])
+    type_c, _ = codes(trace["resource_type"])
     shape_c, shape_v = codes(trace["shape"])
     lane_c, lane_v = codes(trace["lane"])
     addr_c, addr_v = codes(trace["address"])
@@ -135,6 +144,7 @@ def learn_envelope(trace: pa.Table, registry: Registry | None = None) -> Envelop
     no_lane = lane_c == lane_v.index("") if "" in lane_v else np.zeros(n, dtype=bool)
     plain = shape_c == shape_v.index("plain") if "plain" in shape_v else np.zeros(n, dtype=bool)
     claims = None  # materialised lazily: only lane rows need claim ids
+    launch = learn_contexts(trace, keep & no_lane)
 
     agents: dict[str, AgentEnvelope] = {}
     for a, name in enumerate(agent_v):
@@ -147,7 +157,7 @@ def learn_envelope(trace: pa.Table, registry: Registry | None = None) -> Envelop
         f = mine & is_fhir
         env.requests = int(f.sum())
         base = f & no_lane
-        env.pairs = _pair_counts(type_c[base], inter_c[base], type_v, inter_v)  # an allowed shape still needs its pair
+        env.pairs = touch_counts(trace["touches"], base)  # an allowed shape still needs its pair
         odd = base & ~plain
         if odd.any():
             u, c = np.unique(shape_c[odd], return_counts=True)
@@ -167,8 +177,8 @@ def learn_envelope(trace: pa.Table, registry: Registry | None = None) -> Envelop
         if lanes_rows.any() or opens.any():
             if claims is None:
                 claims = trace["claim_id"]
-            env.lanes = _lanes(t_all, lane_c, lane_v, type_c, type_v, inter_c, inter_v, lanes_rows, opens,
-                               claims, trace["duration_ns"])
+            env.lanes = _lanes(t_all, lane_c, lane_v, trace["touches"], lanes_rows, opens, claims, trace["duration_ns"])
+        env.launch = launch.get(name, ContextSeen())
         agents[name] = env
     return Envelope(agents=agents, span_ns=span)
 
@@ -211,9 +221,8 @@ def _contexts(trace: pa.Table, rows: np.ndarray, type_c: np.ndarray) -> tuple[in
     return int(len(per)), _quantiles(per), _quantiles(types)
 
 
-def _lanes(t: np.ndarray, lane_c: np.ndarray, lane_v: list[str], type_c: np.ndarray, type_v: list[str],
-           inter_c: np.ndarray, inter_v: list[str], lane_rows: np.ndarray, opens: np.ndarray,
-           claims: pa.ChunkedArray, duration: pa.ChunkedArray) -> dict[str, LaneSeen]:
+def _lanes(t: np.ndarray, lane_c: np.ndarray, lane_v: list[str], touches: pa.ChunkedArray, lane_rows: np.ndarray,
+           opens: np.ndarray, claims: pa.ChunkedArray, duration: pa.ChunkedArray) -> dict[str, LaneSeen]:
     out: dict[str, LaneSeen] = {}
     dur = ints(duration)
     open_at: dict[str, int] = {}
@@ -233,7 +242,7 @@ def _lanes(t: np.ndarray, lane_c: np.ndarray, lane_v: list[str], type_c: np.ndar
             last_use[claim] = int(t[i])
     for cls, seen in out.items():
         m = lane_rows & (lane_c == lane_v.index(cls))
-        seen.pairs = _pair_counts(type_c[m], inter_c[m], type_v, inter_v)
+        seen.pairs = touch_counts(touches, m)
     for claim, tl in last_use.items():
         if claim in open_at:
             i = claim_list_idx[claim_vals.index(claim)]

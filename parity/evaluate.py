@@ -132,6 +132,7 @@ def parity_document(scenario: Scenario, scenario_path: Path, arms: dict[str, Res
             "attacks": attacks,
             "clinical_impact_minutes": s["clinical_impact_minutes"]["total"],
             "clinical_impact": s["clinical_impact_minutes"],
+            "binding": s["binding"],
             "lost_events": int(lost_events),
             "consequences": cons,
             "staging": {"safe": not reasons, "unsafe_because": reasons},

@@ -3,7 +3,7 @@
 A profile is an aggregate per agent class: (type, interaction) counts, an hour-of-day histogram,
 a bounded quantile sample of inter-arrival times (ms), per-5-minute counts per replica and day
 with each replica-day's sliding 5-minute peak, a quantile sample of requests per clinical
-context, and the break-glass classes with the pairs used under them, their durations and whether
+context, a quantile sample of how long launch contexts were held, and the break-glass classes with the pairs used under them, their durations and whether
 an access after expiry was exercised.  It holds no patient, record, context, claim or clinician
 id, no names and no request paths (docs/parity.md, "Profiles"), so a hospital can build one from
 its production AuditEvent export (``paritybed profile``) and gate staging against it without
@@ -55,6 +55,8 @@ class ClassProfile(_M):
     interarrival_basis: str = "context"  # context: gaps between new clinical contexts; request: per replica
     requests_per_context: list[float] = Field(default_factory=list)  # sorted quantile sample
     contexts: int = 0
+    context_held_s: list[float] = Field(default_factory=list)  # launch contexts, opening to closing: quantile sample
+    launch_contexts: int = 0
     peak5: dict[str, dict[str, int]] = Field(default_factory=dict)  # replica -> day -> sliding 5-min peak
     bins5: dict[str, dict[str, list[int]]] = Field(default_factory=dict)  # replica -> day -> 288 counts
     egress: dict[str, int] = Field(default_factory=dict)  # endpoint name -> connects
@@ -120,6 +122,8 @@ class Stream:
     endpoint_c: np.ndarray
     endpoint_v: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
+    held_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per launch context closed
+    held_cls: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ... its agent class code
 
 
 def stream_from_trace(trace: pa.Table, start: dt.datetime) -> Stream:
@@ -142,12 +146,34 @@ def stream_from_trace(trace: pa.Table, start: dt.datetime) -> Stream:
     ctx_c, ctx_v = codes(trace["context_id"])
     claim_c, claim_v = codes(trace["claim_id"])
     ep_c, ep_v = codes(trace["endpoint"])
-    return Stream(abs_ns=t, agent_class=cls_v, cls_c=cls_c, stream_c=stream_c, stream_v=stream_v,
+    held, held_cls = _held(trace, t, cls_c, stream_c)
+    return Stream(abs_ns=t, agent_class=cls_v, cls_c=cls_c, stream_c=stream_c, stream_v=stream_v, held_ns=held,
+                  held_cls=held_cls,
                   kind_fhir=mask_eq(trace["kind"], "fhir"), kind_egress=mask_eq(trace["kind"], "egress"),
                   kind_open=mask_eq(trace["kind"], "lane_open"), pair_c=pair_c, pair_v=pair_v,
                   lane_c=lane_c, lane_v=lane_v, legit=~mask_eq(trace["expected"], "deny"),
                   context_c=ctx_c, context_v=ctx_v, claim_c=claim_c, claim_v=claim_v,
                   duration_ns=ints(trace["duration_ns"]), endpoint_c=ep_c, endpoint_v=ep_v)
+
+
+def _held(trace: pa.Table, t: np.ndarray, cls_c: np.ndarray, stream_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How long each launch context was held (its opening to its closing, on its replica) and its
+    agent class; contexts still open when the trace ends are left out."""
+    opening, closing = mask_eq(trace["kind"], "context_open"), mask_eq(trace["kind"], "context_close")
+    if not closing.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = np.nonzero(opening | closing)[0]
+    ids = trace["launch_context"].take(pa.array(rows)).to_pylist()
+    since: dict[tuple[int, str], int] = {}
+    held, cls = [], []
+    for i, c in zip(rows.tolist(), ids):
+        key = (int(stream_c[i]), c)
+        if opening[i]:
+            since[key] = int(t[i])
+        elif key in since:
+            held.append(int(t[i]) - since.pop(key))
+            cls.append(int(cls_c[i]))
+    return np.asarray(held, dtype=np.int64), np.asarray(cls, dtype=np.int64)
 
 
 
@@ -212,10 +238,13 @@ def _class_profile(s: Stream, rows: np.ndarray, day0: int, basis: str = "context
         ctx_counts[s.context_v.index("")] = 0
     ctx_counts = ctx_counts[ctx_counts > 0]
     e = rows & s.kind_egress & s.legit
+    c = int(s.cls_c[np.argmax(rows)])
+    held = s.held_ns[s.held_cls == c] / 1e9
     return ClassProfile(
         requests=int(f.sum()), replicas=len(peak5), pairs=dict(sorted(pairs.items())), hours=hours,
         interarrival_ms=quantile_sample(ia), interarrival_n=int(len(ia)), interarrival_basis=basis,
         requests_per_context=quantile_sample(ctx_counts.astype(np.float64)), contexts=int(len(ctx_counts)),
+        context_held_s=quantile_sample(held), launch_contexts=int(len(held)),
         peak5=peak5, bins5=bins5, egress=dict(sorted(_counts(s.endpoint_c[e], s.endpoint_v).items())),
         lanes=_lanes(s, rows),
     )

@@ -9,7 +9,11 @@ because an attack had just quarantined the replica are *collateral* and counted 
 impact is the set of agent-replica minutes during which the agent was blocked (an over-block in
 that minute) or quarantined, by hour of day.  Under-blocks are rows that should have been denied
 (attacks, a hotfix endpoint outside the BAA registry, accesses after a lane's expiry) and were not.
-Each labelled attack gets its time from first action to first enforcement event.
+Each labelled attack gets its time from first action to first enforcement event and the
+patients it reached: the distinct patients its allowed (or only alerted) requests named, in all
+and before its first enforcement.  ``binding`` sums what the clinical-context binding did: the
+legitimate requests it blocked (``out-of-context``, ``context-not-in-envelope``,
+``new-patient-budget``) and the attacks it caught first.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from paritybed.core.columns import codes, ints, mask_eq
@@ -28,6 +33,9 @@ from paritybed.core.hashlog import HashLog
 from paritybed.core.units import HOUR_NS, NS_PER_MIN
 from paritybed.enforcer.decisions import Decisions, with_decisions
 from paritybed.enforcer.kernel_abi import ALERT, ALLOW, DENY, R_QUARANTINED, REASONS
+
+#: The reasons of the clinical-context binding (docs/enforcement.md)
+BINDING = ("out-of-context", "context-not-in-envelope", "new-patient-budget")
 
 
 @dataclass
@@ -73,11 +81,34 @@ def replay(trace: pa.Table, d: Decisions, start: dt.datetime) -> Replay:
         },
         "under_blocks": _under_blocks(trace, d, legit),
         "attacks_caught": _attacks(trace, d, t),
+        "binding": {},
         "clinical_impact_minutes": _impact(d, agent_c, agent_v, replica, t, tod0, over, collateral, trace),
         "lost_events": 0,
     }
+    summary["binding"] = _binding(summary, trace, d)
     return Replay(decisions=d, summary=summary, over_block_rows=np.nonzero(real)[0],
                   collateral_rows=np.nonzero(collateral)[0])
+
+
+def _binding(summary: dict[str, Any], trace: pa.Table, d: Decisions) -> dict[str, Any]:
+    """What the clinical-context binding did: legitimate requests it blocked, attacks it caught
+    first, launch contexts opened and refused."""
+    by = summary["over_blocks"]["by_reason"]
+    kinds = codes(trace["kind"])
+    opens = kinds[0] == kinds[1].index("context_open") if "context_open" in kinds[1] else np.zeros(len(d.reason), bool)
+    return {"over_blocks": sum(by.get(r, 0) for r in BINDING),
+            "over_blocks_by_reason": {r: by[r] for r in BINDING if by.get(r)},
+            "attacks_caught_first": sorted(a["name"] for a in summary["attacks_caught"] if a["first_reason"] in BINDING),
+            "contexts_opened": int((opens & (d.decision != DENY)).sum()),
+            "contexts_refused": int((opens & (d.decision == DENY)).sum())}
+
+
+def _patients(named: pa.ChunkedArray, rows: np.ndarray) -> int:
+    """Distinct patients the rows name."""
+    if len(rows) == 0:
+        return 0
+    flat = pc.list_flatten(named.take(pa.array(rows, type=pa.int64())).combine_chunks())
+    return int(len(pc.unique(flat))) if len(flat) else 0
 
 
 def _slot(trace: pa.Table) -> np.ndarray:
@@ -120,7 +151,9 @@ def _under_blocks(trace: pa.Table, d: Decisions, legit: np.ndarray) -> dict[str,
     for k in np.unique(lab_c[bad]).tolist():
         m = bad & (lab_c == k)
         by_label[lab_v[k] or "(unlabelled)"] = {"rows": int(m.sum()), "allowed": int((m & (d.decision == ALLOW)).sum()),
-                                               "alerted": int((m & (d.decision == ALERT)).sum())}
+                                               "alerted": int((m & (d.decision == ALERT)).sum()),
+                                               "patients_reached": _patients(trace["named_patients"],
+                                                                             np.nonzero(m & (d.decision != DENY))[0])}
     return {"total": int(through.sum()), "expected_deny": int(bad.sum()),
             "alerted": int((bad & (d.decision == ALERT)).sum()), "by_label": by_label}
 
@@ -139,12 +172,16 @@ def _attacks(trace: pa.Table, d: Decisions, t: np.ndarray) -> list[dict[str, Any
             continue
         enforced = rows[d.decision[rows] != ALLOW]
         first = int(rows[0])
+        through = rows[d.decision[rows] != DENY]
+        before = through[through < enforced[0]] if len(enforced) else through
         entry: dict[str, Any] = {
             "label": lab, "name": lab.split(":", 1)[1], "kind": "attack" if lab.startswith("attack:") else "hotfix",
             "agent": agent_v[agent_c[first]], "action": kind_v[kind_c[first]], "rows": int(len(rows)),
             "blocked": int((d.decision[rows] == DENY).sum()), "caught": bool(len(enforced)),
             "caught_at_first_contact": bool(d.decision[first] != ALLOW),
             "first_at_ns": int(t[first]),
+            "patients_reached": _patients(trace["named_patients"], through),
+            "patients_before_enforcement": _patients(trace["named_patients"], before),
         }
         if len(enforced):
             e = int(enforced[0])

@@ -52,6 +52,9 @@ def enforce_command(
     fhir_server: Optional[str] = typer.Option(None, "--fhir-server", help="observe mode without a policy: the agent's FHIR server host:port"),
     fhir_base: str = typer.Option("/fhir", "--fhir-base", help="observe mode without a policy: the FHIR base path"),
     lane: Optional[List[str]] = typer.Option(None, "--lane", help="open a break-glass lane for the run: CLASS:CLAIM[:SECONDS] (repeatable)"),
+    context: Optional[str] = typer.Option(None, "--context", help="bind the run to one patient: PATIENT[:ENCOUNTER] opens a "
+                                          "launch context for it (id in $PARITYBED_LAUNCH_CONTEXT, to present as "
+                                          "X-Launch-Context), for the policy's max_duration_s at most"),
     name: str = typer.Option("paritybed", "--name", help="name of the pinned state and root cgroup"),
     user: str = typer.Option("nobody", "--user", help="the user COMMAND runs as (name or uid): an account of its own, "
                              "unprivileged; root only if the command is trusted (it could detach the enforcer)"),
@@ -76,6 +79,7 @@ def enforce_command(
     if not agent:
         raise InputError("--agent is required (the policy's agent the command runs as)")
     lanes = [_parse_lane(x) for x in lane or []]
+    binding = _parse_context(context) if context else None
     if checkpoint_every <= 0:
         raise InputError(f"--checkpoint-every must be > 0 seconds, not {checkpoint_every}")
     pol, reg_path = _inputs(policy, agent, registry, mode, fhir_server, fhir_base, out_dir)
@@ -83,7 +87,8 @@ def enforce_command(
     from paritybed.core.hashlog import read_checkpoint_key
 
     key = read_checkpoint_key(checkpoint_key, create=True)
-    code = _run(pol, reg_path, agent, command, mode == "observe", out_dir, lanes, name, who, (key, checkpoint_every))
+    code = _run(pol, reg_path, agent, command, mode == "observe", out_dir, lanes, name, who, (key, checkpoint_every),
+                binding)
     raise typer.Exit(code)
 
 
@@ -163,9 +168,22 @@ def _parse_lane(text: str) -> tuple[str, str, int]:
     return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 3600
 
 
+#: the launch context `--context` opens for the run, as the command presents it
+RUN_CONTEXT = "paritybed-run"
+#: how long it is asked for (the policy's context.max_duration_s caps it)
+RUN_CONTEXT_S = 24 * 3600
+
+
+def _parse_context(text: str) -> tuple[str, str]:
+    parts = text.split(":")
+    if len(parts) not in (1, 2) or not all(parts):
+        raise InputError(f"--context {text!r}: expected PATIENT or PATIENT:ENCOUNTER (ids)")
+    return parts[0], parts[1] if len(parts) == 2 else ""
+
+
 def _run(pol: Any, reg_path: Path, agent: str, command: list[str], observe: bool, out_dir: Path,
          lanes: list[tuple[str, str, int]], name: str, who: tuple[int, int],
-         checkpoints: tuple[bytes, float]) -> int:
+         checkpoints: tuple[bytes, float], binding: tuple[str, str] | None = None) -> int:
     from paritybed.enforcer.kernel import KernelEnforcer
 
     log = out_dir / "events.jsonl"
@@ -180,9 +198,17 @@ def _run(pol: Any, reg_path: Path, agent: str, command: list[str], observe: bool
         for cls, claim, secs in lanes:
             if not ke.open_lane(agent, 0, claim, cls, secs * 1_000_000_000, ke.now_ns()):
                 err.print(f"[yellow]lane {cls!r} refused: the policy of {agent!r} has no such lane class[/]")
+        env = None
+        if binding is not None:
+            if not ke.open_context(agent, 0, RUN_CONTEXT, binding[0], binding[1], RUN_CONTEXT_S * 1_000_000_000,
+                                   ke.now_ns()):
+                err.print(f"[yellow]launch context refused: the policy of {agent!r} has no context section[/]")
+            env = {**os.environ, "PARITYBED_LAUNCH_CONTEXT": RUN_CONTEXT}
+            err.print(f"[dim]launch context {RUN_CONTEXT!r} open for patient {binding[0]!r}"
+                      f"{f' (encounter {binding[1]!r})' if binding[1] else ''}: present it as X-Launch-Context[/]")
         err.print(f"[dim]{'observing' if observe else 'enforcing'} {agent!r}: {' '.join(command)}[/]")
         try:
-            proc = ke.spawn(agent, 0, command, user=who[0], group=who[1])
+            proc = ke.spawn(agent, 0, command, user=who[0], group=who[1], env=env)
         except OSError as e:
             raise InputError(f"cannot run {command[0]!r}: {e.strerror}") from None
         try:

@@ -12,7 +12,8 @@ decided by the kernel.
   over a pool of keep-alive connections or connects to the row's external endpoint; stand-in
   listeners (a process of their own) answer on the 127.0.0.x addresses the BAA registry (and the
   attacks) name;
-* break-glass activations go to the control plane (`open_lane`, the engine's rule);
+* break-glass activations go to the control plane (`open_lane`, the engine's rule), and so do
+  launch contexts (`open_context` / `close_context`: ``context_row``);
 * the kernel's decision and reason for a row are the kernel's own events for it.  A hook writes
   its record before the send or connect returns, and each replica has at most one row between
   "go" and the worker's "sent", so after that line the driver reads the ring buffer and the
@@ -55,14 +56,14 @@ import pyarrow.parquet  # noqa: F401 - pa.parquet.write_table
 from paritybed.core.errors import EnvironmentProblem, InputError
 from paritybed.enforcer.decisions import Decisions
 from paritybed.enforcer.engine import decision_events
-from paritybed.enforcer.kernel_abi import (ALERT, ALLOW, DECISIONS, DENY, R_LANE_NOT_IN_ENVELOPE, R_LANE_OPENED, R_OK,
-                                           R_UNENFORCED, REASONS)
+from paritybed.enforcer.kernel_abi import (ALERT, ALLOW, DECISIONS, DENY, R_CONTEXT_NOT_IN_ENVELOPE, R_CONTEXT_OPENED,
+                                           R_LANE_NOT_IN_ENVELOPE, R_LANE_OPENED, R_OK, R_UNENFORCED, REASONS)
 from paritybed.scenarios import Scenario
 
 ClockMode = Literal["virtual", "real"]
 #: Kernel events that decide a row (the rest of the log is the control plane's own).
 DECIDING = ("deny", "alert", "request")
-ROW_EVENTS = DECIDING + ("first-contact", "quarantine", "kill", "lane-open", "lane-refused")
+ROW_EVENTS = DECIDING + ("first-contact", "quarantine", "kill", "lane-open", "lane-refused", "context-refused")
 
 
 # ------------------------------------------------------------------------------------ stand-ins
@@ -255,6 +256,17 @@ class RowDecisions:
             self.decision[i], self.reason[i] = DENY, R_LANE_NOT_IN_ENVELOPE
         self._keep(i, t, events, ("lane-open", "lane-refused"))
 
+    def context(self, i: int, t: int, enforced: bool, kind: str, opened: bool, events: list[dict[str, Any]]) -> None:
+        """A context_open / context_close row: the control plane's decision (AgentPolicy.context_expiry)."""
+        if not enforced:
+            self.reason[i] = R_UNENFORCED
+        elif kind == "context_open":
+            if opened:
+                self.reason[i] = R_CONTEXT_OPENED
+            else:
+                self.decision[i], self.reason[i] = DENY, R_CONTEXT_NOT_IN_ENVELOPE
+        self._keep(i, t, events, ("context-refused",))
+
     def row(self, i: int, t: int, who: tuple[str, int], kind: str, enforced: bool, refused: bool,
             events: list[dict[str, Any]]) -> None:
         """A FHIR request or an egress connect: the kernel's records for it decide."""
@@ -287,6 +299,17 @@ class RowDecisions:
         return Decisions(self.decision, self.reason, self.events, decided_by="kernel")
 
 
+def context_row(ke: Any, r: dict[str, Any], t: int) -> bool:
+    """A launch context opened or closed by the EHR side (a context_open / context_close row),
+    through the kernel enforcer's control plane; True when an opening was accepted (a closing
+    always is)."""
+    agent, replica, ctx = r["agent"], int(r["replica"]), r["launch_context"]
+    if r["kind"] == "context_close":
+        ke.close_context(agent, replica, ctx, t)
+        return True
+    return bool(ke.open_context(agent, replica, ctx, r["patient_id"], r["encounter_id"], int(r["duration_ns"]), t))
+
+
 def _refused(kind: str, err: int | None) -> bool:
     """What the caller saw: a kernel refusal (EACCES from send, EPERM from connect) or a kill
     (``None``: the worker died before it could say)."""
@@ -306,6 +329,10 @@ class LiveResult:
 
 
 LANE_EVENTS = ("lane-open", "lane-refused")
+#: Kernel events of the control plane's rows (lanes, launch contexts): theirs, not a request's.
+CONTROL_EVENTS = LANE_EVENTS + ("context-refused",)
+#: Rows the control plane decides: the worker waits while the driver runs them.
+CONTROL_ROWS = ("lane_open", "context_open", "context_close")
 
 
 class Driver:
@@ -320,9 +347,11 @@ class Driver:
         n = production.num_rows
         self.n = n
         col = {c: production[c].to_pylist() for c in ("kind", "agent", "replica", "t_ns")}
-        lanes = [i for i, k in enumerate(col["kind"]) if k == "lane_open"]  # what open_lane needs, for those rows
-        col.update({c: dict(zip(lanes, production[c].take(pa.array(lanes, pa.int64())).to_pylist()))
-                    for c in ("claim_id", "lane", "duration_ns")})
+        # what open_lane and open/close_context need, for those rows
+        ctl = [i for i, k in enumerate(col["kind"]) if k in CONTROL_ROWS]
+        col.update({c: dict(zip(ctl, production[c].take(pa.array(ctl, pa.int64())).to_pylist()))
+                    for c in ("claim_id", "lane", "duration_ns", "launch_context", "patient_id", "encounter_id")
+                    if c in production.column_names})
         self.kind, self.t, self.col = col["kind"], col["t_ns"], col
         self.kernel = RowDecisions(n)
         self.errno = [0] * n  # what the caller saw: 0 or the errno of the refused send/connect (-1: killed twice)
@@ -346,12 +375,12 @@ class Driver:
 
     @staticmethod
     def _synced(cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """A replica's commands, where lane activations and rows at the time of the row before
-        them wait for the driver (``sync``)."""
+        """A replica's commands, where the control plane's rows (lane activations, launch contexts)
+        and rows at the time of the row before them wait for the driver (``sync``)."""
         last = None
         for cmd in cmds:
-            if cmd["kind"] == "lane_open":
-                cmd["sync"] = "lane"
+            if cmd["kind"] in CONTROL_ROWS:
+                cmd["sync"] = "control"
             elif cmd["t_ns"] == last:
                 cmd["sync"] = "wait"
             last = cmd["t_ns"]
@@ -363,8 +392,8 @@ class Driver:
         time (row events of no replica of this run are counted: none are expected)."""
         for e in events:
             rep = self.replicas.get((e.get("agent"), e.get("replica")))  # type: ignore[arg-type]
-            if rep is None or e.get("event") in LANE_EVENTS or "t_ns" not in e:
-                if e.get("event") in ROW_EVENTS and e.get("event") not in LANE_EVENTS:
+            if rep is None or e.get("event") in CONTROL_EVENTS or "t_ns" not in e:
+                if e.get("event") in ROW_EVENTS and e.get("event") not in CONTROL_EVENTS:
                     self.kernel.unattributed += 1
             elif self.clock == "virtual":
                 rep.records.setdefault(e["t_ns"], []).append(e)
@@ -393,16 +422,25 @@ class Driver:
         rep.pos += 1
         self._done()
 
-    def lane(self, rep: Replica, k: int) -> None:
-        """Row k is a break-glass activation: the control plane's decision (the engine's rule)."""
+    def control(self, rep: Replica, k: int) -> None:
+        """Row k is the control plane's (a break-glass activation, a launch context opened or
+        closed): its decision (the engine's rule)."""
         i = rep.rows[k]
         t = int(self.t[i])
-        ok = self.ke.open_lane(rep.who[0], rep.who[1], self.col["claim_id"][i], self.col["lane"][i],
-                               int(self.col["duration_ns"][i]), t)
+        kind, enforced, col = self.kind[i], rep.who[0] in self.policy.agents, self.col
+        if kind == "lane_open":
+            ok = self.ke.open_lane(rep.who[0], rep.who[1], col["claim_id"][i], col["lane"][i], int(col["duration_ns"][i]), t)
+        else:
+            ok = context_row(self.ke, {"agent": rep.who[0], "replica": rep.who[1], "kind": kind,
+                                       **{c: col[c][i] for c in ("launch_context", "patient_id", "encounter_id",
+                                                                 "duration_ns")}}, t)
         events = self.ke.drain()
         self.route(events)
-        self.kernel.lane(i, t, rep.who[0] in self.policy.agents, ok,
-                         [e for e in events if e.get("event") in LANE_EVENTS and (e.get("agent"), e.get("replica")) == rep.who])
+        mine = [e for e in events if e.get("event") in CONTROL_EVENTS and (e.get("agent"), e.get("replica")) == rep.who]
+        if kind == "lane_open":
+            self.kernel.lane(i, t, enforced, ok, mine)
+        else:
+            self.kernel.context(i, t, enforced, kind, ok, mine)
         rep.pos += 1
         self._done()
 
@@ -424,7 +462,7 @@ class Driver:
                 if int(status):
                     self.latency.append(int(ns))
             elif what == b"l":
-                self.lane(rep, k)
+                self.control(rep, k)
                 rep.tell(k)
             elif what == b"w":
                 rep.tell(k)
@@ -448,8 +486,8 @@ class Driver:
         if rep.deaths[rep.pos] >= 2:
             self.route(self.ke.drain())
             i = rep.rows[rep.pos]
-            if self.kind[i] == "lane_open":
-                self.lane(rep, rep.pos)
+            if self.kind[i] in CONTROL_ROWS:
+                self.control(rep, rep.pos)
             else:
                 self.sent(rep, rep.pos, None, 0, time.monotonic_ns())
         if rep.pos < len(rep.rows):

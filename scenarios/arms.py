@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -31,6 +31,8 @@ class ArmOverrides(Strict):
     attacks: bool | None = None
     changes: list[Change] | None = None
     volume_factor: float | None = Field(None, gt=0)
+    # agent name -> the class settings this arm changes (e.g. a staging harness that signs drafts at once)
+    agent_settings: dict[str, dict[str, Any]] | None = None
 
 
 class Arms(Strict):

@@ -56,6 +56,9 @@ class _AgentBase(Strict):
     response: Literal[RESPONSES] | None = None  # type: ignore[valid-type]
     scope: list[ScopeEntry] = Field(default_factory=list)
     egress: list[str] = Field(default_factory=list)
+    # the EHR side opens a launch context (patient, encounter) for each piece of the agent's work;
+    # false: it runs without, so it cannot be bound and its policy gets a new-patient budget
+    launch_contexts: bool = True
 
     @field_validator("name")
     @classmethod

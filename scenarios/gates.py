@@ -19,6 +19,7 @@ class FidelityGate(Strict):
     interarrival_ks_max: float = Field(0.5155, ge=0, le=1)  # parity: KS on gaps between new contexts (docs/parity.md)
     burst_ratio_min: float = Field(0.3197, ge=0)
     context_ks_max: float = Field(0.3915, ge=0, le=1)  # parity: requests per context are small integers (docs/parity.md)
+    context_duration_ks_max: float = Field(0.30, ge=0, le=1)  # launch contexts: opening to closing (docs/parity.md; not calibrated yet)
     rate_headroom_min: float = Field(0.6845, ge=0)  # staging-built rate limit (burst) over production's busiest 5 minutes
 
 
@@ -73,3 +74,6 @@ class PolicySettings(Strict):
     lane_duration_margin: float = Field(1.0, ge=1)
     quarantine_hold_min: float | None = Field(15, gt=0)  # None: until released by an operator
     min_pair_count: int = Field(1, ge=1)  # a pair enters the envelope from this many staging requests
+    context_duration_margin: float = Field(2.0, ge=1)  # multiplies the longest launch context held in staging
+    context_open_margin: float = Field(2.0, ge=1)  # multiplies the most contexts open at once on a replica
+    new_patient_margin: float = Field(2.0, ge=1)  # multiplies the busiest 5 minutes of new patients

@@ -5,7 +5,7 @@ Resolved once per run (``resolve_arms``); every step takes the arms from there.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,6 +32,7 @@ class ResolvedArm(BaseModel):
     attacks: bool
     changes: tuple[Change, ...]
     volume_factor: float
+    agent_settings: dict[str, dict[str, Any]] = {}  # agent name -> settings this arm changes
 
 
 def resolve_arm(scenario: Scenario, arm: str) -> ResolvedArm:
@@ -60,6 +61,7 @@ def resolve_arm(scenario: Scenario, arm: str) -> ResolvedArm:
         attacks=o.attacks if o.attacks is not None else (not staging),
         changes=tuple(o.changes or []),
         volume_factor=o.volume_factor or 1.0,
+        agent_settings=dict(o.agent_settings or {}),
     )
 
 

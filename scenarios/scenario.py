@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, model_validator
 
 from paritybed.scenarios.arms import ARM_NAMES, Arms
 from paritybed.scenarios.baa import BaaRegistry
@@ -84,10 +84,43 @@ class Scenario(Strict):
             for i, om in enumerate(o.omit or []):
                 if om.agent not in names:
                     out.append((("arms", arm, "omit", i, "agent"), known, repr(om.agent)))
+            for name, changed in (o.agent_settings or {}).items():
+                where = ("arms", arm, "agent_settings", name)
+                if name not in names:
+                    out.append((where, known, repr(name)))
+                    continue
+                out += _settings_problems(self.agent(name), changed, where)
         return out
+
+    def agent_in(self, name: str, agent_settings: dict[str, dict[str, Any]]) -> ScribeAgent | CdsAgent | PriorAuthAgent:
+        """The fleet agent ``name`` with an arm's ``agent_settings`` applied to its settings."""
+        a = self.agent(name)
+        changed = agent_settings.get(name)
+        if not changed:
+            return a
+        settings = type(a.settings).model_validate({**a.settings.model_dump(), **changed})
+        return a.model_copy(update={"settings": settings})
 
     def agent(self, name: str) -> ScribeAgent | CdsAgent | PriorAuthAgent:
         for a in self.agents:
             if a.name == name:
                 return a
         raise KeyError(name)
+
+
+def _settings_problems(agent: ScribeAgent | CdsAgent | PriorAuthAgent, changed: dict[str, Any],
+                       where: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str, str]]:
+    """An arm's settings for an agent must be settings of the agent's class, with valid values."""
+    kind = type(agent.settings)
+    out: list[tuple[tuple[Any, ...], str, str]] = []
+    for key in changed:
+        if key not in kind.model_fields:
+            out.append((where + (key,), f"a {agent.agent_class} setting ({', '.join(kind.model_fields)})", repr(key)))
+    if out:
+        return out
+    try:
+        kind.model_validate({**agent.settings.model_dump(), **changed})
+    except ValidationError as e:
+        first = e.errors()[0]
+        out.append((where + tuple(first["loc"]), first["msg"].lower(), repr(first.get("input"))))
+    return out

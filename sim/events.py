@@ -161,7 +161,10 @@ def _attack(h: Ward, a: Attack) -> Iterator[simpy.Event]:
         if t >= h.arm.duration_ns or (rep and not every):
             return
         yield env.timeout(t - env.now)
-        ctx = em.context(agent.name, agent.agent_class, a.replica, f"attack:{a.name}:{rep}", "attack", "", "attack")
+        # A compromised replica presents the launch context it was given last (the strongest
+        # claim it holds): only that context's patient is in context for it.
+        ctx = em.context(agent.name, agent.agent_class, a.replica, f"attack:{a.name}:{rep}", "attack", "", "attack",
+                         launch_context=agent.last_launch.get(a.replica, ""))
         reqs = _attack_requests(h, agent, a, patients, rep)
         chunks = [reqs[i:i + ATTACK_CHUNK] for i in range(0, len(reqs), ATTACK_CHUNK)]
         span = ns_min(a.over_min)

@@ -82,7 +82,7 @@ class Hospital:
         self.sc, self.arm, self.pop = scenario, arm, population
         self.env = simpy.Environment()
         self.clock = scenario.start.clock(arm.duration_ns)
-        em = Emitter(arm.name, arm_rng(arm, STREAM_GAPS))
+        em = Emitter(arm.name, arm_rng(arm, STREAM_GAPS), scenario.policy.fhir_base)
         self.w = World(scenario, arm, population, em, Requests(em, scenario.policy.fhir_base),
                        Draws(arm_rng(arm, STREAM_MAIN)), self.clock, scenario.start.datetime())
         self.d = self.w.draws
@@ -92,7 +92,8 @@ class Hospital:
         self.vf = arm.volume_factor
         self.progress = progress
         kinds = {"ambient_scribe": Scribe, "cds": Cds, "prior_auth": PriorAuth}
-        self.agents: dict[str, AgentRuntime] = {a.name: kinds[a.agent_class](a, self.w) for a in scenario.agents}
+        self.agents: dict[str, AgentRuntime] = {
+            a.name: kinds[a.agent_class](scenario.agent_in(a.name, arm.agent_settings), self.w) for a in scenario.agents}
         self.scribes = [a for a in self.agents.values() if isinstance(a, Scribe)]
         self.cds = [a for a in self.agents.values() if isinstance(a, Cds)]
         self.prior_auth = [a for a in self.agents.values() if isinstance(a, PriorAuth)]

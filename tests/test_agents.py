@@ -134,7 +134,7 @@ def test_live_worker_replays_rows_and_says_when_each_was_sent_and_answered(rows,
     lane = next(r for r in rows if r["kind"] == "lane_open")
     commands += [command_for(egress, n) | {"address": f"127.0.0.1:{listener.getsockname()[1]}"},
                  {"row": n + 1, "kind": "egress", "address": f"127.0.0.1:{closed_port}", "calls": 3, "t_ns": 0},
-                 command_for(lane, n + 2) | {"sync": "lane"},  # the driver opens the lane, then says n+2
+                 command_for(lane, n + 2) | {"sync": "control"},  # the driver opens the lane, then says n+2
                  command_for(sample[0], n + 3, START) | {"sync": "wait"},  # same time as the row before
                  command_for(lane, n + 4)]  # a lane activation without the driver: not the worker's
     try:

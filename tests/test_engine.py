@@ -58,7 +58,7 @@ def test_envelope_pair_allowed_and_other_pair_denied():
     fhir(b, 2, "Patient", "read")
     dec, why, ev = run(b, pol())
     assert dec == [ALLOW, DENY] and why == ["", "type-not-in-envelope"]
-    assert ev == [{"row": 1, "t_ns": 2, "event": "deny", "reason": "type-not-in-envelope"}]
+    assert ev == [{"row": 1, "t_ns": 2, "event": "deny", "reason": "type-not-in-envelope", "touch": "Patient:read"}]
 
 
 def test_unclassifiable_shape_denied_unless_allowed():

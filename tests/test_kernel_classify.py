@@ -15,10 +15,15 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from paritybed.enforcer import classify as C
+from paritybed.enforcer import classify as C, grammar as G
 from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, Policy
 from paritybed.enforcer.registry import Registry, save_registry
-from test_classify import FAMILY_EXAMPLES
+from test_classify import EVASIONS, FAMILY_EXAMPLES, NAME_EXAMPLES, TOUCH_EXAMPLES
+
+#: ordinary parameters of Observation (and every type's), the result parameters: names the generator
+#: starts from (the grammar's tables, enforcer/grammar.py, are the whole list)
+PARAM_SAMPLE = ("_id", "_lastUpdated", "code", "subject", "patient", "date", "status", "category", "encounter",
+                "value-quantity", *G.RESULT)
 
 pytestmark = pytest.mark.bpf
 
@@ -35,7 +40,8 @@ class Kernel:
                        wait=False)
         assert r["ok"], r
         evs = [e for e in self.ke.drain() if e.get("kind") == "fhir"]
-        return [(e["shape"], e["resource_type"], e["interaction"], e.get("claim_hash")) for e in evs]
+        return [(e["shape"], e["resource_type"], e["interaction"], e.get("claim_hash"), tuple(e.get("touches", ())),
+                 tuple(e.get("named_patients", ())), bool(e.get("unknown_patient")), e.get("context")) for e in evs]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,10 @@ def python_view(writes: list[bytes]) -> list[tuple | None]:
         s.commit(True)
         if c is not None:
             claim = f"{C.fnv1a64(c.claim):016x}" if c.claim is not None else None
-            out.append((c.shape, c.resource_type, c.interaction, claim))
+            ctx = f"{C.fnv1a64(c.context):016x}" if c.context is not None else None
+            first = (f"{C.fnv1a64(c.patients[0]):016x}",) if c.patients else ()
+            touches = tuple(f"{t}:{i}" for t, i in c.touches)
+            out.append((c.shape, c.resource_type, c.interaction, claim, touches, first, c.unknown_patient, ctx))
     return out
 
 
@@ -76,11 +85,19 @@ def test_family_examples_in_the_kernel(kernel: Kernel, raw: str, shape: str, rty
     assert k[:3] == (shape, rtype, inter)
 
 
+@pytest.mark.parametrize("raw", [e[0] for e in EVASIONS + TOUCH_EXAMPLES + NAME_EXAMPLES])
+def test_touches_names_and_evasions_in_the_kernel(kernel: Kernel, raw: str) -> None:
+    """The examples of what a request touches and names, and the evasions of those forms (an
+    include through an encoded colon, a double-encoded chain, a compartment with a dot
+    segment, ...): the kernel reads each as classify.py does, touches and names included."""
+    assert kernel.classify([raw.encode("latin-1")]) == python_view([raw.encode("latin-1")])
+
+
 def test_every_name_the_kernel_looks_up(kernel: Kernel) -> None:
     """Every entry of the kernel's name table (all R4 type names, the parameter names with a
     meaning, the headers the parser knows, in two cases) is found where classify.py finds it."""
     raws = [f"GET /fhir/{t} HTTP/1.1\r\n\r\n" for t in C.R4_TYPES]
-    raws += [f"GET /fhir/Observation?{p}=1 HTTP/1.1\r\n\r\n" for p in (*C.SAFE_PARAMS, *C.SPECIAL_PARAMS)]
+    raws += [f"GET /fhir/Observation?{p}=1 HTTP/1.1\r\n\r\n" for p in (*PARAM_SAMPLE, *G.SPECIAL)]
     headers = ("Content-Length", "Transfer-Encoding", C.CLAIM_HEADER, *C.OVERRIDE_HEADERS)
     raws += [f"GET /fhir/Observation HTTP/1.1\r\n{h}: 1\r\n\r\n" for h in headers]
     raws += [f"GET /fhir/Observation HTTP/1.1\r\n{h.upper()}: 1\r\n\r\n" for h in headers]
@@ -97,7 +114,7 @@ ID_ALPHABET = "abcXYZ019-"
 IDS = st.one_of(st.text(ID_ALPHABET, min_size=1, max_size=8), st.text(ID_ALPHABET + "._%/$+", max_size=70))
 SEGMENT = st.one_of(IDS, st.sampled_from(["_history", "$everything", "$graphql", "$GRAPHQL", "$export", "Observation",
                                           "_search", "..", ".", "", "_histor", "_historyx", "$ever%74hing"]))
-PNAMES = st.one_of(st.sampled_from(list(C.SAFE_PARAMS) + ["_include", "_revinclude:iterate", "_type", "_has:Observation:patient:code",
+PNAMES = st.one_of(st.sampled_from(list(PARAM_SAMPLE) + ["_include", "_revinclude:iterate", "_type", "_has:Observation:patient:code",
                                                            "name", "code:text", "subject.name", "subject:Patient.name",
                                                            "_elements", "", "_count%3A", "a+b"]),
                    st.text("abcdefghijklmnopqrstuvwxyz_:.-", max_size=20))

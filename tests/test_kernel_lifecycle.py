@@ -1,5 +1,5 @@
 """The kernel enforcer outlives its control plane: pinned state, fail-closed enforcement while the
-control plane is dead (a lane still closes on time), adoption by a new control plane without a
+control plane is dead (a lane and a launch context still close on time), adoption by a new control plane without a
 gap, events lost to a full ring buffer counted exactly, and cleanup removing everything.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, LanePolicy, Pair, Policy, save_policy
+from paritybed.enforcer.policy import AgentPolicy, ContextPolicy, FhirPolicy, LanePolicy, Pair, Policy, save_policy
 from paritybed.enforcer.registry import Registry, save_registry
 
 pytestmark = pytest.mark.bpf
@@ -40,7 +40,9 @@ ke = KernelEnforcer(load_policy(policy), Path(registry), start=dt.datetime.now(d
                     name=name, event_log=Path(log))
 ke.add_replica("cds", 0)
 ke.open_lane("cds", 0, "cb-1", "code_blue", int(float(lane_s) * 1e9), ke.now_ns())
-print(json.dumps({"dir": str(ke.replica_dir("cds", 0))}), flush=True)
+ke.add_replica("scribe", 0)
+ke.open_context("scribe", 0, "lc-1", "p1", "", int(float(lane_s) * 1e9), ke.now_ns())
+print(json.dumps({"dir": str(ke.replica_dir("cds", 0)), "scribe": str(ke.replica_dir("scribe", 0))}), flush=True)
 time.sleep(3600)
 """
 
@@ -52,7 +54,10 @@ def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
     sink = Sink()
     policy = Policy(agents={"cds": AgentPolicy(
         agent_class="cds", fhir=FhirPolicy(server=sink.address, allow=[Pair(type="Observation", interaction="search")]),
-        lanes={"code_blue": LanePolicy(allow=[Pair(type="Patient", interaction="read")], max_duration_s=60)})})
+        lanes={"code_blue": LanePolicy(allow=[Pair(type="Patient", interaction="read")], max_duration_s=60)}),
+        "scribe": AgentPolicy(
+            agent_class="ambient_scribe", fhir=FhirPolicy(server=sink.address, allow=[Pair(type="Patient", interaction="read")]),
+            context=ContextPolicy(bound=True, max_duration_s=60, max_open=4))})
     save_policy(policy, tmp_path / "policy.json")
     save_registry(Registry(version=1), tmp_path / "baa.json")
     yield {"sink": sink, "policy": policy, "tmp": tmp_path}
@@ -75,7 +80,7 @@ def test_enforcement_survives_the_control_plane_and_is_adopted_without_a_gap(set
     cp = subprocess.Popen([sys.executable, "-c", CONTROL_PLANE, str(tmp / "policy.json"), str(tmp / "baa.json"), name,
                            str(tmp / "events-1.jsonl"), str(lane_s)], stdout=subprocess.PIPE, text=True)
     ke = None
-    p = None
+    p = scribe = None
     try:
         line = cp.stdout.readline()
         lane_opened = time.monotonic()
@@ -83,9 +88,15 @@ def test_enforcement_survives_the_control_plane_and_is_adopted_without_a_gap(set
         cgroup = Path(json.loads(line)["dir"])
         p = _probe(cgroup)
         http = lambda raw: p(op="http", addr=sink.address, writes=[raw], fresh=True)  # noqa: E731
+        scribe = _probe(Path(json.loads(line)["scribe"]))
+        in_ctx = lambda pid: scribe(op="http", addr=sink.address, fresh=True, writes=[  # noqa: E731
+            f"GET /fhir/Patient/{pid} HTTP/1.1\r\nHost: fhir\r\nX-Launch-Context: lc-1\r\n\r\n"])
         assert http(LANE)["status"] == 200
         cp.send_signal(signal.SIGKILL)
         cp.wait(timeout=5)
+        # the launch context holds its patient and no other
+        assert in_ctx("p1")["status"] == 200
+        assert in_ctx("p2")["errno"] == errno.EACCES
         # the control plane is dead: the kernel goes on deciding, and closes the lane on time
         assert http(OBS)["status"] == 200
         assert http(PATIENT)["errno"] == errno.EACCES
@@ -93,14 +104,16 @@ def test_enforcement_survives_the_control_plane_and_is_adopted_without_a_gap(set
         assert http(LANE)["status"] == 200
         time.sleep(max(0.0, lane_opened + lane_s + 0.3 - time.monotonic()))
         assert http(LANE)["errno"] == errno.EACCES  # expired: checked by the kernel alone
+        assert in_ctx("p1")["errno"] == errno.EACCES  # the launch context too
         # a new control plane takes over while requests keep flowing: no request passes or fails wrongly
         results: list[tuple[float, str, dict[str, Any]]] = []
         stop = threading.Event()
 
         def traffic() -> None:
-            while not stop.is_set():
+            while not stop.is_set():  # paced: the denials must fit the ring buffer while nobody reads it
                 for raw, label in ((OBS, "allowed"), (PATIENT, "denied")):
                     results.append((time.monotonic(), label, http(raw)))
+                time.sleep(0.004)
 
         th = threading.Thread(target=traffic)
         th.start()
@@ -127,6 +140,8 @@ def test_enforcement_survives_the_control_plane_and_is_adopted_without_a_gap(set
             cp.kill()
         if p is not None:
             p.close()
+        if scribe is not None:
+            scribe.close()
         if ke is not None:
             ke.close()
         cleanup(name)
@@ -156,7 +171,7 @@ def test_lost_events_are_counted_exactly(setup: dict[str, Any]) -> None:
         read = [e for e in ke2.drain() if e.get("event") in ("request", "deny", "alert")]
         decisions = sum(sum(v.values()) for v in ke2.counters().values())
         lost = ke2.lost_events()
-        assert decisions == n + 1  # the requests and the one connect
+        assert decisions == n + 1, ke2.counters()  # the requests and the one connect
         assert lost > 0
         assert len(read) + lost == decisions
         assert 0 < len(read) < 60  # what fits in one page

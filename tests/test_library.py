@@ -23,7 +23,7 @@ from paritybed.scenarios import PopulationSettings, load_scenario
 REPO = Path(__file__).resolve().parent.parent
 LIB = REPO / "scenarios"
 HOUR = 3_600_000_000_000
-FLAWED = ("uniform-staging", "missing-diagnosticreport", "no-break-glass", "hotfix-egress")
+FLAWED = ("uniform-staging", "missing-diagnosticreport", "no-break-glass", "hotfix-egress", "short-staging-contexts")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,9 @@ def test_default_staging_arm_matches_production_shapes(traces):
     lanes = lambda x: set(col(x.filter(pc.equal(x["kind"].cast(pa.string()), "lane_open")), "lane"))
     assert lanes(stag) == {"code_blue", "rapid_response", "ed_triage"} == lanes(prod)
     labels = set(col(prod, "label")) - {""}
-    assert {x for x in labels if x.startswith("attack:")} == {"attack:cds-exfil"}  # day 3 02:17; the others come later
+    # cds-result-sweep on day 2 14:20, cds-exfil and prior-auth-coverage-sweep on day 3; the others come later
+    assert {x for x in labels if x.startswith("attack:")} == {"attack:cds-exfil", "attack:cds-result-sweep",
+                                                             "attack:prior-auth-coverage-sweep"}
     assert not {x for x in col(stag, "label") if x.startswith("attack:")}
 
 
@@ -99,7 +101,7 @@ def test_uniform_staging_is_flat_by_hour_where_production_is_bursty(traces):
 def test_missing_diagnosticreport_staging_never_reads_it(traces):
     t = traces("missing-diagnosticreport")
     dr = lambda x: [p for p in pairs(x) if p[0] == "cds" and p[1] == "DiagnosticReport"]
-    assert len(dr(t["production"])) == 2  # search and read
+    assert dr(t["production"]) == [("cds", "DiagnosticReport", "search")]  # by patient, and by id patient-scoped
     assert dr(t["staging"]) == []
     assert pairs(t["production"]) - pairs(t["staging"]) == set(dr(t["production"]))
 
@@ -126,3 +128,48 @@ def test_hotfix_egress_only_in_production_after_the_change(traces):
         after = table.filter(pc.greater_equal(table["t_ns"], since))
         queries = len(set(col(after.filter(pc.equal(after["context_kind"].cast(pa.string()), "query")), "context_id")))
         assert 0.15 < e.num_rows / queries < 0.25  # share 0.2 of the CDS queries
+
+
+def held_s(t: pa.Table, agent: str) -> np.ndarray:
+    """How long each launch context of ``agent`` was held (opening to closing), in seconds."""
+    rows = t.filter(pc.equal(t["agent"].cast(pa.string()), agent))
+    since, out = {}, []
+    for r in rows.select(["kind", "replica", "launch_context", "t_ns"]).to_pylist():
+        key = (r["replica"], r["launch_context"])
+        if r["kind"] == "context_open":
+            since[key] = r["t_ns"]
+        elif r["kind"] == "context_close" and key in since:
+            out.append((r["t_ns"] - since.pop(key)) / 1e9)
+    return np.asarray(out)
+
+
+def test_short_staging_contexts_close_at_the_first_write_in_staging_only(traces):
+    t = traces("short-staging-contexts")
+    prod, stag = held_s(t["production"], "scribe"), held_s(t["staging"], "scribe")
+    assert len(prod) > 100 and len(stag) > 100
+    assert np.median(stag) < 90 < 300 < np.median(prod)  # the draft a minute in; production signs minutes later
+    for agent in ("cds", "prior-auth"):  # only the scribe's arm differs
+        assert abs(np.median(held_s(t["production"], agent)) - np.median(held_s(t["staging"], agent))) < 10
+
+
+def test_every_request_of_the_work_presents_its_open_launch_context(traces):
+    """The hospital opens a context where the work starts and closes it after the work's last
+    request: every legitimate request of an agent presents a context that is open when it is sent
+    (break-glass rows present none)."""
+    t = legit(traces("community-hospital-week")["production"])
+    rows = t.select(["kind", "agent", "replica", "launch_context", "lane", "t_ns"]).to_pylist()
+    open_now: set[tuple] = set()
+    seen_kinds = set()
+    for r in rows:
+        key = (r["agent"], r["replica"], r["launch_context"])
+        if r["kind"] == "context_open":
+            open_now.add(key)
+        elif r["kind"] == "context_close":
+            open_now.discard(key)
+        elif r["kind"] == "fhir":
+            if r["lane"]:
+                assert not r["launch_context"]
+                continue
+            assert key in open_now, r
+            seen_kinds.add(r["agent"])
+    assert seen_kinds == {"scribe", "cds", "prior-auth"}

@@ -24,7 +24,9 @@ from paritybed.scenarios import At, PopulationSettings, Scenario, load_scenario,
 REPO = Path(__file__).resolve().parent.parent
 SCENARIO = REPO / "scenarios" / "community-hospital-week.yaml"
 DAYS = 2
-NAMES = ("community-hospital-week", "uniform-staging", "missing-diagnosticreport", "no-break-glass", "hotfix-egress")
+NAMES = ("community-hospital-week", "uniform-staging", "missing-diagnosticreport", "no-break-glass", "hotfix-egress",
+         "short-staging-contexts")
+BINDING = ("out-of-context", "context-not-in-envelope", "new-patient-budget")
 
 
 def shortened(name: str, shared: Path) -> Scenario:
@@ -83,6 +85,69 @@ def test_community_hospital_fails_only_on_the_sweep_the_rate_limit_lets_through(
     assert sweep["rows"] == 400 and 0 < sweep["through"] < 400 and sweep["oracle_through"] > 0
     assert r["under_blocks"]["total"] == sweep["through"]  # the sweep is the only attack that gets anywhere
     assert r["staging"] == {"safe": True, "unsafe_because": []}
+
+
+@pytest.mark.parametrize("name", ("community-hospital-week", "missing-diagnosticreport", "hotfix-egress"))
+def test_the_binding_over_blocks_no_legitimate_request_where_staging_shows_the_contexts(runs, name):
+    doc, _ = runs(name)
+    assert doc["replay"]["binding"]["over_blocks"] == 0, doc["replay"]["binding"]
+
+
+def test_the_binding_adds_to_the_consequences_of_the_two_flaws_it_shares(runs):
+    """Uniform staging also learns too few contexts open at once (production's morning peak opens
+    more: refused, then out of context), and without break-glass the accesses a lane would have
+    covered leave their context: the verdicts were failing for those flaws already."""
+    import pyarrow.parquet as pq
+
+    uni, _ = runs("uniform-staging")
+    assert uni["verdict"] == "fail"
+    assert set(uni["replay"]["binding"]["over_blocks_by_reason"]) <= {"out-of-context", "context-not-in-envelope"}
+    nbg, out = runs("no-break-glass")
+    assert nbg["verdict"] == "fail" and set(nbg["replay"]["binding"]["over_blocks_by_reason"]) == {"out-of-context"}
+    rp = pq.read_table(out / "replay.parquet", columns=["reason", "expected", "claim_id"]).to_pylist()
+    assert all(r["claim_id"] for r in rp if r["reason"] == "out-of-context" and r["expected"] == "allow")
+
+
+def test_every_attack_is_caught_at_its_first_out_of_context_request(runs):
+    """The in-envelope attacks (every pair is the agent's own) are denied at their first request
+    naming a patient outside the replica's launch context; the sweep reaches at most the patient
+    of the context the compromised replica presents."""
+    import pyarrow.parquet as pq
+
+    doc, out = runs("community-hospital-week")
+    attacks = {a["name"]: a for a in doc["replay"]["attacks"]}
+    for name in ("scribe-patient-sweep", "cds-result-sweep", "prior-auth-coverage-sweep"):
+        a = attacks[name]
+        assert a["caught"] and a["first_reason"] == "out-of-context", a
+        assert a["patients_reached"] <= 1, a
+    rp = pq.read_table(out / "replay.parquet", columns=["label", "decision", "reason", "named_patients", "launch_context",
+                                                      "agent", "replica", "kind", "patient_id", "t_ns"])
+    rows = rp.to_pylist()
+    ctx_patient = {}
+    for r in rows:
+        if r["kind"] == "context_open":
+            ctx_patient[(r["agent"], r["replica"], r["launch_context"])] = r["patient_id"]
+        if r["label"].startswith("attack:") and r["kind"] == "fhir":
+            if r["decision"] == "allow":  # only the presented context's own patient gets through
+                assert r["named_patients"] == [ctx_patient[(r["agent"], r["replica"], r["launch_context"])]]
+            elif r["reason"] not in ("quarantined",):
+                assert r["reason"] in ("out-of-context", "type-not-in-envelope"), r
+
+
+def test_short_staging_contexts_fail_fidelity_on_context_durations_and_block_the_signature(runs):
+    doc, out = runs("short-staging-contexts")
+    assert doc["verdict"] == "fail"
+    assert failing(doc, "fidelity") == {("ambient_scribe", "context_duration_ks")}
+    m = next(m for m in doc["criteria"]["fidelity"]["metrics"] if m["name"] == "context_duration_ks"
+             and m["agent_class"] == "ambient_scribe")
+    assert m["detail"]["production_share_held_longer"] > 0.5
+    ob = doc["replay"]["over_blocks"]
+    assert ob["by_reason"].get("out-of-context", 0) > 0 and set(ob["by_agent"]) == {"scribe"}
+    import pyarrow.parquet as pq
+
+    rp = pq.read_table(out / "replay.parquet", columns=["agent", "method", "resource_type", "reason", "expected"])
+    over = [r for r in rp.to_pylist() if r["reason"] == "out-of-context" and r["expected"] == "allow"]
+    assert {(r["method"], r["resource_type"]) for r in over} == {("PUT", "Encounter")}  # the signature's write
 
 
 def test_uniform_staging_fails_rate_headroom_burst_and_hours_with_over_blocks_in_the_morning(runs):

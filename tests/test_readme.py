@@ -97,23 +97,23 @@ def test_the_policy_is_content_hashed_with_pairs_gcra_egress_lanes_and_response(
     assert {"code_blue", "rapid_response"} <= set(pol.agents["cds"].lanes)
 
 
-def test_the_default_stories_no_over_blocks_and_three_attacks_caught(week):
-    """README library table: 0 over-blocks; the three injected attacks caught, the scribe's Patient
-    sweep only by the rate limit (some of its 400 reads get through: an under-block the report names)."""
+def test_the_default_stories_no_over_blocks_and_five_attacks_caught(week):
+    """README library table: 0 over-blocks; the five injected attacks caught at their first
+    request, the three in-envelope sweeps by the launch-context binding (none reaches a patient
+    beyond the one its replica was launched for)."""
     _, out = week
     r = doc(out)["replay"]
     assert r["over_blocks"]["total"] == 0
-    assert r["attacks_injected"] == 3 and r["attacks_caught"] == 3
+    assert r["attacks_injected"] == 5 and r["attacks_caught"] == 5
     by = {a["name"]: a for a in r["attacks"]}
     assert by["cds-exfil"]["caught_at_first_contact"] and by["cds-exfil"]["first_reason"] == "egress-not-in-BAA"
     assert by["prior-auth-immunizations"]["caught_at_first_contact"]
     assert by["prior-auth-immunizations"]["first_reason"] == "type-not-in-envelope"
-    sweep = by["scribe-patient-sweep"]
-    assert sweep["rows"] == 400 and sweep["first_reason"] == "rate-exceeded" and not sweep["caught_at_first_contact"]
-    through = r["under_blocks"]["by_label"]["attack:scribe-patient-sweep"]["allowed"]
-    assert 0 < through < 400 and r["under_blocks"]["total"] == through
+    for name in ("scribe-patient-sweep", "cds-result-sweep", "prior-auth-coverage-sweep"):
+        assert by[name]["first_reason"] == "out-of-context" and by[name]["patients_reached"] <= 1, by[name]
+    assert by["scribe-patient-sweep"]["rows"] == 400
     report = (out / "report.html").read_text()
-    assert "scribe-patient-sweep" in report and str(through) in report
+    assert "scribe-patient-sweep" in report and "Patients reached" in report
 
 
 # ------------------------------------------------------------------------------------ Output files
