@@ -38,7 +38,7 @@ def _fmt(v: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="", help="comma-separated bench names (fhir, sim, replay, enforcement, overhead, live)")
+    ap.add_argument("--only", default="", help="comma-separated bench names (fhir, sim, replay, enforcement, overhead, live, population)")
     ap.add_argument("--json", default="", help="also write the rows as JSON to this file")
     args = ap.parse_args(argv)
     only = {x.strip() for x in args.only.split(",") if x.strip()}

@@ -36,7 +36,7 @@ def _arms():
         sc = load_scenario(REPO / "scenarios" / "community-hospital-week.yaml")
         sc = sc.model_copy(update={"population": PopulationSettings(folder=str(SHARED))})
         arms = resolve_arms(sc)
-        sims = simulate_arms(sc, arms, prepare_populations(arms), parallel=True)
+        sims = simulate_arms(sc, arms, prepare_populations(sc, arms), parallel=True)
         return sc, sims["production"].table, sims["staging"].table, "real simulation, 1 week"
     from paritybed.parity import synthetic as sy
 

@@ -63,7 +63,7 @@ def _populations(scenario):
 
     t0 = time.perf_counter()
     try:
-        pops = prepare_populations(resolve_arms(scenario))
+        pops = prepare_populations(scenario, resolve_arms(scenario))
         generated = any(p.generated for p in pops.values())
         note = f"Synthea populations ({', '.join(f'{a}: {len(p.index.patients)} patients' for a, p in pops.items())})"
         if generated:

@@ -39,7 +39,9 @@ from paritybed.fhir.bundles import (
 )
 
 #: Bump when the index layout changes, so stale pickles are not reused.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+#: meta.tag system of the encounter a derived patient was built around (fhir/reidentify.py).
+VISIT_SYSTEM = "https://paritybed.dev/fhir/derived/visit"
 #: Fields that tie a resource to its patient (FHIR search parameters patient/subject/beneficiary).
 PATIENT_FIELDS = ("subject", "patient", "beneficiary")
 
@@ -65,6 +67,7 @@ class EncounterInfo:
     start: datetime | None
     end: datetime | None
     practitioner_id: str | None
+    visit: str = ""  # a derived patient's visit (the encounter the copy was built around): ed, inpatient, ...
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,16 @@ class Population:
     def encounters_by_class(self, class_code: str) -> list[EncounterInfo]:
         """Encounters whose ``Encounter.class.code`` is `class_code` ('AMB', 'EMER', 'IMP', ...)."""
         return [e for e in self.encounters if e.class_code == class_code]
+
+    def visits(self, kind: str) -> list[EncounterInfo]:
+        """The visits of `kind` (``ed``, ``inpatient``, ``outpatient``) derived patients were built
+        around (fhir/derive.py): one per derived patient."""
+        return [e for e in self.encounters if e.visit == kind]
+
+    @property
+    def derived(self) -> bool:
+        """True for a population of derived patients (fhir/derive.py): each has one visit."""
+        return any(e.visit for e in self.encounters)
 
     def ids(self, patient_id: str, resource_type: str) -> list[str]:
         """Sorted ids of `resource_type` whose subject/patient/beneficiary is the patient."""
@@ -167,7 +180,7 @@ def load_population(
     files = synthea_files(Path(folder))
     folder_path = files[0].parent
     fp = fingerprint_files(files)
-    pickle_path = cache_dir() / "population-index" / f"v{INDEX_VERSION}-{'strict-' if strict else ''}{fp}.pickle"
+    pickle_path = index_path(fp, strict)
     if use_cache and pickle_path.is_file():
         cached = _read_pickle(pickle_path)
         if cached is not None:
@@ -183,6 +196,17 @@ def load_population(
     if use_cache:
         _write_pickle(pickle_path, pop)
     return pop
+
+
+def index_path(fingerprint: str, strict: bool = False) -> Path:
+    """Where the built index of a folder with this fingerprint is cached."""
+    return cache_dir() / "population-index" / f"v{INDEX_VERSION}-{'strict-' if strict else ''}{fingerprint}.pickle"
+
+
+def cache_index(pop: Population) -> None:
+    """Cache an index built elsewhere from the same bundles (fhir/derive.py builds the index
+    of the bundles it writes), so `load_population` of the folder does not parse them again."""
+    _write_pickle(index_path(pop.fingerprint), pop)
 
 
 def _read_pickle(path: Path) -> Population | None:
@@ -208,7 +232,7 @@ def _write_pickle(path: Path, pop: Population) -> None:
 def _build(
     folder: Path, files: list[Path], fp: str, *, strict: bool, progress: Callable[[int, int], None] | None
 ) -> Population:
-    ix = _Indexer()
+    ix = Indexer()
     skipped: list[Path] = []
     for n, path in enumerate(files, 1):
         try:
@@ -219,9 +243,7 @@ def _build(
             warnings.warn(f"skipped {path}: {e.message.removeprefix(f'{path}: ')}", PopulationWarning, stacklevel=3)
             skipped.append(path)
         else:
-            if is_infrastructure(path):
-                ix.conditional.update(conditional_targets(bundle))
-            ix.add(prepare_for_load(bundle))
+            ix.add_file(path, bundle)
         if progress:
             progress(n, len(files))
     if not ix.patients:
@@ -229,7 +251,7 @@ def _build(
     return ix.finish(folder, files, fp, skipped)
 
 
-class _Indexer:
+class Indexer:
     """Accumulates one folder's resources; `finish` turns them into a Population."""
 
     def __init__(self) -> None:
@@ -244,6 +266,12 @@ class _Indexer:
         self.types: Counter = Counter()
         self.eob_coverage: dict[str, str] = {}  # claim id -> coverage id (from the claim's EOB)
         self.meds: Counter = Counter()
+
+    def add_file(self, path: Path, bundle: dict[str, Any]) -> None:
+        """One bundle file of the folder, as `load_population` reads it (in load order)."""
+        if is_infrastructure(path):
+            self.conditional.update(conditional_targets(bundle))
+        self.add(prepare_for_load(bundle))
 
     def add(self, bundle: dict[str, Any]) -> None:
         for entry in bundle.get("entry", []):
@@ -297,6 +325,8 @@ class _Indexer:
             start=_datetime(period.get("start")),
             end=_datetime(period.get("end")),
             practitioner_id=practitioner,
+            visit=next((t.get("code", "") for t in (r.get("meta") or {}).get("tag", [])
+                        if isinstance(t, dict) and t.get("system") == VISIT_SYSTEM), ""),
         )
 
     def finish(self, folder: Path, files: list[Path], fp: str, skipped: list[Path]) -> Population:

@@ -251,6 +251,26 @@ class Store:
         with self.lock:
             return self.conn.execute(sql, args).fetchall()
 
+    def is_empty(self) -> bool:
+        """No resource was ever written (a new database)."""
+        return not self.query("SELECT 1 FROM resources LIMIT 1", ())
+
+    def restore(self, path: str | Path) -> None:
+        """Replace this (empty) database by a copy of the database file `path` (SQLite's online
+        backup: pages, not rows; a prebuilt population loads in seconds, fhir/bulk.py)."""
+        with self.lock:
+            if not self.is_empty():
+                raise ValueError("restore needs an empty store")
+            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                src.backup(self.conn)
+            finally:
+                src.close()
+            self.conn.executescript(SCHEMA)  # tables added to the schema since `path` was made
+            row = self.conn.execute("SELECT max(lu) FROM resources").fetchone()
+            self._last_lu = max(self._last_lu, row[0] or 0.0)
+            self._remembered.clear()  # searches answered while empty (the counters may match)
+
     def rows_by_rid(self, rids: list[int]) -> list[tuple[int, str, str, bytes]]:
         """(rid, type, id, body) of live resources, in the order of ``rids`` (a search page)."""
         if not rids:

@@ -112,7 +112,11 @@ def demo_command(
                              "reference engine (model mode); live or model to choose"),
 ) -> None:
     """The default scenario end to end, then its production patients loaded into an embedded
-    FHIR server database (OUT/fhir.db, serve it with `paritybed fhir serve --db OUT/fhir.db`)."""
+    FHIR server database (OUT/fhir.db, serve it with `paritybed fhir serve --db OUT/fhir.db`).
+
+    The production arm's derived population is built into its prebuilt database (fhir/bulk.py)
+    by a background process alongside the simulation (live mode's server starts from it, waiting
+    for the build if it is not done), then copied into OUT/fhir.db."""
     from paritybed.live import unavailable_reason
     from paritybed.run import LiveOptions
 
@@ -129,23 +133,25 @@ def demo_command(
     else:
         err.print(f"[bold]the reference engine decides production[/] (model mode): {why}", highlight=False,
                   soft_wrap=True)
-    result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True,
-                               live=LiveOptions() if live else None)
+    builder = PrebuiltInBackground()
+    try:
+        result = run_with_progress(DEFAULT_SCENARIO, out_dir, parallel=True, score=True,
+                                   live=LiveOptions() if live else None,
+                                   populations_ready=lambda pops: builder.start(pops["production"].folder))
+    except BaseException:
+        builder.stop()
+        raise
     print_run(result.summary, result.traces)
     if result.live is not None:
         print_live(result.live)
     from paritybed.fhir.loader import build_db
 
     db = Path(out_dir) / "fhir.db"
-    if db.exists():
-        db.unlink()
-    folders = []
-    for name in ("production", "staging"):
-        f = result.populations[name].folder
-        if f not in folders:
-            folders.append(f)
-    with err.status(f"loading the patients of both arms into the embedded FHIR server ({db})"):
-        counts = build_db(folders, db)
+    for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        stale.unlink(missing_ok=True)
+    with err.status(f"loading the production patients into the embedded FHIR server ({db})"):
+        builder.join()
+        counts = build_db([result.populations["production"].folder], db)
     from rich.table import Table
 
     t = Table(title=f"embedded FHIR server database {db}", title_justify="left")
@@ -157,6 +163,45 @@ def demo_command(
     out.print(f"serve it: paritybed fhir serve --db {db}   (http://127.0.0.1:8080/fhir)", highlight=False)
     print_verdict(result.verdict)
     require_agreement(result.live)
+
+
+class PrebuiltInBackground:
+    """Builds a derived population's prebuilt database in a forked process (CPU-bound: it runs
+    beside the simulation instead of after it); `join` waits for it, `stop` ends it.  Anything it
+    cannot do is done again, with its error, by the load that follows.  Not a daemon process: the
+    build forks processes of its own (fhir/bulk.py), which a daemon process may not."""
+
+    def __init__(self) -> None:
+        self.proc: Any = None
+
+    def start(self, folder: Path) -> None:
+        import multiprocessing as mp
+
+        if "fork" not in mp.get_all_start_methods():
+            return
+        from paritybed.fhir.bulk import prebuilt
+
+        self.proc = mp.get_context("fork").Process(target=_quiet(prebuilt), args=(Path(folder),))
+        self.proc.start()
+
+    def join(self) -> None:
+        if self.proc is not None:
+            self.proc.join()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join()
+
+
+def _quiet(fn: Any) -> Any:
+    """`fn` for a background process: failures are left to the foreground load to report."""
+    def run(*args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException:  # noqa: BLE001 - the foreground load repeats the work and reports
+            pass
+    return run
 
 
 def validate_command(
@@ -189,7 +234,8 @@ def run_with_progress(scenario: Path, out_dir: Path, **kw: Any):
 
     from paritybed.run import run_scenario
 
-    labels = {"synthea": "Synthea patients", "index": "index population", "simulate": "simulate",
+    labels = {"synthea": "Synthea patients", "derive": "derive distinct patients", "index": "index population",
+              "simulate": "simulate",
               "live": "live: requests through the kernel"}
     live = kw.get("live") is not None
     with Progress(TextColumn("{task.description:<44}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),

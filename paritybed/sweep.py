@@ -124,7 +124,7 @@ def noise_row(scenario_path: Path) -> dict[str, Any]:
     arms = resolve_arms(scenario)
     first = arms["staging"]
     second = first.model_copy(update={"seed": first.seed + 1, "population": arms["production"].population})
-    pops = prepare_populations(arms)
+    pops = prepare_populations(scenario, arms)
     start = scenario.start.datetime()
     production = simulate_arm(scenario, arms["production"], pops["production"].index)
     a = simulate_arm(scenario, first, pops["staging"].index)

@@ -47,8 +47,8 @@ def resolve_arm(scenario: Scenario, arm: str) -> ResolvedArm:
     pop = o.population
     if pop is None:
         pop = scenario.population
-        if staging and pop.synthea is not None:
-            pop = PopulationSettings(synthea=pop.synthea.model_copy(update={"seed": pop.synthea.seed + 1000}))
+        if staging:
+            pop = _staging_population(pop)
     return ResolvedArm(
         name=arm,  # type: ignore[arg-type]
         seed=o.seed if o.seed is not None else scenario.seed + (1 if staging else 0),
@@ -63,6 +63,16 @@ def resolve_arm(scenario: Scenario, arm: str) -> ResolvedArm:
         volume_factor=o.volume_factor or 1.0,
         agent_settings=dict(o.agent_settings or {}),
     )
+
+
+def _staging_population(pop: PopulationSettings) -> PopulationSettings:
+    """Different patients from the same generator: Synthea seed + 1000, derive seed + 1000."""
+    update = {}
+    if pop.synthea is not None:
+        update["synthea"] = pop.synthea.model_copy(update={"seed": pop.synthea.seed + 1000})
+    if pop.derive is not None:
+        update["derive"] = pop.derive.model_copy(update={"seed": pop.derive.seed + 1000})
+    return pop.model_copy(update=update)
 
 
 def resolve_arms(scenario: Scenario) -> dict[str, ResolvedArm]:

@@ -48,10 +48,10 @@ from paritybed.fhir.population import Population
 from paritybed.scenarios import ARM_NAMES, ResolvedArm, Scenario
 from paritybed.sim import events
 from paritybed.sim.arrivals import clinic_times, nhpp, normalised, weekday_multipliers
-from paritybed.sim.pools import CHAINS, Panels, build_pool
+from paritybed.sim.pools import CHAINS, Panels, Visits, build_pool
 
 #: Independent random streams per arm (adding draws to one does not shift the others).
-STREAM_MAIN, STREAM_ARRIVALS, STREAM_GAPS, STREAM_EVENTS = 1, 2, 3, 4
+STREAM_MAIN, STREAM_ARRIVALS, STREAM_GAPS, STREAM_EVENTS, STREAM_PATIENTS = 1, 2, 3, 4, 5
 MIN_STAY_NS = 4 * HOUR_NS
 
 Progress = Callable[[int, int], None]
@@ -98,6 +98,10 @@ class Hospital:
         self.cds = [a for a in self.agents.values() if isinstance(a, Cds)]
         self.prior_auth = [a for a in self.agents.values() if isinstance(a, PriorAuth)]
         self.pools = {n: build_pool(population, n) for n in CHAINS}
+        patients_rng = arm_rng(arm, STREAM_PATIENTS)
+        self.visits = Visits(self.pools, patients_rng)
+        claims = [c for c in population.claims if c.coverage_id] or list(population.claims)
+        self.claims = [claims[i] for i in patients_rng.permutation(len(claims)).tolist()]
         self.panels = Panels(population)
         h = scenario.hospital
         self.beds = simpy.Resource(self.env, capacity=h.beds)
@@ -109,7 +113,7 @@ class Hospital:
         self.stats: dict[str, int] = {"ed_visits": 0, "admissions": 0, "discharges": 0, "outpatient_visits": 0,
                                       "initial_census": 0, "peak_census": 0, "lab_results": 0, "orders": 0,
                                       "rounds_visits": 0, "handoff_notes": 0, "claims_submitted": 0, "claims_worked": 0,
-                                      "boarded_admissions": 0}
+                                      "boarded_admissions": 0, "patients_seen": 0, "reused_patients": 0, "claims_reused": 0}
 
     # ------------------------------------------------------------------ run
     def run(self) -> pa.Table:
@@ -134,6 +138,8 @@ class Hospital:
         if self.progress is not None:
             env.process(self._ticker())
         env.run(until=self.arm.duration_ns)
+        self.stats["patients_seen"] = len(self.visits.seen)
+        self.stats["reused_patients"] = self.visits.reused
         return self.w.em.build()
 
     def _ticker(self) -> Iterator[simpy.Event]:
@@ -188,9 +194,8 @@ class Hospital:
         h = self.sc.hospital
         n = min(h.beds, int(round(h.beds * h.occupancy)))
         self.stats["initial_census"] = n
-        pool = self.pools["inpatient"]
         for _ in range(n):
-            enc = pool.pick(self.d)
+            enc = self.visits.take("inpatient", self.d)
             los = self._los_ns(biased=True)
             remaining = max(HOUR_NS, int(los * (1 - self.d.u())))
             self.env.process(self._stay(enc.patient_id, enc.id, remaining, fresh=False))
@@ -200,10 +205,9 @@ class Hospital:
         wf, h = self.sc.workflows, self.sc.hospital
         times = nhpp(self.rng, self.clock, h.admissions_per_day * self.vf, wf.admissions.hourly,
                      h.weekday_factors.admissions, self.uniform)
-        pool = self.pools["inpatient"]
         for _ in self._at_times(times):
             yield _
-            enc = pool.pick(self.d)
+            enc = self.visits.take("inpatient", self.d)
             self.stats["admissions"] += 1
             self.env.process(self._stay(enc.patient_id, enc.id, self._los_ns(), fresh=True))
 
@@ -309,22 +313,20 @@ class Hospital:
         wf, h = self.sc.workflows, self.sc.hospital
         times = nhpp(self.rng, self.clock, h.ed_visits_per_day * self.vf, wf.ed_arrivals.hourly,
                      h.weekday_factors.ed, self.uniform)
-        pool = self.pools["ed"]
         for _ in self._at_times(times):
             yield _
             self.stats["ed_visits"] += 1
-            enc = pool.pick(self.d)
+            enc = self.visits.take("ed", self.d)
             self.env.process(self._visit(enc.patient_id, enc.id, "ed_visit"))
 
     def _outpatient(self) -> Iterator[simpy.Event]:
         h = self.sc.hospital
         times = clinic_times(self.rng, self.clock, h.outpatient_visits_per_day * self.vf, h.clinic_sessions,
                              h.weekday_factors.outpatient, h.clinic_slot_min, self.uniform)
-        pool = self.pools["outpatient"]
         for _ in self._at_times(times):
             yield _
             self.stats["outpatient_visits"] += 1
-            enc = pool.pick(self.d)
+            enc = self.visits.take("outpatient", self.d)
             self.env.process(self._visit(enc.patient_id, enc.id, "outpatient"))
 
     def _visit(self, pid: str, eid: str, workflow: str) -> Iterator[simpy.Event]:
@@ -360,15 +362,17 @@ class Hospital:
     def _claims(self, store: simpy.Store) -> Iterator[simpy.Event]:
         """Claims needing prior authorization, submitted around the clock as orders are placed."""
         wf, h = self.sc.workflows, self.sc.hospital
-        claims = [c for c in self.pop.claims if c.coverage_id] or list(self.pop.claims)
+        claims = self.claims  # in a seeded random order: each claim once, then again (counted)
         if not claims:
             return
         times = nhpp(self.rng, self.clock, wf.prior_auth.claims_per_day * self.vf, wf.results_and_orders.order_profile.hourly,
                      h.weekday_factors.outpatient, self.uniform)
-        for _ in self._at_times(times):
+        for k, _ in enumerate(self._at_times(times)):
             yield _
             self.stats["claims_submitted"] += 1
-            store.put(claims[self.d.below(len(claims))])
+            if k >= len(claims):
+                self.stats["claims_reused"] += 1
+            store.put(claims[k % len(claims)])
 
     def _pa_worker(self, agent: PriorAuth, store: simpy.Store, replica: int) -> Iterator[simpy.Event]:
         env = self.env

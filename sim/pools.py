@@ -1,9 +1,15 @@
-"""Which real Synthea encounters the simulated hospital reuses for each stream.
+"""Which patients and encounters the simulated hospital's visits are for.
 
-The simulated hospital sees far more visits in a week than a modest Synthea population has
-encounters of each class, so each simulated visit *reuses* a real encounter of the right class,
-drawn with replacement: its patient, its id and its resources are real, so every request the
-agents make names ids that exist on the loaded FHIR server.
+Each simulated visit (an ED visit, an inpatient stay, a clinic visit) is one real encounter of
+the right class in the loaded population: its patient, its id and its resources exist on the
+FHIR server, so every request the agents make names ids that exist there.
+
+A visit takes a patient the run has not seen yet (`Visits`): patients return as real ones do,
+an inpatient every day of the stay (rounds, results, handoffs), not for unrelated visits.  A
+derived population (fhir/derive.py) has one patient per expected visit, each built around one
+encounter (its *visit*), and the pools hold exactly those; a plain Synthea population has far
+fewer patients than a week has visits, and once every patient of a pool has been seen, visits
+reuse them (counted as ``reused_patients`` in the hospital's counters).
 
 Classes can be rare (a few dozen patients over three years have a handful of inpatient stays).
 A pool draws from its preferred class; if that class has fewer than ``MIN_POOL`` encounters the
@@ -14,6 +20,8 @@ how half of admissions arrive; then to ambulatory visits), and so on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from paritybed.core.draws import Draws
 from paritybed.core.errors import InputError
@@ -39,6 +47,9 @@ class Pool:
 
 def build_pool(pop: Population, name: str) -> Pool:
     """The encounters of the stream `name` (ed | inpatient | outpatient), see the module doc."""
+    if pop.derived:  # the visits derived for this stream; if none, any visit (patients then repeat)
+        visits = pop.visits(name) or [e for e in pop.encounters if e.visit]
+        return Pool(name, tuple(sorted({e.class_code for e in visits})), tuple(visits))
     chosen: list[EncounterInfo] = []
     classes: list[str] = []
     for cls in CHAINS[name]:
@@ -54,6 +65,33 @@ def build_pool(pop: Population, name: str) -> Pool:
     if not chosen:
         raise InputError(f"the population in {pop.folder} has no Encounter: the hospital needs encounters to simulate")
     return Pool(name, tuple(classes), tuple(chosen))
+
+
+class Visits:
+    """Draws each visit's encounter so that a patient is not reused for unrelated visits: each
+    pool in a seeded random order, skipping patients already seen by any stream; an exhausted
+    pool reuses its encounters at random (counted)."""
+
+    def __init__(self, pools: dict[str, Pool], rng: np.random.Generator) -> None:
+        self.pools = pools
+        self.order = {name: rng.permutation(len(p.encounters)).tolist() for name, p in sorted(pools.items())}
+        self.next = {name: 0 for name in pools}
+        self.seen: set[str] = set()
+        self.reused = 0
+
+    def take(self, name: str, d: Draws) -> EncounterInfo:
+        pool, order = self.pools[name], self.order[name]
+        k = self.next[name]
+        while k < len(order):
+            e = pool.encounters[order[k]]
+            k += 1
+            if e.patient_id not in self.seen:
+                self.next[name] = k
+                self.seen.add(e.patient_id)
+                return e
+        self.next[name] = k
+        self.reused += 1
+        return pool.pick(d)
 
 
 class Panels:

@@ -237,7 +237,7 @@ def test_live_run_against_hapi_agrees_with_the_engine_and_its_audit_gates_the_sa
     gates staging to the run's own verdict."""
     from test_live import _scenario_on
 
-    scenario = _scenario_on(shared_synthea, tmp_path)
+    scenario = _scenario_on(shared_synthea, tmp_path, derive=False)  # HAPI holds the 37 patients
     # An audit trail cannot tell an attack that got through from clinical work (the sweep's allowed
     # reads would count as production's busiest minutes): the equality is for a production without
     # attacks (docs/parity.md, "HAPI's BALP trail").

@@ -16,11 +16,15 @@ REPO = Path(__file__).resolve().parent.parent
 LIVE = REPO / "scenarios" / "live-smoke.yaml"
 
 
-def _scenario_on(shared: Path, tmp: Path) -> Path:
-    """live-smoke on the shared Synthea folder (no Java run in the test)."""
+def _scenario_on(shared: Path, tmp: Path, *, derive: bool = True) -> Path:
+    """live-smoke on the shared Synthea folder (no Java run in the test); its patients derived
+    from that folder as the scenario says, or (`derive=False`) the folder's own patients, for a
+    server loaded with that folder only (test_hapi)."""
     text = LIVE.read_text()
     start = text.index("population:")
     end = text.index("\n", text.index("synthea:", start))
+    if not derive:
+        end = text.index("\n", text.index("derive:", end))
     p = tmp / "live-smoke.yaml"
     p.write_text(text[:start] + f"population:\n  folder: {shared}" + text[end:])
     return p

@@ -45,7 +45,8 @@ def shortened(name: str, shared: Path) -> Scenario:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shared_synthea):
-    pops = prepare_populations(resolve_arms(shortened("community-hospital-week", shared_synthea)))
+    base = shortened("community-hospital-week", shared_synthea)
+    pops = prepare_populations(base, resolve_arms(base))
     cache: dict[str, tuple[dict, Path]] = {}
 
     def get(name: str) -> tuple[dict, Path]:

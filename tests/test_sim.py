@@ -305,7 +305,10 @@ def test_run_command_writes_traces_and_summary(tmp_path, shared_synthea):
         fhir = [x for x in t.to_pylist() if x["kind"] == "fhir"]
         assert s["fhir_requests"] == len(fhir) == sum(s["fhir_by_agent_class"].values()) == sum(s["fhir_per_hour_of_day"])
         assert sorted(s["fhir_by_type"].items()) == sorted(Counter(x["resource_type"] for x in fhir).items())
-        assert len(s["fhir_per_hour"]) == 3 and s["population"]["patients"] == 37
+        assert len(s["fhir_per_hour"]) == 3 and s["population"]["derived_from"] == str(shared_synthea)
+        hospital = s["hospital"]  # tiny derives one patient per visit from the 37: none is reused
+        visits = hospital["ed_visits"] + hospital["admissions"] + hospital["initial_census"] + hospital["outpatient_visits"]
+        assert hospital["patients_seen"] == visits <= s["population"]["patients"] and hospital["reused_patients"] == 0
     bad = subprocess.run([sys.executable, "-P", "-m", "paritybed.cli", "run", str(tmp_path / "nope.yaml"), "--out", str(out)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "no such scenario file" in bad.stderr and "Traceback" not in bad.stderr

@@ -195,13 +195,13 @@ def test_a_failed_cell_is_recorded_and_the_sweep_goes_on(spec, tmp_path, parityb
 def test_concurrent_generation_of_one_population_is_serialised(tmp_path):
     """Two workers asking for the same Synthea population: one generates, the other waits and
     then finds it (the cache entry's lock)."""
-    from paritybed.sim.synthea import _generating
+    from paritybed.core.cache import entry_lock
 
     target = tmp_path / "populations" / "abc"
     inside, overlaps = [], []
 
     def worker() -> None:
-        with _generating(target):
+        with entry_lock(target):
             inside.append(1)
             if len(inside) > 1:
                 overlaps.append(1)
