@@ -177,6 +177,10 @@ def running_server_processes(
         db = Path(tmp) / "fhir.sqlite"
         folders = list(load)
         (cached_db if folders else build_db)(folders, db)
+        # One process readies the file (WAL mode, schema, index version) before the servers open it:
+        # switching a file to WAL takes an exclusive lock, and servers starting at once on a file
+        # copied without a journal failed with "database is locked"
+        Store(db).close()
         sock = bind(host, port)
         procs: list[subprocess.Popen] = []
         try:
