@@ -116,6 +116,12 @@ class KernelEnforcer:
                                                                              replica=replica, seen_n=0))
             return d
 
+    def _cgid(self, agent: str, replica: int) -> int:
+        """The replica's cgroup id (registering the replica on first use)."""
+        if (agent, replica) not in self._replicas:
+            self.add_replica(agent, replica)
+        return self._replicas[(agent, replica)][0]
+
     def spawn(self, agent: str, replica: int, argv: list[str], **popen_kw: Any) -> subprocess.Popen:
         """Start a process inside the replica's cgroup, before it opens any socket."""
         if (agent, replica) not in self._replicas:
@@ -184,7 +190,7 @@ class KernelEnforcer:
             self._log_event({"event": "lane-refused", "t_ns": t_ns, "agent": agent, "replica": replica,
                              "lane": lane_class, "claim": claim_id})
             return False
-        cgid, _ = self._replicas.get((agent, replica)) or (cgroup_id(self.add_replica(agent, replica)), None)
+        cgid = self._cgid(agent, replica)
         cls = km.lane_classes(p).get(lane_class, 31)
         with self._lock:
             self.maps.put("lanes", abi.LaneKey(cgid, classify.fnv1a64(claim_id)), abi.Lane(self.clock.at(expiry), cls, 0))
@@ -209,14 +215,15 @@ class KernelEnforcer:
         others = len(held) - (context_id in held)
         expiry = p.context_expiry(t_ns, duration_ns, others, observe=self.observe)
         pat, enc = classify.fnv1a64(patient_id), classify.fnv1a64(encounter_id) if encounter_id else 0
-        ev = {"t_ns": t_ns, "agent": agent, "replica": replica, "context": f"{classify.fnv1a64(context_id):016x}",
+        key = classify.fnv1a64(context_id)
+        ev = {"t_ns": t_ns, "agent": agent, "replica": replica, "context": f"{key:016x}",
               "patient": f"{pat:016x}", "encounter": f"{enc:016x}" if enc else "", "duration_ns": int(duration_ns)}
         if expiry is None:
             self._log_event({"event": "context-refused", **ev})
             return False
-        cgid, _ = self._replicas.get((agent, replica)) or (cgroup_id(self.add_replica(agent, replica)), None)
+        cgid = self._cgid(agent, replica)
         with self._lock:
-            self.maps.put("contexts", abi.CtxKey(cgid, classify.fnv1a64(context_id)), abi.Ctx(pat, enc, self.clock.at(expiry)))
+            self.maps.put("contexts", abi.CtxKey(cgid, key), abi.Ctx(pat, enc, self.clock.at(expiry)))
         held[context_id] = expiry
         self._log_event({"event": "context-open", **ev, "expires_ns": expiry})
         return True
@@ -227,12 +234,13 @@ class KernelEnforcer:
         if agent not in self.policy.agents:
             return
         self._contexts.get((agent, replica), {}).pop(context_id, None)
+        key = classify.fnv1a64(context_id)
         entry = self._replicas.get((agent, replica))
         if entry is not None:
             with self._lock:
-                self.maps.delete("contexts", abi.CtxKey(entry[0], classify.fnv1a64(context_id)))
+                self.maps.delete("contexts", abi.CtxKey(entry[0], key))
         self._log_event({"event": "context-close", "t_ns": t_ns, "agent": agent, "replica": replica,
-                         "context": f"{classify.fnv1a64(context_id):016x}"})
+                         "context": f"{key:016x}"})
 
     def release(self, agent: str, replica: int) -> None:
         """Lift a quarantine (or a kill's block on respawns)."""
