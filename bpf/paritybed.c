@@ -778,7 +778,7 @@ static __always_inline struct pb_pstate *pb_phase(struct sk_msg_md *msg, const i
         return 0;
     struct pb_pstate *s = &ss->ps;
     if (!s->done)
-        pb_scan(msg, s, &e, line);
+        pb_scan(msg, s, &e, line ? PH_LINE : PH_HEAD);
     if (!s->done) {
         jmp.call(msg, line ? JMP_LINE : JMP_HEAD);
         return 0;
@@ -1273,7 +1273,18 @@ int pb_sk_msg(struct sk_msg_md *msg)
     u32 n = size < PB_HDR_MAX + PB_BODY_MAX ? size : PB_HDR_MAX + PB_BODY_MAX;
     if ((void *)(long)msg->data + n > (void *)(long)msg->data_end) /* not in one piece already */
         bpf_msg_pull_data(msg, 0, n, 0);
-    jmp.call(msg, JMP_LINE);
+    /* the request line and the header section here, the decision by tail call; the phases'
+     * own programs only when a loop budget runs out (or for a form body) */
+    struct pb_env e;
+    if (!pb_env_get(&e))
+        return SK_DROP;
+    s->ph = 1;
+    pb_scan(msg, s, &e, PH_BOTH);
+    if (!s->done) {
+        jmp.call(msg, s->ph ? JMP_LINE : JMP_HEAD);
+        return SK_DROP;
+    }
+    pb_after_head(msg, s);
     return SK_DROP; /* tail call missing: fail closed */
 }
 

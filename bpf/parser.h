@@ -77,6 +77,7 @@ struct pb_pstate {
     __u8 x_pl;               /* a pair's end waits for its include segment's lookups (pb_line_act) */
     __u8 x_st;               /* the state a name segment ended in */
     __u8 x_hist, x_srch;     /* a path segment is _history, _search */
+    __u8 ph;                 /* pb_scan(PH_BOTH): 1 the request line, 0 the header section */
 };
 
 /* the tables the parser reads (map values the caller looked up) */
@@ -295,8 +296,11 @@ static __always_inline void pb_look_step(struct pb_pstate *s, struct pb_env *e)
     if (len <= PB_NAME_MAX && (i != LQ_PG || RD(s->lq_miss)))
         v = pb_name_find(e->nt, s->lq_tab[i], s->lq_ctx[i], len, s->q0, s->q1, s->q2, s->q3, s->q4);
     s->lq_v[i] = v;
-    s->lq_miss |= (u8)(pb_is0(v) & (LQ_TYPED >> i) & 1);
+    u8 miss = RD(s->lq_miss) | (u8)(pb_is0(v) & (LQ_TYPED >> i) & 1);
+    s->lq_miss = miss;
     q &= q - 1;
+    if (q == (1u << LQ_PG) && !miss)
+        q = 0; /* only the every-type lookup is left, and no lookup as a parameter of a type missed */
     s->lq = q;
     if (!q)
         s->act &= ~A_LOOK;
@@ -1374,6 +1378,13 @@ static __always_inline void pb_header_byte(struct pb_pstate *s, struct pb_env *e
 #define FIRST(out) (((((out) & -(out)) >> 7) * 0x0001020304050607ULL) >> 56)
 
 /* FNV-1a over the run's n bytes (x, first byte lowest) */
+/* a header value only skipped (pb_header_byte reads the others byte by byte) */
+static __always_inline int pb_hval_skipped(struct pb_pstate *s)
+{
+    u8 hk = s->hkind;
+    return hk < H_CONTENT_LENGTH || hk == H_TRANSFER_ENCODING || hk == H_OVERRIDE;
+}
+
 static __always_inline u64 pb_fnv_run(u64 h, u64 x, u32 n)
 {
 #pragma unroll
@@ -1396,7 +1407,7 @@ static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
     u32 lim = 8, len = s->len;
     u64 high = 0; /* bytes >= 0x80 that belong to the class */
     if (st == ST_HVAL) {
-        if (s->hkind >= H_CONTENT_LENGTH && s->hkind != H_TRANSFER_ENCODING && s->hkind != H_OVERRIDE)
+        if (!pb_hval_skipped(s))
             return 0;
         in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
         high = x & HIGHS;
@@ -1500,6 +1511,45 @@ static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
         s->w = 0;
     }
     return n;
+}
+
+/* The bytes of a header value the parser does not read, as far as the 32 bytes at p go: a run as
+ * pb_run's for ST_HVAL, four words at once, so that a header's value and its CR LF take one step.
+ * Returns the bytes consumed (0: the word-sized run or the byte path takes over). */
+#define HV_OUT(x) ((((x) | ~(IN((x) & ~HIGHS, 0x20, 0x7e) | IN((x) & ~HIGHS, '\t', '\t'))) & HIGHS) & ~((x) & HIGHS))
+static __always_inline u32 pb_hval_run(struct pb_pstate *s, u8 *p)
+{
+    u64 x0 = ((u64 *)p)[0], x1 = ((u64 *)p)[1], x2 = ((u64 *)p)[2], x3 = ((u64 *)p)[3];
+    u64 o0 = HV_OUT(x0), o1 = HV_OUT(x1), o2 = HV_OUT(x2), o3 = HV_OUT(x3);
+    u64 o, x, nx;
+    u32 n;
+    if (o0) {
+        n = 0, o = o0, x = x0, nx = x1;
+    } else if (o1) {
+        n = 8, o = o1, x = x1, nx = x2;
+    } else if (o2) {
+        n = 16, o = o2, x = x2, nx = x3;
+    } else if (o3) {
+        n = 24, o = o3, x = x3, nx = 0;
+    } else {
+        s->len += 32;
+        s->w = 0;
+        return 32;
+    }
+    u32 f = FIRST(o) & 7;
+    u64 two = f < 7 ? (x >> (8 * f)) & 0xffff : (x >> 56) | ((nx & 0xff) << 8); /* the bytes at n, n + 1 */
+    n += f;
+    if (two != 0x0a0d) {
+        if (!n)
+            return 0;
+        s->len += n;
+        s->w = 0;
+        return n;
+    }
+    s->len += n;
+    s->st = ST_HSTART;
+    s->w = 0x0d0a;
+    return n + 2;
 }
 
 /* ---------------------------------------------------------------- scanning */
@@ -1749,11 +1799,15 @@ static __always_inline int pb_may_goto(void)
     return r;
 }
 
+#define PH_HEAD 0          /* pb_scan: the header section */
+#define PH_LINE 1          /* the request line, or a form body's parameters */
+#define PH_BOTH 2          /* the request line, then the header section (s->ph says which) */
+
 /* Scan from s->pos for at most `iters` steps in one phase: the request line (line = 1, until the
  * header section starts or the line is junk), a body's parameters (line = 1, s->body, until
  * s->end), or the header section (line = 0, until its end).  Sets s->done when the phase ended or
  * the data did. */
-static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_env *e, const int line)
+static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_env *e, const int mode)
 {
     void *data = (void *)(long)msg->data;
     void *end = (void *)(long)msg->data_end;
@@ -1765,6 +1819,7 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
         /* nothing derived from s or e outlives an iteration (no hoisted addresses spilled to the
          * stack, which would differ between paths and keep the verifier from pruning the loop) */
         asm volatile("" : "+r"(s), "+r"(e));
+        const int line = mode == PH_BOTH ? RD(s->ph) : mode;
         if (line && s->act) { /* the steps the last byte called for */
             pb_line_act(s, e);
             continue;
@@ -1772,6 +1827,10 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
         u32 i = s->pos;
         u32 stop = line && s->body ? s->end : PB_HDR_MAX;
         if (line && !s->body && (s->st == ST_HSTART || s->st == ST_JUNK)) {
+            if (mode == PH_BOTH) { /* the request line is read: the header section next */
+                s->ph = 0;
+                continue;
+            }
             s->done = 1; /* the request line is read: the header phase goes on */
             break;
         }
@@ -1790,6 +1849,13 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
             break;
         }
         u8 c;
+        if (!line && s->st == ST_HVAL && pb_hval_skipped(s) && i + 32 <= stop && (void *)(p + 32) <= end) {
+            u32 n = pb_hval_run(s, p);
+            if (n) {
+                s->pos = i + n;
+                continue;
+            }
+        }
         if (i + 8 <= stop && (void *)(p + 8) <= end) {
             u64 x = *(u64 *)p;
             u32 n = pb_run(s, x);
