@@ -743,7 +743,12 @@ static __always_inline void pb_after_line(struct sk_msg_md *msg, struct pb_pstat
 }
 
 /* The header section is read: a POST _search's form body next (its parameters, if it came with
- * its head and no framing problem comes first), else the decision. */
+ * its head and no framing problem comes first), else the decision.  A form body that is announced
+ * but not (all) in this write is waited for: the head is held (bpf_msg_cork_bytes) and, once head
+ * and body are all written, the program runs again on them together, as one message at the same
+ * place in the stream (a held message is not queued to TCP, so write_seq has not moved).  The
+ * verdict of this run is then void; it stands (SK_DROP: the sender gets EACCES) only when the
+ * kernel cannot hold the head (the socket's send memory is full). */
 static __always_inline void pb_after_head(struct sk_msg_md *msg, struct pb_pstate *s)
 {
     s->done = 0;
@@ -752,6 +757,9 @@ static __always_inline void pb_after_head(struct sk_msg_md *msg, struct pb_pstat
         u32 cl = s->cl_val;
         if (s->n_ct != 1 || !s->ct_form) {
             s->fam = S_MALFORMED;
+        } else if (s->size - s->head_end < cl && cl <= PB_BODY_MAX) {
+            bpf_msg_cork_bytes(msg, s->head_end + cl);
+            return; /* held: no decision, nothing counted; the caller returns SK_DROP */
         } else if (s->size - s->head_end < cl) {
             s->fam = S_SPLIT;
         } else if (cl > PB_BODY_MAX) {
