@@ -229,24 +229,31 @@ static __always_inline u64 pb_is0(u64 x)
     return (t >> 63) ^ 1;
 }
 
-/* a name's value in the name table (0: not there); see struct pb_ntab.  Every probe is read and
- * compared in full, without an early exit: a name is in at most one slot, and branch-free
- * matching keeps the verifier's cost per lookup constant. */
+/* a name's value in the name table (0: not there); see struct pb_ntab.  The probes stop at the
+ * name or at an empty slot: names are placed by linear probing, never removed, so a name is
+ * never beyond the first empty slot of its probes.  Most lookups read one entry (the table is a
+ * quarter full) instead of all four; a probe's table, context, length and words are compared in
+ * full, so a collision never matches. */
 static __always_inline u16 pb_name_find(struct pb_ntab *nt, u8 tab, u16 ctx, u32 len, u64 w0, u64 w1, u64 w2,
                                         u64 w3, u64 w4)
 {
     u64 key = ((u64)ctx << 16) | ((u64)tab << 8) | len;
     u64 h = w0 ^ (w1 * NT_P1) ^ (w2 * NT_P2) ^ (w3 * NT_P3) ^ (w4 * NT_P4) ^ (key * NT_P5);
     u32 slot = (h * nt->mult) >> (64 - PB_NT_BITS);
-    u64 val = 0;
+    u16 val = 0;
 #pragma unroll
     for (int p = 0; p < PB_NT_PROBES; p++) {
         struct pb_name *e = &nt->e[(slot + p) & (PB_NT_SIZE - 1)];
         u64 ek = ((u64)e->ctx << 16) | ((u64)e->tab << 8) | e->len;
+        if (!e->tab)
+            break; /* an empty slot */
         u64 diff = (e->w[0] ^ w0) | (e->w[1] ^ w1) | (e->w[2] ^ w2) | (e->w[3] ^ w3) | (e->w[4] ^ w4) | (ek ^ key);
-        val |= (u64)e->val & (0 - pb_is0(diff));
+        if (!diff) {
+            val = e->val;
+            break;
+        }
     }
-    return (u16)val;
+    return val;
 }
 
 /* The name in the shift register is looked up as what the grammar may need it as, before the
@@ -1807,6 +1814,80 @@ static __always_inline int pb_may_goto(void)
  * header section starts or the line is junk), a body's parameters (line = 1, s->body, until
  * s->end), or the header section (line = 0, until its end).  Sets s->done when the phase ended or
  * the data did. */
+/* One step of a phase (line = 1: the request line or a form body's parameters; 0: the header
+ * section): PB_NEXT to go on, PB_STOP when the phase ended or the data did (s->done set), or
+ * PB_TO_HEAD when the request line is read and `both` lets the header section follow in the same
+ * loop.  Nothing derived from s or e outlives a step (no hoisted addresses spilled to the stack,
+ * which would differ between paths and keep the verifier from pruning the loop). */
+#define PB_NEXT 0
+#define PB_STOP 1
+#define PB_TO_HEAD 2
+static __always_inline int pb_step(struct pb_pstate *s, struct pb_env *e, void *data, void *end, const int line,
+                                   const int both)
+{
+    if (line && s->act) { /* the steps the last byte called for */
+        pb_line_act(s, e);
+        return PB_NEXT;
+    }
+    u32 i = s->pos;
+    u32 stop = line && s->body ? s->end : PB_HDR_MAX;
+    if (line && !s->body && (s->st == ST_HSTART || s->st == ST_JUNK)) {
+        if (both)
+            return PB_TO_HEAD; /* the request line is read: the header section next */
+        s->done = 1; /* the request line is read: the header phase goes on */
+        return PB_STOP;
+    }
+    if (i >= stop) {
+        if (line && s->body == 1) { /* the body's end: its last pair (its steps first) */
+            pb_line_step(s, e, 0, 0, 1);
+            s->body = 2;
+            return PB_NEXT;
+        }
+        s->done = 1;
+        return PB_STOP;
+    }
+    u8 *p = data + (i & (PB_HDR_MAX + PB_BODY_MAX - 1));
+    if ((void *)(p + 1) > end) {
+        s->done = 1;
+        return PB_STOP;
+    }
+    u8 c;
+    if (!line && s->st == ST_HVAL && pb_hval_skipped(s) && i + 32 <= stop && (void *)(p + 32) <= end) {
+        u32 n = pb_hval_run(s, p);
+        if (n) {
+            s->pos = i + n;
+            return PB_NEXT;
+        }
+    }
+    if (i + 8 <= stop && (void *)(p + 8) <= end) {
+        u64 x = *(u64 *)p;
+        u32 n = pb_run(s, x);
+        if (n >= 8 || (line && (s->st == ST_HSTART || s->st == ST_JUNK))) {
+            s->pos = i + n; /* a whole run, or the request line's CR LF taken with the version */
+            return PB_NEXT;
+        }
+        i += n; /* the byte that ended the run: the byte path takes it in the same step */
+        c = (x >> (8 * n)) & 0xff;
+    } else {
+        c = *p;
+    }
+    s->pos = i + 1;
+    u32 f = e->ct->c[c];
+    u32 w = (s->w << 8) | c;
+    s->w = w;
+    if (line) {
+        pb_line_step(s, e, c, f, 0);
+        return PB_NEXT;
+    }
+    if (w == 0x0d0a0d0a) {
+        s->head_end = i + 1;
+        s->done = 1;
+        return PB_STOP;
+    }
+    pb_header_byte(s, e, c, f);
+    return PB_NEXT;
+}
+
 static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_env *e, const int mode)
 {
     void *data = (void *)(long)msg->data;
@@ -1816,72 +1897,18 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
         if (!pb_may_goto())
             break; /* the kernel's loop budget (8M steps) is spent: the caller continues by tail call */
         asm volatile("" ::: "memory"); /* keep the state in memory (see above) */
-        /* nothing derived from s or e outlives an iteration (no hoisted addresses spilled to the
-         * stack, which would differ between paths and keep the verifier from pruning the loop) */
         asm volatile("" : "+r"(s), "+r"(e));
-        const int line = mode == PH_BOTH ? RD(s->ph) : mode;
-        if (line && s->act) { /* the steps the last byte called for */
-            pb_line_act(s, e);
-            continue;
-        }
-        u32 i = s->pos;
-        u32 stop = line && s->body ? s->end : PB_HDR_MAX;
-        if (line && !s->body && (s->st == ST_HSTART || s->st == ST_JUNK)) {
-            if (mode == PH_BOTH) { /* the request line is read: the header section next */
-                s->ph = 0;
-                continue;
-            }
-            s->done = 1; /* the request line is read: the header phase goes on */
+        int r;
+        if (mode != PH_BOTH)
+            r = pb_step(s, e, data, end, mode, 0);
+        else if (RD(s->ph)) /* each phase's step is its own code: one phase's paths never meet the other's */
+            r = pb_step(s, e, data, end, 1, 1);
+        else
+            r = pb_step(s, e, data, end, 0, 1);
+        if (r == PB_TO_HEAD)
+            s->ph = 0;
+        else if (r == PB_STOP)
             break;
-        }
-        if (i >= stop) {
-            if (line && s->body == 1) { /* the body's end: its last pair (its steps first) */
-                pb_line_step(s, e, 0, 0, 1);
-                s->body = 2;
-                continue;
-            }
-            s->done = 1;
-            break;
-        }
-        u8 *p = data + (i & (PB_HDR_MAX + PB_BODY_MAX - 1));
-        if ((void *)(p + 1) > end) {
-            s->done = 1;
-            break;
-        }
-        u8 c;
-        if (!line && s->st == ST_HVAL && pb_hval_skipped(s) && i + 32 <= stop && (void *)(p + 32) <= end) {
-            u32 n = pb_hval_run(s, p);
-            if (n) {
-                s->pos = i + n;
-                continue;
-            }
-        }
-        if (i + 8 <= stop && (void *)(p + 8) <= end) {
-            u64 x = *(u64 *)p;
-            u32 n = pb_run(s, x);
-            if (n >= 8 || (line && (s->st == ST_HSTART || s->st == ST_JUNK))) {
-                s->pos = i + n; /* a whole run, or the request line's CR LF taken with the version */
-                continue;
-            }
-            i += n; /* the byte that ended the run: the byte path takes it in the same step */
-            c = (x >> (8 * n)) & 0xff;
-        } else {
-            c = *p;
-        }
-        s->pos = i + 1;
-        u32 f = e->ct->c[c];
-        u32 w = (s->w << 8) | c;
-        s->w = w;
-        if (line) {
-            pb_line_step(s, e, c, f, 0);
-            continue;
-        }
-        if (w == 0x0d0a0d0a) {
-            s->head_end = i + 1;
-            s->done = 1;
-            break;
-        }
-        pb_header_byte(s, e, c, f);
     }
 }
 
