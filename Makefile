@@ -12,7 +12,8 @@ HELDOUT_OUT ?= runs/heldout
 setup:
 	@bash scripts/setup.sh
 
-demo: setup
+demo:  # set-up without the HAPI FHIR server, which the demo does not use
+	@PARITYBED_SETUP_HAPI=0 bash scripts/setup.sh
 	@$(PB) demo --out $(DEMO_OUT)
 
 test: setup

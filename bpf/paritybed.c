@@ -743,7 +743,12 @@ static __always_inline void pb_after_line(struct sk_msg_md *msg, struct pb_pstat
 }
 
 /* The header section is read: a POST _search's form body next (its parameters, if it came with
- * its head and no framing problem comes first), else the decision. */
+ * its head and no framing problem comes first), else the decision.  A form body that is announced
+ * but not (all) in this write is waited for: the head is held (bpf_msg_cork_bytes) and, once head
+ * and body are all written, the program runs again on them together, as one message at the same
+ * place in the stream (a held message is not queued to TCP, so write_seq has not moved).  The
+ * verdict of this run is then void; it stands (SK_DROP: the sender gets EACCES) only when the
+ * kernel cannot hold the head (the socket's send memory is full). */
 static __always_inline void pb_after_head(struct sk_msg_md *msg, struct pb_pstate *s)
 {
     s->done = 0;
@@ -752,6 +757,9 @@ static __always_inline void pb_after_head(struct sk_msg_md *msg, struct pb_pstat
         u32 cl = s->cl_val;
         if (s->n_ct != 1 || !s->ct_form) {
             s->fam = S_MALFORMED;
+        } else if (s->size - s->head_end < cl && cl <= PB_BODY_MAX) {
+            bpf_msg_cork_bytes(msg, s->head_end + cl);
+            return; /* held: no decision, nothing counted; the caller returns SK_DROP */
         } else if (s->size - s->head_end < cl) {
             s->fam = S_SPLIT;
         } else if (cl > PB_BODY_MAX) {
@@ -778,7 +786,7 @@ static __always_inline struct pb_pstate *pb_phase(struct sk_msg_md *msg, const i
         return 0;
     struct pb_pstate *s = &ss->ps;
     if (!s->done)
-        pb_scan(msg, s, &e, line);
+        pb_scan(msg, s, &e, line ? PH_LINE : PH_HEAD);
     if (!s->done) {
         jmp.call(msg, line ? JMP_LINE : JMP_HEAD);
         return 0;
@@ -1273,7 +1281,18 @@ int pb_sk_msg(struct sk_msg_md *msg)
     u32 n = size < PB_HDR_MAX + PB_BODY_MAX ? size : PB_HDR_MAX + PB_BODY_MAX;
     if ((void *)(long)msg->data + n > (void *)(long)msg->data_end) /* not in one piece already */
         bpf_msg_pull_data(msg, 0, n, 0);
-    jmp.call(msg, JMP_LINE);
+    /* the request line and the header section here, the decision by tail call; the phases'
+     * own programs only when a loop budget runs out (or for a form body) */
+    struct pb_env e;
+    if (!pb_env_get(&e))
+        return SK_DROP;
+    s->ph = 1;
+    pb_scan(msg, s, &e, PH_BOTH);
+    if (!s->done) {
+        jmp.call(msg, s->ph ? JMP_LINE : JMP_HEAD);
+        return SK_DROP;
+    }
+    pb_after_head(msg, s);
     return SK_DROP; /* tail call missing: fail closed */
 }
 

@@ -77,6 +77,7 @@ struct pb_pstate {
     __u8 x_pl;               /* a pair's end waits for its include segment's lookups (pb_line_act) */
     __u8 x_st;               /* the state a name segment ended in */
     __u8 x_hist, x_srch;     /* a path segment is _history, _search */
+    __u8 ph;                 /* pb_scan(PH_BOTH): 1 the request line, 0 the header section */
 };
 
 /* the tables the parser reads (map values the caller looked up) */
@@ -228,24 +229,31 @@ static __always_inline u64 pb_is0(u64 x)
     return (t >> 63) ^ 1;
 }
 
-/* a name's value in the name table (0: not there); see struct pb_ntab.  Every probe is read and
- * compared in full, without an early exit: a name is in at most one slot, and branch-free
- * matching keeps the verifier's cost per lookup constant. */
+/* a name's value in the name table (0: not there); see struct pb_ntab.  The probes stop at the
+ * name or at an empty slot: names are placed by linear probing, never removed, so a name is
+ * never beyond the first empty slot of its probes.  Most lookups read one entry (the table is a
+ * quarter full) instead of all four; a probe's table, context, length and words are compared in
+ * full, so a collision never matches. */
 static __always_inline u16 pb_name_find(struct pb_ntab *nt, u8 tab, u16 ctx, u32 len, u64 w0, u64 w1, u64 w2,
                                         u64 w3, u64 w4)
 {
     u64 key = ((u64)ctx << 16) | ((u64)tab << 8) | len;
     u64 h = w0 ^ (w1 * NT_P1) ^ (w2 * NT_P2) ^ (w3 * NT_P3) ^ (w4 * NT_P4) ^ (key * NT_P5);
     u32 slot = (h * nt->mult) >> (64 - PB_NT_BITS);
-    u64 val = 0;
+    u16 val = 0;
 #pragma unroll
     for (int p = 0; p < PB_NT_PROBES; p++) {
         struct pb_name *e = &nt->e[(slot + p) & (PB_NT_SIZE - 1)];
         u64 ek = ((u64)e->ctx << 16) | ((u64)e->tab << 8) | e->len;
+        if (!e->tab)
+            break; /* an empty slot */
         u64 diff = (e->w[0] ^ w0) | (e->w[1] ^ w1) | (e->w[2] ^ w2) | (e->w[3] ^ w3) | (e->w[4] ^ w4) | (ek ^ key);
-        val |= (u64)e->val & (0 - pb_is0(diff));
+        if (!diff) {
+            val = e->val;
+            break;
+        }
     }
-    return (u16)val;
+    return val;
 }
 
 /* The name in the shift register is looked up as what the grammar may need it as, before the
@@ -295,8 +303,11 @@ static __always_inline void pb_look_step(struct pb_pstate *s, struct pb_env *e)
     if (len <= PB_NAME_MAX && (i != LQ_PG || RD(s->lq_miss)))
         v = pb_name_find(e->nt, s->lq_tab[i], s->lq_ctx[i], len, s->q0, s->q1, s->q2, s->q3, s->q4);
     s->lq_v[i] = v;
-    s->lq_miss |= (u8)(pb_is0(v) & (LQ_TYPED >> i) & 1);
+    u8 miss = RD(s->lq_miss) | (u8)(pb_is0(v) & (LQ_TYPED >> i) & 1);
+    s->lq_miss = miss;
     q &= q - 1;
+    if (q == (1u << LQ_PG) && !miss)
+        q = 0; /* only the every-type lookup is left, and no lookup as a parameter of a type missed */
     s->lq = q;
     if (!q)
         s->act &= ~A_LOOK;
@@ -1374,6 +1385,13 @@ static __always_inline void pb_header_byte(struct pb_pstate *s, struct pb_env *e
 #define FIRST(out) (((((out) & -(out)) >> 7) * 0x0001020304050607ULL) >> 56)
 
 /* FNV-1a over the run's n bytes (x, first byte lowest) */
+/* a header value only skipped (pb_header_byte reads the others byte by byte) */
+static __always_inline int pb_hval_skipped(struct pb_pstate *s)
+{
+    u8 hk = s->hkind;
+    return hk < H_CONTENT_LENGTH || hk == H_TRANSFER_ENCODING || hk == H_OVERRIDE;
+}
+
 static __always_inline u64 pb_fnv_run(u64 h, u64 x, u32 n)
 {
 #pragma unroll
@@ -1396,7 +1414,7 @@ static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
     u32 lim = 8, len = s->len;
     u64 high = 0; /* bytes >= 0x80 that belong to the class */
     if (st == ST_HVAL) {
-        if (s->hkind >= H_CONTENT_LENGTH && s->hkind != H_TRANSFER_ENCODING && s->hkind != H_OVERRIDE)
+        if (!pb_hval_skipped(s))
             return 0;
         in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
         high = x & HIGHS;
@@ -1500,6 +1518,45 @@ static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
         s->w = 0;
     }
     return n;
+}
+
+/* The bytes of a header value the parser does not read, as far as the 32 bytes at p go: a run as
+ * pb_run's for ST_HVAL, four words at once, so that a header's value and its CR LF take one step.
+ * Returns the bytes consumed (0: the word-sized run or the byte path takes over). */
+#define HV_OUT(x) ((((x) | ~(IN((x) & ~HIGHS, 0x20, 0x7e) | IN((x) & ~HIGHS, '\t', '\t'))) & HIGHS) & ~((x) & HIGHS))
+static __always_inline u32 pb_hval_run(struct pb_pstate *s, u8 *p)
+{
+    u64 x0 = ((u64 *)p)[0], x1 = ((u64 *)p)[1], x2 = ((u64 *)p)[2], x3 = ((u64 *)p)[3];
+    u64 o0 = HV_OUT(x0), o1 = HV_OUT(x1), o2 = HV_OUT(x2), o3 = HV_OUT(x3);
+    u64 o, x, nx;
+    u32 n;
+    if (o0) {
+        n = 0, o = o0, x = x0, nx = x1;
+    } else if (o1) {
+        n = 8, o = o1, x = x1, nx = x2;
+    } else if (o2) {
+        n = 16, o = o2, x = x2, nx = x3;
+    } else if (o3) {
+        n = 24, o = o3, x = x3, nx = 0;
+    } else {
+        s->len += 32;
+        s->w = 0;
+        return 32;
+    }
+    u32 f = FIRST(o) & 7;
+    u64 two = f < 7 ? (x >> (8 * f)) & 0xffff : (x >> 56) | ((nx & 0xff) << 8); /* the bytes at n, n + 1 */
+    n += f;
+    if (two != 0x0a0d) {
+        if (!n)
+            return 0;
+        s->len += n;
+        s->w = 0;
+        return n;
+    }
+    s->len += n;
+    s->st = ST_HSTART;
+    s->w = 0x0d0a;
+    return n + 2;
 }
 
 /* ---------------------------------------------------------------- scanning */
@@ -1749,11 +1806,89 @@ static __always_inline int pb_may_goto(void)
     return r;
 }
 
+#define PH_HEAD 0          /* pb_scan: the header section */
+#define PH_LINE 1          /* the request line, or a form body's parameters */
+#define PH_BOTH 2          /* the request line, then the header section (s->ph says which) */
+
 /* Scan from s->pos for at most `iters` steps in one phase: the request line (line = 1, until the
  * header section starts or the line is junk), a body's parameters (line = 1, s->body, until
  * s->end), or the header section (line = 0, until its end).  Sets s->done when the phase ended or
  * the data did. */
-static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_env *e, const int line)
+/* One step of a phase (line = 1: the request line or a form body's parameters; 0: the header
+ * section): PB_NEXT to go on, PB_STOP when the phase ended or the data did (s->done set), or
+ * PB_TO_HEAD when the request line is read and `both` lets the header section follow in the same
+ * loop.  Nothing derived from s or e outlives a step (no hoisted addresses spilled to the stack,
+ * which would differ between paths and keep the verifier from pruning the loop). */
+#define PB_NEXT 0
+#define PB_STOP 1
+#define PB_TO_HEAD 2
+static __always_inline int pb_step(struct pb_pstate *s, struct pb_env *e, void *data, void *end, const int line,
+                                   const int both)
+{
+    if (line && s->act) { /* the steps the last byte called for */
+        pb_line_act(s, e);
+        return PB_NEXT;
+    }
+    u32 i = s->pos;
+    u32 stop = line && s->body ? s->end : PB_HDR_MAX;
+    if (line && !s->body && (s->st == ST_HSTART || s->st == ST_JUNK)) {
+        if (both)
+            return PB_TO_HEAD; /* the request line is read: the header section next */
+        s->done = 1; /* the request line is read: the header phase goes on */
+        return PB_STOP;
+    }
+    if (i >= stop) {
+        if (line && s->body == 1) { /* the body's end: its last pair (its steps first) */
+            pb_line_step(s, e, 0, 0, 1);
+            s->body = 2;
+            return PB_NEXT;
+        }
+        s->done = 1;
+        return PB_STOP;
+    }
+    u8 *p = data + (i & (PB_HDR_MAX + PB_BODY_MAX - 1));
+    if ((void *)(p + 1) > end) {
+        s->done = 1;
+        return PB_STOP;
+    }
+    u8 c;
+    if (!line && s->st == ST_HVAL && pb_hval_skipped(s) && i + 32 <= stop && (void *)(p + 32) <= end) {
+        u32 n = pb_hval_run(s, p);
+        if (n) {
+            s->pos = i + n;
+            return PB_NEXT;
+        }
+    }
+    if (i + 8 <= stop && (void *)(p + 8) <= end) {
+        u64 x = *(u64 *)p;
+        u32 n = pb_run(s, x);
+        if (n >= 8 || (line && (s->st == ST_HSTART || s->st == ST_JUNK))) {
+            s->pos = i + n; /* a whole run, or the request line's CR LF taken with the version */
+            return PB_NEXT;
+        }
+        i += n; /* the byte that ended the run: the byte path takes it in the same step */
+        c = (x >> (8 * n)) & 0xff;
+    } else {
+        c = *p;
+    }
+    s->pos = i + 1;
+    u32 f = e->ct->c[c];
+    u32 w = (s->w << 8) | c;
+    s->w = w;
+    if (line) {
+        pb_line_step(s, e, c, f, 0);
+        return PB_NEXT;
+    }
+    if (w == 0x0d0a0d0a) {
+        s->head_end = i + 1;
+        s->done = 1;
+        return PB_STOP;
+    }
+    pb_header_byte(s, e, c, f);
+    return PB_NEXT;
+}
+
+static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_env *e, const int mode)
 {
     void *data = (void *)(long)msg->data;
     void *end = (void *)(long)msg->data_end;
@@ -1762,60 +1897,18 @@ static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, 
         if (!pb_may_goto())
             break; /* the kernel's loop budget (8M steps) is spent: the caller continues by tail call */
         asm volatile("" ::: "memory"); /* keep the state in memory (see above) */
-        /* nothing derived from s or e outlives an iteration (no hoisted addresses spilled to the
-         * stack, which would differ between paths and keep the verifier from pruning the loop) */
         asm volatile("" : "+r"(s), "+r"(e));
-        if (line && s->act) { /* the steps the last byte called for */
-            pb_line_act(s, e);
-            continue;
-        }
-        u32 i = s->pos;
-        u32 stop = line && s->body ? s->end : PB_HDR_MAX;
-        if (line && !s->body && (s->st == ST_HSTART || s->st == ST_JUNK)) {
-            s->done = 1; /* the request line is read: the header phase goes on */
+        int r;
+        if (mode != PH_BOTH)
+            r = pb_step(s, e, data, end, mode, 0);
+        else if (RD(s->ph)) /* each phase's step is its own code: one phase's paths never meet the other's */
+            r = pb_step(s, e, data, end, 1, 1);
+        else
+            r = pb_step(s, e, data, end, 0, 1);
+        if (r == PB_TO_HEAD)
+            s->ph = 0;
+        else if (r == PB_STOP)
             break;
-        }
-        if (i >= stop) {
-            if (line && s->body == 1) { /* the body's end: its last pair (its steps first) */
-                pb_line_step(s, e, 0, 0, 1);
-                s->body = 2;
-                continue;
-            }
-            s->done = 1;
-            break;
-        }
-        u8 *p = data + (i & (PB_HDR_MAX + PB_BODY_MAX - 1));
-        if ((void *)(p + 1) > end) {
-            s->done = 1;
-            break;
-        }
-        u8 c;
-        if (i + 8 <= stop && (void *)(p + 8) <= end) {
-            u64 x = *(u64 *)p;
-            u32 n = pb_run(s, x);
-            if (n >= 8 || (line && (s->st == ST_HSTART || s->st == ST_JUNK))) {
-                s->pos = i + n; /* a whole run, or the request line's CR LF taken with the version */
-                continue;
-            }
-            i += n; /* the byte that ended the run: the byte path takes it in the same step */
-            c = (x >> (8 * n)) & 0xff;
-        } else {
-            c = *p;
-        }
-        s->pos = i + 1;
-        u32 f = e->ct->c[c];
-        u32 w = (s->w << 8) | c;
-        s->w = w;
-        if (line) {
-            pb_line_step(s, e, c, f, 0);
-            continue;
-        }
-        if (w == 0x0d0a0d0a) {
-            s->head_end = i + 1;
-            s->done = 1;
-            break;
-        }
-        pb_header_byte(s, e, c, f);
     }
 }
 

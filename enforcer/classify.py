@@ -83,7 +83,10 @@ class Classification:
     carry none, and a non-plain request names an unknown patient).  ``patients``/``encounters``: the
     distinct ids it names, in order; ``unknown_patient``: it names a patient without an id (a
     search of Patient by name, a chain through a patient reference, an absolute reference...).
-    ``body_left``: body bytes announced by Content-Length that will follow in later writes."""
+    ``body_left``: body bytes announced by Content-Length that will follow in later writes.
+    ``hold``: a ``POST _search`` head whose form body (at most ``BODY_MAX`` bytes) is not all in
+    this write: the bytes head and body take; the head is held until they are all written, and
+    the request is classified whole (``Stream``; the kernel corks the message)."""
 
     shape: str
     resource_type: str = ""
@@ -96,6 +99,7 @@ class Classification:
     patients: tuple[str, ...] = ()
     encounters: tuple[str, ...] = ()
     unknown_patient: bool = False
+    hold: int = 0
 
     @property
     def plain(self) -> bool:
@@ -339,6 +343,7 @@ def classify(raw: bytes, base: str = "/fhir") -> Classification:
                "pipelined" if rest > cl else "")
     w = _Walk(method)
     shape = framing or "plain"
+    hold = 0
     try:
         query = w.target(parts[1], base.encode())
         if (method, w.form) not in _PLAIN:
@@ -353,6 +358,7 @@ def classify(raw: bytes, base: str = "/fhir") -> Classification:
             if h["n_ct"] != 1 or not h["form"]:
                 raise Deviation("malformed")
             if rest < cl:
+                hold = head_end + cl if cl <= BODY_MAX else 0  # its form body follows: held until it is here
                 raise Deviation("split")
             if cl > BODY_MAX:
                 raise Deviation("too-large")
@@ -373,7 +379,7 @@ def classify(raw: bytes, base: str = "/fhir") -> Classification:
     body_left = max(cl - rest, 0) if not (method == "POST" and w.form == _SEARCH) else 0
     if not plain:  # what a non-plain request hides is what a policy that allows its shape admits
         return Classification(shape, rtype, inter, method, claim, context, body_left,
-                              (primary,) if primary else (), unknown_patient=True)
+                              (primary,) if primary else (), unknown_patient=True, hold=hold)
     return Classification(shape, rtype, inter, method, claim, context, body_left,
                           _sorted_touches(primary, w.touched), tuple(w.patients), tuple(w.encounters), w.unknown)
 
@@ -382,7 +388,9 @@ class Stream:
     """Per-socket classification: a body announced by Content-Length may follow in later writes.
 
     ``feed`` returns the classification of a write, or None for a write that only carries body
-    bytes still expected (passed without a decision).  ``commit(c)`` records that the request
+    bytes still expected (passed without a decision) or that is held (a ``POST _search`` head
+    waiting for its form body, ``Classification.hold``: the write that completes it is classified
+    with the held bytes, as one request).  ``commit(c)`` records that the request
     was allowed (only then are its remaining body bytes expected).  A write that brings more
     than the expected body is ``pipelined``; if it is denied the expectation stays, so the
     kernel and the server never disagree on where the next request starts."""
@@ -391,8 +399,16 @@ class Stream:
         self.base = base
         self.body_left = 0
         self._pending: int | None = None  # body bytes to expect if the last decision allows
+        self._held = b""  # a head waiting for its form body, and the bytes they take together
+        self._need = 0
 
     def feed(self, write: bytes) -> Classification | None:
+        if self._held:
+            write, self._held = self._held + write, b""
+            if len(write) < self._need:
+                self._held = write
+                return None
+            return self._decide(classify(write, self.base))
         if self.body_left:
             if len(write) <= self.body_left:
                 self.body_left -= len(write)
@@ -401,6 +417,12 @@ class Stream:
             self._pending = 0  # allowed anyway (alert/observe): the kernel stops tracking the body
             return Classification("pipelined")
         c = classify(write, self.base)
+        if c.hold:
+            self._held, self._need, self._pending = write, c.hold, None
+            return None
+        return self._decide(c)
+
+    def _decide(self, c: Classification) -> Classification:
         self._pending = c.body_left
         return c
 

@@ -139,8 +139,11 @@ fi
 # ---------------------------------------------------------------- 6. HAPI FHIR (fhir/hapi)
 # Idempotent: python -m paritybed.fhir.hapi_build returns at once when the build of the current
 # sources exists (~/.cache/paritybed/hapi/<version>/<hash>/), else runs Maven (~10 s with the
-# jars in ~/.m2, a few minutes on a fresh machine).
-if command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1; then
+# jars in ~/.m2, a few minutes on a fresh machine).  `make demo` skips it (PARITYBED_SETUP_HAPI=0):
+# the demo never starts HAPI, and on an empty Maven cache the build downloads ~300 MB.
+if [ "${PARITYBED_SETUP_HAPI:-1}" = 0 ]; then
+  say "HAPI FHIR server: not built for the demo (\`make test\` and \`make setup\` build it)"
+elif command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1; then
   if ! hapi_dir="$(.venv/bin/python -P -m paritybed.fhir.hapi_build)"; then
     if [ "${PARITYBED_REQUIRE_HAPI:-}" = 1 ]; then
       warn "PARITYBED_REQUIRE_HAPI=1: the HAPI FHIR server did not build (see the message above)"; exit 3

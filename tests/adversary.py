@@ -246,6 +246,41 @@ def shutdown_reconnect(c: dict[str, Any]) -> dict[str, Any]:
     return {"disconnect": d, "reconnect": err(lambda: s.connect(a)), "forbidden": err(lambda: s.send(FORBIDDEN))}
 
 
+def search_head(body_len: int) -> bytes:
+    """A POST _search head alone: the kernel holds it until its form body is written."""
+    return (b"POST /fhir/Observation/_search HTTP/1.1\r\nHost: fhir\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: " + str(body_len).encode() + b"\r\n\r\n")
+
+
+@attack
+def held_head_smuggle(c: dict[str, Any]) -> dict[str, Any]:
+    """A held POST _search head, then its form body with the forbidden request after it in one write."""
+    s = socket.create_connection(addr(c["fhir"]), timeout=2)
+    body = b"patient=p1"
+    return {"head": err(lambda: s.send(search_head(len(body)))), "rest": err(lambda: s.send(body + FORBIDDEN))}
+
+
+@attack
+def held_head_body_is_a_request(c: dict[str, Any]) -> dict[str, Any]:
+    """A held head whose announced form body is the forbidden request, to the byte."""
+    s = socket.create_connection(addr(c["fhir"]), timeout=2)
+    return {"head": err(lambda: s.send(search_head(len(FORBIDDEN)))), "rest": err(lambda: s.send(FORBIDDEN))}
+
+
+@attack
+def held_head_reconnect(c: dict[str, Any]) -> dict[str, Any]:
+    """A held head, a disconnect and reconnect of the same socket, then the forbidden request,
+    exactly as long as the body the held head still waits for."""
+    a = addr(c["fhir"])
+    s = socket.create_connection(a, timeout=2)
+    head = err(lambda: s.send(search_head(len(FORBIDDEN))))
+    time.sleep(0.1)
+    d = disconnect(s)
+    time.sleep(0.1)
+    return {"head": head, "disconnect": d, "reconnect": err(lambda: s.connect(a)),
+            "forbidden": err(lambda: s.send(FORBIDDEN))}
+
+
 @attack
 def reconnect_fast_open(c: dict[str, Any]) -> dict[str, Any]:
     """Disconnect, then reconnect the same socket with the forbidden request as Fast Open data."""

@@ -193,6 +193,26 @@ def test_an_announced_body_does_not_survive_a_reconnect(clean: dict[str, Any], a
     assert (ev["resource_type"], ev["reason"]) == ("Patient", "type-not-in-envelope")
 
 
+def test_a_held_search_head_hides_nothing(clean: dict[str, Any]) -> None:
+    """A POST _search head is held until its form body is written (requests writes a str body
+    apart): what completes it is judged with it, as one write, and nothing of it leaves before."""
+    before = len(clean["sink"].data())
+    res = run(clean, "held_head_smuggle")
+    assert isinstance(res["head"], int) and res["head"] > 0  # held: the write is accepted
+    assert res["rest"] == errno.EACCES
+    res = run(clean, "held_head_body_is_a_request")
+    assert isinstance(res["head"], int) and res["rest"] == errno.EACCES
+    denies = [(e["shape"], e["reason"]) for e in kernel_events(clean) if e["event"] == "deny"]
+    assert denies == [("pipelined", "unclassifiable"), ("malformed", "unclassifiable")], denies
+    assert b"_search" not in clean["sink"].data()[before:]  # neither head left
+
+
+def test_a_held_head_does_not_survive_a_reconnect(clean: dict[str, Any]) -> None:
+    res = run(clean, "held_head_reconnect")
+    assert res["disconnect"] == 0 and res["reconnect"] is None
+    assert res["forbidden"] == errno.EACCES
+
+
 def test_fast_open_on_a_reconnect(clean: dict[str, Any]) -> None:
     """Fast Open data on a disconnected socket: refused by sk_msg (not established) when the socket
     is still in the socket hash, by the connect hook otherwise."""

@@ -27,14 +27,6 @@ pytestmark = pytest.mark.bpf
 
 TESTS = Path(__file__).resolve().parent
 ALL = frozenset(t for op in client_ops.OPERATIONS for t in op.touches)
-#: operations the kernel denies although the policy allows what they touch, and why (docs/kernel.md,
-#: "Limits found"): a known false denial is listed here so that it is seen, and fixed when it passes
-KERNEL_LIMITS = {
-    "rq-post-search": "requests passes the form body as str, which http.client writes apart from the head; "
-                      "the kernel reads a POST _search form body only in the write of its head (split)",
-}
-
-
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
     with running_server() as url:
@@ -70,8 +62,8 @@ def run_enforced(base: str, allow: frozenset[tuple[str, str]], tmp: Path) -> tup
 def test_every_operation_passes_under_the_exact_policy(base: str, tmp_path: Path) -> None:
     results, denies = run_enforced(base, ALL, tmp_path)
     failed = {n: r["error"] for n, r in results.items() if not r["ok"]}
-    assert set(failed) == set(KERNEL_LIMITS), failed
-    assert all(d.get("shape") == "split" for d in denies), denies
+    assert not failed  # requests' POST _search with its form body in a write of its own included
+    assert not denies, denies
 
 
 def _unique_touch(name: str) -> tuple[str, str]:
@@ -91,8 +83,7 @@ MISSING = ("fc-include-untyped", "rq-multi-hop-chain", "rq-vread-and-history")
 def test_one_pair_missing_denies_exactly_its_operation(base: str, tmp_path: Path, name: str) -> None:
     pair = _unique_touch(name)
     results, denies = run_enforced(base, ALL - {pair}, tmp_path)
-    failed = {n for n, r in results.items() if not r["ok"]} - set(KERNEL_LIMITS)
+    failed = {n for n, r in results.items() if not r["ok"]}
     assert failed == {name}, (pair, {n: results[n].get("error") for n in failed})
-    denies = [d for d in denies if d.get("shape") != "split"]
     assert denies and all(d["reason"] == "type-not-in-envelope" for d in denies), denies
     assert f"{pair[0]}:{pair[1]}" in {d.get("touch") for d in denies}, denies
