@@ -1221,7 +1221,13 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
             ev->out_inter = out_inter;
             ev->named = c.named;
             ev->ctx = s->ctx;
-            ev->patient = s->npat ? s->pat[0] : 0;
+            ev->pat[0] = s->pat[0];
+            ev->pat[1] = s->pat[1];
+            ev->pat[2] = s->pat[2];
+            ev->pat[3] = s->pat[3];
+            ev->npat = s->npat;
+            ev->enc = s->enc;
+            ev->nenc = s->nenc;
             if (plain) {
                 ev->tr[0] = s->tr[0];
                 ev->tr[1] = s->tr[1];

@@ -202,7 +202,8 @@ struct pb_event {
     __u64 tr[PB_TW];         /* fhir: the types it touches to read (besides the primary pair) */
     __u64 ts[PB_TW];         /* and to search */
     __u64 ctx;               /* fhir: the launch context presented (hash; F_CONTEXT) */
-    __u64 patient;           /* fhir: the first patient it names (hash) */
+    __u64 pat[PB_NPAT];      /* fhir: the distinct patients it names (hashes; npat of them, up to PB_NPAT) */
+    __u64 enc;               /* fhir: the first encounter it names (hash; nenc) */
     __u32 addr[4];           /* egress: destination */
     __u32 size;              /* fhir: bytes in the message */
     __u16 port;              /* egress: destination port, network order */
@@ -221,7 +222,9 @@ struct pb_event {
     __u16 sock_family;       /* HOOK_SOCKET: the refused socket's family, type, protocol; */
     __u16 sock_type;         /* HOOK_SOCKOPT: level in sock_type, option name in sock_protocol */
     __u32 sock_protocol;
-    __u32 pad;
+    __u8 npat;               /* fhir: distinct patients named (PB_NPAT + 1: more than PB_NPAT) */
+    __u8 nenc;               /* fhir: encounters named (2: several) */
+    __u16 pad;
 };
 
 /* lost_by: events the ring buffers had no room for, by what they would have said (the total is

@@ -55,7 +55,8 @@ def expand(d: dict[str, Any], *, record_all: bool) -> list[dict[str, Any]]:
     if "ktime_ns" in d:
         common["ktime_ns"] = d["ktime_ns"]
     what = ({k: d[k] for k in ("method", "resource_type", "interaction", "shape", "size", "claim_hash", "touches",
-                               "named_patients", "unknown_patient", "context", "touch") if k in d}
+                               "named_patients", "more_patients", "named_encounters", "more_encounters", "unknown_patient",
+                               "context", "touch") if k in d}
             if d["kind"] == "fhir" else {k: d[k] for k in ("address", "endpoint", "baa_id", "vendor") if k in d})
     what.update({k: d[k] for k in ("refused", "desync") if k in d})
     out = []

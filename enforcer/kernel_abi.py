@@ -147,6 +147,7 @@ class NTab(ct.Structure):
 
 TSETS = 128  # PB_TSETS
 NARROW = 4  # PB_NARROW
+NPAT = 4  # PB_NPAT: distinct patients an event names
 
 
 class TSet(ct.Structure):
@@ -160,11 +161,12 @@ class Tables(ct.Structure):
 
 class Event(ct.Structure):
     _fields_ = [("t", s64), ("cgid", u64), ("claim", u64), ("until", s64), ("registry_version", u64),
-                ("endpoint", u64), ("tr", u64 * TW), ("ts", u64 * TW), ("ctx", u64), ("patient", u64),
+                ("endpoint", u64), ("tr", u64 * TW), ("ts", u64 * TW), ("ctx", u64), ("pat", u64 * NPAT), ("enc", u64),
                 ("addr", Addr), ("size", u32), ("port", u16), ("type_id", u16),
                 ("kind", u8), ("hook", u8), ("decision", u8), ("reason", u8), ("shape", u8),
                 ("interaction", u8), ("method", u8), ("flags", u8), ("out_type", u16), ("out_inter", u8),
-                ("named", u8), ("sock_family", u16), ("sock_type", u16), ("sock_protocol", u32), ("pad", u32)]
+                ("named", u8), ("sock_family", u16), ("sock_type", u16), ("sock_protocol", u32), ("npat", u8),
+                ("nenc", u8), ("pad", u16)]
 
 
 class PState(ct.Structure):
@@ -404,8 +406,14 @@ def decode_event(raw: Event) -> dict:
         if raw.flags & F_CLAIM:
             d["claim_hash"] = f"{raw.claim:016x}"
         d["touches"] = touches_of(raw)
-        if raw.named & NM_PATIENT:  # the first patient it names, by hash (the kernel keeps no ids)
-            d["named_patients"] = [f"{raw.patient:016x}"]
+        if raw.named & NM_PATIENT:  # the patients it names, by hash (the kernel keeps no ids; up to NPAT)
+            d["named_patients"] = [f"{raw.pat[i]:016x}" for i in range(min(raw.npat, NPAT))]
+            if raw.npat > NPAT:
+                d["more_patients"] = True
+        if raw.named & NM_ENCOUNTER:  # the first encounter it names (several: its hash, and a flag)
+            d["named_encounters"] = [f"{raw.enc:016x}"]
+            if raw.nenc > 1:
+                d["more_encounters"] = True
         if raw.named & NM_UNKNOWN:
             d["unknown_patient"] = True
         if raw.flags & F_CONTEXT:

@@ -41,7 +41,8 @@ class Kernel:
         assert r["ok"], r
         evs = [e for e in self.ke.drain() if e.get("kind") == "fhir"]
         return [(e["shape"], e["resource_type"], e["interaction"], e.get("claim_hash"), tuple(e.get("touches", ())),
-                 tuple(e.get("named_patients", ())), bool(e.get("unknown_patient")), e.get("context")) for e in evs]
+                 tuple(e.get("named_patients", ())), bool(e.get("more_patients")), tuple(e.get("named_encounters", ())),
+                 bool(e.get("more_encounters")), bool(e.get("unknown_patient")), e.get("context")) for e in evs]
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +74,11 @@ def python_view(writes: list[bytes]) -> list[tuple | None]:
         if c is not None:
             claim = f"{C.fnv1a64(c.claim):016x}" if c.claim is not None else None
             ctx = f"{C.fnv1a64(c.context):016x}" if c.context is not None else None
-            first = (f"{C.fnv1a64(c.patients[0]):016x}",) if c.patients else ()
+            pats = tuple(f"{C.fnv1a64(p):016x}" for p in c.patients[:4])  # a kernel record names up to 4
+            encs = (f"{C.fnv1a64(c.encounters[0]):016x}",) if c.encounters else ()  # and the first encounter
             touches = tuple(f"{t}:{i}" for t, i in c.touches)
-            out.append((c.shape, c.resource_type, c.interaction, claim, touches, first, c.unknown_patient, ctx))
+            out.append((c.shape, c.resource_type, c.interaction, claim, touches, pats, len(c.patients) > 4, encs,
+                        len(c.encounters) > 1, c.unknown_patient, ctx))
     return out
 
 
@@ -91,6 +94,16 @@ def test_touches_names_and_evasions_in_the_kernel(kernel: Kernel, raw: str) -> N
     include through an encoded colon, a double-encoded chain, a compartment with a dot
     segment, ...): the kernel reads each as classify.py does, touches and names included."""
     assert kernel.classify([raw.encode("latin-1")]) == python_view([raw.encode("latin-1")])
+
+
+def test_a_record_names_every_patient_and_the_encounter(kernel: Kernel) -> None:
+    """A kernel record carries up to 4 patients (a fifth is `more_patients`) and the first
+    encounter (a second is `more_encounters`), as the classifier names them."""
+    for q in ("patient=p1,p2,p3&encounter=e1", "patient=p1,p2,p3,p4,p5&encounter=e1,e2", "subject=Patient/p9&_count=5"):
+        raw = f"GET /fhir/Observation?{q} HTTP/1.1\r\nHost: fhir\r\n\r\n".encode()
+        [k] = kernel.classify([raw])
+        assert [k] == python_view([raw]), q
+    assert k[5] == (f"{C.fnv1a64('p9'):016x}",)
 
 
 def test_every_name_the_kernel_looks_up(kernel: Kernel) -> None:
