@@ -1078,7 +1078,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
     s64 now = pb_now(k, cgid);
     u8 decision = PB_ALLOW, reason = R_OK, out_inter = 0;
     u16 out_type = 0;
-    s64 until = 0, np_next = 0;
+    s64 until = 0, np_next = 0, np_old = 0;
     u8 np_new = 0, np_path = 0;
     if (c.has_claim)
         flags |= F_CLAIM;
@@ -1144,9 +1144,10 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
                 }
                 if (c.named & NM_UNKNOWN)
                     np_new++;
-                np_next = r->np_tat;
+                np_old = RD(r->np_tat);
+                np_next = np_old;
                 if (np_new) {
-                    s64 x = r->np_tat > now ? r->np_tat : now;
+                    s64 x = np_old > now ? np_old : now;
                     if (x + (s64)(np_new - 1) * a->np_interval - now > a->np_tau)
                         v = R_NEW_PATIENT;
                     else
@@ -1168,8 +1169,26 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
             if (!done)
                 v = R_RATE;
         }
-        if (!v && np_path) { /* allowed: the budget is spent and the patients are named now */
-            r->np_tat = np_next;
+        if (!v && np_path && np_new) {
+            /* allowed: the budget is spent, by compare-and-swap against the replica's other threads;
+             * if one spent it meanwhile, the check is made again on what it left */
+            u8 done = 0;
+            for (int tries = 0; tries < 4 && !done && !v; tries++) {
+                if (__sync_val_compare_and_swap(&r->np_tat, np_old, np_next) == np_old) {
+                    done = 1;
+                } else {
+                    np_old = RD(r->np_tat);
+                    s64 x = np_old > now ? np_old : now;
+                    if (x + (s64)(np_new - 1) * a->np_interval - now > a->np_tau)
+                        v = R_NEW_PATIENT;
+                    else
+                        np_next = x + (s64)np_new * a->np_interval;
+                }
+            }
+            if (!done)
+                v = R_NEW_PATIENT;
+        }
+        if (!v && np_path) { /* allowed: the patients are named now */
 #pragma unroll
             for (int i = 0; i < PB_NPAT; i++) {
                 if (i < s->npat) {
