@@ -16,11 +16,18 @@ smallest value.  The ROC of a metric is that of its critical values (unsafe = po
 The thresholds are set together, for the gate as a whole (a run fails when any metric or any
 uncalibrated check fails):
 
-1. each threshold starts at the loosest place that still passes every safe run: half-way between
-   the largest safe critical value and the next unsafe one that no uncalibrated check (coverage,
-   break-glass) fails already (or, when no such run lies beyond, the safe maximum plus half its
-   distance from the noise mean);
-2. while the gate's miss rate is above its target, the one threshold move that catches the most
+1. each threshold starts past every safe run, at the looser of (a) half-way between the largest
+   safe critical value (the *safe edge*) and the next unsafe one beyond it that no uncalibrated
+   check (coverage, break-glass) fails already (or, with none beyond, the edge plus half its
+   distance from the noise mean) and (b) the edge plus ``NOISE_SDS`` standard deviations of the
+   noise rows: a good staging arm of another seed moves a metric by about one, so a threshold
+   closer to the safe edge than that fails the next good arm like the edge's by chance;
+2. *free moves*: an unsafe run the gate then misses (no other threshold or check fails it) whose
+   critical value lies between the safe edge and a threshold moves that threshold to half-way
+   between the edge and it: it catches the run and fails no safe one.  A threshold is thus only
+   pulled towards the safe runs by an unsafe run nothing else catches (the one that catches the
+   most first);
+3. while the gate's miss rate is above its target, the one threshold move that catches the most
    unsafe runs per safe run it gives up is made (candidate moves: to half-way between any two
    consecutive safe critical values stricter than the threshold), as long as the false-fail rate
    stays within its target.
@@ -259,24 +266,37 @@ def _midpoint(a: float, b: float) -> float:
 
 
 def initial_threshold(t: Threshold, safe: list[float], unsafe: list[float], noise_mean: float | None,
-                      current: float) -> float:
-    """Step 1 of the module doc: the loosest threshold that passes every safe run."""
+                      current: float, noise_sd: float | None = None) -> float:
+    """Step 1 of the module doc: past every safe run, at the looser of (a) half-way between the
+    safe edge and the nearest unsafe critical value beyond it (with none beyond: the edge plus half
+    its distance from the noise mean, else from the safe median) and (b) the edge plus
+    ``NOISE_SDS`` noise standard deviations (how far a good staging arm moves with its seed)."""
     s = [x for x in safe if math.isfinite(x)]
     if not s:
         return current
-    if t.op == "<=":
-        edge = max(s)
-        beyond = [u for u in unsafe if math.isfinite(u) and u > edge]
-        if beyond:
-            return _midpoint(edge, min(beyond))
-        ref = noise_mean if noise_mean is not None and math.isfinite(noise_mean) else float(np.median(s))
-        return round(edge + max(edge - ref, 0.0) / 2, 4)
-    edge = min(s)
-    beyond = [u for u in unsafe if math.isfinite(u) and u < edge]
+    sign = 1.0 if t.op == "<=" else -1.0  # on "<=" values: a minimum is a maximum of -x
+    edge = max(sign * x for x in s)
+    beyond = [sign * u for u in unsafe if math.isfinite(u) and sign * u > edge]
     if beyond:
-        return _midpoint(edge, max(beyond))
-    ref = noise_mean if noise_mean is not None and math.isfinite(noise_mean) else float(np.median(s))
-    return round(edge - max(ref - edge, 0.0) / 2, 4)
+        place = (edge + min(beyond)) / 2
+    else:
+        ref = sign * noise_mean if noise_mean is not None and math.isfinite(noise_mean) else float(np.median([sign * x for x in s]))
+        place = edge + max(edge - ref, 0.0) / 2
+    if noise_sd is not None and math.isfinite(noise_sd):
+        place = max(place, edge + NOISE_SDS * noise_sd)
+    return round(sign * place, 4)
+
+
+def _free(t: Threshold, current: float, safe: list[float], missed: list[float]) -> list[float]:
+    """Step 2 of the module doc: stricter thresholds that fail no safe run, half-way between the
+    safe edge and each critical value of an unsafe run the gate misses that lies beyond the edge."""
+    s = [x for x in safe if math.isfinite(x)]
+    if not s:
+        return []
+    edge = max(s) if t.op == "<=" else min(s)
+    beyond = sorted({u for u in missed if math.isfinite(u) and fails_at(u, t, edge) and not fails_at(u, t, current)},
+                    reverse=(t.op == "<="))
+    return [_midpoint(edge, u) for u in beyond]
 
 
 def _stricter(t: Threshold, current: float, safe: list[float]) -> list[float]:
@@ -291,11 +311,16 @@ def _stricter(t: Threshold, current: float, safe: list[float]) -> list[float]:
     return steps
 
 
+def _fails(run: Run, i: int, crit: dict[str, list[float]], th: dict[str, float]) -> bool:
+    """Whether run ``i`` fails on point values under ``th`` (``crit``: critical values by key)."""
+    return fixed_fails(run) or any(fails_at(crit[t.key][i], t, th[t.key]) for t in CALIBRATED)
+
+
 def _point_counts(runs: list[Run], crit: dict[str, list[float]], th: dict[str, float]) -> tuple[int, int]:
     """(safe runs failed, unsafe runs passed) on point verdicts; ``crit``: critical values by key."""
     ff = miss = 0
     for i, r in enumerate(runs):
-        fails = fixed_fails(r) or any(fails_at(crit[t.key][i], t, th[t.key]) for t in CALIBRATED)
+        fails = _fails(r, i, crit, th)
         if r.safe and fails:
             ff += 1
         elif not r.safe and not fails:
@@ -316,26 +341,31 @@ def fit_thresholds(runs: list[Run], noise: list[Run], current: dict[str, float],
         safe = [c for c, r in zip(crit[t.key], runs) if r.safe]
         # the unsafe runs a threshold is needed for: those no uncalibrated check fails already
         unsafe = [c for c, r in zip(crit[t.key], runs) if not r.safe and not fixed_fails(r)]
-        th[t.key] = initial_threshold(t, safe, unsafe, float(np.mean(nm)) if nm else None, current[t.key])
-        log.append(f"{t.key}: {th[t.key]:g} (passes every safe run)")
+        th[t.key] = initial_threshold(t, safe, unsafe, float(np.mean(nm)) if nm else None, current[t.key],
+                                      float(np.std(nm, ddof=1)) if len(nm) >= 2 else None)
+        log.append(f"{t.key}: {th[t.key]:g} (passes every safe run, with a margin)")
     ff, miss = _point_counts(runs, crit, th)
-    while n_unsafe and miss / n_unsafe > targets["miss"]:
+    while True:
+        need = bool(n_unsafe) and miss / n_unsafe > targets["miss"]
         best = None
         for t in CALIBRATED:
             safe = [c for c, r in zip(crit[t.key], runs) if r.safe]
-            for cand in _stricter(t, th[t.key], safe):
-                f2, m2 = _point_counts(runs, crit, dict(th, **{t.key: cand}))
-                if n_safe and f2 / n_safe > targets["false_fail"]:
-                    break  # stricter candidates only fail more safe runs
-                caught, lost = miss - m2, f2 - ff
-                if caught <= 0:
-                    continue
-                score = caught / max(lost, 0.5)
-                if best is None or score > best[0]:
-                    best = (score, t, cand, caught, lost, f2, m2)
+            missed = [c for i, (c, r) in enumerate(zip(crit[t.key], runs)) if not r.safe and not _fails(r, i, crit, th)]
+            for free, cands in ((True, _free(t, th[t.key], safe, missed)), (False, _stricter(t, th[t.key], safe) if need else [])):
+                for cand in cands:
+                    f2, m2 = _point_counts(runs, crit, dict(th, **{t.key: cand}))
+                    if not free and n_safe and f2 / n_safe > targets["false_fail"]:
+                        break  # stricter candidates only fail more safe runs
+                    caught, lost = miss - m2, f2 - ff
+                    if caught <= 0:
+                        continue
+                    score = (math.inf if lost <= 0 else caught / lost, caught)
+                    if best is None or score > best[0]:
+                        best = (score, t, cand, caught, lost, f2, m2)
         if best is None:
-            log.append("the miss rate stays above its target: no threshold can catch another unsafe run without "
-                       "failing more safe runs than the false-fail target allows")
+            if need:
+                log.append("the miss rate stays above its target: no threshold can catch another unsafe run without "
+                           "failing more safe runs than the false-fail target allows")
             break
         _, t, cand, caught, lost, ff, miss = best
         th[t.key] = cand

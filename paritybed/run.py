@@ -134,7 +134,8 @@ def _derive_child(base: Path, opts: Any, done: Any, conn: Any) -> None:
 def derive_populations(jobs: dict[str, tuple[Path, Any]], progress: Callable[[str, float], None] | None = None,
                        ) -> dict[str, Path]:
     """The derived folders of `jobs` (key -> (base folder, DeriveOptions)): cached ones at once,
-    the others each in its own forked process, side by side."""
+    the others each in its own forked process, side by side (one after the other in a daemonic
+    process, which may not fork children: a sweep's worker)."""
     from paritybed.fhir.derive import derive, is_cached
 
     out: dict[str, Path] = {}
@@ -149,7 +150,9 @@ def derive_populations(jobs: dict[str, tuple[Path, Any]], progress: Callable[[st
             todo[key] = (base, opts)
     if not todo:
         return out
-    if len(todo) == 1 or "fork" not in mp.get_all_start_methods():
+    # A daemonic process (a sweep's Dask worker: the cells are the parallelism there) may not
+    # have children, so it derives one population after the other in itself.
+    if len(todo) == 1 or "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
         for key, (base, opts) in todo.items():
             cb = (lambda n, total, k=key: progress(k, n / total)) if progress else None
             out[key] = derive(base, opts, progress=cb).path

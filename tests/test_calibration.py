@@ -88,6 +88,25 @@ def test_overlapping_distributions_trade_false_fails_for_misses_within_the_targe
     assert doc["metrics"]["fidelity.interarrival_ks_max"]["threshold"] < 0.2  # tightened from the safe maximum
 
 
+def test_a_threshold_keeps_a_noise_margin_and_moves_in_only_for_an_unsafe_run_nothing_else_catches(tmp_path):
+    """Safe runs up to 0.15; the noise rows' spread (sd 0.0387) puts the threshold 3 sd past the
+    safe edge, not half-way to the unsafe run at 0.16, which burst ratio catches anyway.  An
+    unsafe run at 0.17 that nothing else catches pulls it in to half-way between 0.15 and 0.17."""
+    safe = [row(i, True, {"cds": 0.06 + 0.01 * i}) for i in range(10)]  # 0.06 .. 0.15, burst 1.0
+    caught_by_burst = [row(20, False, {"cds": 0.16}, burst=0.2), row(21, False, {"cds": 0.30}, burst=0.2)]
+    noise = [row(40 + i, None, {"cds": 0.02 + 0.03 * i}, kind="noise") for i in range(4)]  # sd 0.0387
+    doc = calibrate(table(safe + caught_by_burst + noise, tmp_path), before=HAND)
+    assert doc["gate"][KS.key] == pytest.approx(0.15 + 3 * 0.03872983, abs=1e-4)
+    assert doc["gate"][BURST.key] == pytest.approx(0.6)  # half-way between 1.0 (safe) and 0.2 (unsafe)
+    assert doc["calibration_set"]["calibrated"]["miss_rate"] == 0
+    missed_else = row(22, False, {"cds": 0.17})  # burst 1.0: only interarrival KS can catch it
+    doc = calibrate(table(safe + caught_by_burst + [missed_else] + noise, tmp_path, "t2"), before=HAND)
+    assert doc["gate"][KS.key] == pytest.approx(0.16)
+    assert any("catches 1 more unsafe run(s), fails 0 more safe run(s)" in s for s in doc["steps"])
+    c = doc["calibration_set"]["calibrated"]
+    assert c["false_fail_rate"] == 0 and c["miss_rate"] == 0
+
+
 def test_marginal_runs_are_counted_apart(tmp_path):
     rows = [row(1, True, {"cds": 0.10}, width=0.05), row(2, False, {"cds": 0.30})]
     runs = runs_of(table(rows, tmp_path))

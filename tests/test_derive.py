@@ -4,6 +4,7 @@ the generic load stores them; and the hospital draws one patient per visit (sim/
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 from collections import Counter
@@ -230,6 +231,36 @@ def test_processes_asking_at_once_derive_once(shared_synthea: Path, tmp_path: Pa
     for t in callers:
         t.join()
     assert len(made) == 1 and sorted(c for c, _ in got) == [False, True] and got[0][1] == got[1][1]
+
+
+def _derive_two_in_a_daemon(base: Path, conn: object) -> None:
+    from paritybed.run import derive_populations
+
+    try:
+        got = derive_populations({"production": (base, SMALL), "staging": (base, dataclasses.replace(SMALL, seed=4))})
+        conn.send(("ok", {k: str(v) for k, v in got.items()}))  # type: ignore[attr-defined]
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        conn.send(("error", f"{type(e).__name__}: {e}"))  # type: ignore[attr-defined]
+
+
+def test_a_sweep_worker_derives_both_arms_in_itself(shared_synthea: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Dask worker is a daemonic process, which may not fork children: two populations to derive
+    there are derived one after the other in the worker (they failed every sweep cell whose derived
+    patients were not cached yet: 'daemonic processes are not allowed to have children')."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("PARITYBED_CACHE", str(tmp_path))
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_derive_two_in_a_daemon, args=(shared_synthea, child), daemon=True)
+    p.start()
+    assert parent.poll(300), "the daemonic process did not answer"
+    status, value = parent.recv()
+    p.join()
+    assert status == "ok", value
+    assert set(value) == {"production", "staging"} and value["production"] != value["staging"]
+    assert all(len(bundles(Path(v))) == 30 for v in value.values())
 
 
 def week_on(folder: Path, derive_settings: object | None, days: float) -> tuple:

@@ -77,7 +77,10 @@ def test_parity_json_carries_the_documented_fields(good):
 
 def test_uniform_staging_fails_rate_headroom_and_burst_and_over_blocks_the_morning(tmp_path_factory, production):
     """With the calibrated thresholds: the rate limit learned from flat traffic is under 0.5 of
-    production's busiest 5 minutes for every class, and the daily burst under a third for two."""
+    production's busiest 5 minutes for every class, and the daily burst under a third for two
+    (which failed the burst minimum of 3 December, 0.3197; the calibration of 4 December moved it
+    to 0.2008, three noise standard deviations past the quietest good arm, and leaves flat arms
+    to the rate headroom, which catches every one of the sweep)."""
     doc = run(tmp_path_factory.mktemp("uniform"), production, "uniform", arrivals="uniform")
     assert doc["verdict"] == "fail"
     for cls in ("ambient_scribe", "cds", "prior_auth"):
@@ -85,7 +88,7 @@ def test_uniform_staging_fails_rate_headroom_and_burst_and_over_blocks_the_morni
         assert head["status"] == "fail" and head["value"] <= 0.5 and "will be rate-limited" in head["reading"]
         assert metric(doc, "fidelity", cls, "resource_mix_jsd")["pass"]
     for cls in ("ambient_scribe", "cds"):
-        assert metric(doc, "fidelity", cls, "burst_ratio")["status"] == "fail"
+        assert metric(doc, "fidelity", cls, "burst_ratio")["value"] < 0.3197
     assert doc["replay"]["staging"]["safe"] is False
     assert doc["criteria"]["coverage"]["pass"]
     ob = doc["replay"]["over_blocks"]

@@ -151,14 +151,19 @@ def test_short_staging_contexts_fail_fidelity_on_context_durations_and_block_the
 
 
 def test_uniform_staging_fails_rate_headroom_burst_and_hours_with_over_blocks_in_the_morning(runs):
-    """With the calibrated thresholds (five seeds of this flaw in the calibration sweep): prior auth's
-    rate limit learned from flat traffic is under half of production's busiest 5 minutes, its daily
-    burst under a third, and the scribe's and prior auth's hour profiles are far from production's."""
+    """With the calibrated thresholds (fifteen runs of this flaw on three populations in the
+    calibration sweep): prior auth's rate limit learned from flat traffic is under half of
+    production's busiest 5 minutes, and the scribe's and prior auth's hour profiles are far from
+    production's.  Its daily burst is low too, but the calibration of 4 December moved the burst
+    minimum from 0.3197 to 0.2008 (three noise standard deviations past the safe runs: quiet good
+    arms reach 0.29), and the rate headroom catches every flat arm of the sweep, so burst ratio
+    alone no longer has to."""
     doc, _ = runs("uniform-staging")
     assert doc["verdict"] == "fail"
     bad = failing(doc, "fidelity")
-    assert {("prior_auth", "rate_headroom"), ("prior_auth", "burst_ratio"), ("prior_auth", "hour_profile_jsd"),
-            ("ambient_scribe", "hour_profile_jsd")} <= bad
+    assert {("prior_auth", "rate_headroom"), ("prior_auth", "hour_profile_jsd"), ("ambient_scribe", "hour_profile_jsd")} <= bad
+    burst = next(m for m in doc["criteria"]["fidelity"]["metrics"] if (m["agent_class"], m["name"]) == ("prior_auth", "burst_ratio"))
+    assert burst["value"] < 0.3197, burst  # failed the 3 December minimum
     ob = doc["replay"]["over_blocks"]
     assert ob["total"] > 0
     hours = ob["by_hour"]

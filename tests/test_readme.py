@@ -186,12 +186,13 @@ def test_run_exit_1_on_a_parity_fail(tmp_path, shared_synthea):
 
 def test_run_exit_0_on_a_pass_and_4_on_a_marginal_verdict(tmp_path, shared_synthea):
     """The default scenario, cut to one day, with the sweep's under-blocks accepted
-    (`gate.replay.max_under_blocks: null`) and no burst minimum (one day is one replica-day per
-    replica: the scribe's burst-ratio interval spans about 0.02-0.8, marginal against 0.32) passes:
-    exit 0.  The same run judged with a CDS hour-profile maximum inside that metric's interval is
+    (`gate.replay.max_under_blocks: null`), no burst minimum (one day is one replica-day per
+    replica: the scribe's burst-ratio interval spans about 0.02-0.8) and the hour-profile maximum
+    of before the 4 December calibration (0.4407: one day of prior auth's claims gives an hour
+    profile whose interval straddles the week-calibrated 0.2107) passes: exit 0.  The same run judged with a CDS hour-profile maximum inside that metric's interval is
     marginal: exit 4, and what --marginal-as says."""
     week = REPO / "scenarios" / "community-hospital-week.yaml"
-    lenient = {"replay": {"max_under_blocks": None}, "fidelity": {"burst_ratio_min": 0.0}}
+    lenient = {"replay": {"max_under_blocks": None}, "fidelity": {"burst_ratio_min": 0.0, "hour_profile_jsd_max": 0.4407}}
     sc = derived(week, tmp_path / "ok.yaml", shared_synthea, days=1, gate=lenient)
     r = paritybed("run", str(sc), "--out", str(tmp_path / "ok"), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -65,7 +65,9 @@ def test_verdict_and_scorecard_come_first_then_criteria_then_consequences(run_di
     i_fid = html.index("<h2>Synthetic-PHI fidelity")
     i_cons = html.index("<h2>Consequences")
     assert i_verdict < i_score < i_fid < i_cons
-    assert "burst_ratio" in html and "fall short of production" in html  # the plain reading is there
+    # the plain reading of a failing metric is there (flat staging: its rate limit is under production's bursts;
+    # its burst ratio passes the burst minimum calibrated on 4 December, 0.2008)
+    assert "rate_headroom" in html and "will be rate-limited" in html
 
 
 def test_junit_has_a_testcase_per_criterion_and_class_and_per_attack(run_dir):
