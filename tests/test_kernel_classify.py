@@ -186,14 +186,21 @@ def test_kernel_and_python_classify_alike(kernel: Kernel, raw: bytes) -> None:
 def test_bodies_across_writes(kernel: Kernel, body: bytes, cuts: list[int], extra: bytes) -> None:
     """A head with part of its body, the rest in later writes (with or without bytes too many)."""
     head = f"POST /fhir/Observation HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-    stream = head + body + extra
-    points = sorted({len(head) + min(c, len(body) + len(extra)) for c in cuts} | {len(stream)})
+    writes = cut_after(head, body + extra, cuts)
+    assert kernel.classify(writes) == python_view(writes), writes
+
+
+def cut_after(head: bytes, rest: bytes, cuts: list[int]) -> list[bytes]:
+    """head + rest as writes: the head whole (with what comes before the first cut), the rest cut
+    at the given offsets into it."""
+    stream = head + rest
+    points = sorted({len(head) + min(c, len(rest)) for c in cuts} | {len(stream)})
     writes, start = [], 0
     for p in points:
         if p > start:
             writes.append(stream[start:p])
             start = p
-    assert kernel.classify(writes) == python_view(writes), writes
+    return writes
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -208,11 +215,5 @@ def test_form_bodies_across_writes(kernel: Kernel, params: str, cuts: list[int],
     body = params.encode()
     head = f"POST /fhir/Observation/_search HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n" \
            f"Content-Length: {len(body)}\r\n\r\n".encode()
-    stream = head + body + extra
-    points = sorted({len(head) + min(c, len(body) + len(extra)) for c in cuts} | {len(stream)})
-    writes, start = [], 0
-    for p in points:
-        if p > start:
-            writes.append(stream[start:p])
-            start = p
+    writes = cut_after(head, body + extra, cuts)
     assert kernel.classify(writes) == python_view(writes), writes
