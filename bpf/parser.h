@@ -1384,7 +1384,6 @@ static __always_inline void pb_header_byte(struct pb_pstate *s, struct pb_env *e
 /* the index of the first byte with its top bit set in out (out != 0) */
 #define FIRST(out) (((((out) & -(out)) >> 7) * 0x0001020304050607ULL) >> 56)
 
-/* FNV-1a over the run's n bytes (x, first byte lowest) */
 /* a header value only skipped (pb_header_byte reads the others byte by byte) */
 static __always_inline int pb_hval_skipped(struct pb_pstate *s)
 {
@@ -1392,6 +1391,7 @@ static __always_inline int pb_hval_skipped(struct pb_pstate *s)
     return hk < H_CONTENT_LENGTH || hk == H_TRANSFER_ENCODING || hk == H_OVERRIDE;
 }
 
+/* FNV-1a over the run's n bytes (x, first byte lowest) */
 static __always_inline u64 pb_fnv_run(u64 h, u64 x, u32 n)
 {
 #pragma unroll
@@ -1810,10 +1810,6 @@ static __always_inline int pb_may_goto(void)
 #define PH_LINE 1          /* the request line, or a form body's parameters */
 #define PH_BOTH 2          /* the request line, then the header section (s->ph says which) */
 
-/* Scan from s->pos for at most `iters` steps in one phase: the request line (line = 1, until the
- * header section starts or the line is junk), a body's parameters (line = 1, s->body, until
- * s->end), or the header section (line = 0, until its end).  Sets s->done when the phase ended or
- * the data did. */
 /* One step of a phase (line = 1: the request line or a form body's parameters; 0: the header
  * section): PB_NEXT to go on, PB_STOP when the phase ended or the data did (s->done set), or
  * PB_TO_HEAD when the request line is read and `both` lets the header section follow in the same
@@ -1888,6 +1884,10 @@ static __always_inline int pb_step(struct pb_pstate *s, struct pb_env *e, void *
     return PB_NEXT;
 }
 
+/* Scan from s->pos in one phase (mode PH_LINE: the request line, until the header section starts
+ * or the line is junk, or a body's parameters, until s->end; PH_HEAD: the header section, until
+ * its end) or in both (PH_BOTH), until the loop budget runs out.  Sets s->done when the phase
+ * ended or the data did. */
 static __always_inline void pb_scan(struct sk_msg_md *msg, struct pb_pstate *s, struct pb_env *e, const int mode)
 {
     void *data = (void *)(long)msg->data;
