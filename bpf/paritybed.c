@@ -757,10 +757,11 @@ static __always_inline void pb_after_head(struct sk_msg_md *msg, struct pb_pstat
         u32 cl = s->cl_val;
         if (s->n_ct != 1 || !s->ct_form) {
             s->fam = S_MALFORMED;
-        } else if (s->size - s->head_end < cl && cl <= PB_BODY_MAX) {
-            bpf_msg_cork_bytes(msg, s->head_end + cl);
-            return; /* held: no decision, nothing counted; the caller returns SK_DROP */
         } else if (s->size - s->head_end < cl) {
+            if (cl <= PB_BODY_MAX) {
+                bpf_msg_cork_bytes(msg, s->head_end + cl);
+                return; /* held: no decision, nothing counted; the caller returns SK_DROP */
+            }
             s->fam = S_SPLIT;
         } else if (cl > PB_BODY_MAX) {
             s->fam = S_TOO_LARGE;
