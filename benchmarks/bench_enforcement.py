@@ -69,6 +69,9 @@ if mode in ("loop", "count"):  # one keep-alive connection; loop: per stdin line
     items = json.loads(sys.stdin.readline())  # each a path (GET) or [method, path, body]
     reqs = []
     for i in items:
+        if isinstance(i, dict):  # the bytes of a head built by the caller (agents.live.request_for)
+            reqs.append(i["raw"].encode("latin-1"))
+            continue
         method, path, body = ("GET", i, "") if isinstance(i, str) else i
         reqs.append(request_bytes(method, path, f"{host}:{port}", body.encode(), None))
     s = socket.create_connection((host, port))
@@ -260,19 +263,25 @@ def run() -> list[dict]:
 NAME = "pb-bench"
 
 
-def _enforcer(tmp: Path, port: int):
+def _enforcer(tmp: Path, port: int, bound: bool = False):
+    """The bench agent under an allowing policy; ``bound``: bound to launch contexts (issue 8),
+    with CONTEXT open on its replica for patient UUID and encounter ENCOUNTER."""
     from paritybed.enforcer.kernel import KernelEnforcer
-    from paritybed.enforcer.policy import AgentPolicy, FhirPolicy, Pair, Policy
+    from paritybed.enforcer.policy import AgentPolicy, ContextPolicy, FhirPolicy, Pair, Policy
     from paritybed.enforcer.registry import Registry, save_registry
 
     save_registry(Registry(version=1), tmp / "baa.json")
     allow = [Pair(type="Patient", interaction="read"), Pair(type="Patient", interaction="search"),
              Pair(type="Observation", interaction="search"),
              Pair(type="Encounter", interaction="read"), Pair(type="DocumentReference", interaction="create")]
-    agents = {"bench": AgentPolicy(agent_class="cds", fhir=FhirPolicy(server=f"127.0.0.1:{port}", allow=allow))}
+    context = ContextPolicy(bound=True, max_duration_s=3600, max_open=4) if bound else None
+    agents = {"bench": AgentPolicy(agent_class="cds", fhir=FhirPolicy(server=f"127.0.0.1:{port}", allow=allow),
+                                   context=context)}
     ke = KernelEnforcer(Policy(agents=agents), tmp / "baa.json", start=dt.datetime.now(dt.timezone.utc), clock="real",
                         name=NAME)
     ke.add_replica("bench", 0)
+    if bound and not ke.open_context("bench", 0, CONTEXT, UUID, ENCOUNTER, 3600 * 10**9, ke.now_ns()):
+        raise RuntimeError("bench: the launch context was refused")
     return ke
 
 
@@ -301,6 +310,35 @@ MORE_HEADS = (
 )
 
 
+#: the agents' heads as the live driver sends them (agents.live.request_for): identity headers and
+#: the launch context the request presents, to a bound agent with that context open (issue 8's
+#: "with binding")
+ENCOUNTER = "0b9d3f6e-2c4a-4d8e-b1f7-5a6c7d8e9f01"
+CONTEXT = "scribe-lc0000042"
+BOUND_HEADS = (
+    ("bound agent's search", f"/fhir/Observation?patient={UUID}&category=laboratory&_count=20"),
+    ("bound agent's search, 4 parameters", f"/fhir/Observation?patient={UUID}&category=laboratory&_count=50&_sort=-date"),
+    ("bound agent's read of its patient", f"/fhir/Patient/{UUID}"),
+    ("bound agent's read of its encounter", f"/fhir/Encounter/{ENCOUNTER}"),
+)
+
+
+def bound_head(path: str, port: int) -> dict:
+    """A GET of ``path`` exactly as the live driver writes it for a scribe row in CONTEXT."""
+    from paritybed.agents.live import request_for
+
+    cmd = {"method": "GET", "path": path, "agent": "scribe", "replica": 0, "agent_class": "scribe",
+           "start": "2026-01-05T00:00:00+00:00", "t_ns": 3_600_123_456_789, "row": 123456, "launch_context": CONTEXT}
+    return {"raw": request_for(cmd, f"127.0.0.1:{port}").decode("latin-1")}
+
+
+def _decision_row(label: str, v: list[float], head: int) -> dict:
+    return {"name": f"sk_msg decision, {label} ({head}-byte head)", "value": round(statistics.median(v)), "unit": "ns",
+            "goal": "<= 1 us", "passed": statistics.median(v) <= 1000,
+            "note": f"run_time_ns/run_cnt, median of {len(v)} batches of 1000 (min {min(v):.0f}); "
+                    "parse + decide, tail calls included"}
+
+
 def _measure(tmp: Path, port: int, tport: int, paths: list[str]) -> list[dict]:
     from paritybed.enforcer import bpfsys
 
@@ -320,11 +358,7 @@ def _measure(tmp: Path, port: int, tport: int, paths: list[str]) -> list[dict]:
         search = [p for p in paths if "?" in p]
         for label, ps in (("agent search", search), ("agent read", ["/fhir/Patient/p1"]), *MORE_HEADS):
             v = _batches(ke, "pb_sk_msg", "count", tport, "1000", json.dumps(ps) + "\n")
-            rows.append({"name": f"sk_msg decision, {label} ({_head(ps[0], tport)}-byte head)",
-                         "value": round(statistics.median(v)), "unit": "ns", "goal": "<= 1 us",
-                         "passed": statistics.median(v) <= 1000,
-                         "note": f"run_time_ns/run_cnt, median of {len(v)} batches of 1000 (min {min(v):.0f}); "
-                                 "parse + decide, tail calls included"})
+            rows.append(_decision_row(label, v, _head(ps[0], tport)))
         c4 = _batches(ke, "pb_connect4", "connect", tport, "300", "")
         rows.append({"name": "connect4 decision", "value": round(statistics.median(c4)), "unit": "ns", "goal": "<= 1 us",
                      "passed": statistics.median(c4) <= 1000,
@@ -345,6 +379,25 @@ def _measure(tmp: Path, port: int, tport: int, paths: list[str]) -> list[dict]:
         none, enforced, cn, ce = _ab(ke, tport, paths)
         rows.append(_overhead_row("request throughput vs a trivial 200 server (worst case)", none, enforced, None))
         rows.append(_cpu_row("client CPU per request, trivial server", cn, ce, none))
+    finally:
+        bpfsys.set_stats(stats_before)
+        ke.close()
+    rows += bound_rows(tmp, tport)
+    return rows
+
+
+def bound_rows(tmp: Path, tport: int, n: int = 10) -> list[dict]:
+    """The decision with binding, for the agents' heads as the live driver writes them."""
+    from paritybed.enforcer import bpfsys
+
+    rows: list[dict] = []
+    ke = _enforcer(tmp, tport, bound=True)
+    stats_before = bpfsys.set_stats(True)
+    try:
+        for label, path in BOUND_HEADS:
+            head = bound_head(path, tport)
+            v = _batches(ke, "pb_sk_msg", "count", tport, "1000", json.dumps([head]) + "\n", n)
+            rows.append(_decision_row(label, v, len(head["raw"])))
     finally:
         bpfsys.set_stats(stats_before)
         ke.close()

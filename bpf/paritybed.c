@@ -828,6 +828,7 @@ struct pb_parsed {
     u8 interaction;
     u8 method;
     u8 has_claim;
+    u8 has_ctx;              /* a launch context is presented (well formed, once: classify's context) */
     u8 named;                /* NM_* */
 };
 
@@ -872,6 +873,7 @@ static __always_inline void pb_result(struct pb_pstate *s, struct pb_env *e, str
         out->has_claim = 1;
         out->claim = s->claim;
     }
+    out->has_ctx = s->n_ctx;
     if (shape == S_MALFORMED)
         return;
     u16 type_id = s->type_id;
@@ -1083,7 +1085,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
     u8 np_new = 0, np_path = 0;
     if (c.has_claim)
         flags |= F_CLAIM;
-    if (s->n_ctx)
+    if (c.has_ctx)
         flags |= F_CONTEXT;
     if (a->mode == M_OBSERVE) {
         reason = R_OBSERVE;

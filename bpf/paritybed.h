@@ -168,6 +168,8 @@ struct pb_tables {
     __u16 patient, encounter, valueset;  /* their type ids */
     __u16 pad;
     __u8 debruijn[64];            /* lowest set bit by de Bruijn multiplication (pb_ctz) */
+    __u64 hnames;                 /* header-name filter: bit ((last 8 bytes ^ length) * NT_P1) >> 58
+                                   * of each name NT_HEADER holds (pb_hname_maybe) */
 };
 
 /* per-socket state (sk_storage); every field below `cookie` belongs to the *connection*: reset

@@ -1287,6 +1287,15 @@ static __always_inline void pb_hvalue_byte(struct pb_pstate *s, u8 c, u32 f)
 }
 
 /* one byte of the header section */
+/* May the header name just read (its last 8 bytes in k0, its length in len) be one the parser
+ * reads?  A 64-bit filter of the names NT_HEADER holds (kernel_abi.tables): the usual headers of a
+ * client (Host, Accept, User-Agent, ...) mostly skip the name-table lookup; a name the filter
+ * passes is looked up as before, so the filter decides nothing. */
+static __always_inline int pb_hname_maybe(struct pb_pstate *s, struct pb_env *e)
+{
+    return (e->tb->hnames >> (((s->k0 ^ s->len) * NT_P1) >> 58)) & 1;
+}
+
 static __always_inline void pb_header_byte(struct pb_pstate *s, struct pb_env *e, u8 c, u32 f)
 {
     u8 st = s->st;
@@ -1314,7 +1323,7 @@ static __always_inline void pb_header_byte(struct pb_pstate *s, struct pb_env *e
         }
     } else if (st == ST_HNAME) {
         if (c == ':') {
-            u8 hk = s->len > PB_HNAME_MAX ? 0 :
+            u8 hk = s->len > PB_HNAME_MAX || !pb_hname_maybe(s, e) ? 0 :
                     (u8)pb_name_find(e->nt, NT_HEADER, 0, s->len, s->k0, s->k1, s->k2, 0, 0);
             s->hkind = hk;
             if (hk == H_CONTENT_LENGTH)
@@ -1414,10 +1423,16 @@ static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
     u32 lim = 8, len = s->len;
     u64 high = 0; /* bytes >= 0x80 that belong to the class */
     if (st == ST_HVAL) {
-        if (!pb_hval_skipped(s))
+        u8 hk = s->hkind;
+        if (pb_hval_skipped(s)) {
+            in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
+            high = x & HIGHS;
+        } else if ((hk == H_CLAIM || hk == H_CONTEXT) && s->sub == 1) { /* an id's bytes after its first */
+            in = ALNUM(y) | IN(y, '-', '.') | IN(y, '_', '_') | IN(y, ':', ':');
+            lim = len < PB_CLAIM_MAX ? PB_CLAIM_MAX - len : 0;
+        } else {
             return 0;
-        in = IN(y, 0x20, 0x7e) | IN(y, '\t', '\t');
-        high = x & HIGHS;
+        }
     } else if (st == ST_QVAL) {
         u8 vm = s->vmode;
         if (s->p25)
@@ -1496,6 +1511,11 @@ static __always_inline u32 pb_run(struct pb_pstate *s, u64 x)
                 s->ilen += n;
                 s->iskip = 1;
             }
+        } else if (st == ST_HVAL) {
+            if (s->hkind == H_CLAIM)
+                s->claim = pb_fnv_run(s->claim, x, n);
+            else if (s->hkind == H_CONTEXT)
+                s->ctx = pb_fnv_run(s->ctx, x, n);
         } else if (st == ST_HNAME || st == ST_BASE) {
             SH3N(b, n);
         } else if (st == ST_METHOD || st == ST_VER) {

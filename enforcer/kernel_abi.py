@@ -156,7 +156,7 @@ class TSet(ct.Structure):
 
 class Tables(ct.Structure):
     _fields_ = [("tset", TSet * TSETS), ("comp", (u64 * TW) * NTYPES), ("modok", u16 * 32), ("patient", u16),
-                ("encounter", u16), ("valueset", u16), ("pad", u16), ("debruijn", u8 * 64)]
+                ("encounter", u16), ("valueset", u16), ("pad", u16), ("debruijn", u8 * 64), ("hnames", u64)]
 
 
 class Event(ct.Structure):
@@ -335,7 +335,16 @@ def tables() -> Tables:
     t.patient, t.encounter, t.valueset = (grammar.TYPE_ID[x] for x in ("Patient", "Encounter", "ValueSet"))
     for i in range(64):  # de Bruijn: (1 << i) * B >> 58 is distinct for every i
         t.debruijn[(((1 << i) * 0x03F79D71B4CB0A89) & 0xFFFFFFFFFFFFFFFF) >> 58] = i
+    for name in header_kinds():
+        t.hnames |= 1 << header_filter_bit(name)
     return t
+
+
+def header_filter_bit(name: str) -> int:
+    """The bit of a (lower-case) header name in Tables.hnames, as pb_hname_maybe computes it from
+    the parser's shift register (the name's last 8 bytes, first one most significant)."""
+    raw = name.encode()
+    return (((int.from_bytes(raw[-8:], "big") ^ len(raw)) * NT_P[0]) & 0xFFFFFFFFFFFFFFFF) >> 58
 
 
 def header_kinds() -> dict[str, int]:

@@ -111,7 +111,7 @@ def test_every_name_the_kernel_looks_up(kernel: Kernel) -> None:
     meaning, the headers the parser knows, in two cases) is found where classify.py finds it."""
     raws = [f"GET /fhir/{t} HTTP/1.1\r\n\r\n" for t in C.R4_TYPES]
     raws += [f"GET /fhir/Observation?{p}=1 HTTP/1.1\r\n\r\n" for p in (*PARAM_SAMPLE, *G.SPECIAL)]
-    headers = ("Content-Length", "Transfer-Encoding", C.CLAIM_HEADER, *C.OVERRIDE_HEADERS)
+    headers = ("Content-Length", "Transfer-Encoding", C.CLAIM_HEADER, C.CONTEXT_HEADER, "Content-Type", *C.OVERRIDE_HEADERS)
     raws += [f"GET /fhir/Observation HTTP/1.1\r\n{h}: 1\r\n\r\n" for h in headers]
     raws += [f"GET /fhir/Observation HTTP/1.1\r\n{h.upper()}: 1\r\n\r\n" for h in headers]
     for raw in raws:
@@ -138,8 +138,12 @@ HEADERS = st.one_of(
               st.one_of(st.integers(0, 40).map(str), st.sampled_from(["", " 3 ", "1,2", "-1", "0x10", "1234567890", "3 4"]))),
     st.tuples(st.just("Transfer-Encoding"), st.sampled_from(["chunked", "identity"])),
     st.tuples(st.sampled_from(["X-HTTP-Method-Override", "X-Method-Override", "x-http-method"]), st.just("DELETE")),
-    st.tuples(st.sampled_from(["X-Break-Glass-Claim", "x-break-glass-claim"]),
-              st.one_of(st.text("abcXYZ09._:-", min_size=1, max_size=10), st.sampled_from(["", "a b", "x" * 65, " cb-1 "]))),
+    # claim and launch-context ids: read in runs of up to 8 bytes, up to 64 bytes (a 65th, a space
+    # inside, a byte outside the class or a value split by a near-miss must end up as classify says)
+    st.tuples(st.sampled_from(["X-Break-Glass-Claim", "x-break-glass-claim", "X-Launch-Context", "x-launch-context"]),
+              st.one_of(st.text("abcXYZ09._:-", min_size=1, max_size=10), st.text("abcXYZ09._:-", min_size=7, max_size=70),
+                        st.text("abcXYZ09._:- \t/;", min_size=1, max_size=30),
+                        st.sampled_from(["", "a b", "x" * 64, "x" * 65, " cb-1 ", "scribe-lc0000042", "lc-1\t"]))),
     st.tuples(st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=30), st.text("abc 019;=,", max_size=30)),
 )
 
