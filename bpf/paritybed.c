@@ -66,7 +66,8 @@ __attribute__((section("maps/ringbuf:" PIN(_name)))) struct _name##_table_t _nam
 
 PB_MAP("array", u32, struct pb_knobs, knobs, 1);
 PB_MAP("array", u32, struct pb_ctab, ctab, 1);
-PB_MAP("hash", u64, struct pb_agent, agents, 256);
+PB_MAP("array", u32, struct pb_agent, agents, PB_AGENTS * 2);  /* two entries per agent slot (pb_agent_of) */
+PB_MAP("array", u32, u32, agent_live, PB_AGENTS);  /* which of a slot's two entries is in force */
 PB_MAP("hash", u64, struct pb_replica, replicas, 4096);
 PB_MAP("hash", struct pb_class_key, struct pb_pairs, lanebits, 4096);
 PB_MAP("hash", struct pb_lane_key, struct pb_lane, lanes, 16384);
@@ -90,6 +91,24 @@ PB_RINGBUF(egress_events, PB_RB_PAGES);   /* egress, refusals, inbound: a flood 
 PB_MAP("prog", u32, u32, jmp, 4);  /* tail calls: JMP_LINE, JMP_HEAD, JMP_DECIDE */
 
 /* ---------------------------------------------------------------- common */
+
+/* The agent of replica r: the entry in force of its agent slot.  Both maps are arrays, so the
+ * lookups are a bounds check and an offset (no hash): the control plane writes a new policy into
+ * the slot's other entry and then switches agent_live, so a decision never reads an entry being
+ * written.  An entry whose key is not the replica's agent (a slot freed or given to another
+ * agent) is no agent: the caller fails closed, as for a missing agent. */
+static __always_inline struct pb_agent *pb_agent_of(struct pb_replica *r)
+{
+    u32 i = r->slot;
+    if (i >= PB_AGENTS)
+        return 0;
+    u32 *live = agent_live.lookup(&i);
+    if (!live)
+        return 0;
+    u32 j = i * 2 + (*live & 1);
+    struct pb_agent *a = agents.lookup(&j);
+    return a && a->key == r->agent ? a : 0;
+}
 
 /* The clock a decision for replica cgid uses: the real clock, or on the virtual clock the
  * replica's own time if the driver set one (replicas then run in parallel, each at its own
@@ -194,7 +213,7 @@ static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook, u8 tcp, u8
     if (!r)
         return 1; /* not a paritybed replica: unenforced */
     u32 z = 0;
-    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_agent *a = pb_agent_of(r);
     struct pb_knobs *k = knobs.lookup(&z);
     if (!a || !k)
         return 0; /* a registered replica without its policy: fail closed */
@@ -362,7 +381,7 @@ static __always_inline int pb_refuse(u64 cgid, u8 hook, u16 family, u16 type, u3
     if (!r)
         return 1;
     u32 z = 0;
-    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_agent *a = pb_agent_of(r);
     struct pb_knobs *k = knobs.lookup(&z);
     if (!a || !k)
         return 0;
@@ -418,7 +437,7 @@ static __always_inline int pb_refuse_packet(struct __sk_buff *skb, struct bpf_so
     if (ss) {
         if (ss->refused) { /* reported once per socket: the packet is retransmitted while dropped */
             struct pb_replica *r = replicas.lookup(&cgid);
-            struct pb_agent *a = r ? agents.lookup(&r->agent) : 0;
+            struct pb_agent *a = r ? pb_agent_of(r) : 0;
             return a && a->mode == M_OBSERVE;
         }
         ss->refused = 1;
@@ -500,7 +519,7 @@ static __always_inline int pb_inbound(struct __sk_buff *skb, struct pb_addr_key 
     if (!r)
         return 1;
     u32 z = 0;
-    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_agent *a = pb_agent_of(r);
     struct pb_knobs *k = knobs.lookup(&z);
     if (!a || !k)
         return 0;
@@ -620,7 +639,7 @@ int pb_unseen(struct __sk_buff *skb)
         struct pb_replica *rr = replicas.lookup(&cg);
         if (!rr)
             return 1;
-        struct pb_agent *aa = agents.lookup(&rr->agent);
+        struct pb_agent *aa = pb_agent_of(rr);
         if (!aa || ak.port != aa->server_port || ak.addr[0] != aa->server_addr[0] || ak.addr[1] != aa->server_addr[1] ||
             ak.addr[2] != aa->server_addr[2] || ak.addr[3] != aa->server_addr[3])
             return 1;
@@ -639,7 +658,7 @@ int pb_unseen(struct __sk_buff *skb)
     if (!r)
         return 1;
     u32 z = 0;
-    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_agent *a = pb_agent_of(r);
     struct pb_knobs *kn = knobs.lookup(&z);
     if (!a || !kn)
         return 0;
@@ -1274,7 +1293,7 @@ int pb_sk_msg(struct sk_msg_md *msg)
     if (!r)
         return SK_PASS; /* not a paritybed replica: unenforced */
     u32 z = 0;
-    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_agent *a = pb_agent_of(r);
     struct pb_knobs *k = knobs.lookup(&z);
     if (!a || !k)
         return SK_DROP;
@@ -1336,7 +1355,7 @@ int pb_decide(struct sk_msg_md *msg)
     struct pb_replica *r = replicas.lookup(&cgid);
     if (!r)
         return SK_DROP;
-    struct pb_agent *a = agents.lookup(&r->agent);
+    struct pb_agent *a = pb_agent_of(r);
     if (!a)
         return SK_DROP;
     return pb_finish(msg, &e, r, a, k, ss);

@@ -31,8 +31,10 @@ struct pb_pairs {
                                 * types flatten nested arrays wrongly) */
 };
 
-/* agents: hash, key = FNV-1a 64 of the agent name */
+/* agents: array of PB_AGENTS slots, two entries each (the one in force: agent_live) */
+#define PB_AGENTS 256
 struct pb_agent {
+    __u64 key;               /* the agent: FNV-1a 64 of its name (0: a free entry) */
     __u32 server_addr[4];    /* policy fhir.server, IPv4 as ::ffff:a.b.c.d (network order) */
     __u16 server_port;       /* network byte order */
     __u8 mode;               /* M_* */
@@ -51,7 +53,7 @@ struct pb_agent {
     struct pb_pairs unscoped; /* context.unscoped: pairs the agent may use naming no patient */
 };
 
-/* replicas: hash, key = cgroup id.  agent/replica written by the control plane, tat/np_tat/
+/* replicas: hash, key = cgroup id.  agent/replica/slot written by the control plane, tat/np_tat/
  * q_until by the kernel (and q_until by the control plane on release). */
 struct pb_replica {
     __u64 agent;             /* agents key */
@@ -60,6 +62,8 @@ struct pb_replica {
     __s64 np_tat;            /* the new-patient budget's GCRA */
     __u32 replica;
     __u32 seen_n;            /* entries of this replica in seenpat (at most PB_SEEN_MAX) */
+    __u32 slot;              /* its agent's slot in agents (written by the control plane) */
+    __u32 pad;
 };
 
 /* lanebits: hash, (agent, lane class) -> the class's pairs */

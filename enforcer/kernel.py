@@ -77,7 +77,7 @@ class KernelEnforcer:
             self.adopted = self._loaded.adopted
             self.maps = km.Maps(self._loaded.maps)
             km.load_tables(self.maps)
-            km.load_policy(self.maps, policy, self.clock, observe=observe)
+            self._slots = km.load_policy(self.maps, policy, self.clock, observe=observe)
             km.load_registry(self.maps, self._registry, start, self.clock)
             km.set_knobs(self.maps, real_clock=self.clock.real, record_all=record_all,
                          registry_version=self._registry.version)
@@ -113,7 +113,8 @@ class KernelEnforcer:
             self._by_cgid[cgid] = (agent, replica, d)
             if agent in self.policy.agents and self.maps.get("replicas", ct.c_uint64(cgid), abi.Replica) is None:
                 self.maps.put("replicas", ct.c_uint64(cgid), abi.Replica(agent=km.agent_key(agent), tat=0, q_until=-1, np_tat=0,
-                                                                             replica=replica, seen_n=0))
+                                                                             replica=replica, seen_n=0,
+                                                                             slot=self._slots[agent]))
             return d
 
     def _cgid(self, agent: str, replica: int) -> int:
@@ -143,6 +144,10 @@ class KernelEnforcer:
                 continue
             self._replicas[parsed] = (cgid, d)
             self._by_cgid[cgid] = (parsed[0], parsed[1], d)
+            r = self.maps.get("replicas", key, abi.Replica)
+            if r is not None and r.slot != self._slots[parsed[0]]:  # its agent's slot (pinned maps keep it)
+                r.slot = self._slots[parsed[0]]
+                self.maps.put("replicas", key, r)
 
     # ------------------------------------------------------------------ clock, lanes, quarantine
 

@@ -82,15 +82,19 @@ class Pairs(ct.Structure):
     _fields_ = [("b", (u64 * TW) * NINTER)]
 
 
+AGENTS = 256  # agent slots (PB_AGENTS); the agents array holds two entries per slot
+
+
 class Agent(ct.Structure):
-    _fields_ = [("server_addr", Addr), ("server_port", u16), ("mode", u8), ("base_len", u8),
+    _fields_ = [("key", u64), ("server_addr", Addr), ("server_port", u16), ("mode", u8), ("base_len", u8),
                 ("allow_shapes", u32), ("bound", u8), ("pad", u8 * 7), ("base_w", u64 * 3), ("interval", s64),
                 ("tau", s64), ("hold", s64), ("np_interval", s64), ("np_tau", s64), ("np_window", s64), ("allow", Pairs),
                 ("unscoped", Pairs)]
 
 
 class Replica(ct.Structure):
-    _fields_ = [("agent", u64), ("tat", s64), ("q_until", s64), ("np_tat", s64), ("replica", u32), ("seen_n", u32)]
+    _fields_ = [("agent", u64), ("tat", s64), ("q_until", s64), ("np_tat", s64), ("replica", u32), ("seen_n", u32),
+                ("slot", u32), ("pad", u32)]
 
 
 class ClassKey(ct.Structure):

@@ -129,16 +129,40 @@ def agent_entry(p: AgentPolicy, clock: Clock, where: str) -> abi.Agent:
     return a
 
 
-def load_policy(m: Maps, policy: Policy, clock: Clock, *, observe: bool = False) -> None:
+def agent_slots(m: Maps) -> dict[int, int]:
+    """Agent key -> its slot in the agents array, as the maps hold them (the entries in force)."""
+    out = {}
+    for i in range(abi.AGENTS):
+        live = m.get("agent_live", ct.c_uint32(i), ct.c_uint32)
+        a = m.get("agents", ct.c_uint32(2 * i + (live.value & 1 if live else 0)), abi.Agent)
+        if a is not None and a.key:
+            out[a.key] = i
+    return out
+
+
+def _write_agent(m: Maps, slot: int, entry: abi.Agent) -> None:
+    """A slot's new entry: written into the entry not in force, then put in force (one 4-byte
+    store), so the kernel never reads a half-written policy (pb_agent_of)."""
+    live = m.get("agent_live", ct.c_uint32(slot), ct.c_uint32)
+    nxt = 1 - (live.value & 1 if live else 0)
+    m.put("agents", ct.c_uint32(2 * slot + nxt), entry)
+    m.put("agent_live", ct.c_uint32(slot), ct.c_uint32(nxt))
+
+
+def load_policy(m: Maps, policy: Policy, clock: Clock, *, observe: bool = False) -> dict[str, int]:
     """Agents (with their fhir.allow pairs), the pairs of their lane classes, their egress
-    envelopes, and the FHIR servers whose sockets sockops puts into the socket hash."""
+    envelopes, and the FHIR servers whose sockets sockops puts into the socket hash.  An agent
+    keeps the slot it had in pinned maps (a control plane adopting them); a new one takes a slot
+    no agent held, so a replica of a removed agent never reads another agent's policy.  Returns
+    agent name -> slot (what its replicas' entries carry)."""
     agents, lanebits, env, servers = {}, {}, {}, {}
     for name, p in sorted(policy.agents.items()):
         if observe:
             p = p.model_copy(update={"response": "observe"})
         key = agent_key(name)
         a = agent_entry(p, clock, f"policy.agents.{name}")
-        agents[key.to_bytes(8, "little")] = (ct.c_uint64(key), a)
+        a.key = key
+        agents[name] = a
         for cls, i in lane_classes(p).items():
             k = abi.ClassKey(key, i, 0)
             lanebits[bytes(k)] = (k, pairs_bits(p.lanes[cls].allow))
@@ -148,10 +172,22 @@ def load_policy(m: Maps, policy: Policy, clock: Clock, *, observe: bool = False)
         for addr in abi.parse_address(p.fhir.server):
             k = abi.addr_key(*addr)
             servers[bytes(k)] = (k, ct.c_uint8(1))
-    m.sync("agents", ct.c_uint64, agents)
+    held = agent_slots(m)
+    keys = {name: agent_key(name) for name in agents}
+    for key, slot in held.items():
+        if key not in keys.values():
+            _write_agent(m, slot, abi.Agent())  # a removed agent: its slot is freed
+    free = [i for i in range(abi.AGENTS) if i not in held.values()]
+    if len([n for n in agents if keys[n] not in held]) > len(free):
+        raise InputError(f"policy: at most {abi.AGENTS} agents for the kernel enforcer, got {len(agents)}")
+    slots = {}
+    for name, a in agents.items():
+        slots[name] = held[keys[name]] if keys[name] in held else free.pop(0)
+        _write_agent(m, slots[name], a)
     m.sync("lanebits", abi.ClassKey, lanebits)
     m.sync("envelope", abi.EnvelopeKey, env)
     m.sync("servers", abi.AddrKey, servers)
+    return slots
 
 
 def load_registry(m: Maps, reg: Registry, start: dt.datetime, clock: Clock) -> int:
