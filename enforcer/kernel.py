@@ -139,8 +139,14 @@ class KernelEnforcer:
             cgid = key.value
             d = dirs.get(cgid)
             parsed = parse_replica_name(d.name) if d else None
-            if parsed is None or parsed[0] not in self.policy.agents:
+            if parsed is None:
                 self.maps.delete("replicas", key)
+                continue
+            if parsed[0] not in self.policy.agents:  # an agent this policy dropped: its processes fail closed
+                r = self.maps.get("replicas", key, abi.Replica)
+                if r is not None and r.slot != abi.AGENTS:
+                    r.slot = abi.AGENTS  # no slot: pb_agent_of finds no policy (an unregistered cgroup would pass)
+                    self.maps.put("replicas", key, r)
                 continue
             self._replicas[parsed] = (cgid, d)
             self._by_cgid[cgid] = (parsed[0], parsed[1], d)

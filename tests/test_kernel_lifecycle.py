@@ -179,6 +179,49 @@ def test_lost_events_are_counted_exactly(setup: dict[str, Any]) -> None:
         ke2.close()
 
 
+def test_adoption_under_a_changed_policy_keeps_each_agent_to_its_own(setup: dict[str, Any]) -> None:
+    """A new control plane adopts the pinned maps with a policy that drops the scribe, adds an
+    agent and changes the CDS agent's pairs: the CDS replica is enforced by its new pairs, the
+    dropped scribe's running process fails closed (its cgroup is not unenforced), and the new
+    agent does not inherit the scribe's policy (agents: slots, kernel_maps.load_policy)."""
+    from paritybed.enforcer.kernel import KernelEnforcer, cleanup
+
+    name, tmp, sink = "pbt-repolicy", setup["tmp"], setup["sink"]
+    cleanup(name)
+    ke = KernelEnforcer(setup["policy"], tmp / "baa.json", start=START, clock="real", name=name)
+    ke2 = None
+    probes = []
+    try:
+        cds, scribe = _probe(ke.add_replica("cds", 0)), _probe(ke.add_replica("scribe", 0))
+        probes += [cds, scribe]
+        ke.open_context("scribe", 0, "lc-1", "p1", "", 60 * 10**9, ke.now_ns())
+        in_ctx = f"GET /fhir/Patient/p1 HTTP/1.1\r\nHost: fhir\r\nX-Launch-Context: lc-1\r\n\r\n"
+        http = lambda p, raw: p(op="http", addr=sink.address, writes=[raw], fresh=True)  # noqa: E731
+        assert http(scribe, in_ctx)["status"] == 200 and http(cds, OBS)["status"] == 200
+        assert http(cds, PATIENT)["errno"] == errno.EACCES
+        ke.close(cleanup=False)
+        old = setup["policy"].agents
+        policy = Policy(agents={
+            "cds": old["cds"].model_copy(update={"fhir": FhirPolicy(server=sink.address, allow=[
+                Pair(type="Patient", interaction="read")])}),
+            "prior_auth": AgentPolicy(agent_class="prior_auth", fhir=FhirPolicy(
+                server=sink.address, allow=[Pair(type="Coverage", interaction="read")]))})
+        ke2 = KernelEnforcer(policy, tmp / "baa.json", start=START, clock="real", name=name)
+        assert ke2.adopted
+        assert http(cds, PATIENT)["status"] == 200 and http(cds, OBS)["errno"] == errno.EACCES
+        # dropped from the policy: fails closed (its connect is refused, EPERM; a send would get EACCES)
+        assert http(scribe, in_ctx).get("errno") in (errno.EPERM, errno.EACCES)
+        pa = _probe(ke2.add_replica("prior_auth", 0))
+        probes.append(pa)
+        assert http(pa, f"GET /fhir/Coverage/c1 {H}")["status"] == 200
+        assert http(pa, in_ctx)["errno"] == errno.EACCES  # not the scribe's pairs
+    finally:
+        for p in probes:
+            p.close()
+        (ke2 or ke).close()
+        cleanup(name)
+
+
 def test_cleanup_removes_programs_pins_cgroups_and_processes(setup: dict[str, Any]) -> None:
     from paritybed.enforcer import bpfsys
     from paritybed.enforcer.kernel import KernelEnforcer, cleanup
