@@ -1286,7 +1286,6 @@ static __always_inline void pb_hvalue_byte(struct pb_pstate *s, u8 c, u32 f)
     }
 }
 
-/* one byte of the header section */
 /* May the header name just read (its last 8 bytes in k0, its length in len) be one the parser
  * reads?  A 64-bit filter of the names NT_HEADER holds (kernel_abi.tables): the usual headers of a
  * client (Host, Accept, User-Agent, ...) mostly skip the name-table lookup; a name the filter
@@ -1296,6 +1295,34 @@ static __always_inline int pb_hname_maybe(struct pb_pstate *s, struct pb_env *e)
     return (e->tb->hnames >> (((s->k0 ^ s->len) * NT_P1) >> 58)) & 1;
 }
 
+/* The ':' after a header name (its last 24 bytes in k0..k2, lower-cased, its length in len): what
+ * the header is (NT_HEADER), counted where the request's checks need it; its value follows. */
+static __always_inline void pb_hname_end(struct pb_pstate *s, struct pb_env *e)
+{
+    u8 hk = s->len > PB_HNAME_MAX || !pb_hname_maybe(s, e) ? 0 :
+            (u8)pb_name_find(e->nt, NT_HEADER, 0, s->len, s->k0, s->k1, s->k2, 0, 0);
+    s->hkind = hk;
+    if (hk == H_CONTENT_LENGTH)
+        s->n_cl++;
+    else if (hk == H_TRANSFER_ENCODING)
+        s->te = 1;
+    else if (hk == H_OVERRIDE)
+        s->ovr = 1;
+    else if (hk == H_CLAIM)
+        s->n_claim++;
+    else if (hk == H_CONTEXT)
+        s->n_ctx++;
+    else if (hk == H_CONTENT_TYPE) {
+        s->n_ct++;
+        s->ct_form = 0;
+    }
+    s->sub = 0;
+    s->cl_cur = 0;
+    CLR();
+    s->st = ST_HVAL;
+}
+
+/* one byte of the header section */
 static __always_inline void pb_header_byte(struct pb_pstate *s, struct pb_env *e, u8 c, u32 f)
 {
     u8 st = s->st;
@@ -1323,27 +1350,7 @@ static __always_inline void pb_header_byte(struct pb_pstate *s, struct pb_env *e
         }
     } else if (st == ST_HNAME) {
         if (c == ':') {
-            u8 hk = s->len > PB_HNAME_MAX || !pb_hname_maybe(s, e) ? 0 :
-                    (u8)pb_name_find(e->nt, NT_HEADER, 0, s->len, s->k0, s->k1, s->k2, 0, 0);
-            s->hkind = hk;
-            if (hk == H_CONTENT_LENGTH)
-                s->n_cl++;
-            else if (hk == H_TRANSFER_ENCODING)
-                s->te = 1;
-            else if (hk == H_OVERRIDE)
-                s->ovr = 1;
-            else if (hk == H_CLAIM)
-                s->n_claim++;
-            else if (hk == H_CONTEXT)
-                s->n_ctx++;
-            else if (hk == H_CONTENT_TYPE) {
-                s->n_ct++;
-                s->ct_form = 0;
-            }
-            s->sub = 0;
-            s->cl_cur = 0;
-            CLR();
-            s->st = ST_HVAL;
+            pb_hname_end(s, e);
         } else if (f & C_TCHAR) {
             SH3((f & C_UPPER) ? (c | 0x20) : c);
             s->len++;
@@ -1577,6 +1584,53 @@ static __always_inline u32 pb_hval_run(struct pb_pstate *s, u8 *p)
     s->st = ST_HSTART;
     s->w = 0x0d0a;
     return n + 2;
+}
+
+/* A header name and its ':' in one step, when both lie within the 32 bytes at p (s->st is
+ * ST_HSTART): the name's bytes as pb_run takes them (letters, digits, '-': the names a client
+ * sends), lower-cased into k0..k2 as SH3 shifts them, then pb_hname_end as the byte path calls it
+ * at the ':'.  Returns the bytes consumed (0: the runs and the byte path take the name). */
+#define HN_OUT(x) ((((x) | ~(ALNUM((x) & ~HIGHS) | IN((x) & ~HIGHS, '-', '-'))) & HIGHS))
+#define HN_LOWER(x) ((x) | (IN((x) & ~HIGHS, 'A', 'Z') >> 2))
+static __always_inline u32 pb_hname_run(struct pb_pstate *s, struct pb_env *e, u8 *p)
+{
+    u64 x0 = ((u64 *)p)[0], x1 = ((u64 *)p)[1], x2 = ((u64 *)p)[2], x3 = ((u64 *)p)[3];
+    u64 o0 = HN_OUT(x0), o1 = HN_OUT(x1), o2 = HN_OUT(x2), o3 = HN_OUT(x3);
+    u64 o, x;
+    u32 n;
+    if (o0)
+        n = 0, o = o0, x = x0;
+    else if (o1)
+        n = 8, o = o1, x = x1;
+    else if (o2)
+        n = 16, o = o2, x = x2;
+    else if (o3)
+        n = 24, o = o3, x = x3;
+    else
+        return 0;
+    u32 f = FIRST(o) & 7;
+    if (((x >> (8 * f)) & 0xff) != ':')
+        return 0;
+    n += f;
+    if (!n)
+        return 0;
+    CLR();
+    if (n <= PB_HNAME_MAX) { /* the bytes a lookup reads; a longer name is no header the parser reads */
+        u32 m = n < 8 ? n : 8;
+        SH3N(TOPN(__builtin_bswap64(HN_LOWER(x0)), m), m);
+        if (n > 8) {
+            m = n < 16 ? n - 8 : 8;
+            SH3N(TOPN(__builtin_bswap64(HN_LOWER(x1)), m), m);
+        }
+        if (n > 16) {
+            m = n - 16;
+            SH3N(TOPN(__builtin_bswap64(HN_LOWER(x2)), m), m);
+        }
+    }
+    s->len = n;
+    pb_hname_end(s, e);
+    s->w = ':';
+    return n + 1;
 }
 
 /* ---------------------------------------------------------------- scanning */
@@ -1868,6 +1922,13 @@ static __always_inline int pb_step(struct pb_pstate *s, struct pb_env *e, void *
         return PB_STOP;
     }
     u8 c;
+    if (!line && s->st == ST_HSTART && i + 32 <= stop && (void *)(p + 32) <= end) {
+        u32 n = pb_hname_run(s, e, p);
+        if (n) {
+            s->pos = i + n;
+            return PB_NEXT;
+        }
+    }
     if (!line && s->st == ST_HVAL && pb_hval_skipped(s) && i + 32 <= stop && (void *)(p + 32) <= end) {
         u32 n = pb_hval_run(s, p);
         if (n) {

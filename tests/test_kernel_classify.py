@@ -144,7 +144,11 @@ HEADERS = st.one_of(
               st.one_of(st.text("abcXYZ09._:-", min_size=1, max_size=10), st.text("abcXYZ09._:-", min_size=7, max_size=70),
                         st.text("abcXYZ09._:- \t/;", min_size=1, max_size=30),
                         st.sampled_from(["", "a b", "x" * 64, "x" * 65, " cb-1 ", "scribe-lc0000042", "lc-1\t"]))),
+    # other names, of every length around the 24 bytes looked up and the 32 read in one step
     st.tuples(st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=30), st.text("abc 019;=,", max_size=30)),
+    st.tuples(st.text("abcxyzABCXYZ0189-_", min_size=20, max_size=36), st.text("abc 019;=,", max_size=40)),
+    st.tuples(st.sampled_from(["cOnTeNt-LeNgTh", "X-LAUNCH-context", "Content-Length1", "X-Launch-Contex", "x-launch-contextx",
+                               "X-Paritybed-Agent-Class", "X-Request-ID"]), st.sampled_from(["1", "lc-1", "", " 7"])),
 )
 
 
