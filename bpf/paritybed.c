@@ -68,7 +68,8 @@ PB_MAP("array", u32, struct pb_knobs, knobs, 1);
 PB_MAP("array", u32, struct pb_ctab, ctab, 1);
 PB_MAP("array", u32, struct pb_agent, agents, PB_AGENTS * 2);  /* two entries per agent slot (pb_agent_of) */
 PB_MAP("array", u32, u32, agent_live, PB_AGENTS);  /* which of a slot's two entries is in force */
-PB_MAP("hash", u64, struct pb_replica, replicas, 4096);
+PB_MAP("array", u32, struct pb_replica, replicas, PB_REPLICAS);
+PB_MAP("hash", u64, u32, replica_ids, PB_REPLICAS);  /* cgroup id -> its entry in replicas */
 PB_MAP("hash", struct pb_class_key, struct pb_pairs, lanebits, 4096);
 PB_MAP("hash", struct pb_lane_key, struct pb_lane, lanes, 16384);
 PB_MAP("hash", struct pb_ctx_key, struct pb_ctx, contexts, 65536);
@@ -108,6 +109,32 @@ static __always_inline struct pb_agent *pb_agent_of(struct pb_replica *r)
     u32 j = i * 2 + (*live & 1);
     struct pb_agent *a = agents.lookup(&j);
     return a && a->key == r->agent ? a : 0;
+}
+
+/* The replica whose cgroup is cgid (0: not a paritybed replica); *slot: its entry.  The entry must
+ * name cgid: one freed or given to another replica since is no replica. */
+static __always_inline struct pb_replica *pb_replica_of(u64 cgid, u32 *slot)
+{
+    u32 *i = replica_ids.lookup(&cgid);
+    if (!i)
+        return 0;
+    u32 j = *i;
+    struct pb_replica *r = replicas.lookup(&j);
+    if (!r || r->cgid != cgid)
+        return 0;
+    *slot = j;
+    return r;
+}
+
+/* The replica of a connection (cgroup id cgid): the entry its socket storage keeps, found without
+ * a hash lookup (the decision's hot path), or by cgid when that entry no longer names it. */
+static __always_inline struct pb_replica *pb_replica_at(u32 slot, u64 cgid)
+{
+    struct pb_replica *r = replicas.lookup(&slot);
+    if (r && r->cgid == cgid)
+        return r;
+    u32 j;
+    return pb_replica_of(cgid, &j);
 }
 
 /* The clock a decision for replica cgid uses: the real clock, or on the virtual clock the
@@ -209,7 +236,8 @@ static __always_inline u8 pb_violation(struct pb_agent *a, struct pb_replica *r,
 static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook, u8 tcp, u8 tfo)
 {
     u64 cgid = bpf_get_current_cgroup_id();
-    struct pb_replica *r = replicas.lookup(&cgid);
+    u32 rs;
+    struct pb_replica *r = pb_replica_of(cgid, &rs);
     if (!r)
         return 1; /* not a paritybed replica: unenforced */
     u32 z = 0;
@@ -377,7 +405,8 @@ int pb_sendmsg6(struct bpf_sock_addr *ctx)
 
 static __always_inline int pb_refuse(u64 cgid, u8 hook, u16 family, u16 type, u32 protocol)
 {
-    struct pb_replica *r = replicas.lookup(&cgid);
+    u32 rs;
+    struct pb_replica *r = pb_replica_of(cgid, &rs);
     if (!r)
         return 1;
     u32 z = 0;
@@ -430,14 +459,15 @@ int pb_setsockopt(struct bpf_sockopt *ctx)
 static __always_inline int pb_refuse_packet(struct __sk_buff *skb, struct bpf_sock *sk, u16 family, u32 what)
 {
     u64 cgid = bpf_skb_cgroup_id(skb);
-    if (!replicas.lookup(&cgid))
+    u32 rs;
+    struct pb_replica *r = pb_replica_of(cgid, &rs);
+    if (!r)
         return 1;
     struct bpf_sock *fs = bpf_sk_fullsock(sk);
     struct pb_sock *ss = fs ? sockstate.sk_storage_get(fs, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
     if (ss) {
         if (ss->refused) { /* reported once per socket: the packet is retransmitted while dropped */
-            struct pb_replica *r = replicas.lookup(&cgid);
-            struct pb_agent *a = r ? pb_agent_of(r) : 0;
+            struct pb_agent *a = pb_agent_of(r);
             return a && a->mode == M_OBSERVE;
         }
         ss->refused = 1;
@@ -497,10 +527,11 @@ int pb_sockops(struct bpf_sock_ops *skops)
  */
 
 /* A new connection of a replica to its FHIR server, from its SYN: nothing of an earlier one stays. */
-static __always_inline void pb_conn_open(struct pb_sock *ss, u32 isn, u64 cgid)
+static __always_inline void pb_conn_open(struct pb_sock *ss, u32 isn, u64 cgid, u32 rslot)
 {
     u32 start = isn + 1; /* the SYN takes one sequence number */
     ss->cgid = cgid;
+    ss->rslot = rslot;
     ss->writer = 0;
     ss->isn = isn;
     ss->next_seq = start;
@@ -515,7 +546,8 @@ static __always_inline void pb_conn_open(struct pb_sock *ss, u32 isn, u64 cgid)
 static __always_inline int pb_inbound(struct __sk_buff *skb, struct pb_addr_key *ak)
 {
     u64 cgid = bpf_skb_cgroup_id(skb);
-    struct pb_replica *r = replicas.lookup(&cgid);
+    u32 rs;
+    struct pb_replica *r = pb_replica_of(cgid, &rs);
     if (!r)
         return 1;
     u32 z = 0;
@@ -636,7 +668,8 @@ int pb_unseen(struct __sk_buff *skb)
         /* a SYN: is it a replica's connection to its own FHIR server?  then it starts afresh */
         ak.port = th->dest;
         u64 cg = bpf_sk_cgroup_id(sk);
-        struct pb_replica *rr = replicas.lookup(&cg);
+        u32 rs = 0;
+        struct pb_replica *rr = pb_replica_of(cg, &rs);
         if (!rr)
             return 1;
         struct pb_agent *aa = pb_agent_of(rr);
@@ -646,7 +679,7 @@ int pb_unseen(struct __sk_buff *skb)
         ss = sockstate.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
         if (!ss)
             return 0;
-        pb_conn_open(ss, seq, cg);
+        pb_conn_open(ss, seq, cg, rs);
         if (!len)
             return 1;
     }
@@ -654,7 +687,7 @@ int pb_unseen(struct __sk_buff *skb)
     if (!th->urg && (s32)(seg_end - ss->approved_end) <= 0)
         return 1; /* every byte in it was approved (a retransmission, or the approved request itself) */
     u64 cgid = ss->cgid;
-    struct pb_replica *r = replicas.lookup(&cgid);
+    struct pb_replica *r = pb_replica_at(ss->rslot, cgid);
     if (!r)
         return 1;
     u32 z = 0;
@@ -1288,8 +1321,16 @@ int pb_sk_msg(struct sk_msg_md *msg)
     struct pb_sock *ss = sockstate.sk_storage_get(msg->sk, 0, 0);
     /* The replica: the connection's own (its cgroup when its SYN left), so a socket handed to a
      * process outside the replica stays the replica's; else the sender's. */
-    u64 cgid = (ss && ss->conn) ? ss->cgid : bpf_get_current_cgroup_id();
-    struct pb_replica *r = replicas.lookup(&cgid);
+    u64 cgid;
+    struct pb_replica *r;
+    if (ss && ss->conn) {
+        cgid = ss->cgid;
+        r = pb_replica_at(ss->rslot, cgid);
+    } else {
+        u32 rs;
+        cgid = bpf_get_current_cgroup_id();
+        r = pb_replica_of(cgid, &rs);
+    }
     if (!r)
         return SK_PASS; /* not a paritybed replica: unenforced */
     u32 z = 0;
@@ -1352,7 +1393,7 @@ int pb_decide(struct sk_msg_md *msg)
     if (!k || !ss || !pb_env_get(&e))
         return SK_DROP;
     u64 cgid = ss->ps.cgid;
-    struct pb_replica *r = replicas.lookup(&cgid);
+    struct pb_replica *r = pb_replica_at(ss->rslot, cgid); /* a hash lookup only off a connection */
     if (!r)
         return SK_DROP;
     struct pb_agent *a = pb_agent_of(r);

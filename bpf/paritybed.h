@@ -53,8 +53,11 @@ struct pb_agent {
     struct pb_pairs unscoped; /* context.unscoped: pairs the agent may use naming no patient */
 };
 
-/* replicas: hash, key = cgroup id.  agent/replica/slot written by the control plane, tat/np_tat/
- * q_until by the kernel (and q_until by the control plane on release). */
+/* replicas: array of PB_REPLICAS entries, found by replica_ids (cgroup id -> entry) or, for a
+ * connection, by the entry its socket storage keeps (pb_sock.rslot).  agent/replica/slot/cgid
+ * written by the control plane, tat/np_tat/q_until by the kernel (and q_until by the control
+ * plane on release). */
+#define PB_REPLICAS 4096
 struct pb_replica {
     __u64 agent;             /* agents key */
     __s64 tat;               /* GCRA theoretical arrival time */
@@ -64,6 +67,7 @@ struct pb_replica {
     __u32 seen_n;            /* entries of this replica in seenpat (at most PB_SEEN_MAX) */
     __u32 slot;              /* its agent's slot in agents (written by the control plane) */
     __u32 pad;
+    __u64 cgid;              /* the replica's cgroup id (0: a free entry) */
 };
 
 /* lanebits: hash, (agent, lane class) -> the class's pairs */
@@ -193,7 +197,8 @@ struct pb_sock {
     __u8 conn;               /* 1: a replica's connection to its FHIR server, seen from its SYN */
     __u8 reported;           /* unapproved bytes already reported on this connection (one event) */
     __u8 refused;            /* a refused packet of this socket already reported (one event) */
-    __u8 pad[5];
+    __u8 pad;
+    __u32 rslot;             /* the connection's replica: its entry in replicas (set with cgid, checked by it) */
     struct pb_pstate ps;
 };
 

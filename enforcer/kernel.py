@@ -85,6 +85,7 @@ class KernelEnforcer:
             self._by_cgid: dict[int, tuple[str, int, Path]] = {}
             self._contexts: dict[tuple[str, int], dict[str, int]] = {}  # contexts in force: id -> expiry (sim ns)
             self._adopt_replicas()
+            self._rslots = km.replica_entries(self.maps)  # entries of the replicas array in use
             self._write_manifest(rb_pages if not manifest else manifest.get("rb_pages", rb_pages))
             # With a key the log carries signed checkpoints (every checkpoint_every_s, and a final one at
             # close), so a removed tail is detectable (paritybed verify-log --key).
@@ -111,11 +112,20 @@ class KernelEnforcer:
             cgid = cgroup_id(d)
             self._replicas[(agent, replica)] = (cgid, d)
             self._by_cgid[cgid] = (agent, replica, d)
-            if agent in self.policy.agents and self.maps.get("replicas", ct.c_uint64(cgid), abi.Replica) is None:
-                self.maps.put("replicas", ct.c_uint64(cgid), abi.Replica(agent=km.agent_key(agent), tat=0, q_until=-1, np_tat=0,
-                                                                             replica=replica, seen_n=0,
-                                                                             slot=self._slots[agent]))
+            if agent in self.policy.agents and self._replica_entry(cgid) is None:
+                slot = km.free_replica_entry(self._rslots)
+                self._rslots.add(slot)
+                self.maps.put("replicas", ct.c_uint32(slot), abi.Replica(
+                    agent=km.agent_key(agent), tat=0, q_until=-1, np_tat=0, replica=replica, seen_n=0,
+                    slot=self._slots[agent], cgid=cgid))
+                self.maps.put("replica_ids", ct.c_uint64(cgid), ct.c_uint32(slot))  # registered: enforced from here
             return d
+
+    def _replica_entry(self, cgid: int) -> tuple[int, abi.Replica] | None:
+        """The replica's entry in the replicas array, and where it is (None: not registered)."""
+        slot = self.maps.get("replica_ids", ct.c_uint64(cgid), ct.c_uint32)
+        r = self.maps.get("replicas", ct.c_uint32(slot.value), abi.Replica) if slot is not None else None
+        return (slot.value, r) if r is not None and r.cgid == cgid else None
 
     def _cgid(self, agent: str, replica: int) -> int:
         """The replica's cgroup id (registering the replica on first use)."""
@@ -135,25 +145,27 @@ class KernelEnforcer:
     def _adopt_replicas(self) -> None:
         """Match registered cgroup ids (a previous control plane's) to the replica directories."""
         dirs = {cgroup_id(p): p for p in self.tree.children()}
-        for key in self.maps.keys("replicas", ct.c_uint64):
+        for key in self.maps.keys("replica_ids", ct.c_uint64):
             cgid = key.value
             d = dirs.get(cgid)
             parsed = parse_replica_name(d.name) if d else None
-            if parsed is None:
-                self.maps.delete("replicas", key)
+            found = self._replica_entry(cgid)
+            if parsed is None or found is None:  # its cgroup is gone: the entry is free again
+                self.maps.delete("replica_ids", key)
+                if found is not None:
+                    self.maps.put("replicas", ct.c_uint32(found[0]), abi.Replica())
                 continue
+            slot, r = found
             if parsed[0] not in self.policy.agents:  # an agent this policy dropped: its processes fail closed
-                r = self.maps.get("replicas", key, abi.Replica)
-                if r is not None and r.slot != abi.AGENTS:
-                    r.slot = abi.AGENTS  # no slot: pb_agent_of finds no policy (an unregistered cgroup would pass)
-                    self.maps.put("replicas", key, r)
+                if r.slot != abi.AGENTS:
+                    r.slot = abi.AGENTS  # no agent slot: pb_agent_of finds no policy (an unregistered cgroup would pass)
+                    self.maps.put("replicas", ct.c_uint32(slot), r)
                 continue
             self._replicas[parsed] = (cgid, d)
             self._by_cgid[cgid] = (parsed[0], parsed[1], d)
-            r = self.maps.get("replicas", key, abi.Replica)
-            if r is not None and r.slot != self._slots[parsed[0]]:  # its agent's slot (pinned maps keep it)
+            if r.slot != self._slots[parsed[0]]:  # its agent's slot (pinned maps keep it)
                 r.slot = self._slots[parsed[0]]
-                self.maps.put("replicas", key, r)
+                self.maps.put("replicas", ct.c_uint32(slot), r)
 
     # ------------------------------------------------------------------ clock, lanes, quarantine
 
@@ -257,10 +269,10 @@ class KernelEnforcer:
         """Lift a quarantine (or a kill's block on respawns)."""
         cgid = self._replicas[(agent, replica)][0]
         with self._lock:
-            r = self.maps.get("replicas", ct.c_uint64(cgid), abi.Replica)
-            if r is not None:
-                r.q_until = -1
-                self.maps.put("replicas", ct.c_uint64(cgid), r)
+            found = self._replica_entry(cgid)
+            if found is not None:
+                found[1].q_until = -1
+                self.maps.put("replicas", ct.c_uint32(found[0]), found[1])
         self._log_event({"event": "release", "agent": agent, "replica": replica, "t_ns": self.now_ns()})
 
     # ------------------------------------------------------------------ registry

@@ -92,9 +92,12 @@ class Agent(ct.Structure):
                 ("unscoped", Pairs)]
 
 
+REPLICAS = 4096  # entries of the replicas array (PB_REPLICAS)
+
+
 class Replica(ct.Structure):
     _fields_ = [("agent", u64), ("tat", s64), ("q_until", s64), ("np_tat", s64), ("replica", u32), ("seen_n", u32),
-                ("slot", u32), ("pad", u32)]
+                ("slot", u32), ("pad", u32), ("cgid", u64)]
 
 
 class ClassKey(ct.Structure):
@@ -191,7 +194,7 @@ class Sock(ct.Structure):
 
     _fields_ = [("cookie", u64), ("cgid", u64), ("writer", u64), ("isn", u32), ("next_seq", u32),
                 ("msg_start", u32), ("head_end", u32), ("body_end", u32), ("approved_end", u32), ("conn", u8),
-                ("reported", u8), ("refused", u8), ("pad", u8 * 5), ("ps", PState)]
+                ("reported", u8), ("refused", u8), ("pad", u8), ("rslot", u32), ("ps", PState)]
 
 
 #: sizes the C header must produce (checked by tests/test_kernel_abi.py)

@@ -96,6 +96,18 @@ def test_touches_names_and_evasions_in_the_kernel(kernel: Kernel, raw: str) -> N
     assert kernel.classify([raw.encode("latin-1")]) == python_view([raw.encode("latin-1")])
 
 
+def test_header_lines_read_a_step_at_a_time(kernel: Kernel) -> None:
+    """A header's name, its ':' and a skipped value end in one step when they lie in 32 bytes
+    (pb_hname_run): a byte no header value may hold, a lone CR or LF, or a line longer than the
+    window must leave the request as classify.py reads it, wherever it falls."""
+    names = ["Host", "X-Request-ID", "X-Paritybed-Agent-Class", "X-A", "x-" + "y" * 26, "X-Launch-Context", "Content-Length"]
+    values = ["abc", "a\x00b", "ab\rc", "a\nb", "a\x7fb", "a\x80b", "\tab\t", "", "x" * 24, "x" * 40, "1"]
+    raws = [f"GET /fhir/Observation?patient=p1 HTTP/1.1\r\n{n}:{pre}{v}\r\nAccept: */*\r\n\r\n"
+            for n in names for v in values for pre in ("", " ", " " * (30 - len(n)))]
+    for raw in raws:
+        assert kernel.classify([raw.encode("latin-1")]) == python_view([raw.encode("latin-1")]), raw
+
+
 def test_a_record_names_every_patient_and_the_encounter(kernel: Kernel) -> None:
     """A kernel record carries up to 4 patients (a fifth is `more_patients`) and the first
     encounter (a second is `more_encounters`), as the classifier names them."""
