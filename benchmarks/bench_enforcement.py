@@ -336,7 +336,8 @@ def bound_head(path: str, port: int) -> dict:
 class _OneCpu:
     """Every thread of this process (the trivial server's included), and so the clients it spawns,
     on one CPU while the per-decision batches run: the client never waits on an idle vCPU, whose
-    wake-up on this VM finds the caches cold (docs/kernel.md, "The warm and the cold decision").
+    wake-up on this VM finds the caches cold (docs/kernel.md, "With binding, for the agents'
+    heads as the live driver writes them").
     The cold figure is measured too (bound_rows), without a goal."""
 
     def __enter__(self) -> "_OneCpu":

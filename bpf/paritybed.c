@@ -111,9 +111,9 @@ static __always_inline struct pb_agent *pb_agent_of(struct pb_replica *r)
     return a && a->key == r->agent ? a : 0;
 }
 
-/* The replica whose cgroup is cgid (0: not a paritybed replica); *slot: its entry.  The entry must
- * name cgid: one freed or given to another replica since is no replica. */
-static __always_inline struct pb_replica *pb_replica_of(u64 cgid, u32 *slot)
+/* The replica whose cgroup is cgid (0: not a paritybed replica), and its entry in replicas (*slot).
+ * The entry must name cgid: one freed or given to another replica since is no replica. */
+static __always_inline struct pb_replica *pb_replica_slot(u64 cgid, u32 *slot)
 {
     u32 *i = replica_ids.lookup(&cgid);
     if (!i)
@@ -126,6 +126,12 @@ static __always_inline struct pb_replica *pb_replica_of(u64 cgid, u32 *slot)
     return r;
 }
 
+static __always_inline struct pb_replica *pb_replica_of(u64 cgid)
+{
+    u32 j;
+    return pb_replica_slot(cgid, &j);
+}
+
 /* The replica of a connection (cgroup id cgid): the entry its socket storage keeps, found without
  * a hash lookup (the decision's hot path), or by cgid when that entry no longer names it. */
 static __always_inline struct pb_replica *pb_replica_at(u32 slot, u64 cgid)
@@ -133,8 +139,7 @@ static __always_inline struct pb_replica *pb_replica_at(u32 slot, u64 cgid)
     struct pb_replica *r = replicas.lookup(&slot);
     if (r && r->cgid == cgid)
         return r;
-    u32 j;
-    return pb_replica_of(cgid, &j);
+    return pb_replica_of(cgid);
 }
 
 /* The clock a decision for replica cgid uses: the real clock, or on the virtual clock the
@@ -236,8 +241,7 @@ static __always_inline u8 pb_violation(struct pb_agent *a, struct pb_replica *r,
 static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook, u8 tcp, u8 tfo)
 {
     u64 cgid = bpf_get_current_cgroup_id();
-    u32 rs;
-    struct pb_replica *r = pb_replica_of(cgid, &rs);
+    struct pb_replica *r = pb_replica_of(cgid);
     if (!r)
         return 1; /* not a paritybed replica: unenforced */
     u32 z = 0;
@@ -405,8 +409,7 @@ int pb_sendmsg6(struct bpf_sock_addr *ctx)
 
 static __always_inline int pb_refuse(u64 cgid, u8 hook, u16 family, u16 type, u32 protocol)
 {
-    u32 rs;
-    struct pb_replica *r = pb_replica_of(cgid, &rs);
+    struct pb_replica *r = pb_replica_of(cgid);
     if (!r)
         return 1;
     u32 z = 0;
@@ -459,8 +462,7 @@ int pb_setsockopt(struct bpf_sockopt *ctx)
 static __always_inline int pb_refuse_packet(struct __sk_buff *skb, struct bpf_sock *sk, u16 family, u32 what)
 {
     u64 cgid = bpf_skb_cgroup_id(skb);
-    u32 rs;
-    struct pb_replica *r = pb_replica_of(cgid, &rs);
+    struct pb_replica *r = pb_replica_of(cgid);
     if (!r)
         return 1;
     struct bpf_sock *fs = bpf_sk_fullsock(sk);
@@ -546,8 +548,7 @@ static __always_inline void pb_conn_open(struct pb_sock *ss, u32 isn, u64 cgid, 
 static __always_inline int pb_inbound(struct __sk_buff *skb, struct pb_addr_key *ak)
 {
     u64 cgid = bpf_skb_cgroup_id(skb);
-    u32 rs;
-    struct pb_replica *r = pb_replica_of(cgid, &rs);
+    struct pb_replica *r = pb_replica_of(cgid);
     if (!r)
         return 1;
     u32 z = 0;
@@ -669,7 +670,7 @@ int pb_unseen(struct __sk_buff *skb)
         ak.port = th->dest;
         u64 cg = bpf_sk_cgroup_id(sk);
         u32 rs = 0;
-        struct pb_replica *rr = pb_replica_of(cg, &rs);
+        struct pb_replica *rr = pb_replica_slot(cg, &rs);
         if (!rr)
             return 1;
         struct pb_agent *aa = pb_agent_of(rr);
@@ -1327,9 +1328,8 @@ int pb_sk_msg(struct sk_msg_md *msg)
         cgid = ss->cgid;
         r = pb_replica_at(ss->rslot, cgid);
     } else {
-        u32 rs;
         cgid = bpf_get_current_cgroup_id();
-        r = pb_replica_of(cgid, &rs);
+        r = pb_replica_of(cgid);
     }
     if (!r)
         return SK_PASS; /* not a paritybed replica: unenforced */

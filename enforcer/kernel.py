@@ -84,8 +84,8 @@ class KernelEnforcer:
             self._replicas: dict[tuple[str, int], tuple[int, Path]] = {}
             self._by_cgid: dict[int, tuple[str, int, Path]] = {}
             self._contexts: dict[tuple[str, int], dict[str, int]] = {}  # contexts in force: id -> expiry (sim ns)
+            self._rslots: set[int] = set()  # entries of the replicas array in use
             self._adopt_replicas()
-            self._rslots = km.replica_entries(self.maps)  # entries of the replicas array in use
             self._write_manifest(rb_pages if not manifest else manifest.get("rb_pages", rb_pages))
             # With a key the log carries signed checkpoints (every checkpoint_every_s, and a final one at
             # close), so a removed tail is detectable (paritybed verify-log --key).
@@ -143,7 +143,8 @@ class KernelEnforcer:
         return self._replicas[(agent, replica)][1]
 
     def _adopt_replicas(self) -> None:
-        """Match registered cgroup ids (a previous control plane's) to the replica directories."""
+        """Match registered cgroup ids (a previous control plane's) to the replica directories,
+        keeping the replicas array's entries they hold."""
         dirs = {cgroup_id(p): p for p in self.tree.children()}
         for key in self.maps.keys("replica_ids", ct.c_uint64):
             cgid = key.value
@@ -156,6 +157,7 @@ class KernelEnforcer:
                     self.maps.put("replicas", ct.c_uint32(found[0]), abi.Replica())
                 continue
             slot, r = found
+            self._rslots.add(slot)
             if parsed[0] not in self.policy.agents:  # an agent this policy dropped: its processes fail closed
                 if r.slot != abi.AGENTS:
                     r.slot = abi.AGENTS  # no agent slot: pb_agent_of finds no policy (an unregistered cgroup would pass)

@@ -129,11 +129,6 @@ def agent_entry(p: AgentPolicy, clock: Clock, where: str) -> abi.Agent:
     return a
 
 
-def replica_entries(m: Maps) -> set[int]:
-    """The entries of the replicas array that registered replicas hold (replica_ids' values)."""
-    return {v.value for k in m.keys("replica_ids", ct.c_uint64) if (v := m.get("replica_ids", k, ct.c_uint32)) is not None}
-
-
 def free_replica_entry(held: set[int]) -> int:
     """An entry of the replicas array no registered replica holds."""
     for i in range(abi.REPLICAS):
