@@ -16,8 +16,12 @@ demo:  # set-up without the HAPI FHIR server, which the demo does not use
 	@PARITYBED_SETUP_HAPI=0 bash scripts/setup.sh
 	@$(PB) demo --out $(DEMO_OUT)
 
+# Two workers: the kernel and HAPI FHIR tests in order on one, the other test files on the other
+# (tests/conftest.py).  `make test TEST_WORKERS=` runs them all in one process.
+TEST_WORKERS := -n 2 --dist loadgroup
+
 test: setup
-	@$(VENV)/bin/python -P -m pytest $(PYTEST_ARGS)  # -P: the checkout root must not shadow fhir.resources with fhir/
+	@$(VENV)/bin/python -P -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)  # -P: the checkout root must not shadow fhir.resources with fhir/
 
 bench: setup
 	@$(VENV)/bin/python benchmarks/__main__.py $(BENCH_ARGS)  # as a script: see benchmarks/__main__.py

@@ -72,6 +72,20 @@ def require() -> Callable[[str, str], NoReturn]:
     return require_or_skip
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `make test`'s two workers (pytest-xdist, ``--dist loadgroup``): each test file is one
+    group, so a module's fixtures are built once; every file with a kernel or HAPI FHIR test joins
+    one group "kernel", whose tests run in order on one worker (they load programs, cgroups and a
+    JVM and time real clocks: not with each other), and it comes first, as the longest group."""
+    if not hasattr(config, "workerinput"):
+        return
+    kernel = {i.path for i in items if i.get_closest_marker("bpf") or i.get_closest_marker("hapi")}
+    items.sort(key=lambda i: i.path not in kernel)  # stable: each file's order is kept
+    for i in items:
+        i.add_marker(pytest.mark.xdist_group("kernel" if i.path in kernel else i.path.name))
+
+
 def pytest_deselected(items: list[pytest.Item]) -> None:
     _deselected.extend(i.nodeid for i in items)
 
@@ -82,6 +96,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     collected = {Path(str(i.path)).resolve() for i in session.items}
     every = {p.resolve() for p in (REPO / "tests").glob("test_*.py")}
     _not_collected.extend(sorted(str(p.relative_to(REPO)) for p in every - collected))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - xdist's WorkerController
+    """A worker's filters reach the controller, whose session verdict is the one that counts."""
+    out = getattr(node, "workeroutput", {})
+    _deselected.extend(d for d in out.get("paritybed_deselected", []) if d not in _deselected)
+    _not_collected.extend(f for f in out.get("paritybed_not_collected", []) if f not in _not_collected)
 
 
 def bpf_unavailable_reason() -> str | None:
@@ -139,6 +161,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: the controller checks and prints
+        session.config.workeroutput["paritybed_deselected"] = list(_deselected)
+        session.config.workeroutput["paritybed_not_collected"] = list(_not_collected)
+        return
     if _hapi_seconds:  # the HAPI FHIR tests' share of the run (set-up, call and teardown of each)
         print(f"\nHAPI FHIR tests: {sum(_hapi_seconds):.0f} s")
     if REQUIRE_BPF and _skipped_bpf:

@@ -43,7 +43,7 @@ def test_make_test_ignores_pytest_args_from_the_environment_when_ci_overrides_th
     r = subprocess.run(["make", "-n", "test", "PYTEST_ARGS="], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if "pytest" in x)
-    assert "not bpf" not in line and line.split("pytest", 1)[1].split("#")[0].strip() == ""
+    assert "not bpf" not in line and line.split("pytest", 1)[1].split("#")[0].strip() == "-n 2 --dist loadgroup"
     r = subprocess.run(["make", "-n", "test"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert "not bpf" in r.stdout  # without the override the environment would reach pytest
 
@@ -60,6 +60,15 @@ def test_a_filter_fails_the_full_suite_switch():
     assert "a filter left tests out" in r.stdout and "deselected" in r.stdout and "not collected" in r.stdout
     r = pytest_session(["tests/test_fhir_compose.py", "-k", "pinned"])
     assert r.returncode == 0, r.stdout[-2000:]  # the same filter is fine outside CI
+
+
+def test_a_filter_in_a_worker_fails_the_full_suite_switch_too():
+    """Under `make test`'s workers the filter is applied where the tests are collected, in each
+    worker: what it left out must still reach the session's verdict."""
+    r = pytest_session(["-n", "2", "--dist", "loadgroup", "tests/test_fhir_compose.py", "-k", "pinned"],
+                       PARITYBED_REQUIRE_FULL_SUITE="1")
+    assert r.returncode == 1, r.stdout[-2000:]
+    assert "a filter left tests out" in r.stdout and "deselected" in r.stdout and "not collected" in r.stdout
 
 
 def test_a_missing_part_skips_outside_ci_and_fails_when_required(tmp_path):
