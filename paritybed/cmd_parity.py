@@ -64,7 +64,7 @@ def gate_command(
     with err.status("scoring staging against the production profile"):
         res = run_gate(policy, staging_trace, production_profile, scenario_path=scenario, junit=junit, json_out=json_out)
     for n in res.notes:
-        err.print(f"[yellow]note:[/] {n}", highlight=False)
+        err.print(f"[yellow]note:[/] {n}", highlight=False, soft_wrap=True)
     _scorecard(res.criteria)
     code = verdict_exit_code(res.verdict, marginal_as)
     out.print(f"parity gate: {VERDICT_STYLE[res.verdict]} (policy {res.policy.hash[:19]}…; exit code {code})")

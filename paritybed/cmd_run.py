@@ -160,7 +160,7 @@ def demo_command(
     for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         t.add_row(k, f"{v:,}")
     out.print(t)
-    out.print(f"serve it: paritybed fhir serve --db {db}   (http://127.0.0.1:8080/fhir)", highlight=False)
+    out.print(f"serve it: paritybed fhir serve --db {db}   (http://127.0.0.1:8080/fhir)", highlight=False, soft_wrap=True)
     print_verdict(result.verdict)
     require_agreement(result.live)
 

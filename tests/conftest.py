@@ -16,6 +16,7 @@ set-up's build of fhir/hapi (part HAPI); the time they take is printed at the en
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -72,18 +73,41 @@ def require() -> Callable[[str, str], NoReturn]:
     return require_or_skip
 
 
-@pytest.hookimpl(tryfirst=True)
+def kernel_files() -> set[str]:
+    """The test files (as node ids start) with a kernel or HAPI FHIR test: one group under `make
+    test`'s two workers, run in order on one of them (they load programs, cgroups and a JVM and
+    time real clocks: not next to each other).  Read from the files' text because the controller
+    schedules before any test is imported; each worker checks it against the marks it collected."""
+    return {f"tests/{p.name}" for p in (REPO / "tests").glob("test_*.py")
+            if re.search(r"mark\.(bpf|hapi)\b", p.read_text())}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `make test`'s two workers (pytest-xdist, ``--dist loadgroup``): each test file is one
-    group, so a module's fixtures are built once; every file with a kernel or HAPI FHIR test joins
-    one group "kernel", whose tests run in order on one worker (they load programs, cgroups and a
-    JVM and time real clocks: not with each other), and it comes first, as the longest group."""
     if not hasattr(config, "workerinput"):
         return
-    kernel = {i.path for i in items if i.get_closest_marker("bpf") or i.get_closest_marker("hapi")}
-    items.sort(key=lambda i: i.path not in kernel)  # stable: each file's order is kept
+    kernel = kernel_files()
     for i in items:
-        i.add_marker(pytest.mark.xdist_group("kernel" if i.path in kernel else i.path.name))
+        if (i.get_closest_marker("bpf") or i.get_closest_marker("hapi")) and i.nodeid.split("::")[0] not in kernel:
+            raise pytest.UsageError(f"{i.nodeid} is a kernel or HAPI test its file's text does not mark as one")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's types
+    """``--dist loadgroup`` as `make test` means it: each test file one group (its module fixtures
+    built once), the kernel files (kernel_files) one group together.  xdist's own loadgroup reads
+    ``xdist_group`` marks by rewriting node ids, which pytest 9 no longer lets it do."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    kernel = kernel_files()
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return "kernel" if path in kernel else path
+
+    return FileGroups(config, log)
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:

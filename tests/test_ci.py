@@ -7,6 +7,7 @@ inside itself); the conftest switches are exercised on pytest sessions of one sm
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,15 @@ def test_setup_fails_instead_of_warning_when_synthea_is_required_but_cannot_be_r
     assert r.returncode == 0 and "carried-on" in r.stdout and "Synthea commands will say so" in r.stderr
     r = subprocess.run(["bash", "-c", prog], capture_output=True, text=True, env={**os.environ, "PARITYBED_REQUIRE_SYNTHEA": "1"})
     assert r.returncode == 3 and "carried-on" not in r.stdout and "PARITYBED_REQUIRE_SYNTHEA=1: Maven not found" in r.stderr
+
+
+def test_make_test_keeps_each_file_and_the_kernel_files_together_on_one_worker():
+    """Two kernel files and a plain one on `make test`'s two workers: the kernel tests all on one
+    worker (they may not run next to each other), each file's tests on one worker."""
+    r = pytest_session(["-n", "2", "--dist", "loadgroup", "-v", "tests/test_kernel_abi.py", "tests/test_kernel_classify.py",
+                        "-k", "ctypes or codes or header_lines or compose", "tests/test_fhir_compose.py"])
+    assert r.returncode == 0, r.stdout[-3000:]
+    ran = re.findall(r"\[(gw\d)\] \[\s*\d+%\] PASSED (tests/\S+?)::", r.stdout)
+    kernel = {w for w, f in ran if "kernel" in f}
+    assert {f for _, f in ran} >= {"tests/test_kernel_abi.py", "tests/test_fhir_compose.py"} and len(kernel) == 1, ran
+    assert all(len({w for w, f2 in ran if f2 == f}) == 1 for _, f in ran), ran
