@@ -72,6 +72,7 @@ PB_MAP("array", u32, struct pb_agent, agents, PB_AGENTS * 2);  /* two entries pe
 PB_MAP("array", u32, u32, agent_live, PB_AGENTS);  /* which of a slot's two entries is in force */
 PB_MAP("array", u32, struct pb_replica, replicas, PB_REPLICAS);
 PB_MAP("hash", u64, u32, replica_ids, PB_REPLICAS);  /* cgroup id -> its entry in replicas */
+PB_MAP("array", u32, u64, releases, PB_REPLICAS);  /* per replicas entry: the releases asked (a count; pb_release_pending) */
 PB_MAP("hash", struct pb_class_key, struct pb_pairs, lanebits, 4096);
 PB_MAP("hash", struct pb_lane_key, struct pb_lane, lanes, 16384);
 PB_MAP("hash", struct pb_ctx_key, struct pb_ctx, contexts, 65536);
@@ -219,12 +220,35 @@ static __always_inline void pb_submit(struct pb_event *e)
         egress_events.ringbuf_submit(e, 0);
 }
 
+/* A release the control plane asked for (it counts them in releases[entry]) is applied here, by
+ * the kernel: the control plane never writes a replica's entry after registering it, so it cannot
+ * overwrite what the kernel wrote meanwhile (tat, np_tat, seen_n, a new quarantine).  The
+ * compare-and-swap lets one of the replica's concurrent decisions apply it. */
+static __always_inline void pb_release_pending(struct pb_replica *r)
+{
+    u32 i = r->entry;
+    u64 *asked = releases.lookup(&i);
+    if (!asked)
+        return;
+    u64 seen = r->rel_seen, want = *asked;
+    if (want != seen && __sync_val_compare_and_swap(&r->rel_seen, seen, want) == seen)
+        r->q_until = -1;
+}
+
+/* quarantined (or, after a kill, blocked from respawning) at now */
+static __always_inline int pb_held(struct pb_replica *r, s64 now)
+{
+    pb_release_pending(r);
+    return r->q_until > now;
+}
+
 /* A violation becomes a decision by the agent's response mode (docs/enforcement.md, step 6). */
 static __always_inline u8 pb_violation(struct pb_agent *a, struct pb_replica *r, s64 now, u8 *flags, s64 *until)
 {
     if (a->mode == M_ALERT)
         return PB_ALERT;
     if (a->mode >= M_QUARANTINE) {
+        pb_release_pending(r); /* a release asked before this violation lifts the quarantine before it, not this one */
         s64 u = a->hold == PB_I64_MAX ? PB_I64_MAX : now + a->hold;
         r->q_until = u;
         *until = u;
@@ -255,7 +279,7 @@ static __always_inline int pb_egress(struct pb_addr_key *ak, u8 hook, u8 tcp, u8
     u8 decision = PB_ALLOW, reason = R_OK, flags = 0;
     s64 until = 0;
     struct pb_endpoint *ep = registry.lookup(ak);
-    if (a->mode != M_OBSERVE && r->q_until > now) {
+    if (a->mode != M_OBSERVE && pb_held(r, now)) {
         decision = PB_DENY;
         reason = R_QUARANTINED;
     } else {
@@ -570,7 +594,7 @@ static __always_inline int pb_inbound(struct __sk_buff *skb, struct pb_addr_key 
         flags |= F_FIRST_CONTACT;
     }
     if (a->mode != M_OBSERVE) {
-        if (r->q_until > now) {
+        if (pb_held(r, now)) {
             decision = PB_DENY;
             reason = R_QUARANTINED;
         } else {
@@ -702,7 +726,7 @@ int pb_unseen(struct __sk_buff *skb)
     s64 now = pb_now(kn, cgid), until = 0;
     if (a->mode == M_OBSERVE) {
         reason = R_OBSERVE;
-    } else if (r->q_until > now) {
+    } else if (pb_held(r, now)) {
         decision = PB_DENY;
         reason = R_QUARANTINED;
     } else {
@@ -1144,7 +1168,7 @@ static __always_inline int pb_finish(struct sk_msg_md *msg, struct pb_env *e, st
         flags |= F_CONTEXT;
     if (a->mode == M_OBSERVE) {
         reason = R_OBSERVE;
-    } else if (r->q_until > now) {
+    } else if (pb_held(r, now)) {
         decision = PB_DENY;
         reason = R_QUARANTINED;
     } else if (s->desync == PB_NOT_CONNECTED) {

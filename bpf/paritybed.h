@@ -66,8 +66,9 @@ struct pb_replica {
     __u32 replica;
     __u32 seen_n;            /* entries of this replica in seenpat (at most PB_SEEN_MAX) */
     __u32 slot;              /* its agent's slot in agents (written by the control plane) */
-    __u32 pad;
+    __u32 entry;             /* its own index in replicas (written at registration) */
     __u64 cgid;              /* the replica's cgroup id (0: a free entry) */
+    __u64 rel_seen;          /* releases[entry] when the kernel last applied a release */
 };
 
 /* lanebits: hash, (agent, lane class) -> the class's pairs */

@@ -115,9 +115,10 @@ class KernelEnforcer:
             if agent in self.policy.agents and self._replica_entry(cgid) is None:
                 slot = km.free_replica_entry(self._rslots)
                 self._rslots.add(slot)
+                asked = self.maps.get("releases", ct.c_uint32(slot), ct.c_uint64)  # an earlier holder's releases are not this one's
                 self.maps.put("replicas", ct.c_uint32(slot), abi.Replica(
                     agent=km.agent_key(agent), tat=0, q_until=-1, np_tat=0, replica=replica, seen_n=0,
-                    slot=self._slots[agent], cgid=cgid))
+                    slot=self._slots[agent], entry=slot, cgid=cgid, rel_seen=asked.value if asked else 0))
                 self.maps.put("replica_ids", ct.c_uint64(cgid), ct.c_uint32(slot))  # registered: enforced from here
             return d
 
@@ -268,13 +269,17 @@ class KernelEnforcer:
                          "context": f"{key:016x}"})
 
     def release(self, agent: str, replica: int) -> None:
-        """Lift a quarantine (or a kill's block on respawns)."""
+        """Lift a quarantine (or a kill's block on respawns).  Asked, not written: the release count
+        of the replica's entry moves on and the kernel lifts the quarantine at the replica's next
+        check (pb_release_pending); writing the entry would overwrite what the kernel wrote since
+        it was read (its GCRA state, a new quarantine)."""
         cgid = self._replicas[(agent, replica)][0]
         with self._lock:
             found = self._replica_entry(cgid)
             if found is not None:
-                found[1].q_until = -1
-                self.maps.put("replicas", ct.c_uint32(found[0]), found[1])
+                k = ct.c_uint32(found[0])
+                asked = self.maps.get("releases", k, ct.c_uint64)
+                self.maps.put("releases", k, ct.c_uint64((asked.value if asked else 0) + 1))
         self._log_event({"event": "release", "agent": agent, "replica": replica, "t_ns": self.now_ns()})
 
     # ------------------------------------------------------------------ registry

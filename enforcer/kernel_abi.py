@@ -97,7 +97,7 @@ REPLICAS = 4096  # entries of the replicas array (PB_REPLICAS)
 
 class Replica(ct.Structure):
     _fields_ = [("agent", u64), ("tat", s64), ("q_until", s64), ("np_tat", s64), ("replica", u32), ("seen_n", u32),
-                ("slot", u32), ("pad", u32), ("cgid", u64)]
+                ("slot", u32), ("entry", u32), ("cgid", u64), ("rel_seen", u64)]
 
 
 class ClassKey(ct.Structure):

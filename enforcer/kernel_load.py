@@ -37,13 +37,13 @@ PROG_TYPES = {SOCK_OPS: PROG_SOCK_OPS, INET_EGRESS: PROG_CGROUP_SKB, INET_INGRES
 MSG_PROGS = ("pb_sk_msg", "pb_parse_line", "pb_parse_head", "pb_decide")  # entry, then tail calls 0, 1, 2
 #: pinned maps whose key/value sizes must match this version's structures (else: --cleanup)
 MAP_SIZES = {"knobs": (4, ct.sizeof(abi.Knobs)), "agents": (4, ct.sizeof(abi.Agent)), "agent_live": (4, 4),
-             "replicas": (4, ct.sizeof(abi.Replica)), "replica_ids": (8, 4), "lanebits": (ct.sizeof(abi.ClassKey), ct.sizeof(abi.Pairs)),
+             "replicas": (4, ct.sizeof(abi.Replica)), "replica_ids": (8, 4), "releases": (4, 8), "lanebits": (ct.sizeof(abi.ClassKey), ct.sizeof(abi.Pairs)),
              "contexts": (ct.sizeof(abi.CtxKey), ct.sizeof(abi.Ctx)), "tabs": (4, ct.sizeof(abi.Tables)),
              "lanes": (ct.sizeof(abi.LaneKey), ct.sizeof(abi.Lane)),
              "registry": (ct.sizeof(abi.AddrKey), ct.sizeof(abi.Endpoint)),
              "ctab": (4, ct.sizeof(abi.CTab)), "ntab": (4, ct.sizeof(abi.NTab)),
              "sockstate": (4, ct.sizeof(abi.Sock)), "lost_by": (ct.sizeof(abi.LostKey), 8)}
-MAP_NAMES = ("knobs", "ctab", "agents", "agent_live", "replicas", "replica_ids", "lanebits", "lanes", "contexts", "seenpat", "registry", "envelope", "seen",
+MAP_NAMES = ("knobs", "ctab", "agents", "agent_live", "replicas", "replica_ids", "releases", "lanebits", "lanes", "contexts", "seenpat", "registry", "envelope", "seen",
              "servers", "vclock", "tabs",
              "ntab", "counters", "lost", "lost_by", "fhir_socks", "sockstate", "events", "egress_events", "jmp")
 

@@ -236,6 +236,19 @@ def test_quarantine_holds_until_released_or_expired(env: dict[str, Any]) -> None
         assert http(p, env, OBS)["status"] == 200
         assert http(p, env, PATIENT)["errno"] == errno.EACCES  # quarantined again at t=70 s
         assert http(p, env, OBS)["ok"] is False
+        written: list[str] = []
+        put = ke.maps.put
+        ke.maps.put = lambda name, *a: (written.append(name), put(name, *a))[1]
+        try:
+            ke.release("quar-a", 0)
+        finally:
+            del ke.maps.put
+        # asked, not written: the kernel's entry (its GCRA state, a new quarantine) is never overwritten
+        assert "replicas" not in written and "releases" in written
+        assert http(p, env, OBS)["status"] == 200
+        assert http(p, env, PATIENT)["errno"] == errno.EACCES  # a violation after the release: held again,
+        r = http(p, env, OBS)  # and the release already applied does not lift it
+        assert (r["ok"], r["errno"]) == (False, errno.EPERM)
         ke.release("quar-a", 0)
         assert http(p, env, OBS)["status"] == 200
     finally:
