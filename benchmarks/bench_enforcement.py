@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from paritybed.testdata import synthea_r4
 
@@ -419,17 +420,18 @@ def bound_rows(tmp: Path, tport: int, n: int = 10) -> list[dict]:
     rows: list[dict] = []
     ke = _enforcer(tmp, tport, bound=True)
     stats_before = bpfsys.set_stats(True)
-    try:
-        with _OneCpu():
-            for label, path in BOUND_HEADS:
-                head = bound_head(path, tport)
-                v = _batches(ke, "pb_sk_msg", "count", tport, "1000", json.dumps([head]) + "\n", n)
-                rows.append(_decision_row(label, v, len(head["raw"])))
-        label, path = BOUND_HEADS[1]
+
+    def row(label: str, path: str, **kw: Any) -> dict:
         head = bound_head(path, tport)
         v = _batches(ke, "pb_sk_msg", "count", tport, "1000", json.dumps([head]) + "\n", n)
-        rows.append(_decision_row(f"{label}, cold (server on the other CPU, the client's vCPU idles between requests)", v,
-                                  len(head["raw"]), goal=False))
+        return _decision_row(label, v, len(head["raw"]), **kw)
+
+    try:
+        with _OneCpu():
+            rows += [row(label, path) for label, path in BOUND_HEADS]
+        label, path = BOUND_HEADS[1]
+        rows.append(row(f"{label}, cold (server on the other CPU, the client's vCPU idles between requests)", path,
+                        goal=False))
     finally:
         bpfsys.set_stats(stats_before)
         ke.close()

@@ -22,6 +22,7 @@ import bisect
 import collections
 import ctypes as ct
 import json
+import os
 import shutil
 import statistics
 import struct
@@ -56,8 +57,6 @@ def _info(fd: int, info: ct.Structure) -> None:
 
 def line_map(fd: int) -> list[tuple[int, int, str]]:
     """(kernel address of the JIT code, source line, source text) of a loaded program, by address."""
-    import os
-
     from paritybed.enforcer import bpfsys
 
     a = bpfsys.ProgInfo()
@@ -121,6 +120,7 @@ def profile(head_index: int, requests: int) -> tuple[float, collections.Counter,
     script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym"], capture_output=True, text=True,
                             check=True).stdout
     shutil.rmtree(tmp, ignore_errors=True)
+    addrs = {p: [a for a, _, _ in maps[p]] for p in PROGS}
     by_sym: collections.Counter = collections.Counter()
     by_line: dict[str, collections.Counter] = {p: collections.Counter() for p in PROGS}
     for ln in script.splitlines():
@@ -131,9 +131,8 @@ def profile(head_index: int, requests: int) -> tuple[float, collections.Counter,
         prog = next((p for p in PROGS if sym.startswith("bpf_prog_") and sym.endswith("_" + p)), None)
         by_sym[prog or sym] += 1
         if prog:
-            lines = maps[prog]
-            i = bisect.bisect_right([a for a, _, _ in lines], ip) - 1
-            by_line[prog][(lines[i][1], lines[i][2]) if i >= 0 else (0, "")] += 1
+            i = bisect.bisect_right(addrs[prog], ip) - 1
+            by_line[prog][maps[prog][i][1:] if i >= 0 else (0, "")] += 1
     return ns, by_sym, by_line
 
 

@@ -235,9 +235,13 @@ static __always_inline void pb_release_pending(struct pb_replica *r)
         r->q_until = -1;
 }
 
-/* quarantined (or, after a kill, blocked from respawning) at now */
+/* quarantined (or, after a kill, blocked from respawning) at now.  A release matters only to a
+ * replica held: one asked while it was not is applied before its next quarantine (pb_violation),
+ * so an allowed decision makes no lookup for it. */
 static __always_inline int pb_held(struct pb_replica *r, s64 now)
 {
+    if (r->q_until <= now)
+        return 0;
     pb_release_pending(r);
     return r->q_until > now;
 }

@@ -115,12 +115,16 @@ class KernelEnforcer:
             if agent in self.policy.agents and self._replica_entry(cgid) is None:
                 slot = km.free_replica_entry(self._rslots)
                 self._rslots.add(slot)
-                asked = self.maps.get("releases", ct.c_uint32(slot), ct.c_uint64)  # an earlier holder's releases are not this one's
-                self.maps.put("replicas", ct.c_uint32(slot), abi.Replica(
+                self.maps.put("replicas", ct.c_uint32(slot), abi.Replica(  # an earlier holder's releases are not this one's
                     agent=km.agent_key(agent), tat=0, q_until=-1, np_tat=0, replica=replica, seen_n=0,
-                    slot=self._slots[agent], entry=slot, cgid=cgid, rel_seen=asked.value if asked else 0))
+                    slot=self._slots[agent], entry=slot, cgid=cgid, rel_seen=self._releases_asked(slot)))
                 self.maps.put("replica_ids", ct.c_uint64(cgid), ct.c_uint32(slot))  # registered: enforced from here
             return d
+
+    def _releases_asked(self, slot: int) -> int:
+        """How many releases the replicas entry ``slot`` has been asked for (pb_release_pending)."""
+        asked = self.maps.get("releases", ct.c_uint32(slot), ct.c_uint64)
+        return asked.value if asked else 0
 
     def _replica_entry(self, cgid: int) -> tuple[int, abi.Replica] | None:
         """The replica's entry in the replicas array, and where it is (None: not registered)."""
@@ -277,9 +281,7 @@ class KernelEnforcer:
         with self._lock:
             found = self._replica_entry(cgid)
             if found is not None:
-                k = ct.c_uint32(found[0])
-                asked = self.maps.get("releases", k, ct.c_uint64)
-                self.maps.put("releases", k, ct.c_uint64((asked.value if asked else 0) + 1))
+                self.maps.put("releases", ct.c_uint32(found[0]), ct.c_uint64(self._releases_asked(found[0]) + 1))
         self._log_event({"event": "release", "agent": agent, "replica": replica, "t_ns": self.now_ns()})
 
     # ------------------------------------------------------------------ registry
