@@ -12,7 +12,9 @@
 * per-decision cost from the kernel's own statistics (kernel.bpf_stats_enabled=1, prog info
   run_time_ns / run_cnt): sk_msg (its tail calls included: parse and decide) and connect4;
   goal <= 1 us; the sk_msg rows with client and server on one CPU (warm caches: _OneCpu), the
-  agents' heads as the live driver writes them to a context-bound agent also cold;
+  agents' heads as the live driver writes them to a context-bound agent also cold, and each of
+  them against its baseline in the same run: the same head without its X-Launch-Context line to
+  the same agent unbound, batches alternating (what binding adds: ratio and ns in the row);
 * time from a denied send to EACCES in the caller, next to the time of an allowed send;
 * the egress byte check (cgroup_skb, every packet of a replica) per packet.
 
@@ -163,24 +165,25 @@ class _Trivial:
         self.port = int(self.sink.address.rsplit(":", 1)[1])
 
 
-def _client(ke, mode: str, port: int, arg: str, inside: bool, stdin: str = "") -> str:
+def _client(ke, mode: str, port: int, arg: str, inside: bool, stdin: str = "", agent: str = "bench") -> str:
     argv = [sys.executable, "-c", CLIENT, mode, "127.0.0.1", str(port), arg]
     kw = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
-    p = ke.spawn("bench", 0, argv, **kw) if inside else subprocess.Popen(argv, **kw)
+    p = ke.spawn(agent, 0, argv, **kw) if inside else subprocess.Popen(argv, **kw)
     out, _ = p.communicate(stdin, timeout=120)
     if p.returncode != 0:
         raise RuntimeError(f"bench client failed ({mode}, inside={inside})")
     return out
 
 
-def _batches(ke, prog: str, mode: str, port: int, arg: str, stdin: str, n: int = 10) -> list[float]:
-    """ns per run of one program over n batches of client work inside the cgroup."""
+def _batches(ke, prog: str, mode: str, port: int, arg: str, stdin: str, n: int = 10,
+             agent: str = "bench") -> list[float]:
+    """ns per run of one program over n batches of client work inside the agent's replica cgroup."""
     from paritybed.enforcer import bpfsys
 
     fd, out = ke._loaded.progs[prog], []
     for _ in range(n):
         a = bpfsys.prog_info(fd)
-        _client(ke, mode, port, arg, True, stdin)
+        _client(ke, mode, port, arg, True, stdin, agent)
         b = bpfsys.prog_info(fd)
         out.append((b.run_time_ns - a.run_time_ns) / max(1, b.run_cnt - a.run_cnt))
     return out
@@ -267,7 +270,8 @@ NAME = "pb-bench"
 
 def _enforcer(tmp: Path, port: int, bound: bool = False):
     """The bench agent under an allowing policy; ``bound``: bound to launch contexts (issue 8),
-    with CONTEXT open on its replica for patient UUID and encounter ENCOUNTER."""
+    with CONTEXT open on its replica for patient UUID and encounter ENCOUNTER, and beside it
+    UNBOUND, the same agent without binding (bound_rows' baseline, in the same programs)."""
     from paritybed.enforcer.kernel import KernelEnforcer
     from paritybed.enforcer.policy import AgentPolicy, ContextPolicy, FhirPolicy, Pair, Policy
     from paritybed.enforcer.registry import Registry, save_registry
@@ -279,9 +283,12 @@ def _enforcer(tmp: Path, port: int, bound: bool = False):
     context = ContextPolicy(bound=True, max_duration_s=3600, max_open=4) if bound else None
     agents = {"bench": AgentPolicy(agent_class="cds", fhir=FhirPolicy(server=f"127.0.0.1:{port}", allow=allow),
                                    context=context)}
+    if bound:
+        agents[UNBOUND] = AgentPolicy(agent_class="cds", fhir=FhirPolicy(server=f"127.0.0.1:{port}", allow=allow))
     ke = KernelEnforcer(Policy(agents=agents), tmp / "baa.json", start=dt.datetime.now(dt.timezone.utc), clock="real",
                         name=NAME)
-    ke.add_replica("bench", 0)
+    for agent in agents:
+        ke.add_replica(agent, 0)
     if bound and not ke.open_context("bench", 0, CONTEXT, UUID, ENCOUNTER, 3600 * 10**9, ke.now_ns()):
         raise RuntimeError("bench: the launch context was refused")
     return ke
@@ -317,6 +324,7 @@ MORE_HEADS = (
 #: "with binding")
 ENCOUNTER = "0b9d3f6e-2c4a-4d8e-b1f7-5a6c7d8e9f01"
 CONTEXT = "scribe-lc0000042"
+UNBOUND = "bench-unbound"
 BOUND_HEADS = (
     ("bound agent's search", f"/fhir/Observation?patient={UUID}&category=laboratory&_count=20"),
     ("bound agent's search, 4 parameters", f"/fhir/Observation?patient={UUID}&category=laboratory&_count=50&_sort=-date"),
@@ -325,12 +333,15 @@ BOUND_HEADS = (
 )
 
 
-def bound_head(path: str, port: int) -> dict:
-    """A GET of ``path`` exactly as the live driver writes it for a scribe row in CONTEXT."""
+def bound_head(path: str, port: int, context: bool = True) -> dict:
+    """A GET of ``path`` exactly as the live driver writes it for a scribe row in CONTEXT (with
+    ``context=False``: for the same row outside any context, without the X-Launch-Context line)."""
     from paritybed.agents.live import request_for
 
     cmd = {"method": "GET", "path": path, "agent": "scribe", "replica": 0, "agent_class": "scribe",
-           "start": "2026-01-05T00:00:00+00:00", "t_ns": 3_600_123_456_789, "row": 123456, "launch_context": CONTEXT}
+           "start": "2026-01-05T00:00:00+00:00", "t_ns": 3_600_123_456_789, "row": 123456}
+    if context:
+        cmd["launch_context"] = CONTEXT
     return {"raw": request_for(cmd, f"127.0.0.1:{port}").decode("latin-1")}
 
 
@@ -421,14 +432,32 @@ def bound_rows(tmp: Path, tport: int, n: int = 10) -> list[dict]:
     ke = _enforcer(tmp, tport, bound=True)
     stats_before = bpfsys.set_stats(True)
 
+    def batches(agent: str, head: dict) -> list[float]:
+        return _batches(ke, "pb_sk_msg", "count", tport, "1000", json.dumps([head]) + "\n", 1, agent)
+
     def row(label: str, path: str, **kw: Any) -> dict:
         head = bound_head(path, tport)
-        v = _batches(ke, "pb_sk_msg", "count", tport, "1000", json.dumps([head]) + "\n", n)
+        v = [batches("bench", head)[0] for _ in range(n)]
         return _decision_row(label, v, len(head["raw"]), **kw)
+
+    def paired(label: str, path: str) -> dict:
+        """The bound decision, and what binding adds to it: the same head without its context
+        line, to the unbound agent, in batches alternating with the bound ones."""
+        bound, free = bound_head(path, tport), bound_head(path, tport, context=False)
+        v, base = [], []
+        for _ in range(n):
+            base += batches(UNBOUND, free)
+            v += batches("bench", bound)
+        r = _decision_row(label, v, len(bound["raw"]))
+        b = statistics.median(base)
+        r |= {"baseline": round(b), "ratio": round(statistics.median(v) / b, 3)}
+        r["note"] += (f"; baseline: the same head without its X-Launch-Context line ({len(free['raw'])} bytes) to "
+                      f"an agent not bound, alternating batches: binding adds {statistics.median(v) - b:+.0f} ns")
+        return r
 
     try:
         with _OneCpu():
-            rows += [row(label, path) for label, path in BOUND_HEADS]
+            rows += [paired(label, path) for label, path in BOUND_HEADS]
         label, path = BOUND_HEADS[1]
         rows.append(row(f"{label}, cold (server on the other CPU, the client's vCPU idles between requests)", path,
                         goal=False))
