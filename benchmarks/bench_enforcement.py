@@ -281,10 +281,10 @@ def _enforcer(tmp: Path, port: int, bound: bool = False):
              Pair(type="Observation", interaction="search"),
              Pair(type="Encounter", interaction="read"), Pair(type="DocumentReference", interaction="create")]
     context = ContextPolicy(bound=True, max_duration_s=3600, max_open=4) if bound else None
-    agents = {"bench": AgentPolicy(agent_class="cds", fhir=FhirPolicy(server=f"127.0.0.1:{port}", allow=allow),
-                                   context=context)}
+    fhir = FhirPolicy(server=f"127.0.0.1:{port}", allow=allow)
+    agents = {"bench": AgentPolicy(agent_class="cds", fhir=fhir, context=context)}
     if bound:
-        agents[UNBOUND] = AgentPolicy(agent_class="cds", fhir=FhirPolicy(server=f"127.0.0.1:{port}", allow=allow))
+        agents[UNBOUND] = AgentPolicy(agent_class="cds", fhir=fhir)
     ke = KernelEnforcer(Policy(agents=agents), tmp / "baa.json", start=dt.datetime.now(dt.timezone.utc), clock="real",
                         name=NAME)
     for agent in agents:
@@ -432,13 +432,12 @@ def bound_rows(tmp: Path, tport: int, n: int = 10) -> list[dict]:
     ke = _enforcer(tmp, tport, bound=True)
     stats_before = bpfsys.set_stats(True)
 
-    def batches(agent: str, head: dict) -> list[float]:
-        return _batches(ke, "pb_sk_msg", "count", tport, "1000", json.dumps([head]) + "\n", 1, agent)
+    def batches(agent: str, head: dict, k: int = 1) -> list[float]:
+        return _batches(ke, "pb_sk_msg", "count", tport, "1000", json.dumps([head]) + "\n", k, agent)
 
     def row(label: str, path: str, **kw: Any) -> dict:
         head = bound_head(path, tport)
-        v = [batches("bench", head)[0] for _ in range(n)]
-        return _decision_row(label, v, len(head["raw"]), **kw)
+        return _decision_row(label, batches("bench", head, n), len(head["raw"]), **kw)
 
     def paired(label: str, path: str) -> dict:
         """The bound decision, and what binding adds to it: the same head without its context
@@ -449,10 +448,10 @@ def bound_rows(tmp: Path, tport: int, n: int = 10) -> list[dict]:
             base += batches(UNBOUND, free)
             v += batches("bench", bound)
         r = _decision_row(label, v, len(bound["raw"]))
-        b = statistics.median(base)
-        r |= {"baseline": round(b), "ratio": round(statistics.median(v) / b, 3)}
+        m, b = statistics.median(v), statistics.median(base)
+        r |= {"baseline": round(b), "ratio": round(m / b, 3)}
         r["note"] += (f"; baseline: the same head without its X-Launch-Context line ({len(free['raw'])} bytes) to "
-                      f"an agent not bound, alternating batches: binding adds {statistics.median(v) - b:+.0f} ns")
+                      f"an agent not bound, alternating batches: binding adds {m - b:+.0f} ns")
         return r
 
     try:

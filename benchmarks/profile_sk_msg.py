@@ -8,7 +8,9 @@ and the lines inside each.  It drives one head of bench_enforcement.BOUND_HEADS 
 agent, the live driver's head) from a client on one CPU (bench_enforcement._OneCpu) and samples
 that CPU only.  A line's share counts the samples whose address falls in the machine code the
 JIT emitted for it (inlined code is attributed to the line it came from; code without a line,
-such as the prologue or what the verifier inserts, is line 0).
+such as the prologue or what the verifier inserts, is line 0).  Lines are shown as file:line with
+the line's text: parser.h's are the file's own; ``main.c`` is bpf/paritybed.c as BCC rewrote it
+(its map macros expanded), so its numbers run ahead of the file's and the text is what to search.
 
 Needs root, BPF and ``perf`` (Debian: linux-perf).  A developer's tool, not part of `make bench`:
 
@@ -55,8 +57,8 @@ def _info(fd: int, info: ct.Structure) -> None:
     bpfsys._bpf(BPF_OBJ_GET_INFO_BY_FD, bpfsys._InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
 
 
-def line_map(fd: int) -> list[tuple[int, int, str]]:
-    """(kernel address of the JIT code, source line, source text) of a loaded program, by address."""
+def line_map(fd: int) -> list[tuple[int, str, str]]:
+    """(kernel address of the JIT code, source file:line, source text) of a loaded program, by address."""
     from paritybed.enforcer import bpfsys
 
     a = bpfsys.ProgInfo()
@@ -83,9 +85,9 @@ def line_map(fd: int) -> list[tuple[int, int, str]]:
 
     out = []
     for i in range(min(nl, njl)):
-        _insn, _file, line_off, line_col = struct.unpack_from("<IIII", lbuf.raw, i * lrs)
+        _insn, file_off, line_off, line_col = struct.unpack_from("<IIII", lbuf.raw, i * lrs)
         (addr,) = struct.unpack_from("<Q", jbuf.raw, i * jrs)
-        out.append((addr, line_col >> 10, text(line_off)))
+        out.append((addr, f"{Path(text(file_off)).name}:{line_col >> 10}", text(line_off)))
     return sorted(out)
 
 
@@ -132,7 +134,7 @@ def profile(head_index: int, requests: int) -> tuple[float, collections.Counter,
         by_sym[prog or sym] += 1
         if prog:
             i = bisect.bisect_right(addrs[prog], ip) - 1
-            by_line[prog][maps[prog][i][1:] if i >= 0 else (0, "")] += 1
+            by_line[prog][maps[prog][i][1:] if i >= 0 else ("-", "")] += 1
     return ns, by_sym, by_line
 
 
@@ -162,7 +164,7 @@ def main() -> int:
             continue
         print(f"\n== {p}: {c.total()} samples")
         for (line, src), n in c.most_common(a.top):
-            print(f"{100 * n / c.total():5.1f}%  {line:5d}  {src[:100]}")
+            print(f"{100 * n / c.total():5.1f}%  {line:>16}  {src[:100]}")
     return 0
 
 
